@@ -1,0 +1,445 @@
+//! # bot-agent
+//!
+//! Runs on a bot machine: registers with the gateway, heartbeats, consumes
+//! its own queue (prefetch = capacity), runs each job's automation and
+//! reports RUNNING, progress and the outcome over RabbitMQ.
+//!
+//! * `runner` – runs a system's automation once per CSV row.
+//! * `Agent`  – registration, the consumer, heartbeats and reports.
+
+pub mod runner;
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use orq_shared::CancellationToken;
+use orq_shared::broker::{Broker, KEY_REPORTS};
+use orq_shared::config::Settings;
+use orq_shared::domain::{BotId, CustomerId, JobId, JobStatus};
+use orq_shared::messages::{Assignment, BotReport, ReportBody};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::runner::{JobOutcome, Limits};
+
+/// What the gateway answered to registration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Identity {
+    pub id: BotId,
+    pub customer_id: CustomerId,
+    pub name: String,
+}
+
+/// The local fate of an attempt, to drop duplicates of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Local {
+    Running,
+    Finished,
+}
+
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    identity: Identity,
+    broker: Broker,
+    http: reqwest::Client,
+    limits: Limits,
+    attempts: Mutex<HashMap<(JobId, i32), Local>>,
+    running: std::sync::atomic::AtomicU32,
+}
+
+/// An assignment older than this is checked against the job before it runs.
+const RECHECK_AFTER: Duration = Duration::from_secs(5);
+
+impl Agent {
+    /// Registers (retrying while the gateway is unreachable) and connects.
+    pub async fn build(
+        mut settings: Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Agent> {
+        if settings.agent.name.trim().is_empty() {
+            settings.agent.name = hostname();
+        }
+        anyhow::ensure!(
+            !settings.agent.token.is_empty(),
+            "agent.token (ORQ_AGENT__TOKEN) is required: a token of role bot"
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let identity = tokio::select! {
+            r = register(&http, &settings) => r?,
+            _ = shutdown.cancelled() => anyhow::bail!("shut down before registering"),
+        };
+        tracing::info!(bot = %identity.id, name = %identity.name, "registered");
+        let broker = Broker::start(
+            &settings.amqp,
+            &format!("bot-agent {}", identity.name),
+            shutdown,
+        );
+        let limits = Limits {
+            row_timeout: Duration::from_millis(settings.agent.row_timeout_ms),
+            kill_grace: Duration::from_millis(settings.agent.kill_grace_ms),
+        };
+        Ok(Agent {
+            inner: Arc::new(Inner {
+                settings,
+                identity,
+                broker,
+                http,
+                limits,
+                attempts: Mutex::new(HashMap::new()),
+                running: std::sync::atomic::AtomicU32::new(0),
+            }),
+        })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// Consumes and heartbeats until shutdown; then stops taking work and
+    /// lets running jobs finish.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let heartbeat = tokio::spawn(self.clone().heartbeats(shutdown.clone()));
+        let tracker = tokio_util::task::TaskTracker::new();
+        self.consume(&tracker, shutdown).await;
+        tracker.close();
+        tracker.wait().await;
+        let _ = heartbeat.await;
+        Ok(())
+    }
+
+    async fn consume(&self, tracker: &tokio_util::task::TaskTracker, shutdown: CancellationToken) {
+        let topology = self.inner.broker.topology().clone();
+        let queue = topology.bot_queue(self.inner.identity.id);
+        let prefetch = self.inner.settings.agent.capacity.max(1);
+        let mut last = None;
+        loop {
+            let session = tokio::select! {
+                s = self.inner.broker.session_after(last) => s,
+                _ = shutdown.cancelled() => return,
+            };
+            last = Some(session.generation());
+            let consumer = async {
+                let ch = session.channel().await?;
+                topology
+                    .declare_bot_queue(&ch, self.inner.identity.id)
+                    .await?;
+                let _ = ch.close(200, "declared".into()).await;
+                session.consume(&queue, prefetch).await
+            };
+            let mut consumer = match consumer.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot consume the bot queue");
+                    session.report_failure();
+                    continue;
+                }
+            };
+            tracing::info!(%queue, "consuming");
+            loop {
+                let delivery = tokio::select! {
+                    d = consumer.next() => d,
+                    _ = shutdown.cancelled() => return,
+                };
+                let delivery = match delivery {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "bot queue consumer failed");
+                        session.report_failure();
+                        break;
+                    }
+                    None => break,
+                };
+                let assignment: Assignment = match serde_json::from_slice(&delivery.data) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed assignment dead-lettered");
+                        let _ = delivery
+                            .acker
+                            .reject(BasicRejectOptions { requeue: false })
+                            .await;
+                        continue;
+                    }
+                };
+                let agent = self.clone();
+                tracker.spawn(async move {
+                    agent.handle(assignment, delivery.redelivered).await;
+                    // Acked only once the outcome is reported (or the
+                    // assignment was found to be a duplicate).
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                });
+            }
+        }
+    }
+
+    async fn handle(&self, a: Assignment, redelivered: bool) {
+        let key = (a.job_id, a.attempt);
+        {
+            let Ok(mut seen) = self.inner.attempts.lock() else {
+                return;
+            };
+            if seen.contains_key(&key) {
+                tracing::info!(job = %a.job_id, attempt = a.attempt, "duplicate assignment dropped");
+                return;
+            }
+            seen.insert(key, Local::Running);
+        }
+        let age = (time::OffsetDateTime::now_utc() - a.assigned_at).unsigned_abs();
+        let mut start = 0;
+        if redelivered || age > RECHECK_AFTER {
+            match self.check(&a).await {
+                Check::Stale => {
+                    tracing::info!(job = %a.job_id, attempt = a.attempt, "assignment no longer ours; skipped");
+                    self.finish(key);
+                    return;
+                }
+                Check::Resume(rows_done) => start = rows_done,
+            }
+        }
+        self.inner
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.run(&a, start).await;
+        self.inner
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.finish(key);
+    }
+
+    fn finish(&self, key: (JobId, i32)) {
+        if let Ok(mut seen) = self.inner.attempts.lock() {
+            seen.insert(key, Local::Finished);
+            // Bound the memory: forget the oldest finished attempts.
+            if seen.len() > 10_000 {
+                seen.retain(|_, v| *v == Local::Running);
+            }
+        }
+    }
+
+    async fn run(&self, a: &Assignment, start: usize) {
+        let job = a.job_id;
+        let attempt = a.attempt;
+        self.report(ReportBody::Running {
+            job_id: job,
+            attempt,
+        })
+        .await;
+        let Some(argv) = self.inner.settings.agent.systems.get(&a.system) else {
+            self.report(ReportBody::Failed {
+                job_id: job,
+                attempt,
+                error: format!("this bot has no automation for system {:?}", a.system),
+                failed_rows: Vec::new(),
+            })
+            .await;
+            return;
+        };
+        let env = vec![
+            ("ORQ_JOB_ID".to_string(), job.to_string()),
+            ("ORQ_SYSTEM".to_string(), a.system.clone()),
+        ];
+        let mut last_percent = 0u8;
+        let outcome = runner::run_job(
+            argv,
+            &a.attachment,
+            start,
+            &env,
+            &self.inner.limits,
+            |done, total| {
+                let percent =
+                    u8::try_from(u64::from(done) * 100 / u64::from(total.max(1))).unwrap_or(100);
+                let changed = percent != last_percent;
+                last_percent = percent;
+                async move {
+                    if changed {
+                        self.report(ReportBody::Progress {
+                            job_id: job,
+                            attempt,
+                            percent,
+                            rows_done: done,
+                            rows_total: total,
+                        })
+                        .await;
+                    }
+                }
+            },
+        )
+        .await;
+        let body = match outcome {
+            JobOutcome::Complete { rows_total } => ReportBody::Complete {
+                job_id: job,
+                attempt,
+                rows_total,
+            },
+            JobOutcome::Failed { error, failed_rows } => ReportBody::Failed {
+                job_id: job,
+                attempt,
+                error,
+                failed_rows,
+            },
+        };
+        self.report(body).await;
+    }
+
+    /// Publishes a report, waiting through broker outages: a report is never
+    /// dropped, and reports of one job go out in order.
+    async fn report(&self, body: ReportBody) {
+        let report = BotReport {
+            id: Uuid::now_v7(),
+            bot_id: self.inner.identity.id,
+            customer_id: self.inner.identity.customer_id,
+            at: time::OffsetDateTime::now_utc(),
+            body,
+        };
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let session = self.inner.broker.session().await;
+            match session.publish_json(KEY_REPORTS, report.id, &report).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "report not published; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn heartbeats(self, shutdown: CancellationToken) {
+        let every = Duration::from_millis(self.inner.settings.agent.heartbeat_interval_ms);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let report = BotReport {
+                id: Uuid::now_v7(),
+                bot_id: self.inner.identity.id,
+                customer_id: self.inner.identity.customer_id,
+                at: time::OffsetDateTime::now_utc(),
+                body: ReportBody::Heartbeat {
+                    running: self
+                        .inner
+                        .running
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    capacity: u32::from(self.inner.settings.agent.capacity),
+                },
+            };
+            // A missed heartbeat is fine; the next one follows.
+            if let Err(e) = self
+                .inner
+                .broker
+                .publish_json(KEY_REPORTS, report.id, &report)
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat not sent");
+            }
+        }
+    }
+
+    /// Asks the gateway whether an old or redelivered assignment is still
+    /// this bot's, and from which row to resume.
+    async fn check(&self, a: &Assignment) -> Check {
+        #[derive(Deserialize)]
+        struct TaskState {
+            status: JobStatus,
+            attempt: i32,
+            bot_id: Option<BotId>,
+            rows_done: i32,
+        }
+        let url = format!(
+            "{}/tasks/{}",
+            self.inner.settings.agent.gateway_url.trim_end_matches('/'),
+            a.job_id
+        );
+        let response = self
+            .inner
+            .http
+            .get(&url)
+            .bearer_auth(&self.inner.settings.agent.token)
+            .send()
+            .await;
+        let state = match response {
+            Ok(r) if r.status().is_success() => r.json::<TaskState>().await.ok(),
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Check::Stale,
+            _ => None,
+        };
+        match state {
+            // Cannot tell: run it; the dispatcher fences a stale report.
+            None => Check::Resume(0),
+            Some(s)
+                if s.status.is_active()
+                    && s.attempt == a.attempt
+                    && s.bot_id == Some(self.inner.identity.id) =>
+            {
+                Check::Resume(usize::try_from(s.rows_done).unwrap_or(0))
+            }
+            Some(_) => Check::Stale,
+        }
+    }
+}
+
+enum Check {
+    Stale,
+    /// Still ours: rows before this index were reported done.
+    Resume(usize),
+}
+
+async fn register(http: &reqwest::Client, settings: &Settings) -> anyhow::Result<Identity> {
+    let url = format!(
+        "{}/agent/register",
+        settings.agent.gateway_url.trim_end_matches('/')
+    );
+    let body = serde_json::json!({
+        "name": settings.agent.name,
+        "ip_address": settings.agent.ip_address,
+        "capacity": settings.agent.capacity,
+        "systems": settings.agent.systems.keys().collect::<Vec<_>>(),
+        "tags": settings.agent.tags,
+    });
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let outcome = http
+            .post(&url)
+            .bearer_auth(&settings.agent.token)
+            .json(&body)
+            .send()
+            .await;
+        match outcome {
+            Ok(r) if r.status().is_success() => {
+                return r
+                    .json::<Identity>()
+                    .await
+                    .context("reading the registration");
+            }
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                anyhow::bail!("registration refused ({status}): {text}");
+            }
+            Ok(r) => tracing::warn!(status = %r.status(), "registration failed; retrying"),
+            Err(e) => tracing::warn!(error = %e, "gateway unreachable; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("bot-{}", std::process::id()))
+}

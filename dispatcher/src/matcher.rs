@@ -1,0 +1,296 @@
+//! The matching loop. Wake-ups mark a customer dirty; one loop per dispatcher
+//! matches dirty customers' oldest waiting jobs to free bots, one transaction
+//! per batch, then delivers what it assigned.
+
+use futures::StreamExt;
+use futures::future::join_all;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use orq_shared::CancellationToken;
+use orq_shared::broker::{Broker, Topology};
+use orq_shared::config::Settings;
+use orq_shared::domain::{BotEvent, CustomerId, Delivery, JobEvent};
+use orq_shared::messages::{Assignment, Wake};
+use orq_shared::repo::jobs::{self, Actor, Assigned, EventKind, EventRecord, Outcome};
+use orq_shared::repo::{RepoError, bots};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct Matcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: deadpool_postgres::Pool,
+    broker: Broker,
+    settings: Arc<Settings>,
+    http: reqwest::Client,
+    /// Customers that may have work to match, and the wake-up messages to
+    /// acknowledge once a round that covers them has committed.
+    pending: Mutex<Pending>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    customers: HashSet<CustomerId>,
+    acks: Vec<lapin::Acker>,
+}
+
+impl Matcher {
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        broker: Broker,
+        settings: Arc<Settings>,
+    ) -> anyhow::Result<Matcher> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(
+                settings.dispatcher.http_delivery_timeout_ms,
+            ))
+            .build()?;
+        Ok(Matcher {
+            inner: Arc::new(Inner {
+                pool,
+                broker,
+                settings,
+                http,
+                pending: Mutex::new(Pending::default()),
+                notify: Notify::new(),
+            }),
+        })
+    }
+
+    /// Asks for a matching round for `customer`.
+    pub fn wake(&self, customer: CustomerId) {
+        self.push(customer, None);
+    }
+
+    fn push(&self, customer: CustomerId, ack: Option<lapin::Acker>) {
+        if let Ok(mut p) = self.inner.pending.lock() {
+            p.customers.insert(customer);
+            p.acks.extend(ack);
+        }
+        self.inner.notify.notify_one();
+    }
+
+    fn take(&self) -> Pending {
+        self.inner
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.inner.notify.notified() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let batch = self.take();
+            let mut failed = false;
+            for customer in &batch.customers {
+                if let Err(e) = self.match_customer(*customer).await {
+                    tracing::warn!(error = %e, %customer, "matching failed; will retry");
+                    failed = true;
+                    self.push(*customer, None);
+                }
+            }
+            // The work itself is in PostgreSQL: a wake-up has done its job
+            // once a round ran, and the sweep covers a failed round.
+            for ack in batch.acks {
+                let _ = ack.ack(BasicAckOptions::default()).await;
+            }
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+
+    /// Matches until the customer has no free bot or no waiting job left.
+    pub async fn match_customer(&self, customer: CustomerId) -> Result<usize, RepoError> {
+        let batch = self.inner.settings.dispatcher.batch_size;
+        let mut total = 0;
+        loop {
+            let mut db = self.inner.pool.get().await?;
+            let tx = db.transaction().await?;
+            let assigned = jobs::match_waiting(&tx, customer, batch).await?;
+            tx.commit().await?;
+            drop(db);
+            let n = assigned.len();
+            total += n;
+            if n > 0 {
+                tracing::debug!(%customer, jobs = n, "assigned");
+                join_all(assigned.into_iter().map(|a| self.deliver(customer, a))).await;
+            }
+            if (n as i64) < batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Sends an assigned job to its bot; on failure the job waits again and
+    /// the bot is marked UNAVAILABLE until it is heard from.
+    pub async fn deliver(&self, customer: CustomerId, a: Assigned) {
+        let outcome = match a.delivery {
+            Delivery::Agent => self.deliver_to_agent(customer, &a).await,
+            Delivery::Http => self.deliver_over_http(customer, &a).await,
+        };
+        if let Err(reason) = outcome {
+            tracing::warn!(job = %a.job_id, bot = %a.bot_id, %reason, "delivery failed");
+            if let Err(e) = self.hand_back(customer, &a, &reason).await {
+                tracing::warn!(error = %e, job = %a.job_id, "hand-back failed; the sweep will retry");
+            }
+        }
+    }
+
+    async fn deliver_to_agent(&self, customer: CustomerId, a: &Assigned) -> Result<(), String> {
+        let message = Assignment {
+            id: Uuid::now_v7(),
+            job_id: a.job_id,
+            attempt: a.attempt,
+            customer_id: customer,
+            bot_id: a.bot_id,
+            description: a.description.clone(),
+            system: a.system.clone(),
+            attachment: a.attachment.clone(),
+            created_at: a.created_at,
+            assigned_at: time::OffsetDateTime::now_utc(),
+        };
+        self.inner
+            .broker
+            .publish_json(&Topology::bot_key(a.bot_id), message.id, &message)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The proof of concept's push: `POST http://<ip>:<port>/tasks` with the
+    /// task as `GET /tasks/{id}` shows it.
+    async fn deliver_over_http(&self, customer: CustomerId, a: &Assigned) -> Result<(), String> {
+        let task = {
+            let db = self.inner.pool.get().await.map_err(|e| e.to_string())?;
+            jobs::get(&db, customer, a.job_id)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let host = match a.bot_address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => a.bot_address.clone(),
+        };
+        let url = format!("http://{host}:{}/tasks", a.bot_port);
+        let response = self
+            .inner
+            .http
+            .post(&url)
+            .json(&task)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("POST {url}: HTTP {}", response.status()))
+        }
+    }
+
+    pub async fn hand_back(
+        &self,
+        customer: CustomerId,
+        a: &Assigned,
+        reason: &str,
+    ) -> Result<(), RepoError> {
+        let mut db = self.inner.pool.get().await?;
+        let tx = db.transaction().await?;
+        let now = time::OffsetDateTime::now_utc();
+        let applied = jobs::transition(
+            &tx,
+            customer,
+            a.job_id,
+            Actor::Bot {
+                bot: a.bot_id,
+                attempt: a.attempt,
+            },
+            JobEvent::DeliveryFailed,
+            &Outcome::default(),
+            Uuid::now_v7(),
+            now,
+        )
+        .await;
+        match applied {
+            // The bot reported already (delivery did arrive) or the job moved on.
+            Ok(jobs::Applied::Stale { .. }) | Err(RepoError::Conflict(_)) => return Ok(()),
+            Ok(jobs::Applied::Done { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        jobs::append_event(
+            &tx,
+            &EventRecord {
+                id: Uuid::now_v7(),
+                job_id: a.job_id,
+                customer,
+                kind: EventKind::Warning,
+                description: format!("delivery to bot {} failed: {reason}", a.bot_id),
+                from: None,
+                to: None,
+                bot: Some(a.bot_id),
+                attempt: Some(a.attempt),
+            },
+        )
+        .await?;
+        bots::apply_event(&tx, a.bot_id, BotEvent::Silent).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Consumes wake-ups from the intake queue into the matcher.
+pub async fn consume_wakeups(matcher: Matcher, broker: Broker, shutdown: CancellationToken) {
+    let queue = broker.topology().intake_queue();
+    let mut last = None;
+    loop {
+        let session = tokio::select! {
+            s = broker.session_after(last) => s,
+            _ = shutdown.cancelled() => return,
+        };
+        last = Some(session.generation());
+        let mut consumer = match session.consume(&queue, 512).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot consume the intake queue");
+                session.report_failure();
+                continue;
+            }
+        };
+        loop {
+            let delivery = tokio::select! {
+                d = consumer.next() => d,
+                _ = shutdown.cancelled() => return,
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "intake consumer failed");
+                    session.report_failure();
+                    break;
+                }
+                None => break,
+            };
+            match serde_json::from_slice::<Wake>(&delivery.data) {
+                Ok(wake) => matcher.push(wake.customer_id, Some(delivery.acker)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed wake-up dead-lettered");
+                    let _ = delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await;
+                }
+            }
+        }
+    }
+}

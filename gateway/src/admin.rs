@@ -1,0 +1,38 @@
+//! `gateway admin ...`: create customers and issue tokens. Each command
+//! prints one JSON line, the token in it shown this once.
+
+use orq_shared::config::Settings;
+use orq_shared::domain::Role;
+use orq_shared::repo::customers;
+use serde_json::json;
+
+pub async fn create_customer(settings: &Settings, name: &str) -> anyhow::Result<serde_json::Value> {
+    let name = name.trim();
+    anyhow::ensure!(!name.is_empty(), "customer name must not be empty");
+    orq_shared::db::migrate(&settings.database).await?;
+    let pool = orq_shared::db::pool(&settings.database)?;
+    let mut db = pool.get().await?;
+    let tx = db.transaction().await?;
+    if customers::find_by_name(&tx, name).await?.is_some() {
+        anyhow::bail!("customer {name:?} exists already; use `gateway admin create-token`");
+    }
+    let id = customers::create(&tx, name).await?;
+    let token = customers::issue_token(&tx, id, Role::Admin).await?;
+    tx.commit().await?;
+    Ok(json!({ "customer": name, "role": "admin", "access_token": token }))
+}
+
+pub async fn create_token(
+    settings: &Settings,
+    customer: &str,
+    role: Role,
+) -> anyhow::Result<serde_json::Value> {
+    orq_shared::db::migrate(&settings.database).await?;
+    let pool = orq_shared::db::pool(&settings.database)?;
+    let db = pool.get().await?;
+    let id = customers::find_by_name(&db, customer)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no customer named {customer:?}"))?;
+    let token = customers::issue_token(&db, id, role).await?;
+    Ok(json!({ "customer": customer, "role": role.as_str(), "access_token": token }))
+}

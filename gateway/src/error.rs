@@ -1,0 +1,185 @@
+//! The one error type of the HTTP API: `{"error": {"code", "message",
+//! "details"}}` with the right status, and extractors whose rejections use it.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use orq_shared::repo::RepoError;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// A field failed validation; `details.field` names it.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::bad_request("invalid_field", message);
+        e.details = json!({ "field": field });
+        e
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid access token is required (Authorization: Bearer <token> or ?access_token=<token>)",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": { "code": self.code, "message": self.message, "details": self.details }
+        });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::NotFound(what) => ApiError::not_found(what),
+            RepoError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            RepoError::Pool(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable; retry shortly")
+            }
+            RepoError::Db(ref db) if db.is_closed() || db.as_db_error().is_none() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable; retry shortly")
+            }
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; it has been logged",
+                )
+            }
+        }
+    }
+}
+
+/// `axum::Json` whose rejections are `ApiError`s.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => {
+            // "Failed to deserialize the JSON body into the target type: <path>: <why>"
+            let why = std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| e.body_text());
+            let mut err = ApiError::bad_request("invalid_body", why.clone());
+            let field = why.split(':').next().unwrap_or_default().trim().to_string();
+            if let Some(name) = why
+                .split('`')
+                .nth(1)
+                .filter(|_| why.starts_with("missing field"))
+            {
+                err.code = "missing_field";
+                err.details = json!({ "field": name });
+            } else if !field.is_empty() && !field.contains(' ') {
+                err.details = json!({ "field": field });
+            }
+            err
+        }
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("invalid_json", e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a body with Content-Type: application/json",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than the configured limit",
+            )
+        }
+        other => ApiError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// `axum::extract::Query` whose rejections are `ApiError`s.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
+                "invalid_query",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.body_text()),
+            )),
+            Err(other) => Err(ApiError::bad_request("invalid_query", other.body_text())),
+        }
+    }
+}
+
+/// Parses an id from the path; a malformed one is a 404 like an unknown one,
+/// since no such resource can exist.
+pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found(what))
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        RepoError::from(e).into()
+    }
+}

@@ -1,0 +1,118 @@
+//! # gateway
+//!
+//! The HTTP API: authenticates, validates, writes jobs to PostgreSQL and wakes
+//! the dispatchers through RabbitMQ. Also the `gateway admin` commands.
+//!
+//! * `error`  – the JSON error type and extractors that reject with it.
+//! * `auth`   – token extraction and role checks.
+//! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
+//! * `admin`  – the command-line administration.
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod routes;
+pub mod state;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use orq_shared::CancellationToken;
+use orq_shared::broker::Broker;
+use orq_shared::config::Settings;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::{agent, bots, health, tasks};
+    let body_limit = state.settings.gateway.body_limit_bytes;
+    let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/agent/register", post(agent::register))
+        .route("/bots", get(bots::list).post(bots::create))
+        .route(
+            "/bots/{id}",
+            get(bots::get).put(bots::update).delete(bots::delete),
+        )
+        .route("/bots/{id}/drain", post(bots::drain))
+        .route("/bots/{id}/resume", post(bots::resume))
+        .route("/tasks", get(tasks::list).post(tasks::create))
+        .route(
+            "/tasks/{id}",
+            get(tasks::get).put(tasks::update).delete(tasks::delete),
+        )
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/events", get(tasks::events))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; it has been logged",
+            ))
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+impl App {
+    /// Connects, migrates and binds; `listen` may use port 0.
+    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
+        orq_shared::db::migrate_with_retry(&settings.database).await?;
+        let pool = orq_shared::db::pool(&settings.database)?;
+        let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
+        let listener = TcpListener::bind(&settings.gateway.listen).await?;
+        let state = AppState {
+            pool,
+            broker,
+            settings: Arc::new(settings),
+        };
+        Ok(App {
+            listener,
+            router: router(state),
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the shutdown token is cancelled, then finishes in-flight
+    /// requests.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! The native API of bot-agents: registration.
+
+use axum::extract::State;
+use orq_shared::domain::{BotId, Role};
+use orq_shared::repo::bots::{self, Bot, Registration};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+use super::text_field;
+use crate::auth::Auth;
+use crate::error::{ApiError, Json};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct RegisterBody {
+    name: String,
+    ip_address: String,
+    capacity: i32,
+    #[serde(default)]
+    systems: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Registered {
+    #[serde(flatten)]
+    bot: Bot,
+    customer_id: orq_shared::domain::CustomerId,
+    /// The queue the agent consumes.
+    queue: String,
+}
+
+/// Creates the agent's bot (or takes over the bot of that name) and makes
+/// sure its queue exists before any work is sent to it.
+pub async fn register(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<RegisterBody>,
+) -> Result<axum::Json<Registered>, ApiError> {
+    let who = auth.require(&[Role::Bot])?.clone();
+    let name = text_field("name", &body.name, 200)?;
+    body.ip_address
+        .parse::<IpAddr>()
+        .map_err(|_| ApiError::invalid_field("ip_address", "ip_address must be an IP address"))?;
+    if !(1..=1000).contains(&body.capacity) {
+        return Err(ApiError::invalid_field(
+            "capacity",
+            "capacity must be between 1 and 1000",
+        ));
+    }
+    let systems = body
+        .systems
+        .iter()
+        .map(|s| text_field("systems", s, 200))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reg = Registration {
+        name,
+        ip_address: body.ip_address,
+        capacity: body.capacity,
+        systems,
+        tags: body.tags,
+    };
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let bot = bots::register_agent(&tx, who.customer_id, &reg).await?;
+    tx.commit().await?;
+    if !declare_queue(&state, bot.id).await {
+        return Err(ApiError::unavailable(
+            "RabbitMQ is unavailable; retry shortly",
+        ));
+    }
+    crate::routes::bots::wake(&state, who.customer_id);
+    Ok(axum::Json(Registered {
+        queue: state.broker.topology().bot_queue(bot.id),
+        customer_id: who.customer_id,
+        bot,
+    }))
+}
+
+/// Declares a bot's queue; false when RabbitMQ is unreachable.
+pub async fn declare_queue(state: &AppState, bot: BotId) -> bool {
+    let Some(session) = state.broker.current() else {
+        return false;
+    };
+    let declared = async {
+        let ch = session.channel().await?;
+        session.topology().declare_bot_queue(&ch, bot).await?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok::<_, orq_shared::broker::BrokerError>(())
+    };
+    match declared.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, %bot, "declaring bot queue failed");
+            false
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The proof of concept's `/bots` CRUD, plus drain/resume.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use orq_shared::domain::{BotId, BotStatus, Delivery, Role};
+use orq_shared::repo::bots::{self, Bot, BotFilter, BotSpec};
+use serde::Deserialize;
+use std::net::IpAddr;
+
+use super::{PageQuery, paged, text_field};
+use crate::auth::Auth;
+use crate::error::{ApiError, Json, Query, parse_id};
+use crate::state::AppState;
+
+const READERS: &[Role] = &[Role::Viewer, Role::Bot];
+const WRITERS: &[Role] = &[Role::Admin, Role::Bot];
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    ip_address: Option<String>,
+    name: Option<String>,
+    status: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(READERS)?;
+    let page = q.page.page()?;
+    let filter = BotFilter {
+        ip_address: q.ip_address,
+        name: q.name,
+        status: q
+            .status
+            .map(|s| s.parse::<BotStatus>())
+            .transpose()
+            .map_err(|e| ApiError::invalid_field("status", e.to_string()))?,
+    };
+    let db = state.db().await?;
+    let items = bots::list(&db, who.customer_id, &filter, page).await?;
+    let last = items.last().map(|b| b.id.to_string());
+    Ok(paged(items, page, last))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Bot>, ApiError> {
+    let who = auth.require(READERS)?;
+    let id: BotId = parse_id(&id, "bot")?;
+    let db = state.db().await?;
+    Ok(axum::Json(bots::get(&db, who.customer_id, id).await?))
+}
+
+/// Every field optional: `POST` fills defaults, `PUT` keeps current values
+/// (a legacy bot sends just `{"status": "BUSY"}`).
+#[derive(Debug, Deserialize)]
+pub struct BotBody {
+    name: Option<String>,
+    ip_address: Option<String>,
+    port: Option<i32>,
+    status: Option<String>,
+    delivery: Option<String>,
+    capacity: Option<i32>,
+    systems: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+}
+
+fn apply(body: BotBody, base: BotSpec) -> Result<BotSpec, ApiError> {
+    let name = match body.name {
+        Some(n) => text_field("name", &n, 200)?,
+        None => base.name,
+    };
+    let ip_address = match body.ip_address {
+        Some(ip) => {
+            let ip = ip.trim().to_string();
+            ip.parse::<IpAddr>().map_err(|_| {
+                ApiError::invalid_field("ip_address", "ip_address must be an IPv4 or IPv6 address")
+            })?;
+            ip
+        }
+        None => base.ip_address,
+    };
+    let port = body.port.unwrap_or(base.port);
+    if !(1..=65535).contains(&port) {
+        return Err(ApiError::invalid_field(
+            "port",
+            "port must be between 1 and 65535",
+        ));
+    }
+    let status = match body.status {
+        Some(s) => s
+            .parse::<BotStatus>()
+            .map_err(|e| ApiError::invalid_field("status", e.to_string()))?,
+        None => base.status,
+    };
+    let delivery = match body.delivery {
+        Some(d) => d
+            .parse::<Delivery>()
+            .map_err(|e| ApiError::invalid_field("delivery", e.to_string()))?,
+        None => base.delivery,
+    };
+    let capacity = body.capacity.unwrap_or(base.capacity);
+    if !(1..=1000).contains(&capacity) {
+        return Err(ApiError::invalid_field(
+            "capacity",
+            "capacity must be between 1 and 1000",
+        ));
+    }
+    let systems = match body.systems {
+        Some(list) => list
+            .iter()
+            .map(|s| text_field("systems", s, 200))
+            .collect::<Result<_, _>>()?,
+        None => base.systems,
+    };
+    let tags = match body.tags {
+        Some(list) => list
+            .iter()
+            .map(|s| text_field("tags", s, 200))
+            .collect::<Result<_, _>>()?,
+        None => base.tags,
+    };
+    Ok(BotSpec {
+        name,
+        ip_address,
+        port,
+        status,
+        delivery,
+        capacity,
+        systems,
+        tags,
+    })
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<BotBody>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    if body.name.is_none() {
+        return Err(ApiError::invalid_field("name", "name is required"));
+    }
+    if body.ip_address.is_none() {
+        return Err(ApiError::invalid_field(
+            "ip_address",
+            "ip_address is required",
+        ));
+    }
+    // Bots created over the API are the proof of concept's HTTP bots.
+    let spec = apply(
+        body,
+        BotSpec {
+            name: String::new(),
+            ip_address: String::new(),
+            port: 5000,
+            status: BotStatus::Available,
+            delivery: Delivery::Http,
+            capacity: 1,
+            systems: Vec::new(),
+            tags: Vec::new(),
+        },
+    )?;
+    let db = state.db().await?;
+    let bot = bots::insert(&db, who.customer_id, &spec).await?;
+    if bot.delivery == Delivery::Agent {
+        crate::routes::agent::declare_queue(&state, bot.id).await;
+    }
+    wake(&state, who.customer_id);
+    Ok((StatusCode::CREATED, axum::Json(bot)).into_response())
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<BotBody>,
+) -> Result<axum::Json<Bot>, ApiError> {
+    let who = auth.require(WRITERS)?;
+    let id: BotId = parse_id(&id, "bot")?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let current = bots::get(&tx, who.customer_id, id).await?;
+    let spec = apply(
+        body,
+        BotSpec {
+            name: current.name,
+            ip_address: current.ip_address,
+            port: current.port,
+            status: current.status,
+            delivery: current.delivery,
+            capacity: current.capacity,
+            systems: current.systems,
+            tags: current.tags,
+        },
+    )?;
+    let bot = bots::update(&tx, who.customer_id, id, &spec).await?;
+    tx.commit().await?;
+    if bot.status == BotStatus::Available {
+        wake(&state, who.customer_id);
+    }
+    Ok(axum::Json(bot))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let id: BotId = parse_id(&id, "bot")?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    bots::delete(&tx, who.customer_id, id).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_draining(
+    state: AppState,
+    auth: Auth,
+    id: String,
+    draining: bool,
+) -> Result<axum::Json<Bot>, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let id: BotId = parse_id(&id, "bot")?;
+    let db = state.db().await?;
+    let bot = bots::set_draining(&db, who.customer_id, id, draining).await?;
+    if !draining {
+        wake(&state, who.customer_id);
+    }
+    Ok(axum::Json(bot))
+}
+
+/// The bot takes no new work and finishes what it has.
+pub async fn drain(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Bot>, ApiError> {
+    set_draining(state, auth, id, true).await
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Bot>, ApiError> {
+    set_draining(state, auth, id, false).await
+}
+
+/// Tells the dispatchers the customer may have work to match (a bot freed
+/// up, a task arrived). Fire and forget: the sweep covers a lost wake-up.
+pub fn wake(state: &AppState, customer: orq_shared::domain::CustomerId) {
+    crate::routes::tasks::publish_wake(state, customer, None);
+}

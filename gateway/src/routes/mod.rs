@@ -1,0 +1,73 @@
+//! HTTP routes, split by area.
+
+pub mod agent;
+pub mod bots;
+pub mod health;
+pub mod tasks;
+
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use orq_shared::repo::Page;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+/// `?limit=&after=` on every list.
+#[derive(Debug, Deserialize, Default)]
+pub struct PageQuery {
+    pub limit: Option<i64>,
+    pub after: Option<Uuid>,
+}
+
+impl PageQuery {
+    pub fn page(&self) -> Result<Page, ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::invalid_field(
+                "limit",
+                format!("limit must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        Ok(Page {
+            limit,
+            after: self.after,
+        })
+    }
+}
+
+/// A page of items as a plain JSON array (what the proof of concept's
+/// clients expect), with `X-Next-Cursor` set when there may be more: pass it
+/// back as `?after=`.
+pub fn paged<T: Serialize>(items: Vec<T>, page: Page, last_id: Option<String>) -> Response {
+    let full = items.len() as i64 == page.limit;
+    let mut response = axum::Json(items).into_response();
+    if full
+        && let Some(id) = last_id
+        && let Ok(value) = HeaderValue::from_str(&id)
+    {
+        response.headers_mut().insert("x-next-cursor", value);
+    }
+    response
+}
+
+/// Reads a non-empty, trimmed text field of bounded length.
+pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ));
+    }
+    Ok(value.to_string())
+}

@@ -1,0 +1,319 @@
+//! The proof of concept's `/tasks` CRUD: a view on jobs of kind `system`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use orq_shared::attachment;
+use orq_shared::broker::KEY_INTAKE;
+use orq_shared::domain::{CustomerId, JobEvent, JobId, JobStatus, Role};
+use orq_shared::messages::Wake;
+use orq_shared::repo::jobs::{self, Actor, Applied, NewTask, Outcome, Task, TaskFilter};
+use orq_shared::repo::{RepoError, bots};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{PageQuery, paged, text_field};
+use crate::auth::Auth;
+use crate::error::{ApiError, Json, Query, parse_id};
+use crate::state::AppState;
+
+const READERS: &[Role] = &[Role::Viewer, Role::Bot];
+const RUNNERS: &[Role] = &[Role::User, Role::Bot];
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    system: Option<String>,
+    bot_id: Option<Uuid>,
+    /// `include=attachment` adds the (possibly large) attachment to each item.
+    include: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(READERS)?;
+    let page = q.page.page()?;
+    let filter = TaskFilter {
+        status: q
+            .status
+            .map(|s| s.parse::<JobStatus>())
+            .transpose()
+            .map_err(|e| ApiError::invalid_field("status", e.to_string()))?,
+        system: q.system,
+        bot_id: q.bot_id.map(orq_shared::domain::BotId),
+        with_attachment: match q.include.as_deref() {
+            None => false,
+            Some("attachment") => true,
+            Some(other) => {
+                return Err(ApiError::invalid_field(
+                    "include",
+                    format!("unknown include {other:?}; the only one is \"attachment\""),
+                ));
+            }
+        },
+    };
+    let db = state.db().await?;
+    let items = jobs::list(&db, who.customer_id, &filter, page).await?;
+    let last = items.last().map(|t| t.id.to_string());
+    Ok(paged(items, page, last))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Task>, ApiError> {
+    let who = auth.require(READERS)?;
+    let id: JobId = parse_id(&id, "task")?;
+    let db = state.db().await?;
+    Ok(axum::Json(jobs::get(&db, who.customer_id, id).await?))
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
+    let who = auth.require(READERS)?;
+    let id: JobId = parse_id(&id, "task")?;
+    let db = state.db().await?;
+    jobs::get(&db, who.customer_id, id).await?;
+    Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateBody {
+    description: String,
+    system: String,
+    /// The CSV file, base64 encoded, with a header row.
+    attachment: String,
+}
+
+/// Checks a task definition; returns it with its row count.
+async fn validate(
+    db: &deadpool_postgres::Object,
+    customer: CustomerId,
+    description: &str,
+    system: &str,
+    attachment_b64: &str,
+) -> Result<NewTask, ApiError> {
+    let description = description.trim().to_string();
+    if description.chars().count() > 2000 {
+        return Err(ApiError::invalid_field(
+            "description",
+            "description must be at most 2000 characters",
+        ));
+    }
+    let system = text_field("system", system, 200)?;
+    let rows = attachment::parse(attachment_b64)
+        .map_err(|e| ApiError::invalid_field("attachment", e.to_string()))?;
+    if !bots::system_known(db, customer, &system).await? {
+        let mut e = ApiError::bad_request(
+            "unknown_system",
+            format!("no bot of this customer runs system {system:?}"),
+        );
+        e.details = serde_json::json!({ "field": "system" });
+        return Err(e);
+    }
+    Ok(NewTask {
+        description,
+        system,
+        attachment: attachment_b64.split_ascii_whitespace().collect(),
+        rows_total: i32::try_from(rows.len()).unwrap_or(i32::MAX),
+    })
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<CreateBody>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::User])?;
+    let mut db = state.db().await?;
+    let new = validate(
+        &db,
+        who.customer_id,
+        &body.description,
+        &body.system,
+        &body.attachment,
+    )
+    .await?;
+    let tx = db.transaction().await?;
+    let task = jobs::create(&tx, who.customer_id, &new).await?;
+    tx.commit().await?;
+    publish_wake(&state, who.customer_id, Some(task.id));
+    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UpdateBody {
+    status: Option<String>,
+    description: Option<String>,
+    system: Option<String>,
+    attachment: Option<String>,
+}
+
+/// The event that takes a job from `from` to the requested status.
+fn event_for(from: JobStatus, to: JobStatus) -> Result<JobEvent, ApiError> {
+    Ok(match to {
+        JobStatus::Running => JobEvent::Start,
+        JobStatus::Complete => JobEvent::Complete,
+        JobStatus::Failed => JobEvent::Fail,
+        JobStatus::Canceled => JobEvent::Cancel,
+        JobStatus::Timeout => JobEvent::TimedOut,
+        // Handing a job back: it waits for another bot.
+        JobStatus::Waiting if from == JobStatus::Assigned => JobEvent::DeliveryFailed,
+        JobStatus::Waiting => JobEvent::BotLost { retry: true },
+        JobStatus::Assigned => {
+            return Err(ApiError::invalid_field(
+                "status",
+                "ASSIGNED is set by the dispatcher only",
+            ));
+        }
+    })
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateBody>,
+) -> Result<axum::Json<Task>, ApiError> {
+    let who = auth.require(RUNNERS)?.clone();
+    let id: JobId = parse_id(&id, "task")?;
+    let status = body
+        .status
+        .as_deref()
+        .map(str::parse::<JobStatus>)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("status", e.to_string()))?;
+    let mut db = state.db().await?;
+    let current = jobs::get(&db, who.customer_id, id).await?;
+    let redefine = body.description.is_some() || body.system.is_some() || body.attachment.is_some();
+    let new = if redefine {
+        let attachment = body
+            .attachment
+            .as_deref()
+            .or(current.attachment.as_deref())
+            .unwrap_or_default();
+        Some(
+            validate(
+                &db,
+                who.customer_id,
+                body.description.as_deref().unwrap_or(&current.description),
+                body.system.as_deref().unwrap_or(&current.system),
+                attachment,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let tx = db.transaction().await?;
+    let mut task = current;
+    if let Some(new) = &new
+        && (new.description != task.description
+            || new.system != task.system
+            || Some(&new.attachment) != task.attachment.as_ref())
+    {
+        task = jobs::update_definition(&tx, who.customer_id, id, new).await?;
+    }
+    let mut released = false;
+    if let Some(to) = status
+        && to != task.status
+    {
+        let event = event_for(task.status, to)?;
+        match jobs::transition(
+            &tx,
+            who.customer_id,
+            id,
+            Actor::Api,
+            event,
+            &Outcome::default(),
+            Uuid::now_v7(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?
+        {
+            Applied::Done { from, task: t } => {
+                released = from.is_active() && !t.status.is_active();
+                task = *t;
+            }
+            Applied::Stale { .. } => {
+                return Err(RepoError::Conflict("task changed concurrently".into()).into());
+            }
+        }
+    }
+    tx.commit().await?;
+    if released || task.status == JobStatus::Waiting {
+        publish_wake(&state, who.customer_id, Some(id));
+    }
+    Ok(axum::Json(task))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Task>, ApiError> {
+    let who = auth.require(&[Role::User])?.clone();
+    let id: JobId = parse_id(&id, "task")?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let applied = jobs::transition(
+        &tx,
+        who.customer_id,
+        id,
+        Actor::Api,
+        JobEvent::Cancel,
+        &Outcome::default(),
+        Uuid::now_v7(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .await?;
+    tx.commit().await?;
+    match applied {
+        Applied::Done { from, task } => {
+            if from.is_active() {
+                publish_wake(&state, who.customer_id, Some(id));
+            }
+            Ok(axum::Json(*task))
+        }
+        Applied::Stale { .. } => {
+            Err(RepoError::Conflict("task changed concurrently".into()).into())
+        }
+    }
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let id: JobId = parse_id(&id, "task")?;
+    let db = state.db().await?;
+    jobs::delete(&db, who.customer_id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Wakes the dispatchers for `customer`. Runs in the background: the job is
+/// already committed, so a lost or slow publish only costs the sweep interval.
+pub fn publish_wake(state: &AppState, customer: CustomerId, job: Option<JobId>) {
+    let broker = state.broker.clone();
+    tokio::spawn(async move {
+        let wake = Wake {
+            id: Uuid::now_v7(),
+            customer_id: customer,
+            job_id: job,
+        };
+        if let Err(e) = broker.publish_json(KEY_INTAKE, wake.id, &wake).await {
+            tracing::warn!(error = %e, %customer, "wake-up not published; the sweep will pick the work up");
+        }
+    });
+}

@@ -1,0 +1,470 @@
+//! RabbitMQ: the topology, declared in one place, and a supervisor that keeps
+//! a connection alive.
+//!
+//! lapin's own recovery is young, so the supervisor does it: connect with
+//! backoff, declare the topology, open a confirming publisher channel, publish
+//! the session on a `watch` channel, and when the connection dies, withdraw it
+//! and start over. Consumers take a fresh session from `Broker::session()` each
+//! time their stream ends, which rebuilds them after every reconnect.
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::AmqpSettings;
+use crate::domain::BotId;
+
+/// Names of every exchange and queue, derived from one prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+}
+
+/// Routing keys on the work exchange.
+pub const KEY_INTAKE: &str = "intake";
+pub const KEY_REPORTS: &str = "reports";
+
+/// A message that keeps failing is dead-lettered after this many deliveries
+/// instead of looping forever (quorum queues count them).
+const DELIVERY_LIMIT: i64 = 20;
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The direct exchange all work goes through.
+    pub fn work_exchange(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Wake-ups from the gateway to the dispatchers.
+    pub fn intake_queue(&self) -> String {
+        format!("{}.dispatcher.intake", self.prefix)
+    }
+
+    /// Reports from bots to the dispatchers.
+    pub fn reports_queue(&self) -> String {
+        format!("{}.dispatcher.reports", self.prefix)
+    }
+
+    pub fn bot_queue(&self, bot: BotId) -> String {
+        format!("{}.bot.{}", self.prefix, bot)
+    }
+
+    pub fn bot_key(bot: BotId) -> String {
+        format!("bot.{bot}")
+    }
+
+    fn queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_letter_exchange().into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args
+    }
+
+    async fn declare_queue(&self, ch: &Channel, queue: &str, key: &str) -> lapin::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(queue.into(), durable, self.queue_args())
+            .await?;
+        ch.queue_bind(
+            queue.into(),
+            self.work_exchange().into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Declares everything the services share. Idempotent: every service calls
+    /// it at every (re)connect.
+    pub async fn declare(&self, ch: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            self.work_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.dead_letter_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        let mut dead_args = FieldTable::default();
+        dead_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(
+            self.dead_letter_queue().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            dead_args,
+        )
+        .await?;
+        ch.queue_bind(
+            self.dead_letter_queue().into(),
+            self.dead_letter_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        self.declare_queue(ch, &self.intake_queue(), KEY_INTAKE)
+            .await?;
+        self.declare_queue(ch, &self.reports_queue(), KEY_REPORTS)
+            .await
+    }
+
+    /// A bot's own queue. Declared by whoever registers the bot and by the
+    /// agent itself, so work can wait for an agent that is not up yet.
+    pub async fn declare_bot_queue(&self, ch: &Channel, bot: BotId) -> lapin::Result<()> {
+        self.declare_queue(ch, &self.bot_queue(bot), &Self::bot_key(bot))
+            .await
+    }
+
+    /// Removes everything `declare` made plus the given bots' queues: for
+    /// tests and benchmarks that use a private prefix.
+    pub async fn teardown(&self, ch: &Channel, bots: &[BotId]) -> lapin::Result<()> {
+        let mut queues = vec![
+            self.intake_queue(),
+            self.reports_queue(),
+            self.dead_letter_queue(),
+        ];
+        queues.extend(bots.iter().map(|b| self.bot_queue(*b)));
+        for q in queues {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for e in [self.work_exchange(), self.dead_letter_exchange()] {
+            ch.exchange_delete(e.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for routing key {0:?}")]
+    Unroutable(String),
+    #[error("encoding message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// One live connection with its confirming publisher channel.
+#[derive(Clone)]
+pub struct Session {
+    connection: Arc<Connection>,
+    publisher: Channel,
+    generation: u64,
+    topology: Topology,
+    /// Cancelled when the supervisor sees this connection die.
+    lost: CancellationToken,
+}
+
+impl Session {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A new channel consuming `queue` with `prefetch` unacked messages at most.
+    pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let tag = format!("{}-{}", queue, Uuid::now_v7());
+        Ok(ch
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?)
+    }
+
+    /// A plain channel, e.g. for declaring a bot's queue.
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        Ok(self.connection.create_channel().await?)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Resolves when this session's connection is gone.
+    pub async fn lost(&self) {
+        self.lost.cancelled().await
+    }
+
+    /// Tells the supervisor this session failed (a consumer saw an error), so
+    /// it reconnects without waiting for its own checks.
+    pub fn report_failure(&self) {
+        self.lost.cancel();
+    }
+
+    /// Publishes persistently to the work exchange and waits for the broker's
+    /// confirm. `mandatory`: a message no queue takes comes back as an error.
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        key: &str,
+        message_id: Uuid,
+        body: &T,
+    ) -> Result<(), BrokerError> {
+        let payload = serde_json::to_vec(body)?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(ShortString::from(message_id.to_string()));
+        let confirm = self
+            .publisher
+            .basic_publish(
+                self.topology.work_exchange().into(),
+                key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &payload,
+                props,
+            )
+            .await;
+        let confirm = match confirm {
+            Ok(c) => c,
+            Err(e) => {
+                self.report_failure();
+                return Err(e.into());
+            }
+        };
+        match confirm.await? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(key.to_string())),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked),
+        }
+    }
+}
+
+/// A handle to the supervised connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    sessions: watch::Receiver<Option<Session>>,
+    topology: Topology,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+impl Broker {
+    /// Starts the supervisor; it runs until `shutdown` is cancelled.
+    /// `name` shows in RabbitMQ's connection list.
+    pub fn start(settings: &AmqpSettings, name: &str, shutdown: CancellationToken) -> Broker {
+        let (tx, rx) = watch::channel(None);
+        let topology = Topology::new(&settings.prefix);
+        tokio::spawn(supervise(
+            settings.clone(),
+            name.to_string(),
+            topology.clone(),
+            tx,
+            shutdown,
+        ));
+        Broker {
+            sessions: rx,
+            topology,
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The current session, if connected.
+    pub fn current(&self) -> Option<Session> {
+        self.sessions.borrow().clone()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some_and(|s| !s.lost.is_cancelled())
+    }
+
+    /// Waits for a live session whose generation is not `after` (pass the
+    /// generation of a session that just failed to get its successor).
+    pub async fn session_after(&self, after: Option<u64>) -> Session {
+        let mut rx = self.sessions.clone();
+        loop {
+            if let Some(s) = rx.borrow_and_update().clone()
+                && Some(s.generation) != after
+                && !s.lost.is_cancelled()
+            {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                // The supervisor is gone (shutdown): nothing will ever come.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub async fn session(&self) -> Session {
+        self.session_after(None).await
+    }
+
+    /// Publishes on the current session; fails at once when disconnected.
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        key: &str,
+        message_id: Uuid,
+        body: &T,
+    ) -> Result<(), BrokerError> {
+        let session = self.current().ok_or(BrokerError::NotConnected)?;
+        session.publish_json(key, message_id, body).await
+    }
+}
+
+async fn connect(
+    settings: &AmqpSettings,
+    name: &str,
+    topology: &Topology,
+) -> Result<(Connection, Channel), lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let connection = Connection::connect(&settings.url, props).await?;
+    let ch = connection.create_channel().await?;
+    topology.declare(&ch).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((connection, ch))
+}
+
+async fn supervise(
+    settings: AmqpSettings,
+    name: String,
+    topology: Topology,
+    tx: watch::Sender<Option<Session>>,
+    shutdown: CancellationToken,
+) {
+    let backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(settings.reconnect_min_ms))
+            .with_max_delay(Duration::from_millis(settings.reconnect_max_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    while !shutdown.is_cancelled() {
+        let attempt = tokio::select! {
+            r = connect(&settings, &name, &topology) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let (connection, publisher) = match attempt {
+            Ok(ok) => ok,
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, ?wait, "RabbitMQ connect failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        delays = backoff();
+        let session = Session {
+            connection: Arc::new(connection),
+            publisher,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+            topology: topology.clone(),
+            lost: shutdown.child_token(),
+        };
+        tracing::info!(generation = session.generation, "connected to RabbitMQ");
+        tx.send_replace(Some(session.clone()));
+        watch_connection(&session, &shutdown).await;
+        session.lost.cancel();
+        tx.send_replace(None);
+        if shutdown.is_cancelled() {
+            let _ = session.connection.close(200, "shutdown".into()).await;
+            break;
+        }
+        tracing::warn!(generation = session.generation, "RabbitMQ connection lost");
+        let _ = session.connection.close(320, "reconnecting".into()).await;
+    }
+    tx.send_replace(None);
+}
+
+/// Returns when the connection stops being usable or on shutdown.
+async fn watch_connection(session: &Session, shutdown: &CancellationToken) {
+    use futures::StreamExt;
+    let mut events = session.connection.events_listener();
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = session.lost.cancelled() => return,
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => {
+                    tracing::warn!(error = %e, "RabbitMQ connection error");
+                    return;
+                }
+                Some(_) => {}
+                None => return,
+            },
+            _ = check.tick() => {
+                if !session.connection.status().connected()
+                    || !session.publisher.status().connected()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Layered configuration: built-in defaults < an optional TOML file < `ORQ_`
+//! environment variables (`ORQ_DATABASE__URL`, `ORQ_AMQP__PREFIX`, ...; a double
+//! underscore separates sections). Every service reads the same structure and
+//! uses the sections it needs, so one file can configure a whole deployment.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub log: LogSettings,
+    pub gateway: GatewaySettings,
+    pub dispatcher: DispatcherSettings,
+    pub agent: AgentSettings,
+    pub reaper: ReaperSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DatabaseSettings {
+    /// libpq-style URL, e.g. `postgres://postgres@127.0.0.1:5432/orquestra`.
+    pub url: String,
+    pub pool_size: usize,
+    /// How long a caller waits for a free pooled connection before failing;
+    /// deadpool waits forever without it.
+    pub wait_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AmqpSettings {
+    pub url: String,
+    /// Prefix of every exchange and queue name: lets several deployments (or
+    /// test runs) share one broker without seeing each other's messages.
+    pub prefix: String,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LogSettings {
+    /// `human` or `json`.
+    pub format: String,
+    /// An `EnvFilter` directive, overridden by `RUST_LOG` when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct GatewaySettings {
+    pub listen: String,
+    /// Largest accepted request body; a base64 CSV attachment must fit in it.
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DispatcherSettings {
+    /// The periodic sweep that catches work whose wake-up message was lost.
+    pub sweep_interval_ms: u64,
+    /// An ASSIGNED job that no bot acknowledged within this time is re-sent.
+    pub assign_timeout_ms: u64,
+    /// Timeout of the POST to a legacy HTTP bot's `/tasks`.
+    pub http_delivery_timeout_ms: u64,
+    /// Most jobs claimed by one matching transaction.
+    pub batch_size: i64,
+    /// Reports handled at once by one dispatcher.
+    pub report_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AgentSettings {
+    /// Base URL of the gateway, used to register.
+    pub gateway_url: String,
+    /// Bot credential (a token of role `bot`).
+    pub token: String,
+    /// The bot's name; defaults to the host name.
+    pub name: String,
+    pub ip_address: String,
+    pub capacity: u16,
+    pub tags: Vec<String>,
+    pub heartbeat_interval_ms: u64,
+    /// How long one automation run for one CSV row may take.
+    pub row_timeout_ms: u64,
+    /// SIGTERM -> SIGKILL grace period.
+    pub kill_grace_ms: u64,
+    /// `system` name -> argv of the automation run once per CSV row (the row
+    /// arrives as a JSON object on stdin). `builtin:noop` runs nothing.
+    pub systems: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ReaperSettings {
+    pub tick_ms: u64,
+    /// A bot silent for this many heartbeat intervals is UNAVAILABLE.
+    pub missed_heartbeats: u32,
+    pub heartbeat_interval_ms: u64,
+}
+
+const DEFAULTS: &str = r#"
+[database]
+url = "postgres://postgres@127.0.0.1:5432/orquestra"
+pool_size = 16
+wait_timeout_ms = 5000
+connect_timeout_ms = 5000
+statement_timeout_ms = 30000
+
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&connection_timeout=5000"
+prefix = "orq"
+reconnect_min_ms = 100
+reconnect_max_ms = 5000
+
+[log]
+format = "human"
+level = "info"
+
+[gateway]
+listen = "127.0.0.1:8080"
+body_limit_bytes = 10485760
+request_timeout_ms = 30000
+
+[dispatcher]
+sweep_interval_ms = 10000
+assign_timeout_ms = 60000
+http_delivery_timeout_ms = 10000
+batch_size = 256
+report_concurrency = 32
+
+[agent]
+gateway_url = "http://127.0.0.1:8080"
+token = ""
+name = ""
+ip_address = "127.0.0.1"
+capacity = 1
+tags = []
+heartbeat_interval_ms = 5000
+row_timeout_ms = 60000
+kill_grace_ms = 5000
+
+[agent.systems]
+
+[reaper]
+tick_ms = 1000
+missed_heartbeats = 3
+heartbeat_interval_ms = 5000
+"#;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] config::ConfigError);
+
+impl Settings {
+    /// Loads defaults, then `file` (or `$ORQ_CONFIG`) when given, then `ORQ_*`.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("ORQ_CONFIG").map(Into::into));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let settings = builder
+            .add_source(
+                config::Environment::with_prefix("ORQ")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("agent.tags")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        Ok(settings)
+    }
+
+    /// The configuration as JSON with secrets replaced, for `--print-config`.
+    pub fn redacted_json(&self) -> String {
+        let mut copy = self.clone();
+        copy.database.url = redact_url(&copy.database.url);
+        copy.amqp.url = redact_url(&copy.amqp.url);
+        if !copy.agent.token.is_empty() {
+            copy.agent.token = "<redacted>".into();
+        }
+        serde_json::to_string_pretty(&copy).unwrap_or_default()
+    }
+}
+
+/// Hides the password of `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Every configuration key as it is spelled in the environment
+/// (`ORQ_SECTION__KEY`), for checks that compose files only use real keys.
+pub fn env_keys() -> Vec<String> {
+    let defaults: Result<Settings, _> = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize());
+    let Ok(value) = defaults.map(|d| serde_json::to_value(d).unwrap_or_default()) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for (section, body) in value.as_object().into_iter().flatten() {
+        for field in body.as_object().into_iter().flat_map(|o| o.keys()) {
+            keys.push(format!(
+                "ORQ_{}__{}",
+                section.to_uppercase(),
+                field.to_uppercase()
+            ));
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_env_overrides_them() {
+        // Environment is process-global; use a key no other test reads.
+        let s = Settings::load(None).expect("defaults parse");
+        assert_eq!(s.dispatcher.sweep_interval_ms, 10_000);
+        assert_eq!(s.gateway.listen, "127.0.0.1:8080");
+        assert!(env_keys().contains(&"ORQ_DATABASE__URL".to_string()));
+        assert!(env_keys().contains(&"ORQ_AGENT__SYSTEMS".to_string()));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@localhost:5672/%2f"),
+            "amqp://guest:<redacted>@localhost:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,116 @@
+//! The PostgreSQL pool and the embedded migrations.
+//!
+//! Migrations run at every service start under `pg_advisory_lock`, taken on the
+//! very connection that migrates (refinery takes no lock of its own), so any
+//! number of copies starting together apply each migration once.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+
+refinery::embed_migrations!("migrations");
+
+/// Arbitrary, fixed: identifies "Orquestra is migrating" among advisory locks.
+const MIGRATION_LOCK_KEY: i64 = 0x6f72_715f_6d69_6772;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database url: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database pool setup: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("migrations: {0}")]
+    Migrate(#[from] refinery::Error),
+}
+
+fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
+    let mut cfg: tokio_postgres::Config = settings.url.parse().map_err(DbError::Url)?;
+    cfg.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+    cfg.options(format!(
+        "-c statement_timeout={} -c TimeZone=UTC",
+        settings.statement_timeout_ms
+    ));
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("orquestra");
+    }
+    Ok(cfg)
+}
+
+/// A pool whose every wait is bounded: an exhausted or unreachable database
+/// turns into an error the caller can report, never a hang.
+pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        pg_config(settings)?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let connect = Duration::from_millis(settings.connect_timeout_ms);
+    Ok(Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(Duration::from_millis(settings.wait_timeout_ms)),
+            create: Some(connect),
+            recycle: Some(connect),
+        })
+        .build()?)
+}
+
+/// Applies pending migrations while holding the advisory lock on the
+/// migrating connection.
+pub async fn migrate(settings: &DatabaseSettings) -> Result<(), DbError> {
+    let (mut client, connection) = pg_config(settings)?.connect(NoTls).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "migration connection ended");
+        }
+    });
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let outcome = migrations::runner().run_async(&mut client).await;
+    // Unlock even when migrating failed; closing the session would too.
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    drop(client);
+    let _ = driver.await;
+    let report = outcome?;
+    unlock?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}
+
+/// Migrates, retrying with backoff while the database is unreachable: a
+/// service started before PostgreSQL waits for it instead of exiting.
+pub async fn migrate_with_retry(settings: &DatabaseSettings) -> Result<(), DbError> {
+    use backon::{ExponentialBuilder, Retryable};
+    (|| migrate(settings))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(usize::MAX),
+        )
+        .when(|e| matches!(e, DbError::Postgres(_)))
+        .notify(|e, wait| tracing::warn!(error = %e, ?wait, "database not ready, retrying"))
+        .await
+}
+
+/// True when a query round-trips; used by `/readyz`.
+pub async fn ping(pool: &Pool) -> bool {
+    match pool.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}

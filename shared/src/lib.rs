@@ -1,0 +1,26 @@
+//! # Orquestra shared library
+//!
+//! Layout:
+//! * `config`     – layered settings (defaults < file < `ORQ_*` env).
+//! * `telemetry`  – tracing setup.
+//! * `db`         – PostgreSQL pool and embedded migrations under an advisory lock.
+//! * `broker`     – RabbitMQ topology and the reconnecting supervisor.
+//! * `messages`   – what travels over RabbitMQ.
+//! * `domain`     – ids, roles, bot and job state machines (pure).
+//! * `attachment` – the base64 CSV of the proof of concept.
+//! * `token`      – access token generation and hashing.
+//! * `repo`       – every SQL statement, as functions over a client.
+//! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
+
+pub mod attachment;
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod messages;
+pub mod repo;
+pub mod shutdown;
+pub mod telemetry;
+pub mod token;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,117 @@
+//! The messages that cross RabbitMQ, as JSON bodies. Every message carries an
+//! id (also set as the AMQP `message_id`) so consumers can drop redeliveries.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::{BotId, CustomerId, JobId};
+
+/// Gateway -> dispatcher: "this customer has waiting work". Carries no job
+/// data: the job is already in PostgreSQL, and a lost wake-up only costs the
+/// sweep interval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Wake {
+    pub id: Uuid,
+    pub customer_id: CustomerId,
+    /// The job that caused the wake-up, for tracing.
+    pub job_id: Option<JobId>,
+}
+
+/// Dispatcher -> one bot's queue: run this job. The fields of the proof of
+/// concept's task travel with it so the agent needs no database.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Assignment {
+    pub id: Uuid,
+    pub job_id: JobId,
+    /// Fences reports: a report for an older attempt is refused.
+    pub attempt: i32,
+    pub customer_id: CustomerId,
+    pub bot_id: BotId,
+    pub description: String,
+    pub system: String,
+    pub attachment: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the dispatcher sent it; an old or redelivered assignment is
+    /// checked against the job before it runs.
+    #[serde(with = "time::serde::rfc3339")]
+    pub assigned_at: OffsetDateTime,
+}
+
+/// Bot-agent -> dispatcher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BotReport {
+    pub id: Uuid,
+    pub bot_id: BotId,
+    pub customer_id: CustomerId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub body: ReportBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReportBody {
+    Heartbeat {
+        running: u32,
+        capacity: u32,
+    },
+    Running {
+        job_id: JobId,
+        attempt: i32,
+    },
+    Progress {
+        job_id: JobId,
+        attempt: i32,
+        percent: u8,
+        rows_done: u32,
+        rows_total: u32,
+    },
+    Complete {
+        job_id: JobId,
+        attempt: i32,
+        rows_total: u32,
+    },
+    Failed {
+        job_id: JobId,
+        attempt: i32,
+        error: String,
+        failed_rows: Vec<RowError>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RowError {
+    /// 1-based data row number (the header is row 0).
+    pub row: u32,
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_with_a_type_tag() {
+        let report = BotReport {
+            id: Uuid::now_v7(),
+            bot_id: BotId::new(),
+            customer_id: CustomerId::new(),
+            at: OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("valid"),
+            body: ReportBody::Progress {
+                job_id: JobId::new(),
+                attempt: 1,
+                percent: 50,
+                rows_done: 1,
+                rows_total: 2,
+            },
+        };
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(json["body"]["type"], "progress");
+        let back: BotReport = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, report);
+    }
+}

@@ -1,0 +1,419 @@
+//! Bots: the proof of concept's `/bots` entity plus what matching needs.
+
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+
+use super::{Page, RepoError, now, parse_col};
+use crate::domain::{BotEvent, BotId, BotStatus, CustomerId, Delivery, bot_transition};
+
+/// A bot as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Bot {
+    pub id: BotId,
+    pub name: String,
+    pub ip_address: String,
+    pub port: i32,
+    pub status: BotStatus,
+    pub delivery: Delivery,
+    pub capacity: i32,
+    pub active_jobs: i32,
+    pub systems: Vec<String>,
+    pub tags: Vec<String>,
+    pub draining: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_heartbeat_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Bot {
+    pub fn is_full(&self) -> bool {
+        self.active_jobs >= self.capacity
+    }
+}
+
+pub(crate) const COLUMNS: &str = "id, name, ip_address, port, status, delivery, capacity, \
+     active_jobs, systems, tags, draining, last_heartbeat_at, created_at, updated_at";
+
+pub(crate) fn from_row(r: &Row) -> Result<Bot, RepoError> {
+    Ok(Bot {
+        id: BotId(r.get("id")),
+        name: r.get("name"),
+        ip_address: r.get("ip_address"),
+        port: r.get("port"),
+        status: parse_col(r.get::<_, &str>("status"))?,
+        delivery: parse_col(r.get::<_, &str>("delivery"))?,
+        capacity: r.get("capacity"),
+        active_jobs: r.get("active_jobs"),
+        systems: r.get("systems"),
+        tags: r.get("tags"),
+        draining: r.get("draining"),
+        last_heartbeat_at: r.get("last_heartbeat_at"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+/// The fields of a bot an admin sets.
+#[derive(Debug, Clone)]
+pub struct BotSpec {
+    pub name: String,
+    pub ip_address: String,
+    pub port: i32,
+    pub status: BotStatus,
+    pub delivery: Delivery,
+    pub capacity: i32,
+    pub systems: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+pub async fn insert(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    spec: &BotSpec,
+) -> Result<Bot, RepoError> {
+    let sql = format!(
+        "INSERT INTO bots (id, customer_id, name, ip_address, port, status, delivery, capacity, systems, tags)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+    );
+    let row = db
+        .query_one(
+            &sql,
+            &[
+                &BotId::new().0,
+                &customer.0,
+                &spec.name,
+                &spec.ip_address,
+                &spec.port,
+                &spec.status.as_str(),
+                &spec.delivery.as_str(),
+                &spec.capacity,
+                &spec.systems,
+                &spec.tags,
+            ],
+        )
+        .await
+        .map_err(RepoError::from)
+        .map_err(|e| {
+            if e.is_unique_violation() {
+                RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
+            } else {
+                e
+            }
+        })?;
+    from_row(&row)
+}
+
+pub async fn get(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: BotId,
+) -> Result<Bot, RepoError> {
+    let sql = format!("SELECT {COLUMNS} FROM bots WHERE id = $1 AND customer_id = $2");
+    let row = db
+        .query_opt(&sql, &[&id.0, &customer.0])
+        .await?
+        .ok_or(RepoError::NotFound("bot"))?;
+    from_row(&row)
+}
+
+async fn lock(db: &impl GenericClient, customer: CustomerId, id: BotId) -> Result<Bot, RepoError> {
+    let sql = format!("SELECT {COLUMNS} FROM bots WHERE id = $1 AND customer_id = $2 FOR UPDATE");
+    let row = db
+        .query_opt(&sql, &[&id.0, &customer.0])
+        .await?
+        .ok_or(RepoError::NotFound("bot"))?;
+    from_row(&row)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BotFilter {
+    pub ip_address: Option<String>,
+    pub name: Option<String>,
+    pub status: Option<BotStatus>,
+}
+
+pub async fn list(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    filter: &BotFilter,
+    page: Page,
+) -> Result<Vec<Bot>, RepoError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM bots
+          WHERE customer_id = $1
+            AND ($2::text IS NULL OR ip_address = $2)
+            AND ($3::text IS NULL OR name = $3)
+            AND ($4::text IS NULL OR status = $4)
+            AND ($5::uuid IS NULL OR id > $5)
+          ORDER BY id LIMIT $6"
+    );
+    let rows = db
+        .query(
+            &sql,
+            &[
+                &customer.0,
+                &filter.ip_address,
+                &filter.name,
+                &filter.status.map(BotStatus::as_str),
+                &page.after,
+                &page.limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Replaces the admin-set fields. A status set here is the bot's declared
+/// status (legacy bots flip their own BUSY/AVAILABLE this way).
+pub async fn update(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: BotId,
+    spec: &BotSpec,
+) -> Result<Bot, RepoError> {
+    let current = lock(db, customer, id).await?;
+    let status = bot_transition(current.status, BotEvent::Declared(spec.status));
+    let sql = format!(
+        "UPDATE bots SET name = $3, ip_address = $4, port = $5, status = $6, delivery = $7,
+                capacity = $8, systems = $9, tags = $10, updated_at = now()
+          WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
+    );
+    let row = db
+        .query_one(
+            &sql,
+            &[
+                &id.0,
+                &customer.0,
+                &spec.name,
+                &spec.ip_address,
+                &spec.port,
+                &status.as_str(),
+                &spec.delivery.as_str(),
+                &spec.capacity,
+                &spec.systems,
+                &spec.tags,
+            ],
+        )
+        .await
+        .map_err(RepoError::from)
+        .map_err(|e| {
+            if e.is_unique_violation() {
+                RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
+            } else {
+                e
+            }
+        })?;
+    from_row(&row)
+}
+
+/// Deletes an idle bot; one with work in hand must be drained first.
+pub async fn delete(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: BotId,
+) -> Result<(), RepoError> {
+    let bot = lock(db, customer, id).await?;
+    if bot.active_jobs > 0 {
+        return Err(RepoError::Conflict(format!(
+            "bot has {} job(s) in hand; drain it and wait for them to finish",
+            bot.active_jobs
+        )));
+    }
+    db.execute("DELETE FROM bots WHERE id = $1", &[&id.0])
+        .await?;
+    Ok(())
+}
+
+pub async fn set_draining(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: BotId,
+    draining: bool,
+) -> Result<Bot, RepoError> {
+    let sql = format!(
+        "UPDATE bots SET draining = $3, updated_at = now()
+          WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
+    );
+    let row = db
+        .query_opt(&sql, &[&id.0, &customer.0, &draining])
+        .await?
+        .ok_or(RepoError::NotFound("bot"))?;
+    from_row(&row)
+}
+
+/// What an agent announces when it starts.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: String,
+    pub ip_address: String,
+    pub capacity: i32,
+    pub systems: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// Creates the agent's bot, or takes over the bot of the same name (an agent
+/// restarting keeps its id, its queue and its jobs).
+pub async fn register_agent(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    reg: &Registration,
+) -> Result<Bot, RepoError> {
+    let existing = db
+        .query_opt(
+            "SELECT id FROM bots WHERE customer_id = $1 AND name = $2 FOR UPDATE",
+            &[&customer.0, &reg.name],
+        )
+        .await?;
+    let Some(existing) = existing else {
+        let spec = BotSpec {
+            name: reg.name.clone(),
+            ip_address: reg.ip_address.clone(),
+            port: 5000,
+            status: BotStatus::Available,
+            delivery: Delivery::Agent,
+            capacity: reg.capacity,
+            systems: reg.systems.clone(),
+            tags: reg.tags.clone(),
+        };
+        let bot = insert(db, customer, &spec).await?;
+        return heartbeat(db, customer, bot.id).await;
+    };
+    let id: uuid::Uuid = existing.get(0);
+    db.execute(
+        "UPDATE bots SET ip_address = $2, capacity = $3, systems = $4, tags = $5,
+                delivery = 'agent', updated_at = now()
+          WHERE id = $1",
+        &[&id, &reg.ip_address, &reg.capacity, &reg.systems, &reg.tags],
+    )
+    .await?;
+    heartbeat(db, customer, BotId(id)).await
+}
+
+/// Records that the bot is alive and recomputes its status from its load.
+pub async fn heartbeat(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: BotId,
+) -> Result<Bot, RepoError> {
+    let bot = lock(db, customer, id).await?;
+    let status = bot_transition(
+        bot.status,
+        BotEvent::Heartbeat {
+            full: bot.is_full(),
+        },
+    );
+    let sql = format!(
+        "UPDATE bots SET last_heartbeat_at = $2, status = $3, updated_at = now()
+          WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let row = db
+        .query_one(&sql, &[&id.0, &now(), &status.as_str()])
+        .await?;
+    from_row(&row)
+}
+
+/// Whether any bot of the customer declares it can run `system`.
+pub async fn system_known(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    system: &str,
+) -> Result<bool, RepoError> {
+    let row = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM bots WHERE customer_id = $1 AND $2 = ANY(systems))",
+            &[&customer.0, &system],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Moves a bot's load by `delta` jobs and recomputes its status.
+pub(crate) async fn change_load(
+    db: &impl GenericClient,
+    id: BotId,
+    delta: i32,
+) -> Result<(), RepoError> {
+    let row = db
+        .query_opt(
+            "SELECT status, capacity, active_jobs FROM bots WHERE id = $1 FOR UPDATE",
+            &[&id.0],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(()); // the bot was deleted; nothing to account
+    };
+    let status: BotStatus = parse_col(row.get::<_, &str>(0))?;
+    let capacity: i32 = row.get(1);
+    let active = (row.get::<_, i32>(2) + delta).max(0);
+    let next = bot_transition(
+        status,
+        BotEvent::LoadChanged {
+            full: active >= capacity,
+        },
+    );
+    db.execute(
+        "UPDATE bots SET active_jobs = $2, status = $3, updated_at = now() WHERE id = $1",
+        &[&id.0, &active, &next.as_str()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies a system event (e.g. `Silent`) to a bot, whoever owns it.
+pub async fn apply_event(
+    db: &impl GenericClient,
+    id: BotId,
+    event: BotEvent,
+) -> Result<(), RepoError> {
+    let row = db
+        .query_opt("SELECT status FROM bots WHERE id = $1 FOR UPDATE", &[&id.0])
+        .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let status: BotStatus = parse_col(row.get::<_, &str>(0))?;
+    let next = bot_transition(status, event);
+    if next != status {
+        db.execute(
+            "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1",
+            &[&id.0, &next.as_str()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Marks agent bots silent since `before` UNAVAILABLE, in batches claimed
+/// with `SKIP LOCKED` so concurrent reapers split the work. Returns the ids.
+pub async fn expire_silent(
+    db: &impl GenericClient,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<BotId>, RepoError> {
+    let rows = db
+        .query(
+            "SELECT id, status FROM bots
+              WHERE delivery = 'agent' AND status <> 'UNAVAILABLE' AND last_heartbeat_at < $1
+              ORDER BY last_heartbeat_at LIMIT $2
+              FOR UPDATE SKIP LOCKED",
+            &[&before, &limit],
+        )
+        .await?;
+    let mut expired = Vec::new();
+    for r in &rows {
+        let status: BotStatus = parse_col(r.get::<_, &str>(1))?;
+        let next = bot_transition(status, BotEvent::Silent);
+        db.execute(
+            "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1",
+            &[&r.get::<_, uuid::Uuid>(0), &next.as_str()],
+        )
+        .await?;
+        expired.push(BotId(r.get(0)));
+    }
+    Ok(expired)
+}
