@@ -21,17 +21,16 @@ pub struct ListQuery {
     ip_address: Option<String>,
     name: Option<String>,
     status: Option<String>,
-    #[serde(flatten)]
-    page: PageQuery,
 }
 
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     Query(q): Query<ListQuery>,
+    Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(READERS)?;
-    let page = q.page.page()?;
+    let page = paging.page()?;
     let filter = BotFilter {
         ip_address: q.ip_address,
         name: q.name,

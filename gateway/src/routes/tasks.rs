@@ -27,17 +27,16 @@ pub struct ListQuery {
     bot_id: Option<Uuid>,
     /// `include=attachment` adds the (possibly large) attachment to each item.
     include: Option<String>,
-    #[serde(flatten)]
-    page: PageQuery,
 }
 
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
     Query(q): Query<ListQuery>,
+    Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(READERS)?;
-    let page = q.page.page()?;
+    let page = paging.page()?;
     let filter = TaskFilter {
         status: q
             .status

@@ -1,0 +1,613 @@
+//! End to end: the real gateway, dispatchers and agents against the real
+//! PostgreSQL and RabbitMQ.
+
+use orq_e2e::{Env, agent_config, client_with, eventually};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// An automation that appends each row (JSON on stdin) to `$ORQ_ROWS_OUT`.
+const RECORD: &[&str] = &["sh", "-c", "cat >> \"$ORQ_ROWS_OUT\""];
+
+fn csv_b64(text: &str) -> String {
+    orq_e2e::orq_shared::attachment::encode(text)
+}
+
+/// A task of `rows` rows whose first column identifies each row.
+fn rows_csv(task: usize, rows: usize) -> String {
+    let mut csv = String::from("row_id,payload\n");
+    for r in 0..rows {
+        csv.push_str(&format!("t{task}r{r},x\n"));
+    }
+    csv
+}
+
+async fn create_task(
+    client: &reqwest::Client,
+    gw: &str,
+    system: &str,
+    csv: &str,
+) -> anyhow::Result<Value> {
+    let r = client
+        .post(format!("{gw}/tasks"))
+        .json(&json!({"description": "e2e", "system": system, "attachment": csv_b64(csv)}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status() == 201,
+        "create task: {} {}",
+        r.status(),
+        r.text().await?
+    );
+    Ok(r.json().await?)
+}
+
+/// Every row id recorded by agents (files) and the HTTP bot, with counts.
+fn recorded_rows(files: &[std::path::PathBuf], http_rows: &[String]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for f in files {
+        for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            if let Some(id) = v["row_id"].as_str() {
+                *seen.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    for id in http_rows {
+        *seen.entry(id.clone()).or_insert(0) += 1;
+    }
+    seen
+}
+
+async fn all_in(env: &Env, status: &str, n: i64) -> anyhow::Result<Option<()>> {
+    let db = env.db().await?;
+    let row = db
+        .query_one("SELECT count(*) FROM jobs WHERE status = $1", &[&status])
+        .await?;
+    Ok((row.get::<_, i64>(0) == n).then_some(()))
+}
+
+/// A stand-in for the proof of concept's Flask bot: accepts `POST /tasks`,
+/// then uses only the seed's REST calls (`GET /bots?ip_address=`,
+/// `PUT /tasks/{id}`, `PUT /bots/{id}`), authenticating with
+/// `?access_token=`.
+struct HttpBot {
+    rows: Arc<Mutex<Vec<String>>>,
+    port: u16,
+}
+
+async fn start_http_bot(gateway: String, token: String, ip: &str) -> anyhow::Result<HttpBot> {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await?;
+    let port = listener.local_addr()?.port();
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let state = (gateway, token, ip.to_string(), rows.clone());
+    let app = axum::Router::new()
+        .route(
+            "/tasks",
+            post(
+                |axum::extract::State((gw, token, ip, rows)): axum::extract::State<(
+                    String,
+                    String,
+                    String,
+                    Arc<Mutex<Vec<String>>>,
+                )>,
+                 axum::Json(task): axum::Json<Value>| async move {
+                    tokio::spawn(async move {
+                        if let Err(e) = work(&gw, &token, &ip, &task, &rows).await {
+                            eprintln!("http bot failed: {e:#}");
+                        }
+                    });
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(HttpBot { rows, port })
+}
+
+async fn work(
+    gw: &str,
+    token: &str,
+    ip: &str,
+    task: &Value,
+    rows: &Mutex<Vec<String>>,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let q = [("access_token", token)];
+    let bots: Value = http
+        .get(format!("{gw}/bots"))
+        .query(&q)
+        .query(&[("ip_address", ip)])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bot_id = bots[0]["id"].as_str().unwrap_or_default().to_string();
+    let task_id = task["id"].as_str().unwrap_or_default();
+    let put = |url: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http.put(url).query(&q).json(&body).send().await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "PUT: {} {}",
+                r.status(),
+                r.text().await?
+            );
+            anyhow::Ok(())
+        }
+    };
+    put(
+        format!("{gw}/tasks/{task_id}"),
+        json!({"status": "RUNNING"}),
+    )
+    .await?;
+    put(format!("{gw}/bots/{bot_id}"), json!({"status": "BUSY"})).await?;
+    let decoded =
+        orq_e2e::orq_shared::attachment::parse(task["attachment"].as_str().unwrap_or_default())?;
+    for row in decoded {
+        if let Some(id) = row["row_id"].as_str()
+            && let Ok(mut r) = rows.lock()
+        {
+            r.push(id.to_string());
+        }
+    }
+    put(
+        format!("{gw}/tasks/{task_id}"),
+        json!({"status": "COMPLETE"}),
+    )
+    .await?;
+    put(
+        format!("{gw}/bots/{bot_id}"),
+        json!({"status": "AVAILABLE"}),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_tasks_through_three_agents_and_an_http_bot_oldest_first() -> anyhow::Result<()>
+{
+    let env = Env::new("flow").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let config = agent_config(&env.dir, "agent.toml", 2, &[("Count", RECORD)])?;
+    let mut files = Vec::new();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let out = env.dir.join(format!("rows-{i}.jsonl"));
+        let out_s = out.display().to_string();
+        agents.push(
+            env.start_agent(
+                &gw,
+                &format!("agent-{i}"),
+                &config,
+                &[("ORQ_ROWS_OUT", &out_s)],
+            )
+            .await?,
+        );
+        files.push(out);
+    }
+    let client = env.client();
+    let http_bot = start_http_bot(gw.clone(), env.bot_token.clone(), "127.0.0.2").await?;
+    let r = client
+        .post(format!("{gw}/bots"))
+        .json(&json!({"name": "flask", "ip_address": "127.0.0.2", "port": http_bot.port, "systems": ["Count"]}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "create http bot: {}", r.text().await?);
+
+    // Drain every bot, queue the work, and check nothing moved.
+    let bots: Vec<Value> = client
+        .get(format!("{gw}/bots"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(bots.len(), 4);
+    for b in &bots {
+        let r = client
+            .post(format!(
+                "{gw}/bots/{}/drain",
+                b["id"].as_str().unwrap_or_default()
+            ))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+    }
+    const TASKS: usize = 200;
+    const ROWS: usize = 3;
+    for t in 0..TASKS {
+        create_task(&client, &gw, "Count", &rows_csv(t, ROWS)).await?;
+    }
+    // Every creation woke the dispatcher; drained bots took nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    all_in(&env, "WAITING", TASKS as i64)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a drained bot was given work"))?;
+    for b in &bots {
+        let r = client
+            .post(format!(
+                "{gw}/bots/{}/resume",
+                b["id"].as_str().unwrap_or_default()
+            ))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+    }
+    eventually(Duration::from_secs(180), "all tasks COMPLETE", || {
+        all_in(&env, "COMPLETE", TASKS as i64)
+    })
+    .await?;
+
+    // Each row ran exactly once.
+    let http_rows = http_bot.rows.lock().map(|r| r.clone()).unwrap_or_default();
+    let seen = recorded_rows(&files, &http_rows);
+    assert_eq!(seen.len(), TASKS * ROWS, "every row ran");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "rows not run exactly once: {twice:?}");
+    assert!(!http_rows.is_empty(), "the HTTP bot got work");
+    for f in &files {
+        assert!(f.exists(), "agent {} got work", f.display());
+    }
+
+    // One assignment per task, oldest first.
+    let db = env.db().await?;
+    let rows = db
+        .query(
+            "SELECT j.created_at, e.created_at, j.attempt
+               FROM job_events e JOIN jobs j ON j.id = e.job_id
+              WHERE e.to_status = 'ASSIGNED' ORDER BY e.created_at, j.created_at",
+            &[],
+        )
+        .await?;
+    assert_eq!(rows.len(), TASKS, "exactly one assignment per task");
+    let created: Vec<time::OffsetDateTime> = rows.iter().map(|r| r.get(0)).collect();
+    for w in created.windows(2) {
+        assert!(
+            w[0] <= w[1],
+            "a newer task was assigned before an older one"
+        );
+    }
+    assert!(rows.iter().all(|r| r.get::<_, i32>(2) == 1));
+    drop(agents);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_dispatchers_never_assign_a_task_twice() -> anyhow::Result<()> {
+    let env = Env::new("twodisp").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _d1 = env.start_dispatcher("dispatcher-1", &[("ORQ_DISPATCHER__BATCH_SIZE", "4")])?;
+    let _d2 = env.start_dispatcher("dispatcher-2", &[("ORQ_DISPATCHER__BATCH_SIZE", "4")])?;
+    let config = agent_config(&env.dir, "agent.toml", 4, &[("Count", RECORD)])?;
+    let mut files = Vec::new();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let out = env.dir.join(format!("rows-{i}.jsonl"));
+        let out_s = out.display().to_string();
+        agents.push(
+            env.start_agent(
+                &gw,
+                &format!("agent-{i}"),
+                &config,
+                &[("ORQ_ROWS_OUT", &out_s)],
+            )
+            .await?,
+        );
+        files.push(out);
+    }
+    const TASKS: usize = 300;
+    // Created from several clients at once, so both dispatchers race.
+    let mut creators = Vec::new();
+    for c in 0..6 {
+        let client = env.client();
+        let gw = gw.clone();
+        creators.push(tokio::spawn(async move {
+            for t in (c..TASKS).step_by(6) {
+                create_task(&client, &gw, "Count", &rows_csv(t, 1)).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for c in creators {
+        c.await??;
+    }
+    eventually(Duration::from_secs(180), "all tasks COMPLETE", || {
+        all_in(&env, "COMPLETE", TASKS as i64)
+    })
+    .await?;
+    let db = env.db().await?;
+    let doubled = db
+        .query(
+            "SELECT job_id, count(*) FROM job_events WHERE to_status = 'ASSIGNED'
+              GROUP BY job_id HAVING count(*) <> 1",
+            &[],
+        )
+        .await?;
+    assert!(
+        doubled.is_empty(),
+        "{} task(s) assigned more than once",
+        doubled.len()
+    );
+    let seen = recorded_rows(&files, &[]);
+    assert_eq!(seen.len(), TASKS);
+    assert!(seen.values().all(|n| *n == 1), "a row ran twice");
+    let d1 = std::fs::read_to_string(env.dir.join("dispatcher-1.log")).unwrap_or_default();
+    assert!(!d1.contains("panicked"));
+    drop(agents);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_mid_task_finishes_it_once_after_restart() -> anyhow::Result<()> {
+    let env = Env::new("kill").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let slow: &[&str] = &["sh", "-c", "cat >> \"$ORQ_ROWS_OUT\"; sleep 0.4"];
+    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", slow)])?;
+    let out = env.dir.join("rows.jsonl");
+    let out_s = out.display().to_string();
+    let mut agent = env
+        .start_agent(&gw, "victim", &config, &[("ORQ_ROWS_OUT", &out_s)])
+        .await?;
+    let client = env.client();
+    let task = create_task(&client, &gw, "Slow", &rows_csv(0, 8)).await?;
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    let done_before = eventually(Duration::from_secs(30), "two rows done", || {
+        let client = client.clone();
+        let url = format!("{gw}/tasks/{id}");
+        async move {
+            let t: Value = client.get(url).send().await?.json().await?;
+            let done = t["rows_done"].as_i64().unwrap_or(0);
+            Ok((done >= 2).then_some(done))
+        }
+    })
+    .await?;
+    agent.kill9();
+    let _agent = env
+        .start_agent(&gw, "victim", &config, &[("ORQ_ROWS_OUT", &out_s)])
+        .await?;
+    eventually(Duration::from_secs(60), "task COMPLETE", || {
+        all_in(&env, "COMPLETE", 1)
+    })
+    .await?;
+    let db = env.db().await?;
+    let completes: i64 = db
+        .query_one(
+            "SELECT count(*) FROM job_events WHERE to_status = 'COMPLETE'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(completes, 1, "the task finished exactly once");
+    let t: Value = client
+        .get(format!("{gw}/tasks/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(t["attempt"], 1, "the same attempt resumed");
+    assert_eq!(t["rows_done"], 8);
+    let seen = recorded_rows(&[out], &[]);
+    assert_eq!(seen.len(), 8, "every row ran");
+    for r in 0..done_before {
+        assert_eq!(
+            seen.get(&format!("t0r{r}")),
+            Some(&1),
+            "row {r}, reported done before the kill, ran again"
+        );
+    }
+    assert!(
+        seen.values().sum::<usize>() <= 9,
+        "at most the row in flight at the kill ran twice"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
+    let env = Env::new("badinput").await?;
+    let (_gw, gw) = env
+        .start_gateway(&[("ORQ_GATEWAY__BODY_LIMIT_BYTES", "65536")])
+        .await?;
+    let client = env.client();
+    let r = client
+        .post(format!("{gw}/bots"))
+        .json(&json!({"name": "b1", "ip_address": "127.0.0.9", "systems": ["Vivo360"]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let good = csv_b64("name,email\nAna,a@x\n");
+    let big = "A".repeat(70_000);
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("invalid base64", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "system": "Vivo360", "attachment": "***"})), 400, "invalid_field"),
+        ("not CSV", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "system": "Vivo360", "attachment": csv_b64("a,b\n1,2,3\n")})), 400, "invalid_field"),
+        ("binary", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "system": "Vivo360", "attachment": "AAECAwQ="})), 400, "invalid_field"),
+        ("header only", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "system": "Vivo360", "attachment": csv_b64("a,b\n")})), 400, "invalid_field"),
+        ("unknown system", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "system": "Nope", "attachment": good})), 400, "unknown_system"),
+        ("missing field", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "attachment": good})), 400, "missing_field"),
+        ("mistyped field", client.post(format!("{gw}/tasks")).json(&json!({"description": 5, "system": "Vivo360", "attachment": good})), 400, "invalid_body"),
+        ("not JSON", client.post(format!("{gw}/tasks")).header("content-type", "application/json").body("{nope"), 400, "invalid_json"),
+        ("no content type", client.post(format!("{gw}/tasks")).body("{}"), 415, "unsupported_media_type"),
+        ("too large", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "system": "Vivo360", "attachment": big})), 413, "body_too_large"),
+        ("unknown id", client.get(format!("{gw}/tasks/{}", uuid::Uuid::now_v7())), 404, "not_found"),
+        ("malformed id", client.get(format!("{gw}/tasks/123")), 404, "not_found"),
+        ("unknown bot", client.put(format!("{gw}/bots/{}", uuid::Uuid::now_v7())).json(&json!({"status": "BUSY"})), 404, "not_found"),
+        ("bad bot status", client.post(format!("{gw}/bots")).json(&json!({"name": "b2", "ip_address": "127.0.0.9", "status": "SLEEPY"})), 400, "invalid_field"),
+        ("bad ip", client.post(format!("{gw}/bots")).json(&json!({"name": "b3", "ip_address": "not-an-ip"})), 400, "invalid_field"),
+        ("bad limit", client.get(format!("{gw}/tasks?limit=0")), 400, "invalid_field"),
+        ("bad status filter", client.get(format!("{gw}/tasks?status=DONE")), 400, "invalid_field"),
+        ("no token", reqwest::Client::new().get(format!("{gw}/tasks")), 401, "unauthorized"),
+        ("wrong token", client_with("orq_nope").get(format!("{gw}/tasks")), 401, "unauthorized"),
+        ("unknown route", client.get(format!("{gw}/nope")), 404, "not_found"),
+        ("wrong method", client.patch(format!("{gw}/tasks")), 405, "method_not_allowed"),
+    ];
+    for (what, request, status, code) in cases {
+        let r = request.send().await?;
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let body: Value = r
+            .json()
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: body is not JSON: {e}"))?;
+        assert_eq!(body["error"]["code"], code, "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    let db = env.db().await?;
+    let jobs: i64 = db.query_one("SELECT count(*) FROM jobs", &[]).await?.get(0);
+    assert_eq!(jobs, 0, "nothing stored");
+    let bots: i64 = db.query_one("SELECT count(*) FROM bots", &[]).await?.get(0);
+    assert_eq!(bots, 1, "only the valid bot stored");
+    // A viewer reads but may not create.
+    let viewer = client_with(&env.token(&env.customer, "viewer")?);
+    let r = viewer
+        .post(format!("{gw}/tasks"))
+        .json(&json!({"description": "d", "system": "Vivo360", "attachment": good}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        viewer.get(format!("{gw}/tasks")).send().await?.status(),
+        200
+    );
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn one_customer_sees_and_changes_nothing_of_another() -> anyhow::Result<()> {
+    let env = Env::new("tenants").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let a = env.client();
+    let other = env.admin(&["create-customer", &format!("{}-b", env.customer)])?;
+    let b = client_with(other["access_token"].as_str().unwrap_or_default());
+    let bot: Value = a
+        .post(format!("{gw}/bots"))
+        .json(&json!({"name": "a-bot", "ip_address": "127.0.0.9", "systems": ["S"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bot_id = bot["id"].as_str().unwrap_or_default();
+    let task = create_task(&a, &gw, "S", "x\n1\n").await?;
+    let task_id = task["id"].as_str().unwrap_or_default();
+
+    assert_eq!(
+        b.get(format!("{gw}/tasks"))
+            .send()
+            .await?
+            .json::<Vec<Value>>()
+            .await?
+            .len(),
+        0
+    );
+    assert_eq!(
+        b.get(format!("{gw}/bots"))
+            .send()
+            .await?
+            .json::<Vec<Value>>()
+            .await?
+            .len(),
+        0
+    );
+    assert_eq!(
+        b.get(format!("{gw}/bots?ip_address=127.0.0.9"))
+            .send()
+            .await?
+            .json::<Vec<Value>>()
+            .await?
+            .len(),
+        0
+    );
+    for (what, req) in [
+        ("get task", b.get(format!("{gw}/tasks/{task_id}"))),
+        ("task events", b.get(format!("{gw}/tasks/{task_id}/events"))),
+        (
+            "put task",
+            b.put(format!("{gw}/tasks/{task_id}"))
+                .json(&json!({"status": "CANCELED"})),
+        ),
+        (
+            "cancel task",
+            b.post(format!("{gw}/tasks/{task_id}/cancel")),
+        ),
+        ("delete task", b.delete(format!("{gw}/tasks/{task_id}"))),
+        ("get bot", b.get(format!("{gw}/bots/{bot_id}"))),
+        (
+            "put bot",
+            b.put(format!("{gw}/bots/{bot_id}"))
+                .json(&json!({"status": "UNAVAILABLE"})),
+        ),
+        ("drain bot", b.post(format!("{gw}/bots/{bot_id}/drain"))),
+        ("delete bot", b.delete(format!("{gw}/bots/{bot_id}"))),
+    ] {
+        assert_eq!(req.send().await?.status(), 404, "{what}");
+    }
+    // B cannot use A's system either: it has no bot that runs it.
+    let r = b
+        .post(format!("{gw}/tasks"))
+        .json(&json!({"description": "d", "system": "S", "attachment": csv_b64("x\n1\n")}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let t: Value = a
+        .get(format!("{gw}/tasks/{task_id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(t["status"], "WAITING");
+    let bt: Value = a
+        .get(format!("{gw}/bots/{bot_id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(bt["status"], "AVAILABLE");
+    assert_eq!(bt["draining"], false);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn concurrent_starts_apply_each_migration_once() -> anyhow::Result<()> {
+    let env = Env::new("migrate").await?;
+    // Env::new migrated once; a fresh database shows the race better.
+    let name = format!("{}_fresh", env.db_name);
+    let db = env.db().await?;
+    db.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await?;
+    let mut settings = orq_e2e::orq_shared::config::Settings::load(None)?;
+    settings.database.url = format!("{}/{name}", orq_e2e::pg_admin_url());
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let s = settings.database.clone();
+            tokio::spawn(async move { orq_e2e::orq_shared::db::migrate(&s).await })
+        })
+        .collect();
+    for r in runs {
+        r.await??;
+    }
+    let (fresh, conn) =
+        tokio_postgres::connect(&settings.database.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let applied: i64 = fresh
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await?
+        .get(0);
+    let embedded = orq_e2e::orq_shared::db::migrations::runner()
+        .get_migrations()
+        .len() as i64;
+    assert_eq!(applied, embedded);
+    drop(fresh);
+    orq_e2e::drop_database(&name).await?;
+    env.cleanup().await
+}
