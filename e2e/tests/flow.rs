@@ -72,6 +72,9 @@ async fn all_in(env: &Env, status: &str, n: i64) -> anyhow::Result<Option<()>> {
 /// then uses only the seed's REST calls (`GET /bots?ip_address=`,
 /// `PUT /tasks/{id}`, `PUT /bots/{id}`), authenticating with
 /// `?access_token=`.
+/// (gateway URL, token, the bot's IP, rows it ran).
+type BotState = (String, String, String, Arc<Mutex<Vec<String>>>);
+
 struct HttpBot {
     rows: Arc<Mutex<Vec<String>>>,
     port: u16,
@@ -87,12 +90,7 @@ async fn start_http_bot(gateway: String, token: String, ip: &str) -> anyhow::Res
         .route(
             "/tasks",
             post(
-                |axum::extract::State((gw, token, ip, rows)): axum::extract::State<(
-                    String,
-                    String,
-                    String,
-                    Arc<Mutex<Vec<String>>>,
-                )>,
+                |axum::extract::State((gw, token, ip, rows)): axum::extract::State<BotState>,
                  axum::Json(task): axum::Json<Value>| async move {
                     tokio::spawn(async move {
                         if let Err(e) = work(&gw, &token, &ip, &task, &rows).await {
