@@ -1,1 +1,241 @@
-fn main() {}
+//! Load benchmark: starts the real gateway, dispatcher(s) and agents (with a
+//! no-op automation) against the real PostgreSQL and RabbitMQ, then
+//!
+//! 1. posts tasks at a steady rate and reports create -> RUNNING latency
+//!    (the job's `created_at`, set by the gateway's insert, to its
+//!    `started_at`, the agent's own RUNNING timestamp) and the POST latency
+//!    seen by the client;
+//! 2. posts a burst of tasks as fast as a pool of clients can and reports
+//!    end-to-end throughput (first POST to last COMPLETE).
+//!
+//! Run it from the release profile so the services are release builds too:
+//! `cargo build --release --workspace --bins && target/release/orq-bench`.
+
+use anyhow::Context;
+use clap::Parser;
+use orq_e2e::{Env, agent_config};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Args {
+    /// Bot agents to start.
+    #[arg(long, default_value_t = 4)]
+    agents: usize,
+    /// Capacity (parallel jobs) of each agent.
+    #[arg(long, default_value_t = 16)]
+    capacity: u16,
+    /// Dispatchers to start.
+    #[arg(long, default_value_t = 1)]
+    dispatchers: usize,
+    /// Steady rate of the latency phase, tasks per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Tasks posted in the latency phase.
+    #[arg(long, default_value_t = 2000)]
+    latency_tasks: usize,
+    /// Tasks posted in the throughput phase.
+    #[arg(long, default_value_t = 10000)]
+    tasks: usize,
+    /// Concurrent clients of the throughput phase.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// The automation: `builtin:noop` (no process) or an argv such as `true`.
+    #[arg(long, default_value = "builtin:noop")]
+    automation: String,
+}
+
+const CSV: &str = "id\n1\n";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let env = Env::new("bench").await?;
+    let result = run(&args, &env).await;
+    env.cleanup().await?;
+    result
+}
+
+async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
+    let quiet = [("ORQ_LOG__LEVEL", "warn")];
+    let (_gw, gw) = env.start_gateway(&quiet).await?;
+    let mut procs = Vec::new();
+    for i in 0..args.dispatchers {
+        procs.push(env.start_dispatcher(&format!("dispatcher-{i}"), &quiet)?);
+    }
+    let argv: Vec<&str> = args.automation.split_whitespace().collect();
+    let config = agent_config(&env.dir, "agent.toml", args.capacity, &[("noop", &argv)])?;
+    for i in 0..args.agents {
+        procs.push(
+            env.start_agent(&gw, &format!("bench-{i}"), &config, &quiet)
+                .await?,
+        );
+    }
+    let attachment = orq_e2e::orq_shared::attachment::encode(CSV);
+    let body = Arc::new(
+        serde_json::json!({"description": "bench", "system": "noop", "attachment": attachment}),
+    );
+    let client = env.client();
+    println!(
+        "orq-bench: {} agent(s) x capacity {}, {} dispatcher(s), automation {:?}",
+        args.agents, args.capacity, args.dispatchers, args.automation
+    );
+
+    // Warm-up: connections, prepared plans, page cache.
+    post_burst(&client, &gw, &body, 200, 16).await?;
+    wait_complete(env, 200).await?;
+    reset(env).await?;
+
+    // Phase 1: a steady rate.
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut posts = Vec::with_capacity(args.latency_tasks);
+    let started = Instant::now();
+    for _ in 0..args.latency_tasks {
+        tick.tick().await;
+        let client = client.clone();
+        let url = format!("{gw}/tasks");
+        let body = body.clone();
+        posts.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = client.post(url).json(&*body).send().await?;
+            anyhow::ensure!(r.status() == 201, "POST /tasks: {}", r.status());
+            Ok(t.elapsed())
+        }));
+    }
+    let mut post_ms = Vec::with_capacity(posts.len());
+    for p in posts {
+        post_ms.push(p.await??.as_secs_f64() * 1000.0);
+    }
+    let offered = args.latency_tasks as f64 / started.elapsed().as_secs_f64();
+    wait_complete(env, args.latency_tasks as i64).await?;
+    let db = env.db().await?;
+    let row = db
+        .query_one(
+            "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms), max(ms)::float8
+               FROM (SELECT (extract(epoch FROM started_at - created_at) * 1000)::float8 AS ms FROM jobs) l",
+            &[],
+        )
+        .await?;
+    let p: Vec<f64> = row.get(0);
+    let max: f64 = row.get::<_, Option<f64>>(1).unwrap_or(0.0);
+    post_ms.sort_by(f64::total_cmp);
+    println!(
+        "steady {:.0} tasks/s offered ({} tasks): create->RUNNING p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        offered, args.latency_tasks, p[0], p[1], p[2], max
+    );
+    println!(
+        "  POST /tasks (client side): p50 {:.2} ms, p99 {:.2} ms",
+        pct(&post_ms, 0.5),
+        pct(&post_ms, 0.99)
+    );
+    breakdown(env).await?;
+    reset(env).await?;
+
+    // Phase 2: as fast as it goes.
+    let started = Instant::now();
+    post_burst(&client, &gw, &body, args.tasks, args.clients).await?;
+    let posted = started.elapsed();
+    wait_complete(env, args.tasks as i64).await?;
+    let total = started.elapsed();
+    println!(
+        "burst {} tasks, {} clients: posted in {:.2} s ({:.0} tasks/s accepted); all COMPLETE after {:.2} s: {:.0} tasks/s end to end",
+        args.tasks,
+        args.clients,
+        posted.as_secs_f64(),
+        args.tasks as f64 / posted.as_secs_f64(),
+        total.as_secs_f64(),
+        args.tasks as f64 / total.as_secs_f64()
+    );
+    breakdown(env).await?;
+    drop(procs);
+    Ok(())
+}
+
+/// Where the time of each job went, from its own timestamps.
+async fn breakdown(env: &Env) -> anyhow::Result<()> {
+    let db = env.db().await?;
+    let row = db
+        .query_one(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM assigned_at - created_at)::float8 * 1000),
+                    percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - assigned_at)::float8 * 1000),
+                    percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)::float8 * 1000)
+               FROM jobs WHERE status = 'COMPLETE'",
+            &[],
+        )
+        .await?;
+    let (a, b, c): (Vec<f64>, Vec<f64>, Vec<f64>) = (row.get(0), row.get(1), row.get(2));
+    println!(
+        "  p50/p99 ms: created->assigned {:.2}/{:.2}, assigned->RUNNING {:.2}/{:.2}, RUNNING->COMPLETE {:.2}/{:.2}",
+        a[0], a[1], b[0], b[1], c[0], c[1]
+    );
+    Ok(())
+}
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+async fn post_burst(
+    client: &reqwest::Client,
+    gw: &str,
+    body: &Arc<serde_json::Value>,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let (client, url, body, next) = (
+            client.clone(),
+            format!("{gw}/tasks"),
+            body.clone(),
+            next.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let r = client.post(&url).json(&*body).send().await?;
+                anyhow::ensure!(r.status() == 201, "POST /tasks: {}", r.status());
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    Ok(())
+}
+
+async fn wait_complete(env: &Env, n: i64) -> anyhow::Result<()> {
+    let db = env.db().await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = db
+            .query_one("SELECT count(*) FROM jobs WHERE status = 'COMPLETE'", &[])
+            .await?
+            .get(0);
+        if done >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {n} tasks completed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Removes finished jobs so each phase measures only its own.
+async fn reset(env: &Env) -> anyhow::Result<()> {
+    let db = env.db().await?;
+    db.batch_execute("DELETE FROM jobs WHERE status = 'COMPLETE'")
+        .await
+        .context("resetting between phases")?;
+    Ok(())
+}

@@ -266,9 +266,9 @@ impl Env {
                 .await?
                 .json()
                 .await?;
-            if bots.as_array().is_some_and(|b| !b.is_empty())
-                && proc.log_text().contains("consuming")
-            {
+            // Registration declares the bot's queue: work sent from now on
+            // waits for the agent even if it is not consuming yet.
+            if bots.as_array().is_some_and(|b| !b.is_empty()) {
                 return Ok(proc);
             }
             anyhow::ensure!(!proc.exited(), "agent {name} exited:\n{}", proc.log_text());

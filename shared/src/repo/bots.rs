@@ -5,7 +5,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::{Page, RepoError, now, parse_col};
+use super::{Page, RepoError, execute, now, parse_col, query, query_one, query_opt};
 use crate::domain::{BotEvent, BotId, BotStatus, CustomerId, Delivery, bot_transition};
 
 /// A bot as the API shows it.
@@ -80,31 +80,31 @@ pub async fn insert(
         "INSERT INTO bots (id, customer_id, name, ip_address, port, status, delivery, capacity, systems, tags)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
     );
-    let row = db
-        .query_one(
-            &sql,
-            &[
-                &BotId::new().0,
-                &customer.0,
-                &spec.name,
-                &spec.ip_address,
-                &spec.port,
-                &spec.status.as_str(),
-                &spec.delivery.as_str(),
-                &spec.capacity,
-                &spec.systems,
-                &spec.tags,
-            ],
-        )
-        .await
-        .map_err(RepoError::from)
-        .map_err(|e| {
-            if e.is_unique_violation() {
-                RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
-            } else {
-                e
-            }
-        })?;
+    let row = query_one(
+        db,
+        &sql,
+        &[
+            &BotId::new().0,
+            &customer.0,
+            &spec.name,
+            &spec.ip_address,
+            &spec.port,
+            &spec.status.as_str(),
+            &spec.delivery.as_str(),
+            &spec.capacity,
+            &spec.systems,
+            &spec.tags,
+        ],
+    )
+    .await
+    .map_err(RepoError::from)
+    .map_err(|e| {
+        if e.is_unique_violation() {
+            RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
+        } else {
+            e
+        }
+    })?;
     from_row(&row)
 }
 
@@ -114,8 +114,7 @@ pub async fn get(
     id: BotId,
 ) -> Result<Bot, RepoError> {
     let sql = format!("SELECT {COLUMNS} FROM bots WHERE id = $1 AND customer_id = $2");
-    let row = db
-        .query_opt(&sql, &[&id.0, &customer.0])
+    let row = query_opt(db, &sql, &[&id.0, &customer.0])
         .await?
         .ok_or(RepoError::NotFound("bot"))?;
     from_row(&row)
@@ -123,8 +122,7 @@ pub async fn get(
 
 async fn lock(db: &impl GenericClient, customer: CustomerId, id: BotId) -> Result<Bot, RepoError> {
     let sql = format!("SELECT {COLUMNS} FROM bots WHERE id = $1 AND customer_id = $2 FOR UPDATE");
-    let row = db
-        .query_opt(&sql, &[&id.0, &customer.0])
+    let row = query_opt(db, &sql, &[&id.0, &customer.0])
         .await?
         .ok_or(RepoError::NotFound("bot"))?;
     from_row(&row)
@@ -152,19 +150,19 @@ pub async fn list(
             AND ($5::uuid IS NULL OR id > $5)
           ORDER BY id LIMIT $6"
     );
-    let rows = db
-        .query(
-            &sql,
-            &[
-                &customer.0,
-                &filter.ip_address,
-                &filter.name,
-                &filter.status.map(BotStatus::as_str),
-                &page.after,
-                &page.limit,
-            ],
-        )
-        .await?;
+    let rows = query(
+        db,
+        &sql,
+        &[
+            &customer.0,
+            &filter.ip_address,
+            &filter.name,
+            &filter.status.map(BotStatus::as_str),
+            &page.after,
+            &page.limit,
+        ],
+    )
+    .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -183,31 +181,31 @@ pub async fn update(
                 capacity = $8, systems = $9, tags = $10, updated_at = now()
           WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
     );
-    let row = db
-        .query_one(
-            &sql,
-            &[
-                &id.0,
-                &customer.0,
-                &spec.name,
-                &spec.ip_address,
-                &spec.port,
-                &status.as_str(),
-                &spec.delivery.as_str(),
-                &spec.capacity,
-                &spec.systems,
-                &spec.tags,
-            ],
-        )
-        .await
-        .map_err(RepoError::from)
-        .map_err(|e| {
-            if e.is_unique_violation() {
-                RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
-            } else {
-                e
-            }
-        })?;
+    let row = query_one(
+        db,
+        &sql,
+        &[
+            &id.0,
+            &customer.0,
+            &spec.name,
+            &spec.ip_address,
+            &spec.port,
+            &status.as_str(),
+            &spec.delivery.as_str(),
+            &spec.capacity,
+            &spec.systems,
+            &spec.tags,
+        ],
+    )
+    .await
+    .map_err(RepoError::from)
+    .map_err(|e| {
+        if e.is_unique_violation() {
+            RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
+        } else {
+            e
+        }
+    })?;
     from_row(&row)
 }
 
@@ -224,8 +222,7 @@ pub async fn delete(
             bot.active_jobs
         )));
     }
-    db.execute("DELETE FROM bots WHERE id = $1", &[&id.0])
-        .await?;
+    execute(db, "DELETE FROM bots WHERE id = $1", &[&id.0]).await?;
     Ok(())
 }
 
@@ -239,8 +236,7 @@ pub async fn set_draining(
         "UPDATE bots SET draining = $3, updated_at = now()
           WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
     );
-    let row = db
-        .query_opt(&sql, &[&id.0, &customer.0, &draining])
+    let row = query_opt(db, &sql, &[&id.0, &customer.0, &draining])
         .await?
         .ok_or(RepoError::NotFound("bot"))?;
     from_row(&row)
@@ -263,12 +259,12 @@ pub async fn register_agent(
     customer: CustomerId,
     reg: &Registration,
 ) -> Result<Bot, RepoError> {
-    let existing = db
-        .query_opt(
-            "SELECT id FROM bots WHERE customer_id = $1 AND name = $2 FOR UPDATE",
-            &[&customer.0, &reg.name],
-        )
-        .await?;
+    let existing = query_opt(
+        db,
+        "SELECT id FROM bots WHERE customer_id = $1 AND name = $2 FOR UPDATE",
+        &[&customer.0, &reg.name],
+    )
+    .await?;
     let Some(existing) = existing else {
         let spec = BotSpec {
             name: reg.name.clone(),
@@ -284,7 +280,8 @@ pub async fn register_agent(
         return heartbeat(db, customer, bot.id).await;
     };
     let id: uuid::Uuid = existing.get(0);
-    db.execute(
+    execute(
+        db,
         "UPDATE bots SET ip_address = $2, capacity = $3, systems = $4, tags = $5,
                 delivery = 'agent', updated_at = now()
           WHERE id = $1",
@@ -311,9 +308,7 @@ pub async fn heartbeat(
         "UPDATE bots SET last_heartbeat_at = $2, status = $3, updated_at = now()
           WHERE id = $1 RETURNING {COLUMNS}"
     );
-    let row = db
-        .query_one(&sql, &[&id.0, &now(), &status.as_str()])
-        .await?;
+    let row = query_one(db, &sql, &[&id.0, &now(), &status.as_str()]).await?;
     from_row(&row)
 }
 
@@ -323,12 +318,12 @@ pub async fn system_known(
     customer: CustomerId,
     system: &str,
 ) -> Result<bool, RepoError> {
-    let row = db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM bots WHERE customer_id = $1 AND $2 = ANY(systems))",
-            &[&customer.0, &system],
-        )
-        .await?;
+    let row = query_one(
+        db,
+        "SELECT EXISTS (SELECT 1 FROM bots WHERE customer_id = $1 AND $2 = ANY(systems))",
+        &[&customer.0, &system],
+    )
+    .await?;
     Ok(row.get(0))
 }
 
@@ -338,12 +333,12 @@ pub(crate) async fn change_load(
     id: BotId,
     delta: i32,
 ) -> Result<(), RepoError> {
-    let row = db
-        .query_opt(
-            "SELECT status, capacity, active_jobs FROM bots WHERE id = $1 FOR UPDATE",
-            &[&id.0],
-        )
-        .await?;
+    let row = query_opt(
+        db,
+        "SELECT status, capacity, active_jobs FROM bots WHERE id = $1 FOR UPDATE",
+        &[&id.0],
+    )
+    .await?;
     let Some(row) = row else {
         return Ok(()); // the bot was deleted; nothing to account
     };
@@ -356,7 +351,8 @@ pub(crate) async fn change_load(
             full: active >= capacity,
         },
     );
-    db.execute(
+    execute(
+        db,
         "UPDATE bots SET active_jobs = $2, status = $3, updated_at = now() WHERE id = $1",
         &[&id.0, &active, &next.as_str()],
     )
@@ -370,16 +366,20 @@ pub async fn apply_event(
     id: BotId,
     event: BotEvent,
 ) -> Result<(), RepoError> {
-    let row = db
-        .query_opt("SELECT status FROM bots WHERE id = $1 FOR UPDATE", &[&id.0])
-        .await?;
+    let row = query_opt(
+        db,
+        "SELECT status FROM bots WHERE id = $1 FOR UPDATE",
+        &[&id.0],
+    )
+    .await?;
     let Some(row) = row else {
         return Ok(());
     };
     let status: BotStatus = parse_col(row.get::<_, &str>(0))?;
     let next = bot_transition(status, event);
     if next != status {
-        db.execute(
+        execute(
+            db,
             "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1",
             &[&id.0, &next.as_str()],
         )
@@ -395,20 +395,21 @@ pub async fn expire_silent(
     before: OffsetDateTime,
     limit: i64,
 ) -> Result<Vec<BotId>, RepoError> {
-    let rows = db
-        .query(
-            "SELECT id, status FROM bots
+    let rows = query(
+        db,
+        "SELECT id, status FROM bots
               WHERE delivery = 'agent' AND status <> 'UNAVAILABLE' AND last_heartbeat_at < $1
               ORDER BY last_heartbeat_at LIMIT $2
               FOR UPDATE SKIP LOCKED",
-            &[&before, &limit],
-        )
-        .await?;
+        &[&before, &limit],
+    )
+    .await?;
     let mut expired = Vec::new();
     for r in &rows {
         let status: BotStatus = parse_col(r.get::<_, &str>(1))?;
         let next = bot_transition(status, BotEvent::Silent);
-        db.execute(
+        execute(
+            db,
             "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1",
             &[&r.get::<_, uuid::Uuid>(0), &next.as_str()],
         )

@@ -3,7 +3,7 @@
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{RepoError, parse_col};
+use super::{RepoError, execute, parse_col, query_opt};
 use crate::domain::{CustomerId, Role};
 use crate::token;
 
@@ -16,7 +16,8 @@ pub struct Principal {
 
 pub async fn create(db: &impl GenericClient, name: &str) -> Result<CustomerId, RepoError> {
     let id = CustomerId::new();
-    db.execute(
+    execute(
+        db,
         "INSERT INTO customers (id, name) VALUES ($1, $2)",
         &[&id.0, &name],
     )
@@ -28,9 +29,7 @@ pub async fn find_by_name(
     db: &impl GenericClient,
     name: &str,
 ) -> Result<Option<CustomerId>, RepoError> {
-    let row = db
-        .query_opt("SELECT id FROM customers WHERE name = $1", &[&name])
-        .await?;
+    let row = query_opt(db, "SELECT id FROM customers WHERE name = $1", &[&name]).await?;
     Ok(row.map(|r| CustomerId(r.get(0))))
 }
 
@@ -41,7 +40,8 @@ pub async fn issue_token(
     role: Role,
 ) -> Result<String, RepoError> {
     let token = token::generate();
-    db.execute(
+    execute(
+        db,
         "INSERT INTO tokens (id, customer_id, role, token_hash) VALUES ($1, $2, $3, $4)",
         &[
             &Uuid::now_v7(),
@@ -58,14 +58,14 @@ pub async fn authenticate(
     db: &impl GenericClient,
     presented: &str,
 ) -> Result<Option<Principal>, RepoError> {
-    let row = db
-        .query_opt(
-            "SELECT t.customer_id, c.name, t.role FROM tokens t
+    let row = query_opt(
+        db,
+        "SELECT t.customer_id, c.name, t.role FROM tokens t
                JOIN customers c ON c.id = t.customer_id
               WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-            &[&token::hash(presented)],
-        )
-        .await?;
+        &[&token::hash(presented)],
+    )
+    .await?;
     row.map(|r| {
         Ok(Principal {
             customer_id: CustomerId(r.get(0)),

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Page, RepoError, bots, now, parse_col};
+use super::{Page, RepoError, bots, execute, now, parse_col, query, query_one, query_opt};
 use crate::domain::{
     BotEvent, BotId, BotStatus, CustomerId, Delivery, JobEvent, JobId, JobStatus, bot_transition,
     job_transition,
@@ -88,19 +88,19 @@ pub async fn create(
         "INSERT INTO jobs (id, customer_id, description, system, attachment, rows_total, status)
          VALUES ($1, $2, $3, $4, $5, $6, 'WAITING') RETURNING {SUMMARY}, attachment"
     );
-    let row = db
-        .query_one(
-            &sql,
-            &[
-                &id.0,
-                &customer.0,
-                &new.description,
-                &new.system,
-                &new.attachment,
-                &new.rows_total,
-            ],
-        )
-        .await?;
+    let row = query_one(
+        db,
+        &sql,
+        &[
+            &id.0,
+            &customer.0,
+            &new.description,
+            &new.system,
+            &new.attachment,
+            &new.rows_total,
+        ],
+    )
+    .await?;
     append_event(
         db,
         &EventRecord {
@@ -125,8 +125,7 @@ pub async fn get(
     id: JobId,
 ) -> Result<Task, RepoError> {
     let sql = format!("SELECT {SUMMARY}, attachment FROM jobs WHERE id = $1 AND customer_id = $2");
-    let row = db
-        .query_opt(&sql, &[&id.0, &customer.0])
+    let row = query_opt(db, &sql, &[&id.0, &customer.0])
         .await?
         .ok_or(RepoError::NotFound("task"))?;
     from_row(&row, true)
@@ -160,19 +159,19 @@ pub async fn list(
             ""
         }
     );
-    let rows = db
-        .query(
-            &sql,
-            &[
-                &customer.0,
-                &filter.status.map(JobStatus::as_str),
-                &filter.system,
-                &filter.bot_id.map(|b| b.0),
-                &page.after,
-                &page.limit,
-            ],
-        )
-        .await?;
+    let rows = query(
+        db,
+        &sql,
+        &[
+            &customer.0,
+            &filter.status.map(JobStatus::as_str),
+            &filter.system,
+            &filter.bot_id.map(|b| b.0),
+            &page.after,
+            &page.limit,
+        ],
+    )
+    .await?;
     rows.iter()
         .map(|r| from_row(r, filter.with_attachment))
         .collect()
@@ -191,19 +190,19 @@ pub async fn update_definition(
           WHERE id = $1 AND customer_id = $2 AND status = 'WAITING'
           RETURNING {SUMMARY}, attachment"
     );
-    let row = db
-        .query_opt(
-            &sql,
-            &[
-                &id.0,
-                &customer.0,
-                &new.description,
-                &new.system,
-                &new.attachment,
-                &new.rows_total,
-            ],
-        )
-        .await?;
+    let row = query_opt(
+        db,
+        &sql,
+        &[
+            &id.0,
+            &customer.0,
+            &new.description,
+            &new.system,
+            &new.attachment,
+            &new.rows_total,
+        ],
+    )
+    .await?;
     match row {
         Some(row) => from_row(&row, true),
         None => {
@@ -222,13 +221,13 @@ pub async fn delete(
     customer: CustomerId,
     id: JobId,
 ) -> Result<(), RepoError> {
-    let n = db
-        .execute(
-            "DELETE FROM jobs WHERE id = $1 AND customer_id = $2
+    let n = execute(
+        db,
+        "DELETE FROM jobs WHERE id = $1 AND customer_id = $2
                AND status NOT IN ('ASSIGNED', 'RUNNING')",
-            &[&id.0, &customer.0],
-        )
-        .await?;
+        &[&id.0, &customer.0],
+    )
+    .await?;
     if n == 0 {
         let current = get(db, customer, id).await?;
         return Err(RepoError::Conflict(format!(
@@ -277,24 +276,24 @@ pub struct EventRecord {
 
 /// Appends an event; false when an event with that id exists already.
 pub async fn append_event(db: &impl GenericClient, e: &EventRecord) -> Result<bool, RepoError> {
-    let n = db
-        .execute(
-            "INSERT INTO job_events (id, job_id, customer_id, type, description, from_status,
+    let n = execute(
+        db,
+        "INSERT INTO job_events (id, job_id, customer_id, type, description, from_status,
                                      to_status, bot_id, attempt)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
-            &[
-                &e.id,
-                &e.job_id.0,
-                &e.customer.0,
-                &e.kind.as_str(),
-                &e.description,
-                &e.from.map(JobStatus::as_str),
-                &e.to.map(JobStatus::as_str),
-                &e.bot.map(|b| b.0),
-                &e.attempt,
-            ],
-        )
-        .await?;
+        &[
+            &e.id,
+            &e.job_id.0,
+            &e.customer.0,
+            &e.kind.as_str(),
+            &e.description,
+            &e.from.map(JobStatus::as_str),
+            &e.to.map(JobStatus::as_str),
+            &e.bot.map(|b| b.0),
+            &e.attempt,
+        ],
+    )
+    .await?;
     Ok(n == 1)
 }
 
@@ -318,13 +317,13 @@ pub async fn events(
     customer: CustomerId,
     job: JobId,
 ) -> Result<Vec<Event>, RepoError> {
-    let rows = db
-        .query(
-            "SELECT id, job_id, type, description, from_status, to_status, bot_id, attempt, created_at
+    let rows = query(
+        db,
+        "SELECT id, job_id, type, description, from_status, to_status, bot_id, attempt, created_at
                FROM job_events WHERE job_id = $1 AND customer_id = $2 ORDER BY created_at, id",
-            &[&job.0, &customer.0],
-        )
-        .await?;
+        &[&job.0, &customer.0],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|r| Event {
@@ -386,13 +385,13 @@ pub async fn transition(
     event_id: Uuid,
     at: OffsetDateTime,
 ) -> Result<Applied, RepoError> {
-    let row = db
-        .query_opt(
-            "SELECT status, attempt, bot_id FROM jobs WHERE id = $1 AND customer_id = $2 FOR UPDATE",
-            &[&id.0, &customer.0],
-        )
-        .await?
-        .ok_or(RepoError::NotFound("task"))?;
+    let row = query_opt(
+        db,
+        "SELECT status, attempt, bot_id FROM jobs WHERE id = $1 AND customer_id = $2 FOR UPDATE",
+        &[&id.0, &customer.0],
+    )
+    .await?
+    .ok_or(RepoError::NotFound("task"))?;
     let from: JobStatus = parse_col(row.get::<_, &str>(0))?;
     let attempt: i32 = row.get(1);
     let bot = row.get::<_, Option<Uuid>>(2).map(BotId);
@@ -421,24 +420,24 @@ pub async fn transition(
           WHERE id = $1 AND status = $2 AND attempt = $10
           RETURNING {SUMMARY}, attachment"
     );
-    let row = db
-        .query_opt(
-            &sql,
-            &[
-                &id.0,
-                &from.as_str(),
-                &to.as_str(),
-                &outcome.percent,
-                &outcome.rows_done,
-                &outcome.error,
-                &outcome.result,
-                &at,
-                &to.is_terminal(),
-                &attempt,
-            ],
-        )
-        .await?
-        .ok_or_else(|| RepoError::Conflict("task changed concurrently".into()))?;
+    let row = query_opt(
+        db,
+        &sql,
+        &[
+            &id.0,
+            &from.as_str(),
+            &to.as_str(),
+            &outcome.percent,
+            &outcome.rows_done,
+            &outcome.error,
+            &outcome.result,
+            &at,
+            &to.is_terminal(),
+            &attempt,
+        ],
+    )
+    .await?
+    .ok_or_else(|| RepoError::Conflict("task changed concurrently".into()))?;
     let task = from_row(&row, true)?;
     if from != to {
         let description = match &outcome.error {
@@ -505,17 +504,17 @@ pub async fn match_waiting(
     customer: CustomerId,
     limit: i64,
 ) -> Result<Vec<Assigned>, RepoError> {
-    let rows = db
-        .query(
-            "SELECT id, status, capacity, active_jobs, delivery, ip_address, port, systems
+    let rows = query(
+        db,
+        "SELECT id, status, capacity, active_jobs, delivery, ip_address, port, systems
                FROM bots
               WHERE customer_id = $1 AND status = 'AVAILABLE' AND NOT draining
                 AND active_jobs < capacity
               ORDER BY last_assigned_at NULLS FIRST, id
               FOR UPDATE SKIP LOCKED",
-            &[&customer.0],
-        )
-        .await?;
+        &[&customer.0],
+    )
+    .await?;
     let mut free: Vec<FreeBot> = rows
         .iter()
         .map(|r| {
@@ -542,16 +541,16 @@ pub async fn match_waiting(
         all.dedup();
         all
     };
-    let jobs = db
-        .query(
-            "SELECT id, system FROM jobs
+    let jobs = query(
+        db,
+        "SELECT id, system FROM jobs
               WHERE customer_id = $1 AND status = 'WAITING' AND system = ANY($2)
               ORDER BY created_at, id
               LIMIT $3
               FOR UPDATE SKIP LOCKED",
-            &[&customer.0, &systems, &slots.min(limit)],
-        )
-        .await?;
+        &[&customer.0, &systems, &slots.min(limit)],
+    )
+    .await?;
     // Greedy, oldest job first, to the least loaded bot that runs its system.
     let mut picks: Vec<(Uuid, usize)> = Vec::new();
     for job in &jobs {
@@ -578,17 +577,17 @@ pub async fn match_waiting(
     let job_ids: Vec<Uuid> = picks.iter().map(|(j, _)| *j).collect();
     let bot_ids: Vec<Uuid> = picks.iter().map(|(_, i)| free[*i].id.0).collect();
     let at = now();
-    let updated = db
-        .query(
-            "UPDATE jobs j SET status = $3, bot_id = a.bot_id, attempt = j.attempt + 1,
+    let updated = query(
+        db,
+        "UPDATE jobs j SET status = $3, bot_id = a.bot_id, attempt = j.attempt + 1,
                     assigned_at = $4, updated_at = $4
                FROM unnest($1::uuid[], $2::uuid[]) AS a(job_id, bot_id)
               WHERE j.id = a.job_id AND j.status = 'WAITING'
               RETURNING j.id, j.attempt, a.bot_id, j.description, j.system, j.attachment,
                         j.created_at",
-            &[&job_ids, &bot_ids, &to.as_str(), &at],
-        )
-        .await?;
+        &[&job_ids, &bot_ids, &to.as_str(), &at],
+    )
+    .await?;
     let mut claimed: HashMap<Uuid, &Row> = HashMap::new();
     for r in &updated {
         claimed.insert(r.get(0), r);
@@ -598,7 +597,8 @@ pub async fn match_waiting(
     let ev_bots: Vec<Uuid> = updated.iter().map(|r| r.get(2)).collect();
     let ev_attempts: Vec<i32> = updated.iter().map(|r| r.get(1)).collect();
     let description = format!("{} -> {}", JobStatus::Waiting, to);
-    db.execute(
+    execute(
+        db,
         "INSERT INTO job_events (id, job_id, customer_id, type, description, from_status,
                                  to_status, bot_id, attempt, created_at)
          SELECT e.id, e.job_id, $5, 'STATUS_CHANGE', $6, 'WAITING', $7, e.bot_id, e.attempt, $8
@@ -631,7 +631,8 @@ pub async fn match_waiting(
         bot_active.push(active);
         bot_status.push(status.as_str().to_string());
     }
-    db.execute(
+    execute(
+        db,
         "UPDATE bots b SET active_jobs = u.active, status = u.status, last_assigned_at = $4,
                 updated_at = $4
            FROM unnest($1::uuid[], $2::int[], $3::text[]) AS u(id, active, status)
@@ -661,12 +662,12 @@ pub async fn match_waiting(
 
 /// Customers that have waiting work, for the periodic sweep.
 pub async fn customers_with_waiting(db: &impl GenericClient) -> Result<Vec<CustomerId>, RepoError> {
-    let rows = db
-        .query(
-            "SELECT DISTINCT customer_id FROM jobs WHERE status = 'WAITING'",
-            &[],
-        )
-        .await?;
+    let rows = query(
+        db,
+        "SELECT DISTINCT customer_id FROM jobs WHERE status = 'WAITING'",
+        &[],
+    )
+    .await?;
     Ok(rows.iter().map(|r| CustomerId(r.get(0))).collect())
 }
 
@@ -677,16 +678,16 @@ pub async fn stale_assignments(
     older_than: OffsetDateTime,
     limit: i64,
 ) -> Result<Vec<(CustomerId, Assigned)>, RepoError> {
-    let rows = db
-        .query(
-            "SELECT j.customer_id, j.id, j.attempt, b.id, b.delivery, b.ip_address, b.port,
+    let rows = query(
+        db,
+        "SELECT j.customer_id, j.id, j.attempt, b.id, b.delivery, b.ip_address, b.port,
                     j.description, j.system, j.attachment, j.created_at
                FROM jobs j JOIN bots b ON b.id = j.bot_id
               WHERE j.status = 'ASSIGNED' AND j.assigned_at < $1
               ORDER BY j.assigned_at LIMIT $2",
-            &[&older_than, &limit],
-        )
-        .await?;
+        &[&older_than, &limit],
+    )
+    .await?;
     rows.iter()
         .map(|r| {
             Ok((

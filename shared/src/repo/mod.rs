@@ -5,7 +5,10 @@ pub mod bots;
 pub mod customers;
 pub mod jobs;
 
+use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -46,4 +49,45 @@ pub(crate) fn now() -> OffsetDateTime {
 pub struct Page {
     pub limit: i64,
     pub after: Option<uuid::Uuid>,
+}
+
+// Every statement goes through the connection's statement cache: a cached
+// statement runs in one round trip instead of a prepare plus an execute.
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+pub(crate) async fn query(
+    db: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>, RepoError> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.query(&stmt, params).await?)
+}
+
+pub(crate) async fn query_one(
+    db: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Row, RepoError> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.query_one(&stmt, params).await?)
+}
+
+pub(crate) async fn query_opt(
+    db: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<Row>, RepoError> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.query_opt(&stmt, params).await?)
+}
+
+pub(crate) async fn execute(
+    db: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<u64, RepoError> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.execute(&stmt, params).await?)
 }

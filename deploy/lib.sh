@@ -1,0 +1,71 @@
+# Shared by deploy/up.sh and deploy/test.sh: make sure PostgreSQL and RabbitMQ
+# run on this machine (installing them with apt where missing) and that the
+# Rust toolchain is there. Sourced, not run.
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/orquestra-target}"
+PG_URL_BASE="${ORQ_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  say "installing $* with apt"
+  if [ -z "${ORQ_APT_UPDATED:-}" ]; then
+    as_root apt-get update -qq
+    ORQ_APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 120); do
+    port_open "$port" && return 0
+    sleep 0.5
+  done
+  echo "$what did not open port $port" >&2
+  return 1
+}
+
+ensure_tools() {
+  command -v cargo >/dev/null || {
+    echo "cargo is missing: install Rust 1.95 or newer (https://rustup.rs), then run this again" >&2
+    exit 1
+  }
+  command -v python3 >/dev/null || apt_install python3
+  command -v curl >/dev/null || apt_install curl
+}
+
+ensure_postgres() {
+  if ! port_open 5432; then
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    say "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root service postgresql start
+    wait_port 5432 PostgreSQL
+  fi
+  command -v psql >/dev/null || apt_install postgresql-client
+  if ! psql "$PG_URL_BASE/postgres" -w -qAtc 'SELECT 1' >/dev/null 2>&1; then
+    # A fresh Debian install asks a password over TCP: give the postgres role one.
+    say "setting a password for the postgres role (local development only)"
+    as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'orquestra'\"" >/dev/null
+    PG_URL_BASE="postgres://postgres:orquestra@127.0.0.1:5432"
+    psql "$PG_URL_BASE/postgres" -w -qAtc 'SELECT 1' >/dev/null
+  fi
+  export ORQ_TEST_PG_URL="$PG_URL_BASE"
+}
+
+ensure_rabbitmq() {
+  if ! port_open 5672; then
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+    say "starting RabbitMQ"
+    as_root rabbitmq-server -detached || true
+    wait_port 5672 RabbitMQ
+  fi
+}
