@@ -97,7 +97,6 @@ pub async fn insert(
         ],
     )
     .await
-    .map_err(RepoError::from)
     .map_err(|e| {
         if e.is_unique_violation() {
             RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
@@ -198,7 +197,6 @@ pub async fn update(
         ],
     )
     .await
-    .map_err(RepoError::from)
     .map_err(|e| {
         if e.is_unique_violation() {
             RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
