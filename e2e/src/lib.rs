@@ -103,6 +103,9 @@ impl Drop for Proc {
 
 /// One isolated deployment: a database, a prefix, a customer with tokens.
 pub struct Env {
+    /// `postgres://user@host:port` of the server holding `db_name`.
+    pub pg_base: String,
+    pub amqp_url: String,
     pub db_name: String,
     pub db_url: String,
     pub prefix: String,
@@ -116,16 +119,20 @@ pub struct Env {
 }
 
 impl Env {
+    /// On the shared servers.
     pub async fn new(label: &str) -> anyhow::Result<Env> {
+        Env::on(label, &pg_admin_url(), &amqp_url()).await
+    }
+
+    /// On the given servers (a private instance for tests that stop one).
+    pub async fn on(label: &str, pg_base: &str, amqp: &str) -> anyhow::Result<Env> {
         let short = Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("orq_t_{label}_{short}");
         let prefix = format!("orqt.{label}.{short}");
-        let (client, conn) = tokio_postgres::connect(
-            &format!("{}/postgres", pg_admin_url()),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .context("connecting to the shared PostgreSQL")?;
+        let (client, conn) =
+            tokio_postgres::connect(&format!("{pg_base}/postgres"), tokio_postgres::NoTls)
+                .await
+                .context("connecting to the shared PostgreSQL")?;
         tokio::spawn(conn);
         client
             .batch_execute(&format!("CREATE DATABASE \"{db_name}\""))
@@ -133,7 +140,9 @@ impl Env {
         let dir = std::env::temp_dir().join(format!("orq-e2e-{label}-{short}"));
         std::fs::create_dir_all(&dir)?;
         let mut env = Env {
-            db_url: format!("{}/{db_name}", pg_admin_url()),
+            pg_base: pg_base.to_string(),
+            amqp_url: amqp.to_string(),
+            db_url: format!("{pg_base}/{db_name}"),
             db_name,
             prefix,
             dir,
@@ -182,7 +191,7 @@ impl Env {
         cmd.current_dir(repo_root())
             .env_remove("ORQ_CONFIG")
             .env("ORQ_DATABASE__URL", &self.db_url)
-            .env("ORQ_AMQP__URL", amqp_url())
+            .env("ORQ_AMQP__URL", &self.amqp_url)
             .env("ORQ_AMQP__PREFIX", &self.prefix)
             .env("ORQ_LOG__LEVEL", "info")
             .env("RUST_BACKTRACE", "0");
@@ -307,8 +316,8 @@ impl Env {
                 .unwrap_or_default(),
             Err(_) => Vec::new(),
         };
-        teardown_broker(&self.prefix, &bots).await?;
-        drop_database(&self.db_name).await?;
+        teardown_broker(&self.amqp_url, &self.prefix, &bots).await?;
+        drop_database(&self.pg_base, &self.db_name).await?;
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }
@@ -322,7 +331,7 @@ impl Drop for Env {
         // A failed test: keep the logs for reading, drop the database.
         eprintln!("test logs kept in {}", self.dir.display());
         let _ = Command::new("psql")
-            .args([&pg_admin_url(), "-qc"])
+            .args([&format!("{}/postgres", self.pg_base), "-qc"])
             .arg(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.db_name
@@ -362,12 +371,9 @@ pub async fn wait_ready(url: &str, proc: &mut Proc) -> anyhow::Result<()> {
     }
 }
 
-pub async fn drop_database(name: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("{}/postgres", pg_admin_url()),
-        tokio_postgres::NoTls,
-    )
-    .await?;
+pub async fn drop_database(pg_base: &str, name: &str) -> anyhow::Result<()> {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{pg_base}/postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -376,11 +382,11 @@ pub async fn drop_database(name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn teardown_broker(
+    amqp: &str,
     prefix: &str,
     bots: &[orq_shared::domain::BotId],
 ) -> anyhow::Result<()> {
-    let conn =
-        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+    let conn = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     orq_shared::broker::Topology::new(prefix)
         .teardown(&ch, bots)
@@ -422,4 +428,208 @@ pub fn agent_config(
     let path = dir.join(file);
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Runs a command as `user` when we are root (PostgreSQL refuses to run as
+/// root; Debian's RabbitMQ scripts switch users themselves).
+fn as_user(user: &str, program: &str) -> Command {
+    if nix::unistd::Uid::effective().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", user, "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run_ok(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let base = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(base)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .last()
+        .map(|v| v.join("bin").join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A private PostgreSQL server (initdb + pg_ctl on its own port), for tests
+/// that stop the database. Never the shared one.
+pub struct PrivatePg {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePg {
+    pub fn start() -> anyhow::Result<PrivatePg> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("orq-pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        if nix::unistd::Uid::effective().is_root() {
+            run_ok(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres").arg(&dir);
+                    c
+                },
+                "chown",
+            )?;
+        }
+        let data = dir.join("data");
+        let mut init = as_user("postgres", &pg_bin("initdb").display().to_string());
+        init.args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data);
+        run_ok(init, "initdb")?;
+        let pg = PrivatePg { dir, port };
+        pg.up()?;
+        Ok(pg)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    pub fn up(&self) -> anyhow::Result<()> {
+        let mut c = as_user("postgres", &pg_bin("pg_ctl").display().to_string());
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("start");
+        run_ok(c, "pg_ctl start")
+    }
+
+    pub fn down(&self) -> anyhow::Result<()> {
+        let mut c = as_user("postgres", &pg_bin("pg_ctl").display().to_string());
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"]);
+        run_ok(c, "pg_ctl stop")
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let mut c = as_user("postgres", &pg_bin("pg_ctl").display().to_string());
+        c.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = c.output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private RabbitMQ node (its own node name, port and data directory), for
+/// tests that stop the broker. Never the shared one.
+pub struct PrivateRabbit {
+    pub node: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    server: Child,
+}
+
+impl PrivateRabbit {
+    pub fn start() -> anyhow::Result<PrivateRabbit> {
+        let port = free_port();
+        let short = &Uuid::new_v4().simple().to_string()[..8];
+        let node = format!("orqtest{short}@localhost");
+        let dir = std::env::temp_dir().join(format!("orq-rabbit-{short}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("rabbit.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )?;
+        std::fs::write(dir.join("plugins"), "[].\n")?;
+        if nix::unistd::Uid::effective().is_root() {
+            run_ok(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "rabbitmq:rabbitmq"]).arg(&dir);
+                    c
+                },
+                "chown",
+            )?;
+        }
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("orq-rabbit-{short}.log")))?;
+        let server = Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbit.conf"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting a private rabbitmq-server")?;
+        let rabbit = PrivateRabbit {
+            node,
+            port,
+            dir,
+            server,
+        };
+        // The node takes a few seconds to boot; `await_startup` fails at once
+        // until its Erlang VM answers.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match rabbit.ctl(&["await_startup", "--timeout", "60"]) {
+                Ok(()) => return Ok(rabbit),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=5", self.port)
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut c = Command::new("rabbitmqctl");
+        c.args(["-n", &self.node]).args(args);
+        run_ok(c, &format!("rabbitmqctl {args:?}"))
+    }
+
+    /// Stops the broker application: every connection drops, the port closes.
+    pub fn stop_app(&self) -> anyhow::Result<()> {
+        self.ctl(&["stop_app"])
+    }
+
+    pub fn start_app(&self) -> anyhow::Result<()> {
+        self.ctl(&["start_app"])?;
+        self.ctl(&["await_startup", "--timeout", "60"])
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -606,6 +606,6 @@ async fn concurrent_starts_apply_each_migration_once() -> anyhow::Result<()> {
         .len() as i64;
     assert_eq!(applied, embedded);
     drop(fresh);
-    orq_e2e::drop_database(&name).await?;
+    orq_e2e::drop_database(&orq_e2e::pg_admin_url(), &name).await?;
     env.cleanup().await
 }
