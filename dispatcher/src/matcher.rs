@@ -127,7 +127,12 @@ impl Matcher {
             total += n;
             if n > 0 {
                 tracing::debug!(%customer, jobs = n, "assigned");
-                join_all(assigned.into_iter().map(|a| self.deliver(customer, a))).await;
+                // Delivery runs beside the next round: waiting for publisher
+                // confirms here would hold back every other assignment.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    join_all(assigned.into_iter().map(|a| this.deliver(customer, a))).await;
+                });
             }
             if (n as i64) < batch {
                 return Ok(total);
@@ -144,8 +149,11 @@ impl Matcher {
         };
         if let Err(reason) = outcome {
             tracing::warn!(job = %a.job_id, bot = %a.bot_id, %reason, "delivery failed");
-            if let Err(e) = self.hand_back(customer, &a, &reason).await {
-                tracing::warn!(error = %e, job = %a.job_id, "hand-back failed; the sweep will retry");
+            match self.hand_back(customer, &a, &reason).await {
+                Ok(()) => self.wake(customer),
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %a.job_id, "hand-back failed; the sweep will retry")
+                }
             }
         }
     }

@@ -54,14 +54,15 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = presented_token(parts).ok_or_else(ApiError::unauthorized)?;
-        let db = state
-            .pool
-            .get()
-            .await
-            .map_err(orq_shared::repo::RepoError::from)?;
-        customers::authenticate(&db, &token)
+        let key = orq_shared::token::hash(&token);
+        if let Some(principal) = state.principals.get(&key) {
+            return Ok(Auth(principal));
+        }
+        let db = state.db().await?;
+        let principal = customers::authenticate(&db, &token)
             .await?
-            .map(Auth)
-            .ok_or_else(ApiError::unauthorized)
+            .ok_or_else(ApiError::unauthorized)?;
+        state.principals.insert(key, principal.clone());
+        Ok(Auth(principal))
     }
 }

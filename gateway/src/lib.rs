@@ -94,6 +94,8 @@ impl App {
             pool,
             broker,
             settings: Arc::new(settings),
+            principals: state::cache(),
+            known_systems: state::cache(),
         };
         Ok(App {
             listener,

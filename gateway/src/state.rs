@@ -3,13 +3,35 @@
 use deadpool_postgres::Pool;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
+use orq_shared::domain::CustomerId;
+use orq_shared::repo::customers::Principal;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
     pub broker: Broker,
     pub settings: Arc<Settings>,
+    /// Token hash -> principal, for a few seconds: spares a query per
+    /// request. A revoked token stops working within `CACHE_TTL`.
+    pub principals: moka::sync::Cache<Vec<u8>, Principal>,
+    /// (customer, system) pairs known to have a bot, for a few seconds. Only
+    /// positive answers are kept, so a new bot's system is usable at once.
+    pub known_systems: moka::sync::Cache<(CustomerId, String), ()>,
+}
+
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+pub fn cache<K, V>() -> moka::sync::Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(CACHE_TTL)
+        .build()
 }
 
 impl AppState {

@@ -95,6 +95,7 @@ pub struct CreateBody {
 
 /// Checks a task definition; returns it with its row count.
 async fn validate(
+    state: &AppState,
     db: &deadpool_postgres::Object,
     customer: CustomerId,
     description: &str,
@@ -111,7 +112,15 @@ async fn validate(
     let system = text_field("system", system, 200)?;
     let rows = attachment::parse(attachment_b64)
         .map_err(|e| ApiError::invalid_field("attachment", e.to_string()))?;
-    if !bots::system_known(db, customer, &system).await? {
+    let key = (customer, system.clone());
+    let known = state.known_systems.contains_key(&key) || {
+        let known = bots::system_known(db, customer, &system).await?;
+        if known {
+            state.known_systems.insert(key, ());
+        }
+        known
+    };
+    if !known {
         let mut e = ApiError::bad_request(
             "unknown_system",
             format!("no bot of this customer runs system {system:?}"),
@@ -135,6 +144,7 @@ pub async fn create(
     let who = auth.require(&[Role::User])?;
     let mut db = state.db().await?;
     let new = validate(
+        &state,
         &db,
         who.customer_id,
         &body.description,
@@ -202,6 +212,7 @@ pub async fn update(
             .unwrap_or_default();
         Some(
             validate(
+                &state,
                 &db,
                 who.customer_id,
                 body.description.as_deref().unwrap_or(&current.description),
