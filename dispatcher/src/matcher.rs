@@ -6,7 +6,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
-use orq_shared::broker::{Broker, Topology};
+use orq_shared::broker::{Broker, BrokerError, Topology};
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotEvent, CustomerId, Delivery, JobEvent};
 use orq_shared::messages::{Assignment, Wake};
@@ -140,16 +140,20 @@ impl Matcher {
         }
     }
 
-    /// Sends an assigned job to its bot; on failure the job waits again and
-    /// the bot is marked UNAVAILABLE until it is heard from.
+    /// Sends an assigned job to its bot; on failure the job waits again, and
+    /// when the bot is to blame it is marked UNAVAILABLE until heard from.
     pub async fn deliver(&self, customer: CustomerId, a: Assigned) {
         let outcome = match a.delivery {
             Delivery::Agent => self.deliver_to_agent(customer, &a).await,
             Delivery::Http => self.deliver_over_http(customer, &a).await,
         };
-        if let Err(reason) = outcome {
+        if let Err(failure) = outcome {
+            let (reason, blame_bot) = match failure {
+                Failure::Bot(r) => (r, true),
+                Failure::Ours(r) => (r, false),
+            };
             tracing::warn!(job = %a.job_id, bot = %a.bot_id, %reason, "delivery failed");
-            match self.hand_back(customer, &a, &reason).await {
+            match self.hand_back(customer, &a, &reason, blame_bot).await {
                 Ok(()) => self.wake(customer),
                 Err(e) => {
                     tracing::warn!(error = %e, job = %a.job_id, "hand-back failed; the sweep will retry")
@@ -158,7 +162,7 @@ impl Matcher {
         }
     }
 
-    async fn deliver_to_agent(&self, customer: CustomerId, a: &Assigned) -> Result<(), String> {
+    async fn deliver_to_agent(&self, customer: CustomerId, a: &Assigned) -> Result<(), Failure> {
         let message = Assignment {
             id: Uuid::now_v7(),
             job_id: a.job_id,
@@ -171,21 +175,33 @@ impl Matcher {
             created_at: a.created_at,
             assigned_at: time::OffsetDateTime::now_utc(),
         };
-        self.inner
-            .broker
+        // A short broker outage delays the delivery rather than failing it.
+        let session = tokio::time::timeout(Duration::from_secs(5), self.inner.broker.session())
+            .await
+            .map_err(|_| Failure::Ours("not connected to RabbitMQ".into()))?;
+        match session
             .publish_json(&Topology::bot_key(a.bot_id), message.id, &message)
             .await
-            .map_err(|e| e.to_string())
+        {
+            Ok(()) => Ok(()),
+            Err(e @ BrokerError::Unroutable(_)) => Err(Failure::Bot(e.to_string())),
+            Err(e) => Err(Failure::Ours(e.to_string())),
+        }
     }
 
     /// The proof of concept's push: `POST http://<ip>:<port>/tasks` with the
     /// task as `GET /tasks/{id}` shows it.
-    async fn deliver_over_http(&self, customer: CustomerId, a: &Assigned) -> Result<(), String> {
+    async fn deliver_over_http(&self, customer: CustomerId, a: &Assigned) -> Result<(), Failure> {
         let task = {
-            let db = self.inner.pool.get().await.map_err(|e| e.to_string())?;
-            jobs::get(&db, customer, a.job_id)
+            let ours = |e: RepoError| Failure::Ours(e.to_string());
+            let db = self
+                .inner
+                .pool
+                .get()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(RepoError::from)
+                .map_err(ours)?;
+            jobs::get(&db, customer, a.job_id).await.map_err(ours)?
         };
         let host = match a.bot_address.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
@@ -199,11 +215,14 @@ impl Matcher {
             .json(&task)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| Failure::Bot(format!("POST {url}: {e}")))?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(format!("POST {url}: HTTP {}", response.status()))
+            Err(Failure::Bot(format!(
+                "POST {url}: HTTP {}",
+                response.status()
+            )))
         }
     }
 
@@ -212,6 +231,7 @@ impl Matcher {
         customer: CustomerId,
         a: &Assigned,
         reason: &str,
+        blame_bot: bool,
     ) -> Result<(), RepoError> {
         let mut db = self.inner.pool.get().await?;
         let tx = db.transaction().await?;
@@ -251,10 +271,19 @@ impl Matcher {
             },
         )
         .await?;
-        bots::apply_event(&tx, a.bot_id, BotEvent::Silent).await?;
+        if blame_bot {
+            bots::apply_event(&tx, a.bot_id, BotEvent::Silent).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Why a delivery failed: the bot (unreachable, refused, no queue) or this
+/// side (broker or database unavailable).
+enum Failure {
+    Bot(String),
+    Ours(String),
 }
 
 /// Consumes wake-ups from the intake queue into the matcher.

@@ -48,7 +48,12 @@ pub async fn sweep_once(
     for (customer, assigned) in stale {
         tracing::info!(job = %assigned.job_id, bot = %assigned.bot_id, "taking back an assignment no bot started");
         matcher
-            .hand_back(customer, &assigned, "the bot did not start it in time")
+            .hand_back(
+                customer,
+                &assigned,
+                "the bot did not start it in time",
+                true,
+            )
             .await?;
     }
     Ok(())
