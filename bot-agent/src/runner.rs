@@ -110,8 +110,8 @@ pub async fn run_row(
         .map(Pid::from_raw);
     if let Some(mut stdin) = child.stdin.take() {
         // A program that ignores its input may close stdin early: not an error.
-        let _ = stdin.write_all(input.as_bytes()).await;
-        let _ = stdin.write_all(b"\n").await;
+        // One write: a reader sees the whole line at once.
+        let _ = stdin.write_all(format!("{input}\n").as_bytes()).await;
     }
     let stderr = child.stderr.take();
     let tail = tokio::spawn(async move {
