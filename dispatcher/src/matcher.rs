@@ -256,9 +256,9 @@ impl Matcher {
             Ok(jobs::Applied::Done { .. }) => {}
             Err(e) => return Err(e),
         }
-        jobs::append_event(
+        jobs::append_events(
             &tx,
-            &EventRecord {
+            &[EventRecord {
                 id: Uuid::now_v7(),
                 job_id: a.job_id,
                 customer,
@@ -268,7 +268,7 @@ impl Matcher {
                 to: None,
                 bot: Some(a.bot_id),
                 attempt: Some(a.attempt),
-            },
+            }],
         )
         .await?;
         if blame_bot {

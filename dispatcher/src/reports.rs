@@ -1,71 +1,56 @@
-//! Applies bot reports. Each report is one transaction; a redelivered report
-//! changes nothing (repeated transitions are no-ops, events are keyed by the
-//! report's id), and a report for an attempt the job no longer is — a bot
-//! that lost its lease — is refused and recorded as a WARNING.
+//! Applies bot reports, in batches: the consumer takes every report that is
+//! ready (up to a bound) and applies them in one transaction with a fixed
+//! number of statements (`jobs::apply_changes`). A redelivered report changes
+//! nothing (repeated transitions are no-ops, events are keyed by the report's
+//! id), and a report for an attempt the job no longer is — a bot that lost
+//! its lease — is refused and recorded as a WARNING.
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
-use orq_shared::domain::{JobEvent, JobId};
+use orq_shared::domain::{CustomerId, JobEvent};
 use orq_shared::messages::{BotReport, ReportBody};
-use orq_shared::repo::jobs::{self, Actor, Applied, EventKind, EventRecord, Outcome};
+use orq_shared::repo::jobs::{self, Actor, Change, ChangeResult, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::matcher::Matcher;
 
-/// What applying a report leads to.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Effect {
-    /// Nothing else to do.
-    None,
-    /// A bot slot may have freed up: match again.
-    Rematch,
-}
-
-pub async fn apply(
-    pool: &deadpool_postgres::Pool,
-    report: &BotReport,
-) -> Result<Effect, RepoError> {
-    let mut db = pool.get().await?;
-    let tx = db.transaction().await?;
-    let customer = report.customer_id;
-    let (job, attempt, event, outcome) = match &report.body {
-        ReportBody::Heartbeat { .. } => {
-            let before = bots::get(&tx, customer, report.bot_id).await;
-            let bot = match before {
-                Ok(b) => b,
-                Err(RepoError::NotFound(_)) => return Ok(Effect::None),
-                Err(e) => return Err(e),
-            };
-            let after = bots::heartbeat(&tx, customer, report.bot_id).await?;
-            tx.commit().await?;
-            let freed = bot.status != after.status && !after.is_full();
-            return Ok(if freed { Effect::Rematch } else { Effect::None });
-        }
-        ReportBody::Running { job_id, attempt } => {
-            (*job_id, *attempt, JobEvent::Start, Outcome::default())
-        }
+/// The change a job report asks for; `None` for heartbeats.
+fn change_for(report: &BotReport) -> Option<Change> {
+    let (job, attempt, event, outcome, notes) = match &report.body {
+        ReportBody::Heartbeat { .. } => return None,
+        ReportBody::Running { job_id, attempt } => (
+            *job_id,
+            *attempt,
+            JobEvent::Start,
+            Outcome::default(),
+            Vec::new(),
+        ),
         ReportBody::Progress {
             job_id,
             attempt,
             percent,
             rows_done,
-            ..
+            rows_total,
         } => (
             *job_id,
             *attempt,
             JobEvent::Progress,
             Outcome {
-                percent: Some(i16::from(*percent.min(&100))),
+                percent: Some(i16::from((*percent).min(100))),
                 rows_done: Some(i32::try_from(*rows_done).unwrap_or(i32::MAX)),
                 ..Outcome::default()
             },
+            vec![(
+                EventKind::PercentChange,
+                format!("{percent}% ({rows_done}/{rows_total} rows)"),
+            )],
         ),
         ReportBody::Complete {
             job_id,
@@ -79,6 +64,7 @@ pub async fn apply(
                 rows_done: Some(i32::try_from(*rows_total).unwrap_or(i32::MAX)),
                 ..Outcome::default()
             },
+            Vec::new(),
         ),
         ReportBody::Failed {
             job_id,
@@ -94,70 +80,22 @@ pub async fn apply(
                 result: Some(serde_json::json!({ "failed_rows": failed_rows })),
                 ..Outcome::default()
             },
+            vec![(EventKind::Error, error.clone())],
         ),
     };
-    let actor = Actor::Bot {
-        bot: report.bot_id,
-        attempt,
-    };
-    let applied = jobs::transition(
-        &tx, customer, job, actor, event, &outcome, report.id, report.at,
-    )
-    .await;
-    let effect = match applied {
-        Ok(Applied::Done { from, task }) => {
-            if let ReportBody::Progress {
-                percent,
-                rows_done,
-                rows_total,
-                ..
-            } = &report.body
-            {
-                record(
-                    &tx,
-                    report,
-                    job,
-                    EventKind::PercentChange,
-                    format!("{percent}% ({rows_done}/{rows_total} rows)"),
-                    Some(attempt),
-                )
-                .await?;
-            }
-            if let ReportBody::Failed { error, .. } = &report.body {
-                record(
-                    &tx,
-                    report,
-                    job,
-                    EventKind::Error,
-                    error.clone(),
-                    Some(attempt),
-                )
-                .await?;
-            }
-            if from.is_active() && !task.status.is_active() {
-                Effect::Rematch
-            } else {
-                Effect::None
-            }
-        }
-        Ok(Applied::Stale {
-            current_attempt, ..
-        }) => {
-            record(&tx, report, job, EventKind::Warning,
-                format!("refused a {} report from bot {} for attempt {attempt}; the job is at attempt {current_attempt}",
-                    kind_name(&report.body), report.bot_id), Some(attempt)).await?;
-            Effect::None
-        }
-        // Late reports for finished jobs, unknown jobs: nothing to apply.
-        Err(RepoError::Conflict(why)) => {
-            tracing::debug!(%job, %why, "report not applicable");
-            Effect::None
-        }
-        Err(RepoError::NotFound(_)) => Effect::None,
-        Err(e) => return Err(e),
-    };
-    tx.commit().await?;
-    Ok(effect)
+    Some(Change {
+        customer: report.customer_id,
+        job,
+        actor: Actor::Bot {
+            bot: report.bot_id,
+            attempt,
+        },
+        event,
+        outcome,
+        event_id: report.id,
+        at: report.at,
+        notes,
+    })
 }
 
 fn kind_name(body: &ReportBody) -> &'static str {
@@ -170,38 +108,81 @@ fn kind_name(body: &ReportBody) -> &'static str {
     }
 }
 
-/// An event derived from a report; its id is derived from the report's so a
-/// redelivery does not add it twice.
-async fn record(
-    db: &impl deadpool_postgres::GenericClient,
-    report: &BotReport,
-    job: JobId,
-    kind: EventKind,
-    description: String,
-    attempt: Option<i32>,
-) -> Result<(), RepoError> {
-    let id = Uuid::new_v5(&report.id, format!("{kind:?}").as_bytes());
-    jobs::append_event(
-        db,
-        &EventRecord {
-            id,
-            job_id: job,
-            customer: report.customer_id,
-            kind,
-            description,
-            from: None,
-            to: None,
-            bot: Some(report.bot_id),
-            attempt,
-        },
-    )
-    .await?;
-    Ok(())
+/// Applies a batch of reports; returns the customers whose bots may have a
+/// free slot now (to match again).
+pub async fn apply(
+    pool: &deadpool_postgres::Pool,
+    reports: &[BotReport],
+) -> Result<HashSet<CustomerId>, RepoError> {
+    let mut rematch = HashSet::new();
+    let mut db = pool.get().await?;
+    let (with_jobs, changes): (Vec<&BotReport>, Vec<Change>) = reports
+        .iter()
+        .filter_map(|r| change_for(r).map(|c| (r, c)))
+        .unzip();
+    if !changes.is_empty() {
+        let tx = db.transaction().await?;
+        let results = jobs::apply_changes(&tx, &changes).await?;
+        let mut warnings = Vec::new();
+        for ((report, change), result) in with_jobs.iter().zip(&changes).zip(results) {
+            match result {
+                ChangeResult::Done { from, to } => {
+                    if from.is_active() && !to.is_active() {
+                        rematch.insert(report.customer_id);
+                    }
+                }
+                ChangeResult::Stale {
+                    current_attempt, ..
+                } => warnings.push(EventRecord {
+                    id: Uuid::new_v5(&report.id, b"stale"),
+                    job_id: change.job,
+                    customer: report.customer_id,
+                    kind: EventKind::Warning,
+                    description: format!(
+                        "refused a {} report from bot {} for attempt {}; the job is at attempt {current_attempt}",
+                        kind_name(&report.body),
+                        report.bot_id,
+                        match change.actor {
+                            Actor::Bot { attempt, .. } => attempt,
+                            _ => 0,
+                        }
+                    ),
+                    from: None,
+                    to: None,
+                    bot: Some(report.bot_id),
+                    attempt: None,
+                }),
+                // Late reports for finished jobs, unknown jobs: nothing to apply.
+                ChangeResult::Invalid(why) => {
+                    tracing::debug!(job = %change.job, %why, "report not applicable")
+                }
+                ChangeResult::NotFound => {}
+            }
+        }
+        jobs::append_events(&tx, &warnings).await?;
+        tx.commit().await?;
+    }
+    // Heartbeats touch one bot each, in their own short transactions.
+    for report in reports.iter().filter(|r| change_for(r).is_none()) {
+        let tx = db.transaction().await?;
+        let before = match bots::get(&tx, report.customer_id, report.bot_id).await {
+            Ok(b) => b,
+            Err(RepoError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let after = bots::heartbeat(&tx, report.customer_id, report.bot_id).await?;
+        tx.commit().await?;
+        if before.status != after.status && !after.is_full() {
+            rematch.insert(report.customer_id);
+        }
+    }
+    Ok(rematch)
 }
 
-/// Consumes the reports queue, applying up to `report_concurrency` reports at
-/// once. A report that cannot be parsed is dead-lettered; one that fails on
-/// the database is retried in place (it stays unacked) until it applies.
+/// Consumes the reports queue. Reports are applied in arrival order, a batch
+/// at a time; a report that cannot be parsed is dead-lettered; a batch that
+/// fails on the database is retried (its messages stay unacked) until it
+/// applies.
 pub async fn consume(
     pool: deadpool_postgres::Pool,
     broker: Broker,
@@ -210,14 +191,13 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) {
     let queue = broker.topology().reports_queue();
-    let limit = settings.dispatcher.report_concurrency.max(1);
-    let slots = Arc::new(Semaphore::new(limit));
-    let prefetch = u16::try_from(limit * 4).unwrap_or(u16::MAX);
+    let batch_max = settings.dispatcher.report_batch.max(1);
+    let prefetch = u16::try_from(batch_max * 2).unwrap_or(u16::MAX);
     let mut last = None;
-    loop {
+    'sessions: loop {
         let session = tokio::select! {
             s = broker.session_after(last) => s,
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return,
         };
         last = Some(session.generation());
         let mut consumer = match session.consume(&queue, prefetch).await {
@@ -229,69 +209,70 @@ pub async fn consume(
             }
         };
         loop {
-            let delivery = tokio::select! {
+            let first = tokio::select! {
                 d = consumer.next() => d,
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return,
             };
-            let delivery = match delivery {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "reports consumer failed");
-                    session.report_failure();
+            let mut deliveries = Vec::new();
+            let mut next = first;
+            loop {
+                match next {
+                    Some(Ok(d)) => deliveries.push(d),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "reports consumer failed");
+                        session.report_failure();
+                        continue 'sessions;
+                    }
+                    None => continue 'sessions,
+                }
+                if deliveries.len() >= batch_max {
                     break;
                 }
-                None => break,
-            };
-            let report: BotReport = match serde_json::from_slice(&delivery.data) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed report dead-lettered");
-                    let _ = delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await;
-                    continue;
+                // Take what is already here, without waiting for more.
+                match consumer.next().now_or_never() {
+                    Some(d) => next = d,
+                    None => break,
                 }
-            };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let pool = pool.clone();
-            let matcher = matcher.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let mut wait = Duration::from_millis(100);
-                loop {
-                    match apply(&pool, &report).await {
-                        Ok(effect) => {
-                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                            if effect == Effect::Rematch {
-                                matcher.wake(report.customer_id);
-                            }
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, report = %report.id, "applying report failed; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = shutdown.cancelled() => {
-                                    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                                    return;
-                                }
-                            }
-                            wait = (wait * 2).min(Duration::from_secs(5));
-                        }
+            }
+            let mut reports = Vec::with_capacity(deliveries.len());
+            let mut ackers = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                match serde_json::from_slice::<BotReport>(&d.data) {
+                    Ok(r) => {
+                        reports.push(r);
+                        ackers.push(d.acker);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed report dead-lettered");
+                        let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
                     }
                 }
-            });
-        }
-        if shutdown.is_cancelled() {
-            break;
+            }
+            let mut wait = Duration::from_millis(100);
+            let rematch = loop {
+                match apply(&pool, &reports).await {
+                    Ok(rematch) => break rematch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, reports = reports.len(), "applying reports failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.cancelled() => {
+                                for a in ackers {
+                                    let _ = a.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                                }
+                                return;
+                            }
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            for a in ackers {
+                let _ = a.ack(BasicAckOptions::default()).await;
+            }
+            for customer in rematch {
+                matcher.wake(customer);
+            }
         }
     }
-    // Let in-flight reports finish.
-    let _ = slots
-        .acquire_many(u32::try_from(limit).unwrap_or(u32::MAX))
-        .await;
 }

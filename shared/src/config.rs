@@ -66,8 +66,8 @@ pub struct DispatcherSettings {
     pub http_delivery_timeout_ms: u64,
     /// Most jobs claimed by one matching transaction.
     pub batch_size: i64,
-    /// Reports handled at once by one dispatcher.
-    pub report_concurrency: usize,
+    /// Most reports applied in one transaction.
+    pub report_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -127,7 +127,7 @@ sweep_interval_ms = 10000
 assign_timeout_ms = 60000
 http_delivery_timeout_ms = 10000
 batch_size = 256
-report_concurrency = 32
+report_batch = 256
 
 [agent]
 gateway_url = "http://127.0.0.1:8080"

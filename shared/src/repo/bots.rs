@@ -325,34 +325,46 @@ pub async fn system_known(
     Ok(row.get(0))
 }
 
-/// Moves a bot's load by `delta` jobs and recomputes its status.
-pub(crate) async fn change_load(
+/// Moves bots' loads by the given deltas and recomputes their statuses;
+/// bots are locked in id order.
+pub(crate) async fn change_loads(
     db: &impl GenericClient,
-    id: BotId,
-    delta: i32,
+    deltas: &std::collections::HashMap<BotId, i32>,
 ) -> Result<(), RepoError> {
-    let row = query_opt(
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = deltas.keys().map(|b| b.0).collect();
+    let rows = query(
         db,
-        "SELECT status, capacity, active_jobs FROM bots WHERE id = $1 FOR UPDATE",
-        &[&id.0],
+        "SELECT id, status, capacity, active_jobs FROM bots WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
     )
     .await?;
-    let Some(row) = row else {
-        return Ok(()); // the bot was deleted; nothing to account
-    };
-    let status: BotStatus = parse_col(row.get::<_, &str>(0))?;
-    let capacity: i32 = row.get(1);
-    let active = (row.get::<_, i32>(2) + delta).max(0);
-    let next = bot_transition(
-        status,
-        BotEvent::LoadChanged {
-            full: active >= capacity,
-        },
-    );
+    let mut upd_ids = Vec::with_capacity(rows.len());
+    let mut upd_active = Vec::with_capacity(rows.len());
+    let mut upd_status = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id = BotId(r.get(0));
+        let status: BotStatus = parse_col(r.get::<_, &str>(1))?;
+        let capacity: i32 = r.get(2);
+        let active = (r.get::<_, i32>(3) + deltas.get(&id).copied().unwrap_or(0)).max(0);
+        let next = bot_transition(
+            status,
+            BotEvent::LoadChanged {
+                full: active >= capacity,
+            },
+        );
+        upd_ids.push(id.0);
+        upd_active.push(active);
+        upd_status.push(next.as_str());
+    }
     execute(
         db,
-        "UPDATE bots SET active_jobs = $2, status = $3, updated_at = now() WHERE id = $1",
-        &[&id.0, &active, &next.as_str()],
+        "UPDATE bots b SET active_jobs = u.active, status = u.status, updated_at = now()
+           FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, active, status)
+          WHERE b.id = u.id",
+        &[&upd_ids, &upd_active, &upd_status],
     )
     .await?;
     Ok(())

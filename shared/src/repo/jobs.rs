@@ -101,9 +101,9 @@ pub async fn create(
         ],
     )
     .await?;
-    append_event(
+    append_events(
         db,
-        &EventRecord {
+        &[EventRecord {
             id: Uuid::now_v7(),
             job_id: id,
             customer,
@@ -113,7 +113,7 @@ pub async fn create(
             to: Some(JobStatus::Waiting),
             bot: None,
             attempt: Some(0),
-        },
+        }],
     )
     .await?;
     from_row(&row, true)
@@ -249,7 +249,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             EventKind::StatusChange => "STATUS_CHANGE",
             EventKind::PercentChange => "PERCENT_CHANGE",
@@ -274,27 +274,49 @@ pub struct EventRecord {
     pub attempt: Option<i32>,
 }
 
-/// Appends an event; false when an event with that id exists already.
-pub async fn append_event(db: &impl GenericClient, e: &EventRecord) -> Result<bool, RepoError> {
-    let n = execute(
+/// Appends events; an event whose id exists already is skipped (a
+/// redelivered report adds nothing).
+pub async fn append_events(
+    db: &impl GenericClient,
+    events: &[EventRecord],
+) -> Result<(), RepoError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let jobs: Vec<Uuid> = events.iter().map(|e| e.job_id.0).collect();
+    let customers: Vec<Uuid> = events.iter().map(|e| e.customer.0).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let descriptions: Vec<&str> = events.iter().map(|e| e.description.as_str()).collect();
+    let from: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.from.map(JobStatus::as_str))
+        .collect();
+    let to: Vec<Option<&str>> = events.iter().map(|e| e.to.map(JobStatus::as_str)).collect();
+    let bots: Vec<Option<Uuid>> = events.iter().map(|e| e.bot.map(|b| b.0)).collect();
+    let attempts: Vec<Option<i32>> = events.iter().map(|e| e.attempt).collect();
+    execute(
         db,
         "INSERT INTO job_events (id, job_id, customer_id, type, description, from_status,
-                                     to_status, bot_id, attempt)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                                 to_status, bot_id, attempt)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::uuid[], $9::int4[])
+             ORDER BY 1
+         ON CONFLICT (id) DO NOTHING",
         &[
-            &e.id,
-            &e.job_id.0,
-            &e.customer.0,
-            &e.kind.as_str(),
-            &e.description,
-            &e.from.map(JobStatus::as_str),
-            &e.to.map(JobStatus::as_str),
-            &e.bot.map(|b| b.0),
-            &e.attempt,
+            &ids,
+            &jobs,
+            &customers,
+            &kinds,
+            &descriptions,
+            &from,
+            &to,
+            &bots,
+            &attempts,
         ],
     )
     .await?;
-    Ok(n == 1)
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -372,8 +394,9 @@ pub enum Applied {
     },
 }
 
-/// Applies `event` to a job in the caller's transaction. `event_id` names the
-/// event row (the message id for reports), `at` when it happened.
+/// Applies `event` to a job in the caller's transaction and returns the job
+/// as it now is. `event_id` names the event row (the message id for
+/// reports), `at` when it happened.
 #[allow(clippy::too_many_arguments)]
 pub async fn transition(
     db: &impl GenericClient,
@@ -385,88 +408,262 @@ pub async fn transition(
     event_id: Uuid,
     at: OffsetDateTime,
 ) -> Result<Applied, RepoError> {
-    let row = query_opt(
-        db,
-        "SELECT status, attempt, bot_id FROM jobs WHERE id = $1 AND customer_id = $2 FOR UPDATE",
-        &[&id.0, &customer.0],
-    )
-    .await?
-    .ok_or(RepoError::NotFound("task"))?;
-    let from: JobStatus = parse_col(row.get::<_, &str>(0))?;
-    let attempt: i32 = row.get(1);
-    let bot = row.get::<_, Option<Uuid>>(2).map(BotId);
-    if let Actor::Bot {
-        bot: reporter,
-        attempt: reported,
-    } = actor
-        && (reported != attempt || bot != Some(reporter))
-    {
-        return Ok(Applied::Stale {
-            current_attempt: attempt,
-            current_bot: bot,
-        });
+    let change = Change {
+        customer,
+        job: id,
+        actor,
+        event,
+        outcome: outcome.clone(),
+        event_id,
+        at,
+        notes: Vec::new(),
+    };
+    let result = apply_changes(db, std::slice::from_ref(&change))
+        .await?
+        .pop()
+        .ok_or_else(|| RepoError::Corrupt("no result for a change".into()))?;
+    match result {
+        ChangeResult::Done { from, .. } => Ok(Applied::Done {
+            from,
+            task: Box::new(get(db, customer, id).await?),
+        }),
+        ChangeResult::Stale {
+            current_attempt,
+            current_bot,
+        } => Ok(Applied::Stale {
+            current_attempt,
+            current_bot,
+        }),
+        ChangeResult::NotFound => Err(RepoError::NotFound("task")),
+        ChangeResult::Invalid(why) => Err(RepoError::Conflict(why)),
     }
-    let to = job_transition(from, event).map_err(|e| RepoError::Conflict(e.to_string()))?;
-    let released = from.is_active() && !to.is_active();
-    let sql = format!(
-        "UPDATE jobs SET status = $3, updated_at = now(),
-                percent = CASE WHEN $3 = 'COMPLETE' THEN 100 ELSE COALESCE($4, percent) END,
-                rows_done = COALESCE($5, rows_done),
-                error = COALESCE($6, error),
-                result = COALESCE($7, result),
-                started_at = CASE WHEN $3 = 'RUNNING' THEN COALESCE(started_at, $8) ELSE started_at END,
-                finished_at = CASE WHEN $9 THEN $8 ELSE finished_at END,
-                bot_id = CASE WHEN $3 = 'WAITING' THEN NULL ELSE bot_id END
-          WHERE id = $1 AND status = $2 AND attempt = $10
-          RETURNING {SUMMARY}, attachment"
-    );
-    let row = query_opt(
+}
+
+/// One requested transition, for `apply_changes`.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub customer: CustomerId,
+    pub job: JobId,
+    pub actor: Actor,
+    pub event: JobEvent,
+    pub outcome: Outcome,
+    /// Id of the STATUS_CHANGE event (the causing message's id for reports,
+    /// so a redelivery adds nothing).
+    pub event_id: Uuid,
+    pub at: OffsetDateTime,
+    /// Further events recorded when the change applies (PERCENT_CHANGE,
+    /// ERROR); their ids derive from `event_id`.
+    pub notes: Vec<(EventKind, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeResult {
+    Done {
+        from: JobStatus,
+        to: JobStatus,
+    },
+    /// A bot's report for an attempt the job no longer is.
+    Stale {
+        current_attempt: i32,
+        current_bot: Option<BotId>,
+    },
+    NotFound,
+    /// The state machine refuses the event in the job's state.
+    Invalid(String),
+}
+
+/// The in-memory copy of a locked job while changes are applied to it.
+struct Locked {
+    customer: CustomerId,
+    from: JobStatus,
+    from_attempt: i32,
+    status: JobStatus,
+    bot: Option<BotId>,
+    percent: i16,
+    rows_done: i32,
+    error: Option<String>,
+    result: Option<serde_json::Value>,
+    started_at: Option<OffsetDateTime>,
+    finished_at: Option<OffsetDateTime>,
+    changed: bool,
+}
+
+/// Applies many transitions in the caller's transaction with a fixed number
+/// of statements: lock every job involved (in id order, so concurrent
+/// batches cannot deadlock), run each change through the state machine in
+/// order, then write all jobs, all events and all bot loads at once. Each
+/// job's update is still guarded by the state and attempt it was read in.
+pub async fn apply_changes(
+    db: &impl GenericClient,
+    changes: &[Change],
+) -> Result<Vec<ChangeResult>, RepoError> {
+    let mut ids: Vec<Uuid> = changes.iter().map(|c| c.job.0).collect();
+    ids.sort();
+    ids.dedup();
+    let rows = query(
         db,
-        &sql,
+        "SELECT id, customer_id, status, attempt, bot_id, percent, rows_done, error, result,
+                started_at, finished_at
+           FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )
+    .await?;
+    let mut jobs: HashMap<Uuid, Locked> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let status: JobStatus = parse_col(r.get::<_, &str>(2))?;
+        jobs.insert(
+            r.get(0),
+            Locked {
+                customer: CustomerId(r.get(1)),
+                from: status,
+                from_attempt: r.get(3),
+                status,
+                bot: r.get::<_, Option<Uuid>>(4).map(BotId),
+                percent: r.get(5),
+                rows_done: r.get(6),
+                error: r.get(7),
+                result: r.get(8),
+                started_at: r.get(9),
+                finished_at: r.get(10),
+                changed: false,
+            },
+        );
+    }
+    let mut results = Vec::with_capacity(changes.len());
+    let mut events = Vec::new();
+    let mut loads: HashMap<BotId, i32> = HashMap::new();
+    for c in changes {
+        let Some(job) = jobs.get_mut(&c.job.0).filter(|j| j.customer == c.customer) else {
+            results.push(ChangeResult::NotFound);
+            continue;
+        };
+        if let Actor::Bot { bot, attempt } = c.actor
+            && (attempt != job.from_attempt || job.bot != Some(bot))
+        {
+            results.push(ChangeResult::Stale {
+                current_attempt: job.from_attempt,
+                current_bot: job.bot,
+            });
+            continue;
+        }
+        let from = job.status;
+        let to = match job_transition(from, c.event) {
+            Ok(to) => to,
+            Err(e) => {
+                results.push(ChangeResult::Invalid(e.to_string()));
+                continue;
+            }
+        };
+        let bot = job.bot;
+        job.changed = true;
+        job.status = to;
+        if to == JobStatus::Complete {
+            job.percent = 100;
+        } else if let Some(p) = c.outcome.percent {
+            job.percent = p;
+        }
+        if let Some(n) = c.outcome.rows_done {
+            job.rows_done = n;
+        }
+        if c.outcome.error.is_some() {
+            job.error.clone_from(&c.outcome.error);
+        }
+        if c.outcome.result.is_some() {
+            job.result.clone_from(&c.outcome.result);
+        }
+        if to == JobStatus::Running && job.started_at.is_none() {
+            job.started_at = Some(c.at);
+        }
+        if to.is_terminal() {
+            job.finished_at = Some(c.at);
+        }
+        if to == JobStatus::Waiting {
+            job.bot = None;
+        }
+        let record =
+            |id: Uuid, kind: EventKind, description: String, status_change: bool| EventRecord {
+                id,
+                job_id: c.job,
+                customer: c.customer,
+                kind,
+                description,
+                from: status_change.then_some(from),
+                to: status_change.then_some(to),
+                bot,
+                attempt: Some(job.from_attempt),
+            };
+        if from != to {
+            let description = match &c.outcome.error {
+                Some(error) if to == JobStatus::Failed => format!("{from} -> {to}: {error}"),
+                _ => format!("{from} -> {to}"),
+            };
+            events.push(record(
+                c.event_id,
+                EventKind::StatusChange,
+                description,
+                true,
+            ));
+        }
+        for (kind, description) in &c.notes {
+            let id = Uuid::new_v5(&c.event_id, kind.as_str().as_bytes());
+            events.push(record(id, *kind, description.clone(), false));
+        }
+        if from.is_active()
+            && !to.is_active()
+            && let Some(bot) = bot
+        {
+            *loads.entry(bot).or_insert(0) -= 1;
+        }
+        results.push(ChangeResult::Done { from, to });
+    }
+    write_jobs(db, &jobs).await?;
+    append_events(db, &events).await?;
+    bots::change_loads(db, &loads).await?;
+    Ok(results)
+}
+
+async fn write_jobs(
+    db: &impl GenericClient,
+    jobs: &HashMap<Uuid, Locked>,
+) -> Result<(), RepoError> {
+    let changed: Vec<(&Uuid, &Locked)> = jobs.iter().filter(|(_, j)| j.changed).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = changed.iter().map(|(id, _)| **id).collect();
+    let status: Vec<&str> = changed.iter().map(|(_, j)| j.status.as_str()).collect();
+    let percent: Vec<i16> = changed.iter().map(|(_, j)| j.percent).collect();
+    let rows_done: Vec<i32> = changed.iter().map(|(_, j)| j.rows_done).collect();
+    let error: Vec<Option<&str>> = changed.iter().map(|(_, j)| j.error.as_deref()).collect();
+    let result: Vec<Option<&serde_json::Value>> =
+        changed.iter().map(|(_, j)| j.result.as_ref()).collect();
+    let started: Vec<Option<OffsetDateTime>> = changed.iter().map(|(_, j)| j.started_at).collect();
+    let finished: Vec<Option<OffsetDateTime>> =
+        changed.iter().map(|(_, j)| j.finished_at).collect();
+    let bot: Vec<Option<Uuid>> = changed.iter().map(|(_, j)| j.bot.map(|b| b.0)).collect();
+    let from: Vec<&str> = changed.iter().map(|(_, j)| j.from.as_str()).collect();
+    let attempt: Vec<i32> = changed.iter().map(|(_, j)| j.from_attempt).collect();
+    let n = execute(
+        db,
+        "UPDATE jobs j SET status = u.status, percent = u.percent, rows_done = u.rows_done,
+                error = u.error, result = u.result, started_at = u.started_at,
+                finished_at = u.finished_at, bot_id = u.bot_id, updated_at = now()
+           FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::text[], $6::jsonb[],
+                       $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::int4[])
+                AS u(id, status, percent, rows_done, error, result, started_at, finished_at,
+                     bot_id, from_status, attempt)
+          WHERE j.id = u.id AND j.status = u.from_status AND j.attempt = u.attempt",
         &[
-            &id.0,
-            &from.as_str(),
-            &to.as_str(),
-            &outcome.percent,
-            &outcome.rows_done,
-            &outcome.error,
-            &outcome.result,
-            &at,
-            &to.is_terminal(),
+            &ids, &status, &percent, &rows_done, &error, &result, &started, &finished, &bot, &from,
             &attempt,
         ],
     )
-    .await?
-    .ok_or_else(|| RepoError::Conflict("task changed concurrently".into()))?;
-    let task = from_row(&row, true)?;
-    if from != to {
-        let description = match &outcome.error {
-            Some(error) if to == JobStatus::Failed => format!("{from} -> {to}: {error}"),
-            _ => format!("{from} -> {to}"),
-        };
-        append_event(
-            db,
-            &EventRecord {
-                id: event_id,
-                job_id: id,
-                customer,
-                kind: EventKind::StatusChange,
-                description,
-                from: Some(from),
-                to: Some(to),
-                bot,
-                attempt: Some(attempt),
-            },
-        )
-        .await?;
+    .await?;
+    if n != ids.len() as u64 {
+        // Impossible while the rows are locked; refuse rather than half-apply.
+        return Err(RepoError::Conflict("a task changed concurrently".into()));
     }
-    if released && let Some(bot) = bot {
-        bots::change_load(db, bot, -1).await?;
-    }
-    Ok(Applied::Done {
-        from,
-        task: Box::new(task),
-    })
+    Ok(())
 }
 
 /// A job handed to a bot by the matcher, with what delivery needs.
