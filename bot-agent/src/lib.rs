@@ -13,7 +13,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
-use orq_shared::broker::{Broker, KEY_REPORTS};
+use orq_shared::broker::{Broker, KEY_REPORTS, Pending};
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobId, JobStatus};
 use orq_shared::messages::{Assignment, BotReport, ReportBody};
@@ -228,19 +228,22 @@ impl Agent {
     async fn run(&self, a: &Assignment, start: usize) {
         let job = a.job_id;
         let attempt = a.attempt;
-        self.report(ReportBody::Running {
-            job_id: job,
-            attempt,
-        })
-        .await;
-        let Some(argv) = self.inner.settings.agent.systems.get(&a.system) else {
-            self.report(ReportBody::Failed {
+        let reporter = JobReporter::new(self);
+        reporter
+            .send(ReportBody::Running {
                 job_id: job,
                 attempt,
-                error: format!("this bot has no automation for system {:?}", a.system),
-                failed_rows: Vec::new(),
             })
             .await;
+        let Some(argv) = self.inner.settings.agent.systems.get(&a.system) else {
+            reporter
+                .finish(ReportBody::Failed {
+                    job_id: job,
+                    attempt,
+                    error: format!("this bot has no automation for system {:?}", a.system),
+                    failed_rows: Vec::new(),
+                })
+                .await;
             return;
         };
         let env = vec![
@@ -259,16 +262,18 @@ impl Agent {
                     u8::try_from(u64::from(done) * 100 / u64::from(total.max(1))).unwrap_or(100);
                 let changed = percent != last_percent;
                 last_percent = percent;
+                let reporter = &reporter;
                 async move {
                     if changed {
-                        self.report(ReportBody::Progress {
-                            job_id: job,
-                            attempt,
-                            percent,
-                            rows_done: done,
-                            rows_total: total,
-                        })
-                        .await;
+                        reporter
+                            .send(ReportBody::Progress {
+                                job_id: job,
+                                attempt,
+                                percent,
+                                rows_done: done,
+                                rows_total: total,
+                            })
+                            .await;
                     }
                 }
             },
@@ -287,23 +292,26 @@ impl Agent {
                 failed_rows,
             },
         };
-        self.report(body).await;
+        reporter.finish(body).await;
     }
 
-    /// Publishes a report, waiting through broker outages: a report is never
-    /// dropped, and reports of one job go out in order.
-    async fn report(&self, body: ReportBody) {
-        let report = BotReport {
+    fn new_report(&self, body: ReportBody) -> BotReport {
+        BotReport {
             id: Uuid::now_v7(),
             bot_id: self.inner.identity.id,
             customer_id: self.inner.identity.customer_id,
             at: time::OffsetDateTime::now_utc(),
             body,
-        };
+        }
+    }
+
+    /// Publishes until confirmed, waiting through broker outages: a report is
+    /// never dropped.
+    async fn publish_reliably(&self, report: &BotReport) {
         let mut wait = Duration::from_millis(50);
         loop {
             let session = self.inner.broker.session().await;
-            match session.publish_json(KEY_REPORTS, report.id, &report).await {
+            match session.publish_json(KEY_REPORTS, report.id, report).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "report not published; retrying");
@@ -386,6 +394,53 @@ impl Agent {
             }
             Some(_) => Check::Stale,
         }
+    }
+}
+
+/// The reports of one job. RUNNING and progress go out without waiting for
+/// their confirms (they keep their order on the session); the outcome is
+/// published only once all of them are confirmed, and whatever was not is
+/// published again first.
+struct JobReporter<'a> {
+    agent: &'a Agent,
+    sent: Mutex<Vec<(BotReport, Option<Pending>)>>,
+}
+
+impl<'a> JobReporter<'a> {
+    fn new(agent: &'a Agent) -> Self {
+        Self {
+            agent,
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn send(&self, body: ReportBody) {
+        let report = self.agent.new_report(body);
+        let pending = match self.agent.inner.broker.current() {
+            Some(session) => session
+                .send_json(KEY_REPORTS, report.id, &report)
+                .await
+                .ok(),
+            None => None,
+        };
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.push((report, pending));
+        }
+    }
+
+    async fn finish(self, outcome: ReportBody) {
+        let sent = self.sent.into_inner().unwrap_or_default();
+        for (report, pending) in sent {
+            let confirmed = match pending {
+                Some(p) => p.confirmed().await.is_ok(),
+                None => false,
+            };
+            if !confirmed {
+                self.agent.publish_reliably(&report).await;
+            }
+        }
+        let report = self.agent.new_report(outcome);
+        self.agent.publish_reliably(&report).await;
     }
 }
 

@@ -265,6 +265,21 @@ impl Session {
         message_id: Uuid,
         body: &T,
     ) -> Result<(), BrokerError> {
+        self.send_json(key, message_id, body)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Publishes without waiting for the confirm: the returned handle waits
+    /// for it. Messages sent on one session keep their order, so a caller
+    /// can send several and await the confirms together.
+    pub async fn send_json<T: Serialize>(
+        &self,
+        key: &str,
+        message_id: Uuid,
+        body: &T,
+    ) -> Result<Pending, BrokerError> {
         let payload = serde_json::to_vec(body)?;
         let props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -283,16 +298,30 @@ impl Session {
                 props,
             )
             .await;
-        let confirm = match confirm {
-            Ok(c) => c,
+        match confirm {
+            Ok(confirm) => Ok(Pending {
+                confirm,
+                key: key.to_string(),
+            }),
             Err(e) => {
                 self.report_failure();
-                return Err(e.into());
+                Err(e.into())
             }
-        };
-        match confirm.await? {
+        }
+    }
+}
+
+/// A sent message whose confirm has not been awaited yet.
+pub struct Pending {
+    confirm: lapin::PublisherConfirm,
+    key: String,
+}
+
+impl Pending {
+    pub async fn confirmed(self) -> Result<(), BrokerError> {
+        match self.confirm.await? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(key.to_string())),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(self.key)),
             Confirmation::Nack(_) => Err(BrokerError::Nacked),
         }
     }

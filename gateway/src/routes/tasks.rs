@@ -142,7 +142,7 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::User])?;
-    let mut db = state.db().await?;
+    let db = state.db().await?;
     let new = validate(
         &state,
         &db,
@@ -152,9 +152,7 @@ pub async fn create(
         &body.attachment,
     )
     .await?;
-    let tx = db.transaction().await?;
-    let task = jobs::create(&tx, who.customer_id, &new).await?;
-    tx.commit().await?;
+    let task = jobs::create(&db, who.customer_id, &new).await?;
     publish_wake(&state, who.customer_id, Some(task.id));
     Ok((StatusCode::CREATED, axum::Json(task)).into_response())
 }

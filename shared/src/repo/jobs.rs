@@ -78,6 +78,8 @@ pub struct NewTask {
 }
 
 /// Inserts a WAITING job and its first event.
+/// Inserts a WAITING job and its first event in one statement (atomic on its
+/// own: no transaction round trips on the hot path).
 pub async fn create(
     db: &impl GenericClient,
     customer: CustomerId,
@@ -85,8 +87,13 @@ pub async fn create(
 ) -> Result<Task, RepoError> {
     let id = JobId::new();
     let sql = format!(
-        "INSERT INTO jobs (id, customer_id, description, system, attachment, rows_total, status)
-         VALUES ($1, $2, $3, $4, $5, $6, 'WAITING') RETURNING {SUMMARY}, attachment"
+        "WITH j AS (
+             INSERT INTO jobs (id, customer_id, description, system, attachment, rows_total, status)
+             VALUES ($1, $2, $3, $4, $5, $6, 'WAITING') RETURNING {SUMMARY}, attachment),
+         e AS (
+             INSERT INTO job_events (id, job_id, customer_id, type, description, to_status, attempt)
+             SELECT $7, j.id, $2, 'STATUS_CHANGE', 'job created: WAITING', 'WAITING', 0 FROM j)
+         SELECT * FROM j"
     );
     let row = query_one(
         db,
@@ -98,22 +105,8 @@ pub async fn create(
             &new.system,
             &new.attachment,
             &new.rows_total,
+            &Uuid::now_v7(),
         ],
-    )
-    .await?;
-    append_events(
-        db,
-        &[EventRecord {
-            id: Uuid::now_v7(),
-            job_id: id,
-            customer,
-            kind: EventKind::StatusChange,
-            description: "job created: WAITING".into(),
-            from: None,
-            to: Some(JobStatus::Waiting),
-            bot: None,
-            attempt: Some(0),
-        }],
     )
     .await?;
     from_row(&row, true)
