@@ -609,3 +609,101 @@ async fn concurrent_starts_apply_each_migration_once() -> anyhow::Result<()> {
     orq_e2e::drop_database(&orq_e2e::pg_admin_url(), &name).await?;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_http_bot_is_marked_unavailable_and_the_task_goes_elsewhere()
+-> anyhow::Result<()> {
+    let env = Env::new("unreachable").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let client = env.client();
+    // Nothing listens on this port.
+    let dead_port = orq_e2e::free_port();
+    let bot: Value = client
+        .post(format!("{gw}/bots"))
+        .json(&json!({"name": "gone", "ip_address": "127.0.0.3", "port": dead_port, "systems": ["Count"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bot_id = bot["id"].as_str().unwrap_or_default().to_string();
+    let task = create_task(&client, &gw, "Count", &rows_csv(0, 2)).await?;
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    eventually(
+        Duration::from_secs(30),
+        "the bot marked UNAVAILABLE",
+        || {
+            let (client, url) = (client.clone(), format!("{gw}/bots/{bot_id}"));
+            async move {
+                let b: Value = client.get(url).send().await?.json().await?;
+                Ok((b["status"] == "UNAVAILABLE").then_some(()))
+            }
+        },
+    )
+    .await?;
+    let t: Value = client
+        .get(format!("{gw}/tasks/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(t["status"], "WAITING", "the task waits for another bot");
+    let events: Vec<Value> = client
+        .get(format!("{gw}/tasks/{id}/events"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        events.iter().any(|e| e["type"] == "WARNING"
+            && e["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("delivery")),
+        "the failed delivery is in the history: {events:?}"
+    );
+    let out = env.dir.join("rows.jsonl");
+    let out_s = out.display().to_string();
+    let config = agent_config(&env.dir, "agent.toml", 1, &[("Count", RECORD)])?;
+    let _agent = env
+        .start_agent(&gw, "rescuer", &config, &[("ORQ_ROWS_OUT", &out_s)])
+        .await?;
+    eventually(Duration::from_secs(30), "task COMPLETE", || {
+        all_in(&env, "COMPLETE", 1)
+    })
+    .await?;
+    let t: Value = client
+        .get(format!("{gw}/tasks/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        t["attempt"], 2,
+        "assigned twice: the dead bot, then the agent"
+    );
+    assert_eq!(recorded_rows(&[out], &[]).len(), 2);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_service_stops_promptly_on_sigterm() -> anyhow::Result<()> {
+    let env = Env::new("sigterm").await?;
+    let (mut gw_proc, gw) = env.start_gateway(&[]).await?;
+    let mut dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let mut reaper = env.start_reaper()?;
+    let config = agent_config(&env.dir, "agent.toml", 1, &[("Count", RECORD)])?;
+    let mut agent = env
+        .start_agent(&gw, "bot", &config, &[("ORQ_ROWS_OUT", "/dev/null")])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for proc in [&mut agent, &mut dispatcher, &mut reaper, &mut gw_proc] {
+        assert!(
+            proc.terminate(Duration::from_secs(10)),
+            "{} did not exit within 10 s of SIGTERM:\n{}",
+            proc.name,
+            proc.log_text()
+        );
+    }
+    env.cleanup().await
+}

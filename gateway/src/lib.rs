@@ -86,7 +86,7 @@ pub fn router(state: AppState) -> Router {
 impl App {
     /// Connects, migrates and binds; `listen` may use port 0.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
-        orq_shared::db::migrate_with_retry(&settings.database).await?;
+        orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
         let listener = TcpListener::bind(&settings.gateway.listen).await?;

@@ -107,6 +107,26 @@ pub async fn migrate_with_retry(settings: &DatabaseSettings) -> Result<(), DbErr
         .await
 }
 
+/// `migrate_with_retry`, abandoned when `shutdown` is cancelled (a service
+/// told to stop while waiting for its database exits at once).
+pub async fn migrate_until(
+    settings: &DatabaseSettings,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), MigrateAbort> {
+    tokio::select! {
+        r = migrate_with_retry(settings) => r.map_err(MigrateAbort::Failed),
+        _ = shutdown.cancelled() => Err(MigrateAbort::ShutDown),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateAbort {
+    #[error(transparent)]
+    Failed(DbError),
+    #[error("shut down while waiting for the database")]
+    ShutDown,
+}
+
 /// True when a query round-trips; used by `/readyz`.
 pub async fn ping(pool: &Pool) -> bool {
     match pool.get().await {

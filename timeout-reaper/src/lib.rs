@@ -22,7 +22,7 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
-        orq_shared::db::migrate_with_retry(&settings.database).await?;
+        orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "timeout-reaper", shutdown.clone());
         Ok(App {
