@@ -10,7 +10,6 @@
 pub mod runner;
 
 use anyhow::Context;
-use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
 use orq_shared::broker::{Broker, KEY_REPORTS, Pending};
@@ -79,9 +78,11 @@ impl Agent {
             _ = shutdown.cancelled() => anyhow::bail!("shut down before registering"),
         };
         tracing::info!(bot = %identity.id, name = %identity.name, "registered");
-        let broker = Broker::start(
+        // The agent's own queue is declared at every (re)connect.
+        let broker = Broker::start_with_bots(
             &settings.amqp,
             &format!("bot-agent {}", identity.name),
+            &[identity.id],
             shutdown,
         );
         let limits = Limits {
@@ -118,46 +119,25 @@ impl Agent {
     }
 
     async fn consume(&self, tracker: &tokio_util::task::TaskTracker, shutdown: CancellationToken) {
-        let topology = self.inner.broker.topology().clone();
-        let queue = topology.bot_queue(self.inner.identity.id);
+        let queue = self
+            .inner
+            .broker
+            .topology()
+            .bot_queue(self.inner.identity.id);
         let prefetch = self.inner.settings.agent.capacity.max(1);
         let mut last = None;
         loop {
-            let session = tokio::select! {
-                s = self.inner.broker.session_after(last) => s,
+            let (session, mut consumer) = tokio::select! {
+                c = self.inner.broker.consume(&queue, prefetch, &mut last) => c,
                 _ = shutdown.cancelled() => return,
             };
-            last = Some(session.generation());
-            let consumer = async {
-                let ch = session.channel().await?;
-                topology
-                    .declare_bot_queue(&ch, self.inner.identity.id)
-                    .await?;
-                let _ = ch.close(200, "declared".into()).await;
-                session.consume(&queue, prefetch).await
-            };
-            let mut consumer = match consumer.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot consume the bot queue");
-                    session.report_failure();
-                    continue;
-                }
-            };
-            tracing::info!(%queue, "consuming");
             loop {
                 let delivery = tokio::select! {
-                    d = consumer.next() => d,
+                    d = session.next(&mut consumer) => d,
                     _ = shutdown.cancelled() => return,
                 };
-                let delivery = match delivery {
-                    Some(Ok(d)) => d,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "bot queue consumer failed");
-                        session.report_failure();
-                        break;
-                    }
-                    None => break,
+                let Some(delivery) = delivery else {
+                    break;
                 };
                 let assignment: Assignment = match serde_json::from_slice(&delivery.data) {
                     Ok(a) => a,

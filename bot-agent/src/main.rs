@@ -1,29 +1,20 @@
 use clap::Parser;
-use orq_shared::config::Settings;
-use std::path::PathBuf;
+use orq_shared::config::ConfigArgs;
 
-/// Orquestra's bot agent: runs the work sent to this bot.
+/// Orquestra's bot agent: runs the work sent to this bot. The configuration
+/// file's `[agent.systems]` table maps system names to automation argv.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// A TOML configuration file (defaults < file < ORQ_* environment); the
-    /// `[agent.systems]` table maps system names to automation argv.
-    #[arg(long, env = "ORQ_CONFIG")]
-    config: Option<PathBuf>,
-    /// Print the effective configuration, secrets redacted, and exit.
-    #[arg(long)]
-    print_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref())?;
-    if cli.print_config {
-        println!("{}", settings.redacted_json());
+    let Some(settings) = Cli::parse().config.load()? else {
         return Ok(());
-    }
-    orq_shared::telemetry::init(&settings.log);
+    };
     let shutdown = orq_shared::shutdown::on_signals();
     let agent = bot_agent::Agent::build(settings, shutdown.clone()).await?;
     agent.run_until_stopped(shutdown).await

@@ -2,7 +2,6 @@
 //! matches dirty customers' oldest waiting jobs to free bots, one transaction
 //! per batch, then delivers what it assigned.
 
-use futures::StreamExt;
 use futures::future::join_all;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
@@ -291,32 +290,17 @@ pub async fn consume_wakeups(matcher: Matcher, broker: Broker, shutdown: Cancell
     let queue = broker.topology().intake_queue();
     let mut last = None;
     loop {
-        let session = tokio::select! {
-            s = broker.session_after(last) => s,
+        let (session, mut consumer) = tokio::select! {
+            c = broker.consume(&queue, 512, &mut last) => c,
             _ = shutdown.cancelled() => return,
-        };
-        last = Some(session.generation());
-        let mut consumer = match session.consume(&queue, 512).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot consume the intake queue");
-                session.report_failure();
-                continue;
-            }
         };
         loop {
             let delivery = tokio::select! {
-                d = consumer.next() => d,
+                d = session.next(&mut consumer) => d,
                 _ = shutdown.cancelled() => return,
             };
-            let delivery = match delivery {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "intake consumer failed");
-                    session.report_failure();
-                    break;
-                }
-                None => break,
+            let Some(delivery) = delivery else {
+                break;
             };
             match serde_json::from_slice::<Wake>(&delivery.data) {
                 Ok(wake) => matcher.push(wake.customer_id, Some(delivery.acker)),

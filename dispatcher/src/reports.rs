@@ -5,7 +5,7 @@
 //! id), and a report for an attempt the job no longer is — a bot that lost
 //! its lease — is refused and recorded as a WARNING.
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
@@ -194,44 +194,25 @@ pub async fn consume(
     let batch_max = settings.dispatcher.report_batch.max(1);
     let prefetch = u16::try_from(batch_max * 2).unwrap_or(u16::MAX);
     let mut last = None;
-    'sessions: loop {
-        let session = tokio::select! {
-            s = broker.session_after(last) => s,
+    loop {
+        let (session, mut consumer) = tokio::select! {
+            c = broker.consume(&queue, prefetch, &mut last) => c,
             _ = shutdown.cancelled() => return,
-        };
-        last = Some(session.generation());
-        let mut consumer = match session.consume(&queue, prefetch).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot consume the reports queue");
-                session.report_failure();
-                continue;
-            }
         };
         loop {
             let first = tokio::select! {
-                d = consumer.next() => d,
+                d = session.next(&mut consumer) => d,
                 _ = shutdown.cancelled() => return,
             };
-            let mut deliveries = Vec::new();
-            let mut next = first;
-            loop {
-                match next {
-                    Some(Ok(d)) => deliveries.push(d),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "reports consumer failed");
-                        session.report_failure();
-                        continue 'sessions;
-                    }
-                    None => continue 'sessions,
-                }
-                if deliveries.len() >= batch_max {
-                    break;
-                }
-                // Take what is already here, without waiting for more.
-                match consumer.next().now_or_never() {
-                    Some(d) => next = d,
-                    None => break,
+            let Some(first) = first else {
+                break;
+            };
+            let mut deliveries = vec![first];
+            // Take what is already here, without waiting for more.
+            while deliveries.len() < batch_max {
+                match session.next(&mut consumer).now_or_never() {
+                    Some(Some(d)) => deliveries.push(d),
+                    _ => break,
                 }
             }
             let mut reports = Vec::with_capacity(deliveries.len());

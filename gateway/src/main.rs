@@ -1,18 +1,13 @@
 use clap::{Parser, Subcommand};
-use orq_shared::config::Settings;
+use orq_shared::config::ConfigArgs;
 use orq_shared::domain::Role;
-use std::path::PathBuf;
 
 /// Orquestra's HTTP API.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// A TOML configuration file (defaults < file < ORQ_* environment).
-    #[arg(long, env = "ORQ_CONFIG")]
-    config: Option<PathBuf>,
-    /// Print the effective configuration, secrets redacted, and exit.
-    #[arg(long)]
-    print_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -43,12 +38,9 @@ enum Admin {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref())?;
-    if cli.print_config {
-        println!("{}", settings.redacted_json());
+    let Some(settings) = cli.config.load()? else {
         return Ok(());
-    }
-    orq_shared::telemetry::init(&settings.log);
+    };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let shutdown = orq_shared::shutdown::on_signals();

@@ -237,6 +237,21 @@ impl Session {
             .await?)
     }
 
+    /// The consumer's next delivery; `None` when the consumer ended or failed
+    /// (a failure is reported, so the supervisor reconnects).
+    pub async fn next(&self, consumer: &mut Consumer) -> Option<lapin::message::Delivery> {
+        use futures::StreamExt;
+        match consumer.next().await {
+            Some(Ok(delivery)) => Some(delivery),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer failed");
+                self.report_failure();
+                None
+            }
+            None => None,
+        }
+    }
+
     /// A plain channel, e.g. for declaring a bot's queue.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         Ok(self.connection.create_channel().await?)
@@ -340,12 +355,24 @@ impl Broker {
     /// Starts the supervisor; it runs until `shutdown` is cancelled.
     /// `name` shows in RabbitMQ's connection list.
     pub fn start(settings: &AmqpSettings, name: &str, shutdown: CancellationToken) -> Broker {
+        Self::start_with_bots(settings, name, &[], shutdown)
+    }
+
+    /// Like `start`, also declaring these bots' queues at every connect (an
+    /// agent's own queue exists before it consumes it).
+    pub fn start_with_bots(
+        settings: &AmqpSettings,
+        name: &str,
+        bots: &[BotId],
+        shutdown: CancellationToken,
+    ) -> Broker {
         let (tx, rx) = watch::channel(None);
         let topology = Topology::new(&settings.prefix);
         tokio::spawn(supervise(
             settings.clone(),
             name.to_string(),
             topology.clone(),
+            bots.to_vec(),
             tx,
             shutdown,
         ));
@@ -390,6 +417,31 @@ impl Broker {
         self.session_after(None).await
     }
 
+    /// Consumes `queue` on the first live session newer than `*last` (the
+    /// session whose consumer just ended), retrying until it works; records
+    /// the session's generation in `*last`.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        last: &mut Option<u64>,
+    ) -> (Session, Consumer) {
+        loop {
+            let session = self.session_after(*last).await;
+            *last = Some(session.generation());
+            match session.consume(queue, prefetch).await {
+                Ok(consumer) => {
+                    tracing::info!(%queue, "consuming");
+                    return (session, consumer);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %queue, "cannot consume");
+                    session.report_failure();
+                }
+            }
+        }
+    }
+
     /// Publishes on the current session; fails at once when disconnected.
     pub async fn publish_json<T: Serialize>(
         &self,
@@ -406,11 +458,15 @@ async fn connect(
     settings: &AmqpSettings,
     name: &str,
     topology: &Topology,
+    bots: &[BotId],
 ) -> Result<(Connection, Channel), lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let connection = Connection::connect(&settings.url, props).await?;
     let ch = connection.create_channel().await?;
     topology.declare(&ch).await?;
+    for bot in bots {
+        topology.declare_bot_queue(&ch, *bot).await?;
+    }
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok((connection, ch))
 }
@@ -419,6 +475,7 @@ async fn supervise(
     settings: AmqpSettings,
     name: String,
     topology: Topology,
+    bots: Vec<BotId>,
     tx: watch::Sender<Option<Session>>,
     shutdown: CancellationToken,
 ) {
@@ -433,7 +490,7 @@ async fn supervise(
     let mut delays = backoff();
     while !shutdown.is_cancelled() {
         let attempt = tokio::select! {
-            r = connect(&settings, &name, &topology) => r,
+            r = connect(&settings, &name, &topology, &bots) => r,
             _ = shutdown.cancelled() => break,
         };
         let (connection, publisher) = match attempt {

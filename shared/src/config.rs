@@ -189,6 +189,31 @@ impl Settings {
     }
 }
 
+/// The command-line options every binary shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// A TOML configuration file (defaults < file < ORQ_* environment).
+    #[arg(long, env = "ORQ_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration, secrets redacted, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl ConfigArgs {
+    /// Loads the settings and starts logging; `None` when `--print-config`
+    /// printed them and the program should exit.
+    pub fn load(&self) -> Result<Option<Settings>, ConfigError> {
+        let settings = Settings::load(self.config.as_deref())?;
+        if self.print_config {
+            println!("{}", settings.redacted_json());
+            return Ok(None);
+        }
+        crate::telemetry::init(&settings.log);
+        Ok(Some(settings))
+    }
+}
+
 /// Hides the password of `scheme://user:password@host/...`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
