@@ -68,6 +68,33 @@ async fn all_in(env: &Env, status: &str, n: i64) -> anyhow::Result<Option<()>> {
     Ok((row.get::<_, i64>(0) == n).then_some(()))
 }
 
+/// Starts `n` agents whose automation records each row in a file of its own;
+/// returns them and their files.
+async fn start_recording_agents(
+    env: &Env,
+    gw: &str,
+    config: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<(Vec<orq_e2e::Proc>, Vec<std::path::PathBuf>)> {
+    let mut agents = Vec::new();
+    let mut files = Vec::new();
+    for i in 0..n {
+        let out = env.dir.join(format!("rows-{i}.jsonl"));
+        let out_s = out.display().to_string();
+        agents.push(
+            env.start_agent(
+                gw,
+                &format!("agent-{i}"),
+                config,
+                &[("ORQ_ROWS_OUT", &out_s)],
+            )
+            .await?,
+        );
+        files.push(out);
+    }
+    Ok((agents, files))
+}
+
 /// A stand-in for the proof of concept's Flask bot: accepts `POST /tasks`,
 /// then uses only the seed's REST calls (`GET /bots?ip_address=`,
 /// `PUT /tasks/{id}`, `PUT /bots/{id}`), authenticating with
@@ -175,22 +202,7 @@ async fn two_hundred_tasks_through_three_agents_and_an_http_bot_oldest_first() -
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let config = agent_config(&env.dir, "agent.toml", 2, &[("Count", RECORD)])?;
-    let mut files = Vec::new();
-    let mut agents = Vec::new();
-    for i in 0..3 {
-        let out = env.dir.join(format!("rows-{i}.jsonl"));
-        let out_s = out.display().to_string();
-        agents.push(
-            env.start_agent(
-                &gw,
-                &format!("agent-{i}"),
-                &config,
-                &[("ORQ_ROWS_OUT", &out_s)],
-            )
-            .await?,
-        );
-        files.push(out);
-    }
+    let (agents, files) = start_recording_agents(&env, &gw, &config, 3).await?;
     let client = env.client();
     let http_bot = start_http_bot(gw.clone(), env.bot_token.clone(), "127.0.0.2").await?;
     let r = client
@@ -284,22 +296,7 @@ async fn two_dispatchers_never_assign_a_task_twice() -> anyhow::Result<()> {
     let _d1 = env.start_dispatcher("dispatcher-1", &[("ORQ_DISPATCHER__BATCH_SIZE", "4")])?;
     let _d2 = env.start_dispatcher("dispatcher-2", &[("ORQ_DISPATCHER__BATCH_SIZE", "4")])?;
     let config = agent_config(&env.dir, "agent.toml", 4, &[("Count", RECORD)])?;
-    let mut files = Vec::new();
-    let mut agents = Vec::new();
-    for i in 0..3 {
-        let out = env.dir.join(format!("rows-{i}.jsonl"));
-        let out_s = out.display().to_string();
-        agents.push(
-            env.start_agent(
-                &gw,
-                &format!("agent-{i}"),
-                &config,
-                &[("ORQ_ROWS_OUT", &out_s)],
-            )
-            .await?,
-        );
-        files.push(out);
-    }
+    let (agents, files) = start_recording_agents(&env, &gw, &config, 3).await?;
     const TASKS: usize = 300;
     // Created from several clients at once, so both dispatchers race.
     let mut creators = Vec::new();

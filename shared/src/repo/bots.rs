@@ -97,14 +97,17 @@ pub async fn insert(
         ],
     )
     .await
-    .map_err(|e| {
-        if e.is_unique_violation() {
-            RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
-        } else {
-            e
-        }
-    })?;
+    .map_err(|e| name_taken(e, &spec.name))?;
     from_row(&row)
+}
+
+/// A duplicate name is the caller's conflict, not a storage failure.
+fn name_taken(e: RepoError, name: &str) -> RepoError {
+    if e.is_unique_violation() {
+        RepoError::Conflict(format!("a bot named {name:?} already exists"))
+    } else {
+        e
+    }
 }
 
 pub async fn get(
@@ -197,13 +200,7 @@ pub async fn update(
         ],
     )
     .await
-    .map_err(|e| {
-        if e.is_unique_violation() {
-            RepoError::Conflict(format!("a bot named {:?} already exists", spec.name))
-        } else {
-            e
-        }
-    })?;
+    .map_err(|e| name_taken(e, &spec.name))?;
     from_row(&row)
 }
 
