@@ -304,18 +304,7 @@ impl Env {
     /// Drops the database and deletes every queue and exchange of the prefix.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.cleaned = true;
-        let bots: Vec<orq_shared::domain::BotId> = match self.db().await {
-            Ok(db) => db
-                .query("SELECT id FROM bots", &[])
-                .await
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| orq_shared::domain::BotId(r.get(0)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        let bots = bot_ids(&self.db_url).await;
         teardown_broker(&self.amqp_url, &self.prefix, &bots).await?;
         drop_database(&self.pg_base, &self.db_name).await?;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -328,16 +317,56 @@ impl Drop for Env {
         if self.cleaned {
             return;
         }
-        // A failed test: keep the logs for reading, drop the database.
+        // A failed test: keep the logs for reading, remove the rest. Drop
+        // cannot await, so the cleanup runs on a runtime of its own.
         eprintln!("test logs kept in {}", self.dir.display());
-        let _ = Command::new("psql")
-            .args([&format!("{}/postgres", self.pg_base), "-qc"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
-            .output();
+        let (pg_base, db_name, db_url, amqp, prefix) = (
+            self.pg_base.clone(),
+            self.db_name.clone(),
+            self.db_url.clone(),
+            self.amqp_url.clone(),
+            self.prefix.clone(),
+        );
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let bots = bot_ids(&db_url).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    teardown_broker(&amqp, &prefix, &bots),
+                )
+                .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    drop_database(&pg_base, &db_name),
+                )
+                .await;
+            });
+        });
+        let _ = cleanup.join();
     }
+}
+
+/// The ids of every bot in a test database (their queues are the test's).
+async fn bot_ids(db_url: &str) -> Vec<orq_shared::domain::BotId> {
+    let Ok((client, conn)) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await else {
+        return Vec::new();
+    };
+    tokio::spawn(conn);
+    client
+        .query("SELECT id FROM bots", &[])
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| orq_shared::domain::BotId(r.get(0)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn client_with(token: &str) -> reqwest::Client {
