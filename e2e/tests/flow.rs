@@ -704,3 +704,87 @@ async fn every_service_stops_promptly_on_sigterm() -> anyhow::Result<()> {
     }
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn lists_filter_and_page_through_every_item_once() -> anyhow::Result<()> {
+    let env = Env::new("paging").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let client = env.client();
+    for (name, ip, systems) in [
+        ("p1", "127.0.0.11", vec!["A"]),
+        ("p2", "127.0.0.12", vec!["B"]),
+    ] {
+        let r = client
+            .post(format!("{gw}/bots"))
+            .json(&json!({"name": name, "ip_address": ip, "systems": systems}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 201);
+    }
+    let mut created = Vec::new();
+    for t in 0..7 {
+        let system = if t % 2 == 0 { "A" } else { "B" };
+        let task = create_task(&client, &gw, system, &rows_csv(t, 1)).await?;
+        created.push(task["id"].as_str().unwrap_or_default().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut url = format!("{gw}/tasks?limit=3");
+    loop {
+        let r = client.get(&url).send().await?;
+        let cursor = r
+            .headers()
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let page: Vec<Value> = r.json().await?;
+        assert!(page.len() <= 3);
+        assert!(
+            page.iter().all(|t| t.get("attachment").is_none()),
+            "lists leave the attachment out"
+        );
+        seen.extend(
+            page.iter()
+                .map(|t| t["id"].as_str().unwrap_or_default().to_string()),
+        );
+        match cursor {
+            Some(c) => url = format!("{gw}/tasks?limit=3&after={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created, "every task once, in creation order");
+    let only_b: Vec<Value> = client
+        .get(format!("{gw}/tasks?system=B"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(only_b.len(), 3);
+    let waiting: Vec<Value> = client
+        .get(format!("{gw}/tasks?status=WAITING&include=attachment"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(waiting.len(), 7);
+    assert!(waiting.iter().all(|t| t["attachment"].is_string()));
+    let by_ip: Vec<Value> = client
+        .get(format!("{gw}/bots?ip_address=127.0.0.12"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(by_ip.len(), 1);
+    assert_eq!(by_ip[0]["name"], "p2");
+    // With the query-string token, as legacy clients send it.
+    let anon = reqwest::Client::new();
+    let r = anon
+        .get(format!(
+            "{gw}/bots?access_token={}&name=p1",
+            env.admin_token
+        ))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Vec<Value>>().await?.len(), 1);
+    env.cleanup().await
+}
