@@ -48,6 +48,9 @@ struct Inner {
     settings: Settings,
     identity: Identity,
     broker: Broker,
+    /// Stops the broker supervisor, after running jobs had their chance to
+    /// report.
+    broker_stop: CancellationToken,
     http: reqwest::Client,
     limits: Limits,
     attempts: Mutex<HashMap<(JobId, i32), Local>>,
@@ -78,12 +81,14 @@ impl Agent {
             _ = shutdown.cancelled() => anyhow::bail!("shut down before registering"),
         };
         tracing::info!(bot = %identity.id, name = %identity.name, "registered");
-        // The agent's own queue is declared at every (re)connect.
+        // The agent's own queue is declared at every (re)connect. The broker
+        // outlives the shutdown signal: jobs still running must report.
+        let broker_stop = CancellationToken::new();
         let broker = Broker::start_with_bots(
             &settings.amqp,
             &format!("bot-agent {}", identity.name),
             &[identity.id],
-            shutdown,
+            broker_stop.clone(),
         );
         let limits = Limits {
             row_timeout: Duration::from_millis(settings.agent.row_timeout_ms),
@@ -94,6 +99,7 @@ impl Agent {
                 settings,
                 identity,
                 broker,
+                broker_stop,
                 http,
                 limits,
                 attempts: Mutex::new(HashMap::new()),
@@ -106,14 +112,24 @@ impl Agent {
         &self.inner.identity
     }
 
-    /// Consumes and heartbeats until shutdown; then stops taking work and
-    /// lets running jobs finish.
+    /// Consumes and heartbeats until shutdown; then stops taking work, lets
+    /// running jobs finish and report for up to `shutdown_grace_ms`, and
+    /// closes its connection. A job still running then is not acked: RabbitMQ
+    /// hands it back, and the agent that gets it resumes after the last row
+    /// reported done.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let heartbeat = tokio::spawn(self.clone().heartbeats(shutdown.clone()));
         let tracker = tokio_util::task::TaskTracker::new();
         self.consume(&tracker, shutdown).await;
         tracker.close();
-        tracker.wait().await;
+        let grace = Duration::from_millis(self.inner.settings.agent.shutdown_grace_ms);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                jobs = tracker.len(),
+                "jobs still running at shutdown; RabbitMQ will hand them back"
+            );
+        }
+        self.inner.broker_stop.cancel();
         let _ = heartbeat.await;
         Ok(())
     }

@@ -788,3 +788,40 @@ async fn lists_filter_and_page_through_every_item_once() -> anyhow::Result<()> {
     assert_eq!(r.json::<Vec<Value>>().await?.len(), 1);
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_stopped_with_sigterm_finishes_its_running_job_first() -> anyhow::Result<()> {
+    let env = Env::new("drainstop").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let slow: &[&str] = &["sh", "-c", "cat >> \"$ORQ_ROWS_OUT\"; sleep 0.3"];
+    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", slow)])?;
+    let out = env.dir.join("rows.jsonl");
+    let out_s = out.display().to_string();
+    let mut agent = env
+        .start_agent(&gw, "stopper", &config, &[("ORQ_ROWS_OUT", &out_s)])
+        .await?;
+    let client = env.client();
+    let task = create_task(&client, &gw, "Slow", &rows_csv(0, 5)).await?;
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    eventually(Duration::from_secs(30), "task RUNNING", || {
+        let (client, url) = (client.clone(), format!("{gw}/tasks/{id}"));
+        async move {
+            let t: Value = client.get(url).send().await?.json().await?;
+            Ok((t["status"] == "RUNNING").then_some(()))
+        }
+    })
+    .await?;
+    assert!(
+        agent.terminate(Duration::from_secs(20)),
+        "the agent did not exit after finishing its job:\n{}",
+        agent.log_text()
+    );
+    // It finished and reported before exiting, so no agent is needed now.
+    eventually(Duration::from_secs(10), "task COMPLETE", || {
+        all_in(&env, "COMPLETE", 1)
+    })
+    .await?;
+    assert_eq!(recorded_rows(&[out], &[]).len(), 5);
+    env.cleanup().await
+}

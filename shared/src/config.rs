@@ -86,6 +86,8 @@ pub struct AgentSettings {
     pub row_timeout_ms: u64,
     /// SIGTERM -> SIGKILL grace period.
     pub kill_grace_ms: u64,
+    /// How long a stopping agent waits for its running jobs.
+    pub shutdown_grace_ms: u64,
     /// `system` name -> argv of the automation run once per CSV row (the row
     /// arrives as a JSON object on stdin). `builtin:noop` runs nothing.
     pub systems: BTreeMap<String, Vec<String>>,
@@ -139,6 +141,7 @@ tags = []
 heartbeat_interval_ms = 5000
 row_timeout_ms = 60000
 kill_grace_ms = 5000
+shutdown_grace_ms = 30000
 
 [agent.systems]
 
