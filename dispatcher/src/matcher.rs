@@ -133,7 +133,9 @@ impl Matcher {
                     join_all(assigned.into_iter().map(|a| this.deliver(customer, a))).await;
                 });
             }
-            if (n as i64) < batch {
+            // Loop until a round assigns nothing: a round that filled one
+            // system's bots leaves the next round to the others' jobs.
+            if n == 0 {
                 return Ok(total);
             }
         }

@@ -21,6 +21,12 @@ use uuid::Uuid;
 
 use crate::matcher::Matcher;
 
+/// Text from a bot, made storable: PostgreSQL refuses NUL in text and jsonb,
+/// and one refused report must not hold back the ones behind it.
+fn clean(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
 /// The change a job report asks for; `None` for heartbeats.
 fn change_for(report: &BotReport) -> Option<Change> {
     let (job, attempt, event, outcome, notes) = match &report.body {
@@ -76,11 +82,16 @@ fn change_for(report: &BotReport) -> Option<Change> {
             *attempt,
             JobEvent::Fail,
             Outcome {
-                error: Some(error.clone()),
-                result: Some(serde_json::json!({ "failed_rows": failed_rows })),
+                error: Some(clean(error)),
+                result: Some(serde_json::json!({
+                    "failed_rows": failed_rows
+                        .iter()
+                        .map(|r| serde_json::json!({ "row": r.row, "error": clean(&r.error) }))
+                        .collect::<Vec<_>>()
+                })),
                 ..Outcome::default()
             },
-            vec![(EventKind::Error, error.clone())],
+            vec![(EventKind::Error, clean(error))],
         ),
     };
     Some(Change {
@@ -179,6 +190,42 @@ pub async fn apply(
     Ok(rematch)
 }
 
+/// A database refusal of the data itself (SQLSTATE classes 22 and 23), which
+/// retrying cannot cure.
+fn is_data_error(e: &RepoError) -> bool {
+    matches!(e, RepoError::Db(db) if db.code().is_some_and(|c| {
+        let code = c.code();
+        code.starts_with("22") || code.starts_with("23")
+    }))
+}
+
+/// Applies reports one at a time; returns who to rematch, the indexes of the
+/// reports the database refused, and of those that failed otherwise (to be
+/// redelivered).
+async fn apply_each(
+    pool: &deadpool_postgres::Pool,
+    reports: &[BotReport],
+) -> (HashSet<CustomerId>, HashSet<usize>, HashSet<usize>) {
+    let mut rematch = HashSet::new();
+    let mut refused = HashSet::new();
+    let mut retry = HashSet::new();
+    for (i, report) in reports.iter().enumerate() {
+        match apply(pool, std::slice::from_ref(report)).await {
+            Ok(r) => rematch.extend(r),
+            Err(e) if is_data_error(&e) => {
+                tracing::warn!(error = %e, report = %report.id, "report refused");
+                refused.insert(i);
+            }
+            Err(e) => {
+                // Not the report's fault: hand it back to be redelivered.
+                tracing::warn!(error = %e, report = %report.id, "report not applied; requeued");
+                retry.insert(i);
+            }
+        }
+    }
+    (rematch, refused, retry)
+}
+
 /// Consumes the reports queue. Reports are applied in arrival order, a batch
 /// at a time; a report that cannot be parsed is dead-lettered; a batch that
 /// fails on the database is retried (its messages stay unacked) until it
@@ -216,7 +263,7 @@ pub async fn consume(
                 }
             }
             let mut reports = Vec::with_capacity(deliveries.len());
-            let mut ackers = Vec::with_capacity(deliveries.len());
+            let mut ackers: Vec<lapin::Acker> = Vec::with_capacity(deliveries.len());
             for d in deliveries {
                 match serde_json::from_slice::<BotReport>(&d.data) {
                     Ok(r) => {
@@ -233,6 +280,30 @@ pub async fn consume(
             let rematch = loop {
                 match apply(&pool, &reports).await {
                     Ok(rematch) => break rematch,
+                    Err(e) if is_data_error(&e) => {
+                        // Some report's data is refused: apply them one by
+                        // one and dead-letter only the refused ones.
+                        let (rematch, refused, retry) = apply_each(&pool, &reports).await;
+                        for (i, acker) in ackers.iter().enumerate() {
+                            if refused.contains(&i) {
+                                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+                            } else if retry.contains(&i) {
+                                let _ = acker
+                                    .nack(BasicNackOptions {
+                                        requeue: true,
+                                        ..Default::default()
+                                    })
+                                    .await;
+                            }
+                        }
+                        ackers = ackers
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| !refused.contains(i) && !retry.contains(i))
+                            .map(|(_, a)| a)
+                            .collect();
+                        break rematch;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, reports = reports.len(), "applying reports failed; retrying");
                         tokio::select! {

@@ -431,6 +431,8 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() -> anyhow::Result<()> {
         ("not JSON", client.post(format!("{gw}/tasks")).header("content-type", "application/json").body("{nope"), 400, "invalid_json"),
         ("no content type", client.post(format!("{gw}/tasks")).body("{}"), 415, "unsupported_media_type"),
         ("too large", client.post(format!("{gw}/tasks")).json(&json!({"description": "d", "system": "Vivo360", "attachment": big})), 413, "body_too_large"),
+        ("NUL in text", client.post(format!("{gw}/tasks")).json(&json!({"description": "a\u{0}b", "system": "Vivo360", "attachment": good})), 400, "invalid_value"),
+        ("NUL in a bot name", client.post(format!("{gw}/bots")).json(&json!({"name": "b\u{0}", "ip_address": "127.0.0.9"})), 400, "invalid_field"),
         ("unknown id", client.get(format!("{gw}/tasks/{}", uuid::Uuid::now_v7())), 404, "not_found"),
         ("malformed id", client.get(format!("{gw}/tasks/123")), 404, "not_found"),
         ("unknown bot", client.put(format!("{gw}/bots/{}", uuid::Uuid::now_v7())).json(&json!({"status": "BUSY"})), 404, "not_found"),
@@ -823,5 +825,60 @@ async fn an_agent_stopped_with_sigterm_finishes_its_running_job_first() -> anyho
     })
     .await?;
     assert_eq!(recorded_rows(&[out], &[]).len(), 5);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_the_database_refuses_does_not_hold_back_the_others() -> anyhow::Result<()> {
+    let env = Env::new("nulreport").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    // A failing row whose stderr holds a NUL byte, which PostgreSQL refuses
+    // in text and jsonb.
+    let nul: &[&str] = &[
+        "sh",
+        "-c",
+        "cat > /dev/null; printf 'bad\\000byte' >&2; exit 1",
+    ];
+    let config = agent_config(
+        &env.dir,
+        "agent.toml",
+        1,
+        &[("Nul", nul), ("Count", RECORD)],
+    )?;
+    let _agent = env
+        .start_agent(&gw, "bot", &config, &[("ORQ_ROWS_OUT", "/dev/null")])
+        .await?;
+    let client = env.client();
+    let bad = create_task(&client, &gw, "Nul", &rows_csv(0, 1)).await?;
+    let good = create_task(&client, &gw, "Count", &rows_csv(1, 1)).await?;
+    eventually(Duration::from_secs(30), "the good task COMPLETE", || {
+        let (client, url) = (
+            client.clone(),
+            format!("{gw}/tasks/{}", good["id"].as_str().unwrap_or_default()),
+        );
+        async move {
+            let t: Value = client.get(url).send().await?.json().await?;
+            Ok((t["status"] == "COMPLETE").then_some(()))
+        }
+    })
+    .await?;
+    let t: Value = client
+        .get(format!(
+            "{gw}/tasks/{}",
+            bad["id"].as_str().unwrap_or_default()
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(t["status"], "FAILED", "{t}");
+    assert!(
+        t["result"]["failed_rows"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bad"),
+        "{t}"
+    );
     env.cleanup().await
 }

@@ -84,6 +84,13 @@ impl From<RepoError> for ApiError {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; retry shortly")
             }
+            // Class 22: the data itself was refused (e.g. a NUL byte in text).
+            RepoError::Db(ref db) if db.code().is_some_and(|c| c.code().starts_with("22")) => {
+                ApiError::bad_request(
+                    "invalid_value",
+                    "a value in the request cannot be stored (for example a NUL character)",
+                )
+            }
             RepoError::Db(ref db) if db.is_closed() || db.as_db_error().is_none() => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; retry shortly")

@@ -64,12 +64,14 @@ pub async fn register(
     let mut db = state.db().await?;
     let tx = db.transaction().await?;
     let bot = bots::register_agent(&tx, who.customer_id, &reg).await?;
-    tx.commit().await?;
+    // The queue exists before the bot can be matched: a job assigned to it
+    // the moment the registration commits has somewhere to go.
     if !declare_queue(&state, bot.id).await {
         return Err(ApiError::unavailable(
             "RabbitMQ is unavailable; retry shortly",
         ));
     }
+    tx.commit().await?;
     crate::routes::bots::wake(&state, who.customer_id);
     Ok(axum::Json(Registered {
         queue: state.broker.topology().bot_queue(bot.id),

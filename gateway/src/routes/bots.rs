@@ -167,11 +167,16 @@ pub async fn create(
             tags: Vec::new(),
         },
     )?;
-    let db = state.db().await?;
-    let bot = bots::insert(&db, who.customer_id, &spec).await?;
-    if bot.delivery == Delivery::Agent {
-        crate::routes::agent::declare_queue(&state, bot.id).await;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let bot = bots::insert(&tx, who.customer_id, &spec).await?;
+    if bot.delivery == Delivery::Agent && !crate::routes::agent::declare_queue(&state, bot.id).await
+    {
+        return Err(ApiError::unavailable(
+            "RabbitMQ is unavailable; retry shortly",
+        ));
     }
+    tx.commit().await?;
     wake(&state, who.customer_id);
     Ok((StatusCode::CREATED, axum::Json(bot)).into_response())
 }

@@ -57,6 +57,12 @@ pub fn paged<T: Serialize>(items: Vec<T>, page: Page, last_id: Option<String>) -
 /// Reads a non-empty, trimmed text field of bounded length.
 pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let value = value.trim();
+    if value.contains('\0') {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
     if value.is_empty() {
         return Err(ApiError::invalid_field(
             field,
