@@ -108,29 +108,49 @@ pub async fn run_row(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
-    if let Some(mut stdin) = child.stdin.take() {
-        // A program that ignores its input may close stdin early: not an error.
-        // One write: a reader sees the whole line at once.
-        let _ = stdin.write_all(format!("{input}\n").as_bytes()).await;
-    }
+    // Writing stdin runs beside the wait: a program that never reads a large
+    // row must not hold the runner past its timeout.
+    let stdin = child.stdin.take();
+    let line = format!("{input}\n");
+    let feeder = tokio::spawn(async move {
+        if let Some(mut stdin) = stdin {
+            // A program that ignores its input may close stdin early: not an
+            // error. One write: a reader sees the whole line at once.
+            let _ = stdin.write_all(line.as_bytes()).await;
+        }
+    });
     let stderr = child.stderr.take();
-    let tail = tokio::spawn(async move {
+    let mut tail = tokio::spawn(async move {
         match stderr {
             Some(s) => read_tail(s).await,
             None => String::new(),
         }
     });
-    let status = match tokio::time::timeout(limits.row_timeout, child.wait()).await {
+    let waited = tokio::time::timeout(limits.row_timeout, child.wait()).await;
+    feeder.abort();
+    let status = match waited {
         Ok(status) => status.map_err(|e| format!("waiting for {program}: {e}"))?,
         Err(_) => {
             stop_group(&mut child, pgid, limits.kill_grace).await;
+            tail.abort();
             return Err(format!(
                 "timed out after {} ms",
                 limits.row_timeout.as_millis()
             ));
         }
     };
-    let tail = tail.await.unwrap_or_default();
+    // Whatever the row left running in its group goes with it; a background
+    // child holding stderr open would otherwise hold the row too.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let tail = match tokio::time::timeout(limits.kill_grace, &mut tail).await {
+        Ok(text) => text.unwrap_or_default(),
+        Err(_) => {
+            tail.abort();
+            String::new()
+        }
+    };
     if status.success() {
         Ok(())
     } else {
@@ -244,6 +264,38 @@ mod tests {
         assert!(err.contains("timed out"));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(!marker.exists(), "the process group was not killed");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_never_reads_its_input_still_times_out() {
+        let limits = Limits {
+            row_timeout: Duration::from_millis(300),
+            kill_grace: Duration::from_millis(200),
+        };
+        // Far more than a pipe buffer, to a program that never reads stdin.
+        let big = "x".repeat(1 << 20);
+        let err = run_row(&sh("sleep 30"), &big, &[], &limits)
+            .await
+            .expect_err("times out");
+        assert!(err.contains("timed out"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_background_child_does_not_hold_a_finished_row() {
+        let started = std::time::Instant::now();
+        // Exits at once, leaving a child that keeps stderr open for 30 s.
+        run_row(
+            &sh("cat > /dev/null; sleep 30 & exit 0"),
+            "{}",
+            &[],
+            &limits(),
+        )
+        .await
+        .expect("the row succeeds");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the row waited for its background child"
+        );
     }
 
     #[tokio::test]
