@@ -152,6 +152,10 @@ impl Matcher {
             let (reason, blame_bot) = match failure {
                 Failure::Bot(r) => (r, true),
                 Failure::Ours(r) => (r, false),
+                Failure::Uncertain(r) => {
+                    tracing::warn!(job = %a.job_id, bot = %a.bot_id, reason = %r, "delivery uncertain; left to the sweep");
+                    return;
+                }
             };
             tracing::warn!(job = %a.job_id, bot = %a.bot_id, %reason, "delivery failed");
             match self.hand_back(customer, &a, &reason, blame_bot).await {
@@ -174,7 +178,7 @@ impl Matcher {
             system: a.system.clone(),
             attachment: a.attachment.clone(),
             created_at: a.created_at,
-            assigned_at: time::OffsetDateTime::now_utc(),
+            assigned_at: a.assigned_at,
         };
         // A short broker outage delays the delivery rather than failing it.
         let session = tokio::time::timeout(Duration::from_secs(5), self.inner.broker.session())
@@ -186,7 +190,10 @@ impl Matcher {
         {
             Ok(()) => Ok(()),
             Err(e @ BrokerError::Unroutable(_)) => Err(Failure::Bot(e.to_string())),
-            Err(e) => Err(Failure::Ours(e.to_string())),
+            // The message may have reached the queue: handing the job back
+            // could run it twice. It stays ASSIGNED; the sweep sends it
+            // again if the agent does not start it.
+            Err(e) => Err(Failure::Uncertain(e.to_string())),
         }
     }
 
@@ -280,11 +287,14 @@ impl Matcher {
     }
 }
 
-/// Why a delivery failed: the bot (unreachable, refused, no queue) or this
-/// side (broker or database unavailable).
+/// Why a delivery failed: the bot (unreachable, refused, no queue), this
+/// side (broker or database unavailable, nothing sent), or unknown (sent,
+/// never confirmed).
 enum Failure {
     Bot(String),
     Ours(String),
+    /// Sent, but not confirmed: the bot may have it.
+    Uncertain(String),
 }
 
 /// Consumes wake-ups from the intake queue into the matcher.

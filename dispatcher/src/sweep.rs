@@ -1,12 +1,13 @@
 //! The periodic sweep: wakes every customer with waiting work (a lost
-//! wake-up costs at most one interval) and takes back assignments no bot
+//! wake-up costs at most one interval) and deals with assignments no bot
 //! started within `assign_timeout_ms` (a delivery lost between commit and
-//! publish, a bot that died before starting): the job waits again and the bot
-//! is UNAVAILABLE until it is heard from. It is not re-sent to the same bot,
-//! since a second copy could run twice.
+//! publish, a bot that died before starting): sent again to an agent that
+//! still heartbeats, taken back from any other bot (the job waits again and
+//! the bot is UNAVAILABLE until it is heard from).
 
 use orq_shared::CancellationToken;
 use orq_shared::config::Settings;
+use orq_shared::domain::Delivery;
 use orq_shared::repo::{RepoError, jobs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,16 +46,27 @@ pub async fn sweep_once(
     let cutoff = time::OffsetDateTime::now_utc()
         - Duration::from_millis(settings.dispatcher.assign_timeout_ms);
     let stale = jobs::stale_assignments(&db, cutoff, settings.dispatcher.batch_size).await?;
-    for (customer, assigned) in stale {
-        tracing::info!(job = %assigned.job_id, bot = %assigned.bot_id, "taking back an assignment no bot started");
-        matcher
-            .hand_back(
-                customer,
-                &assigned,
-                "the bot did not start it in time",
-                true,
-            )
-            .await?;
+    // An agent still heartbeating gets the assignment again (it drops a copy
+    // of work it already has, and checks an old one with the gateway before
+    // running it); a silent bot or a legacy HTTP bot has it taken back.
+    let alive_since = time::OffsetDateTime::now_utc()
+        - Duration::from_millis(
+            settings.reaper.heartbeat_interval_ms * u64::from(settings.reaper.missed_heartbeats),
+        );
+    for stale in stale {
+        let alive = stale.assigned.delivery == Delivery::Agent
+            && stale.bot_heartbeat_at.is_some_and(|t| t > alive_since);
+        let a = stale.assigned;
+        if alive {
+            tracing::info!(job = %a.job_id, bot = %a.bot_id, "sending an unstarted assignment again");
+            jobs::touch_assignment(&db, a.job_id, a.attempt).await?;
+            matcher.deliver(stale.customer, a).await;
+        } else {
+            tracing::info!(job = %a.job_id, bot = %a.bot_id, "taking back an assignment no bot started");
+            matcher
+                .hand_back(stale.customer, &a, "the bot did not start it in time", true)
+                .await?;
+        }
     }
     Ok(())
 }

@@ -882,3 +882,64 @@ async fn a_report_the_database_refuses_does_not_hold_back_the_others() -> anyhow
     );
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_assignment_is_sent_again_to_a_live_agent() -> anyhow::Result<()> {
+    let env = Env::new("resend").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher(
+        "dispatcher",
+        &[
+            ("ORQ_DISPATCHER__ASSIGN_TIMEOUT_MS", "2000"),
+            ("ORQ_DISPATCHER__SWEEP_INTERVAL_MS", "500"),
+        ],
+    )?;
+    let out = env.dir.join("rows.jsonl");
+    let out_s = out.display().to_string();
+    let config = agent_config(&env.dir, "agent.toml", 1, &[("Count", RECORD)])?;
+    let mut agent = env
+        .start_agent(&gw, "a", &config, &[("ORQ_ROWS_OUT", &out_s)])
+        .await?;
+    agent.kill9();
+    let client = env.client();
+    let task = create_task(&client, &gw, "Count", &rows_csv(0, 2)).await?;
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    let bot_id = eventually(Duration::from_secs(10), "task ASSIGNED", || {
+        let (client, url) = (client.clone(), format!("{gw}/tasks/{id}"));
+        async move {
+            let t: Value = client.get(url).send().await?.json().await?;
+            Ok((t["status"] == "ASSIGNED")
+                .then(|| t["bot_id"].as_str().unwrap_or_default().to_string()))
+        }
+    })
+    .await?;
+    // The assignment is lost: its message is gone from the bot's queue.
+    let conn =
+        lapin::Connection::connect(&env.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let queue = orq_e2e::orq_shared::broker::Topology::new(&env.prefix).bot_queue(bot_id.parse()?);
+    let purged = ch
+        .queue_purge(
+            queue.as_str().into(),
+            lapin::options::QueuePurgeOptions::default(),
+        )
+        .await?;
+    assert_eq!(purged, 1, "the assignment was in the bot's queue");
+    let _ = conn.close(200, "done".into()).await;
+    let _agent = env
+        .start_agent(&gw, "a", &config, &[("ORQ_ROWS_OUT", &out_s)])
+        .await?;
+    eventually(Duration::from_secs(30), "task COMPLETE", || {
+        all_in(&env, "COMPLETE", 1)
+    })
+    .await?;
+    let t: Value = client
+        .get(format!("{gw}/tasks/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(t["attempt"], 1, "sent again, not reassigned: {t}");
+    assert_eq!(recorded_rows(&[out], &[]).len(), 2);
+    env.cleanup().await
+}

@@ -672,6 +672,9 @@ pub struct Assigned {
     pub system: String,
     pub attachment: String,
     pub created_at: OffsetDateTime,
+    /// When the job was assigned (an agent re-checks an old assignment
+    /// before running it).
+    pub assigned_at: OffsetDateTime,
 }
 
 struct FreeBot {
@@ -845,6 +848,7 @@ pub async fn match_waiting(
                 system: r.get(4),
                 attachment: r.get(5),
                 created_at: r.get(6),
+                assigned_at: at,
             })
         })
         .collect())
@@ -861,28 +865,36 @@ pub async fn customers_with_waiting(db: &impl GenericClient) -> Result<Vec<Custo
     Ok(rows.iter().map(|r| CustomerId(r.get(0))).collect())
 }
 
-/// Jobs ASSIGNED longer than `older_than` that no bot has started: their
-/// delivery may have been lost, so the sweep sends them again.
+/// An assignment no bot has started in time, with its bot's last heartbeat.
+pub struct StaleAssignment {
+    pub customer: CustomerId,
+    pub assigned: Assigned,
+    pub bot_heartbeat_at: Option<OffsetDateTime>,
+}
+
+/// Jobs ASSIGNED before `older_than` that no bot has started: their delivery
+/// may have been lost, or their bot may be gone.
 pub async fn stale_assignments(
     db: &impl GenericClient,
     older_than: OffsetDateTime,
     limit: i64,
-) -> Result<Vec<(CustomerId, Assigned)>, RepoError> {
+) -> Result<Vec<StaleAssignment>, RepoError> {
     let rows = query(
         db,
         "SELECT j.customer_id, j.id, j.attempt, b.id, b.delivery, b.ip_address, b.port,
-                    j.description, j.system, j.attachment, j.created_at
-               FROM jobs j JOIN bots b ON b.id = j.bot_id
-              WHERE j.status = 'ASSIGNED' AND j.assigned_at < $1
-              ORDER BY j.assigned_at LIMIT $2",
+                j.description, j.system, j.attachment, j.created_at, j.assigned_at,
+                b.last_heartbeat_at
+           FROM jobs j JOIN bots b ON b.id = j.bot_id
+          WHERE j.status = 'ASSIGNED' AND j.assigned_at < $1
+          ORDER BY j.assigned_at LIMIT $2",
         &[&older_than, &limit],
     )
     .await?;
     rows.iter()
         .map(|r| {
-            Ok((
-                CustomerId(r.get(0)),
-                Assigned {
+            Ok(StaleAssignment {
+                customer: CustomerId(r.get(0)),
+                assigned: Assigned {
                     job_id: JobId(r.get(1)),
                     attempt: r.get(2),
                     bot_id: BotId(r.get(3)),
@@ -893,8 +905,25 @@ pub async fn stale_assignments(
                     system: r.get(8),
                     attachment: r.get(9),
                     created_at: r.get(10),
+                    assigned_at: r.get(11),
                 },
-            ))
+                bot_heartbeat_at: r.get(12),
+            })
         })
         .collect()
+}
+
+/// Restarts an assignment's clock after it was sent again.
+pub async fn touch_assignment(
+    db: &impl GenericClient,
+    job: JobId,
+    attempt: i32,
+) -> Result<(), RepoError> {
+    execute(
+        db,
+        "UPDATE jobs SET assigned_at = now() WHERE id = $1 AND attempt = $2 AND status = 'ASSIGNED'",
+        &[&job.0, &attempt],
+    )
+    .await?;
+    Ok(())
 }
