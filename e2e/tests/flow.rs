@@ -943,3 +943,41 @@ async fn a_lost_assignment_is_sent_again_to_a_live_agent() -> anyhow::Result<()>
     assert_eq!(recorded_rows(&[out], &[]).len(), 2);
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_name_make_one_bot() -> anyhow::Result<()> {
+    let env = Env::new("register").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let bot = client_with(&env.bot_token);
+    let body = json!({"name": "twin", "ip_address": "127.0.0.1", "capacity": 2, "systems": ["S"]});
+    let attempts: Vec<_> = (0..6)
+        .map(|_| {
+            let (bot, url, body) = (bot.clone(), format!("{gw}/agent/register"), body.clone());
+            tokio::spawn(async move { bot.post(url).json(&body).send().await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for a in attempts {
+        let r = a.await??;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await?;
+        ids.push(v["id"].as_str().unwrap_or_default().to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one bot for one name");
+    // An agent may not take over a legacy HTTP bot's name.
+    let r = env
+        .client()
+        .post(format!("{gw}/bots"))
+        .json(&json!({"name": "flask", "ip_address": "127.0.0.5"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let r = bot
+        .post(format!("{gw}/agent/register"))
+        .json(&json!({"name": "flask", "ip_address": "127.0.0.1", "capacity": 1}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 409);
+    env.cleanup().await
+}

@@ -254,31 +254,40 @@ pub async fn register_agent(
     customer: CustomerId,
     reg: &Registration,
 ) -> Result<Bot, RepoError> {
-    let existing = query_opt(
+    // Insert-or-keep, then lock: two agents registering one name at once
+    // both end up with the same bot instead of one failing.
+    execute(
         db,
-        "SELECT id FROM bots WHERE customer_id = $1 AND name = $2 FOR UPDATE",
+        "INSERT INTO bots (id, customer_id, name, ip_address, status, delivery, capacity, systems, tags)
+         VALUES ($1, $2, $3, $4, 'AVAILABLE', 'agent', $5, $6, $7)
+         ON CONFLICT (customer_id, name) DO NOTHING",
+        &[
+            &BotId::new().0,
+            &customer.0,
+            &reg.name,
+            &reg.ip_address,
+            &reg.capacity,
+            &reg.systems,
+            &reg.tags,
+        ],
+    )
+    .await?;
+    let row = query_one(
+        db,
+        "SELECT id, delivery FROM bots WHERE customer_id = $1 AND name = $2 FOR UPDATE",
         &[&customer.0, &reg.name],
     )
     .await?;
-    let Some(existing) = existing else {
-        let spec = BotSpec {
-            name: reg.name.clone(),
-            ip_address: reg.ip_address.clone(),
-            port: 5000,
-            status: BotStatus::Available,
-            delivery: Delivery::Agent,
-            capacity: reg.capacity,
-            systems: reg.systems.clone(),
-            tags: reg.tags.clone(),
-        };
-        let bot = insert(db, customer, &spec).await?;
-        return heartbeat(db, customer, bot.id).await;
-    };
-    let id: uuid::Uuid = existing.get(0);
+    let id: uuid::Uuid = row.get(0);
+    if parse_col::<Delivery>(row.get::<_, &str>(1))? == Delivery::Http {
+        return Err(RepoError::Conflict(format!(
+            "{:?} is the name of an HTTP bot; give the agent another name",
+            reg.name
+        )));
+    }
     execute(
         db,
-        "UPDATE bots SET ip_address = $2, capacity = $3, systems = $4, tags = $5,
-                delivery = 'agent', updated_at = now()
+        "UPDATE bots SET ip_address = $2, capacity = $3, systems = $4, tags = $5, updated_at = now()
           WHERE id = $1",
         &[&id, &reg.ip_address, &reg.capacity, &reg.systems, &reg.tags],
     )
