@@ -290,6 +290,29 @@ impl Env {
         }
     }
 
+    /// Polls `GET {gateway}/tasks/{id}` (as admin) until `check` accepts the
+    /// task, or fails after `within`.
+    pub async fn task_until<T>(
+        &self,
+        gateway: &str,
+        id: &str,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let client = self.client();
+        let url = format!("{gateway}/tasks/{id}");
+        let check = &check;
+        eventually(within, &format!("task {id}: {what}"), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let task: serde_json::Value = client.get(url).send().await?.json().await?;
+                Ok(check(&task))
+            }
+        })
+        .await
+    }
+
     /// An HTTP client that sends the admin token.
     pub fn client(&self) -> reqwest::Client {
         client_with(&self.admin_token)

@@ -354,16 +354,12 @@ async fn an_agent_killed_mid_task_finishes_it_once_after_restart() -> anyhow::Re
     let client = env.client();
     let task = create_task(&client, &gw, "Slow", &rows_csv(0, 8)).await?;
     let id = task["id"].as_str().unwrap_or_default().to_string();
-    let done_before = eventually(Duration::from_secs(30), "two rows done", || {
-        let client = client.clone();
-        let url = format!("{gw}/tasks/{id}");
-        async move {
-            let t: Value = client.get(url).send().await?.json().await?;
+    let done_before = env
+        .task_until(&gw, &id, Duration::from_secs(30), "two rows done", |t| {
             let done = t["rows_done"].as_i64().unwrap_or(0);
-            Ok((done >= 2).then_some(done))
-        }
-    })
-    .await?;
+            (done >= 2).then_some(done)
+        })
+        .await?;
     agent.kill9();
     let _agent = env
         .start_agent(&gw, "victim", &config, &[("ORQ_ROWS_OUT", &out_s)])
@@ -806,12 +802,8 @@ async fn an_agent_stopped_with_sigterm_finishes_its_running_job_first() -> anyho
     let client = env.client();
     let task = create_task(&client, &gw, "Slow", &rows_csv(0, 5)).await?;
     let id = task["id"].as_str().unwrap_or_default().to_string();
-    eventually(Duration::from_secs(30), "task RUNNING", || {
-        let (client, url) = (client.clone(), format!("{gw}/tasks/{id}"));
-        async move {
-            let t: Value = client.get(url).send().await?.json().await?;
-            Ok((t["status"] == "RUNNING").then_some(()))
-        }
+    env.task_until(&gw, &id, Duration::from_secs(30), "RUNNING", |t| {
+        (t["status"] == "RUNNING").then_some(())
     })
     .await?;
     assert!(
@@ -852,15 +844,9 @@ async fn a_report_the_database_refuses_does_not_hold_back_the_others() -> anyhow
     let client = env.client();
     let bad = create_task(&client, &gw, "Nul", &rows_csv(0, 1)).await?;
     let good = create_task(&client, &gw, "Count", &rows_csv(1, 1)).await?;
-    eventually(Duration::from_secs(30), "the good task COMPLETE", || {
-        let (client, url) = (
-            client.clone(),
-            format!("{gw}/tasks/{}", good["id"].as_str().unwrap_or_default()),
-        );
-        async move {
-            let t: Value = client.get(url).send().await?.json().await?;
-            Ok((t["status"] == "COMPLETE").then_some(()))
-        }
+    let good_id = good["id"].as_str().unwrap_or_default();
+    env.task_until(&gw, good_id, Duration::from_secs(30), "COMPLETE", |t| {
+        (t["status"] == "COMPLETE").then_some(())
     })
     .await?;
     let t: Value = client
@@ -904,15 +890,12 @@ async fn a_lost_assignment_is_sent_again_to_a_live_agent() -> anyhow::Result<()>
     let client = env.client();
     let task = create_task(&client, &gw, "Count", &rows_csv(0, 2)).await?;
     let id = task["id"].as_str().unwrap_or_default().to_string();
-    let bot_id = eventually(Duration::from_secs(10), "task ASSIGNED", || {
-        let (client, url) = (client.clone(), format!("{gw}/tasks/{id}"));
-        async move {
-            let t: Value = client.get(url).send().await?.json().await?;
-            Ok((t["status"] == "ASSIGNED")
-                .then(|| t["bot_id"].as_str().unwrap_or_default().to_string()))
-        }
-    })
-    .await?;
+    let bot_id = env
+        .task_until(&gw, &id, Duration::from_secs(10), "ASSIGNED", |t| {
+            (t["status"] == "ASSIGNED")
+                .then(|| t["bot_id"].as_str().unwrap_or_default().to_string())
+        })
+        .await?;
     // The assignment is lost: its message is gone from the bot's queue.
     let conn =
         lapin::Connection::connect(&env.amqp_url, lapin::ConnectionProperties::default()).await?;

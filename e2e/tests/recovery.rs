@@ -24,6 +24,19 @@ async fn post_task(
         .await?)
 }
 
+async fn wait_status(
+    env: &Env,
+    gw: &str,
+    id: &str,
+    want: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    env.task_until(gw, id, within, want, |t| {
+        (t["status"] == want).then_some(())
+    })
+    .await
+}
+
 async fn status_of(env: &Env, gw: &str, id: &str) -> anyhow::Result<String> {
     let t: Value = env
         .client()
@@ -33,19 +46,6 @@ async fn status_of(env: &Env, gw: &str, id: &str) -> anyhow::Result<String> {
         .json()
         .await?;
     Ok(t["status"].as_str().unwrap_or_default().to_string())
-}
-
-async fn wait_status(
-    env: &Env,
-    gw: &str,
-    id: &str,
-    want: &str,
-    within: Duration,
-) -> anyhow::Result<()> {
-    eventually(within, &format!("task {id} {want}"), || async {
-        Ok((status_of(env, gw, id).await? == want).then_some(()))
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
