@@ -174,7 +174,10 @@ pub async fn apply(
         tx.commit().await?;
     }
     // Heartbeats touch one bot each, in their own short transactions.
-    for report in reports.iter().filter(|r| change_for(r).is_none()) {
+    for report in reports
+        .iter()
+        .filter(|r| matches!(r.body, ReportBody::Heartbeat { .. }))
+    {
         let tx = db.transaction().await?;
         let before = match bots::get(&tx, report.customer_id, report.bot_id).await {
             Ok(b) => b,

@@ -95,6 +95,35 @@ async fn start_recording_agents(
     Ok((agents, files))
 }
 
+/// An agent of capacity 1 for system `Slow`, whose automation records each
+/// row in `out` and then sleeps.
+struct SlowAgent {
+    config: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+impl SlowAgent {
+    fn new(env: &Env, sleep_s: &str) -> anyhow::Result<SlowAgent> {
+        let script = format!("cat >> \"$ORQ_ROWS_OUT\"; sleep {sleep_s}");
+        let config = agent_config(
+            &env.dir,
+            "agent.toml",
+            1,
+            &[("Slow", &["sh", "-c", &script])],
+        )?;
+        Ok(SlowAgent {
+            config,
+            out: env.dir.join("rows.jsonl"),
+        })
+    }
+
+    async fn start(&self, env: &Env, gw: &str, name: &str) -> anyhow::Result<orq_e2e::Proc> {
+        let out = self.out.display().to_string();
+        env.start_agent(gw, name, &self.config, &[("ORQ_ROWS_OUT", &out)])
+            .await
+    }
+}
+
 /// A stand-in for the proof of concept's Flask bot: accepts `POST /tasks`,
 /// then uses only the seed's REST calls (`GET /bots?ip_address=`,
 /// `PUT /tasks/{id}`, `PUT /bots/{id}`), authenticating with
@@ -344,13 +373,8 @@ async fn an_agent_killed_mid_task_finishes_it_once_after_restart() -> anyhow::Re
     let env = Env::new("kill").await?;
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
-    let slow: &[&str] = &["sh", "-c", "cat >> \"$ORQ_ROWS_OUT\"; sleep 0.4"];
-    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", slow)])?;
-    let out = env.dir.join("rows.jsonl");
-    let out_s = out.display().to_string();
-    let mut agent = env
-        .start_agent(&gw, "victim", &config, &[("ORQ_ROWS_OUT", &out_s)])
-        .await?;
+    let slow = SlowAgent::new(&env, "0.4")?;
+    let mut agent = slow.start(&env, &gw, "victim").await?;
     let client = env.client();
     let task = create_task(&client, &gw, "Slow", &rows_csv(0, 8)).await?;
     let id = task["id"].as_str().unwrap_or_default().to_string();
@@ -361,9 +385,7 @@ async fn an_agent_killed_mid_task_finishes_it_once_after_restart() -> anyhow::Re
         })
         .await?;
     agent.kill9();
-    let _agent = env
-        .start_agent(&gw, "victim", &config, &[("ORQ_ROWS_OUT", &out_s)])
-        .await?;
+    let _agent = slow.start(&env, &gw, "victim").await?;
     eventually(Duration::from_secs(60), "task COMPLETE", || {
         all_in(&env, "COMPLETE", 1)
     })
@@ -385,7 +407,7 @@ async fn an_agent_killed_mid_task_finishes_it_once_after_restart() -> anyhow::Re
         .await?;
     assert_eq!(t["attempt"], 1, "the same attempt resumed");
     assert_eq!(t["rows_done"], 8);
-    let seen = recorded_rows(&[out], &[]);
+    let seen = recorded_rows(&[slow.out], &[]);
     assert_eq!(seen.len(), 8, "every row ran");
     for r in 0..done_before {
         assert_eq!(
@@ -792,13 +814,8 @@ async fn an_agent_stopped_with_sigterm_finishes_its_running_job_first() -> anyho
     let env = Env::new("drainstop").await?;
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
-    let slow: &[&str] = &["sh", "-c", "cat >> \"$ORQ_ROWS_OUT\"; sleep 0.3"];
-    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", slow)])?;
-    let out = env.dir.join("rows.jsonl");
-    let out_s = out.display().to_string();
-    let mut agent = env
-        .start_agent(&gw, "stopper", &config, &[("ORQ_ROWS_OUT", &out_s)])
-        .await?;
+    let slow = SlowAgent::new(&env, "0.3")?;
+    let mut agent = slow.start(&env, &gw, "stopper").await?;
     let client = env.client();
     let task = create_task(&client, &gw, "Slow", &rows_csv(0, 5)).await?;
     let id = task["id"].as_str().unwrap_or_default().to_string();
@@ -816,7 +833,7 @@ async fn an_agent_stopped_with_sigterm_finishes_its_running_job_first() -> anyho
         all_in(&env, "COMPLETE", 1)
     })
     .await?;
-    assert_eq!(recorded_rows(&[out], &[]).len(), 5);
+    assert_eq!(recorded_rows(&[slow.out], &[]).len(), 5);
     env.cleanup().await
 }
 
