@@ -28,6 +28,10 @@ psql "$ORQ_TEST_PG_URL/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname 
 export ORQ_DATABASE__URL="$ORQ_TEST_PG_URL/$DB"
 export ORQ_GATEWAY__LISTEN="127.0.0.1:$PORT"
 export ORQ_AMQP__PREFIX="${ORQ_AMQP__PREFIX:-orq}"
+# The key that seals task secret keys: made once per demo database, kept.
+KEY_FILE="$RUN/secret_key.$DB"
+[ -s "$KEY_FILE" ] || python3 -c 'import secrets; print(secrets.token_hex(32))' >"$KEY_FILE"
+export ORQ_SECURITY__SECRET_KEY="${ORQ_SECURITY__SECRET_KEY:-$(cat "$KEY_FILE")}"
 GW="http://127.0.0.1:$PORT"
 
 start() {

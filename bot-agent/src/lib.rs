@@ -5,9 +5,11 @@
 //! reports RUNNING, progress and the outcome over RabbitMQ.
 //!
 //! * `runner` – runs a system's automation once per CSV row.
+//! * `script` – runs a task's script (fetched, cached, timed, cancelable).
 //! * `Agent`  – registration, the consumer, heartbeats and reports.
 
 pub mod runner;
+pub mod script;
 
 use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
@@ -23,6 +25,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::runner::{JobOutcome, Limits};
+use crate::script::{Marker, RunLimits, ScriptCache};
+use orq_shared::messages::{Control, ScriptSpec};
 
 /// What the gateway answered to registration.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +59,9 @@ struct Inner {
     limits: Limits,
     attempts: Mutex<HashMap<(JobId, i32), Local>>,
     running: std::sync::atomic::AtomicU32,
+    scripts: ScriptCache,
+    /// Script jobs running here, to stop one when it is canceled.
+    cancels: Mutex<HashMap<(JobId, i32), CancellationToken>>,
 }
 
 /// An assignment older than this is checked against the job before it runs.
@@ -94,6 +101,19 @@ impl Agent {
             row_timeout: Duration::from_millis(settings.agent.row_timeout_ms),
             kill_grace: Duration::from_millis(settings.agent.kill_grace_ms),
         };
+        let script_dir = if settings.agent.script_dir.trim().is_empty() {
+            std::env::temp_dir()
+                .join("orq-scripts")
+                .join(identity.id.to_string())
+        } else {
+            std::path::PathBuf::from(&settings.agent.script_dir)
+        };
+        let scripts = ScriptCache {
+            dir: script_dir,
+            http: http.clone(),
+            gateway_url: settings.agent.gateway_url.clone(),
+            token: settings.agent.token.clone(),
+        };
         Ok(Agent {
             inner: Arc::new(Inner {
                 settings,
@@ -104,6 +124,8 @@ impl Agent {
                 limits,
                 attempts: Mutex::new(HashMap::new()),
                 running: std::sync::atomic::AtomicU32::new(0),
+                scripts,
+                cancels: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -119,6 +141,7 @@ impl Agent {
     /// reported done.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let heartbeat = tokio::spawn(self.clone().heartbeats(shutdown.clone()));
+        let controls = tokio::spawn(self.clone().controls(shutdown.clone()));
         let tracker = tokio_util::task::TaskTracker::new();
         self.consume(&tracker, shutdown).await;
         tracker.close();
@@ -131,6 +154,7 @@ impl Agent {
         }
         self.inner.broker_stop.cancel();
         let _ = heartbeat.await;
+        let _ = controls.await;
         Ok(())
     }
 
@@ -231,6 +255,10 @@ impl Agent {
                 attempt,
             })
             .await;
+        if let Some(spec) = &a.script {
+            self.run_script(a, spec, reporter).await;
+            return;
+        }
         let Some(argv) = self.inner.settings.agent.systems.get(&a.system) else {
             reporter
                 .finish(ReportBody::Failed {
@@ -289,6 +317,115 @@ impl Agent {
             },
         };
         reporter.finish(body).await;
+    }
+
+    /// Runs a script job and reports its markers and outcome.
+    async fn run_script(&self, a: &Assignment, spec: &ScriptSpec, reporter: JobReporter<'_>) {
+        let (job, attempt) = (a.job_id, a.attempt);
+        let cancel = CancellationToken::new();
+        if let Ok(mut c) = self.inner.cancels.lock() {
+            c.insert((job, attempt), cancel.clone());
+        }
+        let result = match self.inner.scripts.path_for(spec).await {
+            Err(error) => script::ScriptResult {
+                status: JobStatus::Failed,
+                exit_code: None,
+                output: None,
+                error: Some(error),
+                stdout: String::new(),
+                stderr: String::new(),
+            },
+            Ok(path) => {
+                let env = vec![
+                    ("ORQ_JOB_ID".to_string(), job.to_string()),
+                    ("ORQ_ATTEMPT".to_string(), attempt.to_string()),
+                ];
+                let limits = RunLimits {
+                    timeout: Duration::from_secs(u64::from(spec.timeout_secs.max(1))),
+                    kill_grace: self.inner.limits.kill_grace,
+                    tail_bytes: self.inner.settings.agent.output_tail_bytes.max(256),
+                };
+                let reporter = &reporter;
+                script::run(&path, spec, &env, &limits, &cancel, |m| async move {
+                    let body = match m {
+                        Marker::Percent(percent) => ReportBody::Percent {
+                            job_id: job,
+                            attempt,
+                            percent,
+                        },
+                        Marker::Step(step) => ReportBody::Step {
+                            job_id: job,
+                            attempt,
+                            step,
+                        },
+                    };
+                    reporter.send(body).await;
+                })
+                .await
+            }
+        };
+        if let Ok(mut c) = self.inner.cancels.lock() {
+            c.remove(&(job, attempt));
+        }
+        reporter
+            .finish(ReportBody::Finished {
+                job_id: job,
+                attempt,
+                status: result.status,
+                exit_code: result.exit_code,
+                output: result.output,
+                error: result.error,
+                stdout: result.stdout,
+                stderr: result.stderr,
+            })
+            .await;
+    }
+
+    /// Consumes this agent's control messages (cancel a running job), on
+    /// every connection.
+    async fn controls(self, shutdown: CancellationToken) {
+        let mut last = None;
+        loop {
+            let session = tokio::select! {
+                s = self.inner.broker.session_after(last) => s,
+                _ = shutdown.cancelled() => return,
+            };
+            last = Some(session.generation());
+            let mut consumer = match session.consume_control(self.inner.identity.id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot consume control messages");
+                    session.report_failure();
+                    continue;
+                }
+            };
+            loop {
+                let delivery = tokio::select! {
+                    d = session.next(&mut consumer) => d,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Some(delivery) = delivery else {
+                    break;
+                };
+                match serde_json::from_slice::<Control>(&delivery.data) {
+                    Ok(Control::Cancel {
+                        job_id, attempt, ..
+                    }) => {
+                        let token = self
+                            .inner
+                            .cancels
+                            .lock()
+                            .ok()
+                            .and_then(|c| c.get(&(job_id, attempt)).cloned());
+                        if let Some(token) = token {
+                            tracing::info!(job = %job_id, attempt, "job canceled; stopping it");
+                            token.cancel();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
+                }
+            }
+        }
     }
 
     fn new_report(&self, body: ReportBody) -> BotReport {

@@ -94,7 +94,9 @@ pub async fn run_row(
     if program == BUILTIN_NOOP {
         return Ok(());
     }
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    scrub_env(&mut command);
+    let mut child = command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
@@ -166,8 +168,29 @@ pub async fn run_row(
     }
 }
 
+/// Variables of the agent's own configuration that carry secrets (its bot
+/// token, connection URLs with passwords): an automation or a script has
+/// no business reading them.
+const SECRET_VARS: &[&str] = &[
+    "ORQ_AGENT__TOKEN",
+    "ORQ_DATABASE__URL",
+    "ORQ_AMQP__URL",
+    "ORQ_SECURITY__SECRET_KEY",
+];
+
+/// Removes the agent's secrets from a child's environment.
+pub fn scrub_env(command: &mut Command) {
+    for var in SECRET_VARS {
+        command.env_remove(var);
+    }
+}
+
 /// SIGTERM to the whole group, then SIGKILL after the grace period.
-async fn stop_group(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration) {
+pub(crate) async fn stop_group(
+    child: &mut tokio::process::Child,
+    pgid: Option<Pid>,
+    grace: Duration,
+) {
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGTERM);
         if tokio::time::timeout(grace, child.wait()).await.is_ok() {

@@ -67,6 +67,18 @@ impl Matcher {
         self.push(customer, None);
     }
 
+    /// Asks for a matching round at `at` (a triggered run's grace time
+    /// ends). In memory only: the sweep covers a dispatcher that stops
+    /// before then.
+    pub fn wake_at(&self, customer: CustomerId, at: time::OffsetDateTime) {
+        let this = self.clone();
+        let wait = Duration::try_from(at - time::OffsetDateTime::now_utc()).unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait + Duration::from_millis(5)).await;
+            this.wake(customer);
+        });
+    }
+
     fn push(&self, customer: CustomerId, ack: Option<lapin::Acker>) {
         if let Ok(mut p) = self.inner.pending.lock() {
             p.customers.insert(customer);
@@ -179,6 +191,7 @@ impl Matcher {
             attachment: a.attachment.clone(),
             created_at: a.created_at,
             assigned_at: a.assigned_at,
+            script: a.spec.clone(),
         };
         // A short broker outage delays the delivery rather than failing it.
         let session = tokio::time::timeout(Duration::from_secs(5), self.inner.broker.session())

@@ -10,7 +10,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
-use orq_shared::domain::{CustomerId, JobEvent};
+use orq_shared::domain::{CustomerId, JobEvent, JobStatus};
 use orq_shared::messages::{BotReport, ReportBody};
 use orq_shared::repo::jobs::{self, Actor, Change, ChangeResult, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
@@ -25,6 +25,19 @@ use crate::matcher::Matcher;
 /// and one refused report must not hold back the ones behind it.
 fn clean(text: &str) -> String {
     text.replace('\0', "\u{fffd}")
+}
+
+/// `clean` for every string in a JSON value (jsonb refuses `\u0000`).
+fn clean_json(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.iter().map(clean_json).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (clean(k), clean_json(v))).collect())
+        }
+        other => other.clone(),
+    }
 }
 
 /// The change a job report asks for; `None` for heartbeats.
@@ -93,6 +106,70 @@ fn change_for(report: &BotReport) -> Option<Change> {
             },
             vec![(EventKind::Error, clean(error))],
         ),
+        ReportBody::Percent {
+            job_id,
+            attempt,
+            percent,
+        } => (
+            *job_id,
+            *attempt,
+            JobEvent::Progress,
+            Outcome {
+                percent: Some(i16::from((*percent).min(100))),
+                ..Outcome::default()
+            },
+            vec![(
+                EventKind::PercentChange,
+                format!("{}%", (*percent).min(100)),
+            )],
+        ),
+        ReportBody::Step {
+            job_id,
+            attempt,
+            step,
+        } => (
+            *job_id,
+            *attempt,
+            JobEvent::Progress,
+            Outcome {
+                step: Some(clean(step)),
+                ..Outcome::default()
+            },
+            vec![(EventKind::StepChange, clean(step))],
+        ),
+        ReportBody::Finished {
+            job_id,
+            attempt,
+            status,
+            exit_code,
+            output,
+            error,
+            stdout,
+            stderr,
+        } => {
+            let event = match status {
+                JobStatus::Complete => JobEvent::Complete,
+                JobStatus::Timeout => JobEvent::TimedOut,
+                _ => JobEvent::Fail,
+            };
+            let notes = error.iter().map(|e| (EventKind::Error, clean(e))).collect();
+            (
+                *job_id,
+                *attempt,
+                event,
+                Outcome {
+                    error: error.as_deref().map(clean),
+                    result: Some(serde_json::json!({
+                        "stdout": clean(stdout),
+                        "stderr": clean(stderr),
+                    })),
+                    exit_code: *exit_code,
+                    output: output.as_ref().map(clean_json),
+                    ..Outcome::default()
+                },
+                notes,
+            )
+        }
     };
     Some(Change {
         customer: report.customer_id,
@@ -116,16 +193,44 @@ fn kind_name(body: &ReportBody) -> &'static str {
         ReportBody::Progress { .. } => "progress",
         ReportBody::Complete { .. } => "complete",
         ReportBody::Failed { .. } => "failed",
+        ReportBody::Percent { .. } => "percent",
+        ReportBody::Step { .. } => "step",
+        ReportBody::Finished { .. } => "finished",
     }
 }
 
-/// Applies a batch of reports; returns the customers whose bots may have a
-/// free slot now (to match again).
+/// What applying reports calls for: customers to match again now (a bot may
+/// have a free slot, a triggered run may wait), and later (a triggered run's
+/// grace time ends).
+#[derive(Debug, Default)]
+pub struct Wakes {
+    pub now: HashSet<CustomerId>,
+    pub later: Vec<(CustomerId, time::OffsetDateTime)>,
+}
+
+impl Wakes {
+    fn extend(&mut self, other: Wakes) {
+        self.now.extend(other.now);
+        self.later.extend(other.later);
+    }
+
+    fn send(self, matcher: &Matcher) {
+        for customer in self.now {
+            matcher.wake(customer);
+        }
+        for (customer, at) in self.later {
+            matcher.wake_at(customer, at);
+        }
+    }
+}
+
+/// Applies a batch of reports.
 pub async fn apply(
     pool: &deadpool_postgres::Pool,
     reports: &[BotReport],
-) -> Result<HashSet<CustomerId>, RepoError> {
+) -> Result<Wakes, RepoError> {
     let mut rematch = HashSet::new();
+    let mut later = Vec::new();
     let mut db = pool.get().await?;
     let (with_jobs, changes): (Vec<&BotReport>, Vec<Change>) = reports
         .iter()
@@ -137,9 +242,12 @@ pub async fn apply(
         let mut warnings = Vec::new();
         for ((report, change), result) in with_jobs.iter().zip(&changes).zip(results) {
             match result {
-                ChangeResult::Done { from, to } => {
+                ChangeResult::Done { from, to, wake_at } => {
                     if from.is_active() && !to.is_active() {
                         rematch.insert(report.customer_id);
+                    }
+                    if let Some(at) = wake_at {
+                        later.push((report.customer_id, at));
                     }
                 }
                 ChangeResult::Stale {
@@ -190,7 +298,10 @@ pub async fn apply(
             rematch.insert(report.customer_id);
         }
     }
-    Ok(rematch)
+    Ok(Wakes {
+        now: rematch,
+        later,
+    })
 }
 
 /// A database refusal of the data itself (SQLSTATE classes 22 and 23), which
@@ -208,8 +319,8 @@ fn is_data_error(e: &RepoError) -> bool {
 async fn apply_each(
     pool: &deadpool_postgres::Pool,
     reports: &[BotReport],
-) -> (HashSet<CustomerId>, HashSet<usize>, HashSet<usize>) {
-    let mut rematch = HashSet::new();
+) -> (Wakes, HashSet<usize>, HashSet<usize>) {
+    let mut rematch = Wakes::default();
     let mut refused = HashSet::new();
     let mut retry = HashSet::new();
     for (i, report) in reports.iter().enumerate() {
@@ -325,9 +436,7 @@ pub async fn consume(
             for a in ackers {
                 let _ = a.ack(BasicAckOptions::default()).await;
             }
-            for customer in rematch {
-                matcher.wake(customer);
-            }
+            rematch.send(&matcher);
         }
     }
 }

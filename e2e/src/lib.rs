@@ -113,6 +113,8 @@ pub struct Env {
     pub admin_token: String,
     pub bot_token: String,
     pub customer: String,
+    /// `security.secret_key` of this deployment.
+    pub secret_key: String,
     /// Extra `ORQ_*` variables given to every process.
     pub vars: Vec<(String, String)>,
     cleaned: bool,
@@ -149,6 +151,7 @@ impl Env {
             admin_token: String::new(),
             bot_token: String::new(),
             customer: format!("acme-{short}"),
+            secret_key: Uuid::new_v4().simple().to_string().repeat(2),
             vars: Vec::new(),
             cleaned: false,
         };
@@ -193,6 +196,7 @@ impl Env {
             .env("ORQ_DATABASE__URL", &self.db_url)
             .env("ORQ_AMQP__URL", &self.amqp_url)
             .env("ORQ_AMQP__PREFIX", &self.prefix)
+            .env("ORQ_SECURITY__SECRET_KEY", &self.secret_key)
             .env("ORQ_LOG__LEVEL", "info")
             .env("RUST_BACKTRACE", "0");
         for (k, v) in &self.vars {

@@ -8,7 +8,7 @@ use serde_json::json;
 
 pub async fn create_customer(settings: &Settings, name: &str) -> anyhow::Result<serde_json::Value> {
     let name = name.trim();
-    anyhow::ensure!(!name.is_empty(), "customer name must not be empty");
+    customers::check_name(name).map_err(anyhow::Error::msg)?;
     orq_shared::db::migrate(&settings.database).await?;
     let pool = orq_shared::db::pool(&settings.database)?;
     let mut db = pool.get().await?;
@@ -17,7 +17,7 @@ pub async fn create_customer(settings: &Settings, name: &str) -> anyhow::Result<
         anyhow::bail!("customer {name:?} exists already; use `gateway admin create-token`");
     }
     let id = customers::create(&tx, name).await?;
-    let token = customers::issue_token(&tx, id, Role::Admin).await?;
+    let token = customers::issue_token(&tx, id, Role::Admin, None).await?;
     tx.commit().await?;
     Ok(json!({ "customer": name, "role": "admin", "access_token": token }))
 }
@@ -26,6 +26,7 @@ pub async fn create_token(
     settings: &Settings,
     customer: &str,
     role: Role,
+    name: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
     orq_shared::db::migrate(&settings.database).await?;
     let pool = orq_shared::db::pool(&settings.database)?;
@@ -33,6 +34,7 @@ pub async fn create_token(
     let id = customers::find_by_name(&db, customer)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no customer named {customer:?}"))?;
-    let token = customers::issue_token(&db, id, role).await?;
-    Ok(json!({ "customer": customer, "role": role.as_str(), "access_token": token }))
+    let name = name.map(str::trim).filter(|n| !n.is_empty());
+    let token = customers::issue_token(&db, id, role, name).await?;
+    Ok(json!({ "customer": customer, "role": role.as_str(), "name": name, "access_token": token }))
 }

@@ -80,6 +80,9 @@ impl From<RepoError> for ApiError {
             RepoError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
+            RepoError::Invalid { field, message } => {
+                ApiError::invalid_field(&field, format!("{field}: {message}"))
+            }
             RepoError::Pool(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; retry shortly")
@@ -188,5 +191,11 @@ pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiErr
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
         RepoError::from(e).into()
+    }
+}
+
+impl From<orq_shared::task_def::FieldError> for ApiError {
+    fn from(e: orq_shared::task_def::FieldError) -> Self {
+        ApiError::invalid_field(&e.field, e.message)
     }
 }

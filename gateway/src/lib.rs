@@ -38,7 +38,7 @@ pub struct App {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{agent, bots, health, tasks};
+    use routes::{agent, bots, health, jobs, scripts, task_defs, tasks};
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
     Router::new()
@@ -59,6 +59,57 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/events", get(tasks::events))
+        .route("/agent/scripts/{id}", get(scripts::agent_fetch))
+        // TheEye's API (seed 002), customer-scoped.
+        .route("/job", post(jobs::create_by_query))
+        .route("/job/secret/{key}", post(jobs::create_with_secret_body))
+        .route(
+            "/{customer}/task",
+            get(task_defs::list).post(task_defs::create),
+        )
+        .route("/{customer}/task/import", post(task_defs::import))
+        .route(
+            "/{customer}/task/{id}",
+            get(task_defs::get)
+                .put(task_defs::update)
+                .delete(task_defs::delete),
+        )
+        .route("/{customer}/task/{id}/recipe", get(task_defs::recipe))
+        .route(
+            "/{customer}/task/{id}/credentials",
+            get(task_defs::credentials),
+        )
+        .route(
+            "/{customer}/task/{id}/credentials/rotate",
+            post(task_defs::rotate),
+        )
+        .route(
+            "/{customer}/task/{id}/job",
+            post(jobs::create)
+                .get(jobs::list_for_task)
+                .delete(jobs::empty_queue),
+        )
+        .route(
+            "/{customer}/task/{id}/secret/{key}/job",
+            post(jobs::create_with_secret),
+        )
+        .route("/{customer}/job", get(jobs::list))
+        .route("/{customer}/job/{id}", get(jobs::get))
+        .route("/{customer}/job/{id}/events", get(jobs::events))
+        .route(
+            "/{customer}/job/{id}/cancel",
+            post(jobs::cancel).put(jobs::cancel),
+        )
+        .route(
+            "/{customer}/script",
+            get(scripts::list).post(scripts::create),
+        )
+        .route(
+            "/{customer}/script/{id}",
+            get(scripts::get)
+                .put(scripts::update)
+                .delete(scripts::delete),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -86,6 +137,7 @@ pub fn router(state: AppState) -> Router {
 impl App {
     /// Connects, migrates and binds; `listen` may use port 0.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
+        let sealer = orq_shared::secret::Sealer::from_config(&settings.security.secret_key)?;
         orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
@@ -96,6 +148,7 @@ impl App {
             settings: Arc::new(settings),
             principals: state::cache(),
             known_systems: state::cache(),
+            sealer,
         };
         Ok(App {
             listener,

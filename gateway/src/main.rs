@@ -32,6 +32,10 @@ enum Admin {
         /// viewer, user, admin or bot.
         #[arg(long)]
         role: Role,
+        /// Who holds it (e.g. an e-mail): a task whose `acls` list names
+        /// shows only to those names (and to admins).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -55,10 +59,14 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Admin(Admin::CreateToken { customer, role }) => {
+        Command::Admin(Admin::CreateToken {
+            customer,
+            role,
+            name,
+        }) => {
             println!(
                 "{}",
-                gateway::admin::create_token(&settings, &customer, role).await?
+                gateway::admin::create_token(&settings, &customer, role, name.as_deref()).await?
             );
             Ok(())
         }

@@ -19,6 +19,8 @@ pub struct AppState {
     /// (customer, system) pairs known to have a bot, for a few seconds. Only
     /// positive answers are kept, so a new bot's system is usable at once.
     pub known_systems: moka::sync::Cache<(CustomerId, String), ()>,
+    /// Seals and opens task secret keys (`security.secret_key`).
+    pub sealer: orq_shared::secret::Sealer,
 }
 
 pub const CACHE_TTL: Duration = Duration::from_secs(5);

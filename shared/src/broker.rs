@@ -81,6 +81,11 @@ impl Topology {
         format!("bot.{bot}")
     }
 
+    /// Routing key of an agent's control messages (cancel a running job).
+    pub fn control_key(bot: BotId) -> String {
+        format!("control.{bot}")
+    }
+
     fn queue_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
@@ -250,6 +255,44 @@ impl Session {
             }
             None => None,
         }
+    }
+
+    /// Consumes an agent's control messages: a queue exclusive to this
+    /// connection (gone with it), bound to the bot's control key. A control
+    /// message sent while the agent is away has nowhere to go, which is
+    /// right: it is about work that agent is running now.
+    pub async fn consume_control(&self, bot: BotId) -> Result<Consumer, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        let queue = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.queue_bind(
+            queue.name().clone(),
+            self.topology.work_exchange().into(),
+            Topology::control_key(bot).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(ch
+            .basic_consume(
+                queue.name().clone(),
+                format!("control-{bot}").into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?)
     }
 
     /// A plain channel, e.g. for declaring a bot's queue.

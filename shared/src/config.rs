@@ -16,6 +16,15 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     pub agent: AgentSettings,
     pub reaper: ReaperSettings,
+    pub security: SecuritySettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SecuritySettings {
+    /// 32 bytes (64 hex characters or base64) that seal task secret keys at
+    /// rest. The gateway refuses to start without it; keep it with the
+    /// database's backups, since sealed secrets cannot be shown without it.
+    pub secret_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -91,6 +100,11 @@ pub struct AgentSettings {
     /// `system` name -> argv of the automation run once per CSV row (the row
     /// arrives as a JSON object on stdin). `builtin:noop` runs nothing.
     pub systems: BTreeMap<String, Vec<String>>,
+    /// Where fetched scripts are cached (by checksum); empty: a directory
+    /// under the system's temporary directory.
+    pub script_dir: String,
+    /// Bytes of a script's stdout and of its stderr kept for the job.
+    pub output_tail_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -142,6 +156,8 @@ heartbeat_interval_ms = 5000
 row_timeout_ms = 60000
 kill_grace_ms = 5000
 shutdown_grace_ms = 30000
+script_dir = ""
+output_tail_bytes = 65536
 
 [agent.systems]
 
@@ -149,6 +165,9 @@ shutdown_grace_ms = 30000
 tick_ms = 1000
 missed_heartbeats = 3
 heartbeat_interval_ms = 5000
+
+[security]
+secret_key = ""
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +206,9 @@ impl Settings {
         copy.amqp.url = redact_url(&copy.amqp.url);
         if !copy.agent.token.is_empty() {
             copy.agent.token = "<redacted>".into();
+        }
+        if !copy.security.secret_key.is_empty() {
+            copy.security.secret_key = "<redacted>".into();
         }
         serde_json::to_string_pretty(&copy).unwrap_or_default()
     }

@@ -56,6 +56,14 @@ id_type!(
     /// One run of work (the proof of concept's "task").
     JobId
 );
+id_type!(
+    /// A task definition (TheEye's "task"): what a job runs.
+    TaskId
+);
+id_type!(
+    /// A script a task definition runs.
+    ScriptId
+);
 
 /// Declares an enum stored as its upper-case name in a text column.
 macro_rules! text_enum {
@@ -197,6 +205,42 @@ impl JobStatus {
     /// Holds a slot of its bot's capacity.
     pub fn is_active(self) -> bool {
         matches!(self, JobStatus::Assigned | JobStatus::Running)
+    }
+
+    /// TheEye's `lifecycle` for this status; `on_hold` for a waiting run
+    /// still in its trigger grace time.
+    pub fn lifecycle(self, on_hold: bool) -> &'static str {
+        match self {
+            JobStatus::Waiting if on_hold => "onhold",
+            JobStatus::Waiting => "ready",
+            JobStatus::Assigned | JobStatus::Running => "assigned",
+            JobStatus::Complete | JobStatus::Failed => "finished",
+            JobStatus::Timeout => "expired",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    /// The statuses of a TheEye `lifecycle` name (for `?lifecycle[]=`).
+    pub fn from_lifecycle(name: &str) -> Option<&'static [JobStatus]> {
+        Some(match name {
+            "ready" | "onhold" => &[JobStatus::Waiting],
+            "assigned" => &[JobStatus::Assigned, JobStatus::Running],
+            "finished" | "completed" | "terminated" => &[JobStatus::Complete, JobStatus::Failed],
+            "expired" => &[JobStatus::Timeout],
+            "canceled" => &[JobStatus::Canceled],
+            _ => return None,
+        })
+    }
+
+    /// TheEye's `state` of a finished job.
+    pub fn state(self) -> Option<&'static str> {
+        match self {
+            JobStatus::Complete => Some("success"),
+            JobStatus::Failed => Some("failure"),
+            JobStatus::Timeout => Some("timeout"),
+            JobStatus::Canceled => Some("canceled"),
+            _ => None,
+        }
     }
 }
 

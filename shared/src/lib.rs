@@ -9,6 +9,8 @@
 //! * `domain`     – ids, roles, bot and job state machines (pure).
 //! * `attachment` – the base64 CSV of the proof of concept.
 //! * `token`      – access token generation and hashing.
+//! * `secret`     – task secret keys: hashing, sealing at rest.
+//! * `task_def`   – TheEye task definitions: arguments, run_as, env, triggers.
 //! * `repo`       – every SQL statement, as functions over a client.
 //! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
 
@@ -19,7 +21,9 @@ pub mod db;
 pub mod domain;
 pub mod messages;
 pub mod repo;
+pub mod secret;
 pub mod shutdown;
+pub mod task_def;
 pub mod telemetry;
 pub mod token;
 

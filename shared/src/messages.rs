@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{BotId, CustomerId, JobId};
+use crate::domain::{BotId, CustomerId, JobId, JobStatus, ScriptId};
+use std::collections::BTreeMap;
 
 /// Gateway -> dispatcher: "this customer has waiting work". Carries no job
 /// data: the job is already in PostgreSQL, and a lost wake-up only costs the
@@ -37,6 +38,39 @@ pub struct Assignment {
     /// checked against the job before it runs.
     #[serde(with = "time::serde::rfc3339")]
     pub assigned_at: OffsetDateTime,
+    /// Set for a script job (a run of a TheEye task): what to run. Absent
+    /// for the proof of concept's CSV jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<ScriptSpec>,
+}
+
+/// What a bot runs for a script job: copied from the task when the job was
+/// created, so a later change of the task does not change a queued run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScriptSpec {
+    pub script_id: ScriptId,
+    /// SHA-256 (hex) of the script's content: the agent's cache key, and
+    /// what the fetched content must hash to.
+    pub checksum: String,
+    pub filename: String,
+    /// The `run_as` template (`%script%` stands for the script and its
+    /// arguments).
+    pub run_as: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout_secs: u32,
+}
+
+/// Gateway -> one agent's control queue: act on a job it is running.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// The job was canceled: stop its process group (SIGTERM, then SIGKILL).
+    Cancel {
+        id: Uuid,
+        job_id: JobId,
+        attempt: i32,
+    },
 }
 
 /// Bot-agent -> dispatcher.
@@ -78,6 +112,32 @@ pub enum ReportBody {
         attempt: i32,
         error: String,
         failed_rows: Vec<RowError>,
+    },
+    /// A script's progress marker (`::percent::N`).
+    Percent {
+        job_id: JobId,
+        attempt: i32,
+        percent: u8,
+    },
+    /// A script's step marker (`::step::text`).
+    Step {
+        job_id: JobId,
+        attempt: i32,
+        step: String,
+    },
+    /// A script's outcome: COMPLETE, FAILED or TIMEOUT.
+    Finished {
+        job_id: JobId,
+        attempt: i32,
+        status: JobStatus,
+        exit_code: Option<i32>,
+        /// `output` of the script's last stdout line when it is JSON.
+        output: Option<serde_json::Value>,
+        /// Why it failed, in a sentence.
+        error: Option<String>,
+        /// The last bytes of stdout and stderr.
+        stdout: String,
+        stderr: String,
     },
 }
 

@@ -3,6 +3,9 @@
 pub mod agent;
 pub mod bots;
 pub mod health;
+pub mod jobs;
+pub mod scripts;
+pub mod task_defs;
 pub mod tasks;
 
 use axum::http::HeaderValue;
@@ -11,7 +14,39 @@ use orq_shared::repo::Page;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::auth::Auth;
 use crate::error::ApiError;
+use orq_shared::domain::Role;
+use orq_shared::repo::customers::Principal;
+use orq_shared::repo::task_defs::Reader;
+
+/// The caller of a `/{customer}/...` route: its role must pass `roles` and
+/// its token must belong to `customer`.
+pub fn scoped<'a>(
+    auth: &'a Auth,
+    customer: &str,
+    roles: &[Role],
+) -> Result<&'a Principal, ApiError> {
+    let who = auth.require(roles)?;
+    if who.customer != customer {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "wrong_customer",
+            format!("this token does not belong to customer {customer:?}"),
+        ));
+    }
+    Ok(who)
+}
+
+/// How a caller reads task definitions: admins see all, others what the
+/// tasks' `acls` allow them.
+pub fn reader(who: &Principal) -> Reader<'_> {
+    if who.role == Role::Admin {
+        Reader::Admin
+    } else {
+        Reader::Named(who.name.as_deref())
+    }
+}
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;

@@ -12,6 +12,8 @@ pub struct Principal {
     pub customer_id: CustomerId,
     pub customer: String,
     pub role: Role,
+    /// Who holds the token (e.g. an e-mail), matched against a task's `acls`.
+    pub name: Option<String>,
 }
 
 pub async fn create(db: &impl GenericClient, name: &str) -> Result<CustomerId, RepoError> {
@@ -38,16 +40,18 @@ pub async fn issue_token(
     db: &impl GenericClient,
     customer: CustomerId,
     role: Role,
+    name: Option<&str>,
 ) -> Result<String, RepoError> {
     let token = token::generate();
     execute(
         db,
-        "INSERT INTO tokens (id, customer_id, role, token_hash) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO tokens (id, customer_id, role, token_hash, name) VALUES ($1, $2, $3, $4, $5)",
         &[
             &Uuid::now_v7(),
             &customer.0,
             &role.as_str(),
             &token::hash(&token),
+            &name,
         ],
     )
     .await?;
@@ -60,7 +64,7 @@ pub async fn authenticate(
 ) -> Result<Option<Principal>, RepoError> {
     let row = query_opt(
         db,
-        "SELECT t.customer_id, c.name, t.role FROM tokens t
+        "SELECT t.customer_id, c.name, t.role, t.name FROM tokens t
                JOIN customers c ON c.id = t.customer_id
               WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
         &[&token::hash(presented)],
@@ -71,7 +75,69 @@ pub async fn authenticate(
             customer_id: CustomerId(r.get(0)),
             customer: r.get(1),
             role: parse_col(r.get::<_, &str>(2))?,
+            name: r.get(3),
         })
     })
     .transpose()
+}
+
+/// Names a customer may not take: they are the first segment of other
+/// routes (`/{customer}/task` sits beside `/tasks`, `/job`, ...).
+pub const RESERVED_NAMES: &[&str] = &[
+    "agent",
+    "api",
+    "bots",
+    "dashboard",
+    "healthz",
+    "job",
+    "jobs",
+    "metrics",
+    "openapi.json",
+    "readyz",
+    "scripts",
+    "static",
+    "tasks",
+];
+
+/// Checks a new customer's name: it appears in URLs (`/{customer}/task`).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if !valid {
+        return Err(format!(
+            "customer name {name:?} must be 1-100 letters, digits, '-', '_' or '.' (it is part of URLs)"
+        ));
+    }
+    if RESERVED_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "customer name {name:?} is reserved (it is a route)"
+        ));
+    }
+    Ok(())
+}
+
+/// The customer of that name, for the anonymous secret-key routes.
+pub async fn id_by_name(db: &impl GenericClient, name: &str) -> Result<CustomerId, RepoError> {
+    find_by_name(db, name)
+        .await?
+        .ok_or(RepoError::NotFound("customer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_names_fit_in_urls_and_avoid_routes() {
+        assert!(check_name("acme-1_x.y").is_ok());
+        assert!(check_name("tasks").is_err());
+        assert!(check_name("Job").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("").is_err());
+        assert!(check_name(".hidden").is_err());
+    }
 }

@@ -7,16 +7,17 @@
 
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{Page, RepoError, bots, execute, now, parse_col, query, query_one, query_opt};
 use crate::domain::{
-    BotEvent, BotId, BotStatus, CustomerId, Delivery, JobEvent, JobId, JobStatus, bot_transition,
-    job_transition,
+    BotEvent, BotId, BotStatus, CustomerId, Delivery, JobEvent, JobId, JobStatus, TaskId,
+    bot_transition, job_transition,
 };
+use crate::messages::ScriptSpec;
 
 /// A job as the `/tasks` API shows it: the proof of concept's fields first.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -140,7 +141,7 @@ pub async fn list(
 ) -> Result<Vec<Task>, RepoError> {
     let sql = format!(
         "SELECT {SUMMARY}{} FROM jobs
-          WHERE customer_id = $1
+          WHERE customer_id = $1 AND kind = 'system'
             AND ($2::text IS NULL OR status = $2)
             AND ($3::text IS NULL OR system = $3)
             AND ($4::uuid IS NULL OR bot_id = $4)
@@ -292,9 +293,12 @@ pub async fn append_events(
         db,
         "INSERT INTO job_events (id, job_id, customer_id, type, description, from_status,
                                  to_status, bot_id, attempt)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::uuid[], $9::int4[])
-             ORDER BY 1
+         SELECT id, job_id, customer_id, type, description, from_status, to_status, bot_id, attempt
+           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                       $6::text[], $7::text[], $8::uuid[], $9::int4[])
+                WITH ORDINALITY AS e(id, job_id, customer_id, type, description, from_status,
+                                     to_status, bot_id, attempt, n)
+          ORDER BY n
          ON CONFLICT (id) DO NOTHING",
         &[
             &ids,
@@ -335,7 +339,7 @@ pub async fn events(
     let rows = query(
         db,
         "SELECT id, job_id, type, description, from_status, to_status, bot_id, attempt, created_at
-               FROM job_events WHERE job_id = $1 AND customer_id = $2 ORDER BY created_at, id",
+               FROM job_events WHERE job_id = $1 AND customer_id = $2 ORDER BY seq",
         &[&job.0, &customer.0],
     )
     .await?;
@@ -374,6 +378,10 @@ pub struct Outcome {
     pub rows_done: Option<i32>,
     pub error: Option<String>,
     pub result: Option<serde_json::Value>,
+    /// A script's exit code, its `output`, its current step.
+    pub exit_code: Option<i32>,
+    pub output: Option<serde_json::Value>,
+    pub step: Option<String>,
 }
 
 #[derive(Debug)]
@@ -454,6 +462,9 @@ pub enum ChangeResult {
     Done {
         from: JobStatus,
         to: JobStatus,
+        /// Runs this change triggered that wait out a grace time: when the
+        /// first of them may be matched.
+        wake_at: Option<OffsetDateTime>,
     },
     /// A bot's report for an attempt the job no longer is.
     Stale {
@@ -465,8 +476,20 @@ pub enum ChangeResult {
     Invalid(String),
 }
 
+/// A script job that ended in this batch: its task's triggers fire.
+struct Ended {
+    customer: CustomerId,
+    job: JobId,
+    task: TaskId,
+    success: bool,
+    output: Option<serde_json::Value>,
+    /// Its index in the results.
+    result: usize,
+}
+
 /// The in-memory copy of a locked job while changes are applied to it.
 struct Locked {
+    task: Option<TaskId>,
     customer: CustomerId,
     from: JobStatus,
     from_attempt: i32,
@@ -478,6 +501,9 @@ struct Locked {
     result: Option<serde_json::Value>,
     started_at: Option<OffsetDateTime>,
     finished_at: Option<OffsetDateTime>,
+    exit_code: Option<i32>,
+    output: Option<serde_json::Value>,
+    step: Option<String>,
     changed: bool,
 }
 
@@ -496,7 +522,7 @@ pub async fn apply_changes(
     let rows = query(
         db,
         "SELECT id, customer_id, status, attempt, bot_id, percent, rows_done, error, result,
-                started_at, finished_at
+                started_at, finished_at, exit_code, output, step, task_id
            FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         &[&ids],
     )
@@ -518,6 +544,10 @@ pub async fn apply_changes(
                 result: r.get(8),
                 started_at: r.get(9),
                 finished_at: r.get(10),
+                exit_code: r.get(11),
+                output: r.get(12),
+                step: r.get(13),
+                task: r.get::<_, Option<Uuid>>(14).map(TaskId),
                 changed: false,
             },
         );
@@ -525,6 +555,7 @@ pub async fn apply_changes(
     let mut results = Vec::with_capacity(changes.len());
     let mut events = Vec::new();
     let mut loads: HashMap<BotId, i32> = HashMap::new();
+    let mut ended: Vec<Ended> = Vec::new();
     for c in changes {
         let Some(job) = jobs.get_mut(&c.job.0).filter(|j| j.customer == c.customer) else {
             results.push(ChangeResult::NotFound);
@@ -563,6 +594,15 @@ pub async fn apply_changes(
         }
         if c.outcome.result.is_some() {
             job.result.clone_from(&c.outcome.result);
+        }
+        if c.outcome.exit_code.is_some() {
+            job.exit_code = c.outcome.exit_code;
+        }
+        if c.outcome.output.is_some() {
+            job.output.clone_from(&c.outcome.output);
+        }
+        if c.outcome.step.is_some() {
+            job.step.clone_from(&c.outcome.step);
         }
         if to == JobStatus::Running && job.started_at.is_none() {
             job.started_at = Some(c.at);
@@ -607,11 +647,42 @@ pub async fn apply_changes(
         {
             *loads.entry(bot).or_insert(0) -= 1;
         }
-        results.push(ChangeResult::Done { from, to });
+        if to.is_terminal()
+            && to != JobStatus::Canceled
+            && let Some(task) = job.task
+        {
+            ended.push(Ended {
+                customer: c.customer,
+                job: c.job,
+                task,
+                success: to == JobStatus::Complete,
+                output: job.output.clone(),
+                result: results.len(),
+            });
+        }
+        results.push(ChangeResult::Done {
+            from,
+            to,
+            wake_at: None,
+        });
     }
     write_jobs(db, &jobs).await?;
     append_events(db, &events).await?;
     bots::change_loads(db, &loads).await?;
+    for e in &ended {
+        let wake_at = super::script_jobs::fire_triggers(
+            db,
+            e.customer,
+            e.job,
+            e.task,
+            e.success,
+            e.output.as_ref(),
+        )
+        .await?;
+        if let Some(ChangeResult::Done { wake_at: w, .. }) = results.get_mut(e.result) {
+            *w = wake_at;
+        }
+    }
     Ok(results)
 }
 
@@ -636,19 +707,25 @@ async fn write_jobs(
     let bot: Vec<Option<Uuid>> = changed.iter().map(|(_, j)| j.bot.map(|b| b.0)).collect();
     let from: Vec<&str> = changed.iter().map(|(_, j)| j.from.as_str()).collect();
     let attempt: Vec<i32> = changed.iter().map(|(_, j)| j.from_attempt).collect();
+    let exit_code: Vec<Option<i32>> = changed.iter().map(|(_, j)| j.exit_code).collect();
+    let output: Vec<Option<&serde_json::Value>> =
+        changed.iter().map(|(_, j)| j.output.as_ref()).collect();
+    let step: Vec<Option<&str>> = changed.iter().map(|(_, j)| j.step.as_deref()).collect();
     let n = execute(
         db,
         "UPDATE jobs j SET status = u.status, percent = u.percent, rows_done = u.rows_done,
                 error = u.error, result = u.result, started_at = u.started_at,
-                finished_at = u.finished_at, bot_id = u.bot_id, updated_at = now()
+                finished_at = u.finished_at, bot_id = u.bot_id, exit_code = u.exit_code,
+                output = u.output, step = u.step, updated_at = now()
            FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::text[], $6::jsonb[],
-                       $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::int4[])
+                       $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::int4[],
+                       $12::int4[], $13::jsonb[], $14::text[])
                 AS u(id, status, percent, rows_done, error, result, started_at, finished_at,
-                     bot_id, from_status, attempt)
+                     bot_id, from_status, attempt, exit_code, output, step)
           WHERE j.id = u.id AND j.status = u.from_status AND j.attempt = u.attempt",
         &[
             &ids, &status, &percent, &rows_done, &error, &result, &started, &finished, &bot, &from,
-            &attempt,
+            &attempt, &exit_code, &output, &step,
         ],
     )
     .await?;
@@ -675,6 +752,15 @@ pub struct Assigned {
     /// When the job was assigned (an agent re-checks an old assignment
     /// before running it).
     pub assigned_at: OffsetDateTime,
+    /// What a script job runs.
+    pub spec: Option<ScriptSpec>,
+}
+
+fn spec_col(value: Option<serde_json::Value>) -> Result<Option<ScriptSpec>, RepoError> {
+    value
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| RepoError::Corrupt(format!("job spec: {e}")))
 }
 
 struct FreeBot {
@@ -686,7 +772,38 @@ struct FreeBot {
     ip: String,
     port: i32,
     systems: Vec<String>,
+    tags: Vec<String>,
     taken: i32,
+}
+
+/// A waiting job as the matcher sees it.
+struct Candidate {
+    id: Uuid,
+    system: Option<String>,
+    /// Script jobs: the bot it must run on, the tags its bot must carry,
+    /// and its task when at most one run of it may be on a bot.
+    host: Option<BotId>,
+    tags: Vec<String>,
+    single_task: Option<Uuid>,
+}
+
+impl Candidate {
+    fn fits(&self, bot: &FreeBot, busy: &HashSet<(BotId, Uuid)>) -> bool {
+        if bot.active + bot.taken >= bot.capacity {
+            return false;
+        }
+        match &self.system {
+            Some(system) => bot.systems.iter().any(|s| s == system),
+            None => {
+                bot.delivery == Delivery::Agent
+                    && self.host.is_none_or(|h| h == bot.id)
+                    && self.tags.iter().all(|t| bot.tags.contains(t))
+                    && self
+                        .single_task
+                        .is_none_or(|t| !busy.contains(&(bot.id, t)))
+            }
+        }
+    }
 }
 
 /// Matches the customer's oldest waiting jobs to its bots with free capacity,
@@ -699,7 +816,7 @@ pub async fn match_waiting(
 ) -> Result<Vec<Assigned>, RepoError> {
     let rows = query(
         db,
-        "SELECT id, status, capacity, active_jobs, delivery, ip_address, port, systems
+        "SELECT id, status, capacity, active_jobs, delivery, ip_address, port, systems, tags
                FROM bots
               WHERE customer_id = $1 AND status = 'AVAILABLE' AND NOT draining
                 AND active_jobs < capacity
@@ -720,6 +837,7 @@ pub async fn match_waiting(
                 ip: r.get(5),
                 port: r.get(6),
                 systems: r.get(7),
+                tags: r.get(8),
                 taken: 0,
             })
         })
@@ -734,31 +852,71 @@ pub async fn match_waiting(
         all.dedup();
         all
     };
-    let jobs = query(
+    let agents = free.iter().any(|b| b.delivery == Delivery::Agent);
+    // More candidates than slots: a job no free bot can take (pinned to a
+    // busy host, one run per bot) must not hide the ones behind it.
+    let candidates = (slots * 8 + 32).min(limit.max(slots));
+    let rows = query(
         db,
-        "SELECT id, system FROM jobs
-              WHERE customer_id = $1 AND status = 'WAITING' AND system = ANY($2)
+        "SELECT id, kind, system, host_id, tags, multitasking, task_id FROM jobs
+              WHERE customer_id = $1 AND status = 'WAITING'
+                AND (not_before IS NULL OR not_before <= now())
+                AND ((kind = 'system' AND system = ANY($2)) OR (kind = 'script' AND $3))
               ORDER BY created_at, id
-              LIMIT $3
+              LIMIT $4
               FOR UPDATE SKIP LOCKED",
-        &[&customer.0, &systems, &slots.min(limit)],
+        &[&customer.0, &systems, &agents, &candidates],
     )
     .await?;
-    // Greedy, oldest job first, to the least loaded bot that runs its system.
+    let jobs: Vec<Candidate> = rows
+        .iter()
+        .map(|r| {
+            let script = r.get::<_, &str>(1) == "script";
+            Candidate {
+                id: r.get(0),
+                system: (!script).then(|| r.get(2)),
+                host: r.get::<_, Option<Uuid>>(3).map(BotId),
+                tags: r.get(4),
+                single_task: if script && !r.get::<_, bool>(5) {
+                    r.get(6)
+                } else {
+                    None
+                },
+            }
+        })
+        .collect();
+    // Bots already running a one-run-per-bot task. The bots are locked by
+    // this transaction, so nobody else assigns to them meanwhile.
+    let mut busy: HashSet<(BotId, Uuid)> = HashSet::new();
+    if jobs.iter().any(|j| j.single_task.is_some()) {
+        let bot_ids: Vec<Uuid> = free.iter().map(|b| b.id.0).collect();
+        for r in query(
+            db,
+            "SELECT bot_id, task_id FROM jobs
+                  WHERE bot_id = ANY($1) AND status IN ('ASSIGNED', 'RUNNING')
+                    AND NOT multitasking AND task_id IS NOT NULL",
+            &[&bot_ids],
+        )
+        .await?
+        {
+            busy.insert((BotId(r.get(0)), r.get(1)));
+        }
+    }
+    // Greedy, oldest job first, to the least loaded bot that can take it.
     let mut picks: Vec<(Uuid, usize)> = Vec::new();
     for job in &jobs {
-        let system: &str = job.get(1);
         let best = free
             .iter()
             .enumerate()
-            .filter(|(_, b)| {
-                b.active + b.taken < b.capacity && b.systems.iter().any(|s| s == system)
-            })
+            .filter(|(_, b)| job.fits(b, &busy))
             .max_by_key(|(i, b)| (b.capacity - b.active - b.taken, std::cmp::Reverse(*i)))
             .map(|(i, _)| i);
         if let Some(i) = best {
             free[i].taken += 1;
-            picks.push((job.get(0), i));
+            if let Some(task) = job.single_task {
+                busy.insert((free[i].id, task));
+            }
+            picks.push((job.id, i));
         }
     }
     if picks.is_empty() {
@@ -777,7 +935,7 @@ pub async fn match_waiting(
                FROM unnest($1::uuid[], $2::uuid[]) AS a(job_id, bot_id)
               WHERE j.id = a.job_id AND j.status = 'WAITING'
               RETURNING j.id, j.attempt, a.bot_id, j.description, j.system, j.attachment,
-                        j.created_at",
+                        j.created_at, j.spec",
         &[&job_ids, &bot_ids, &to.as_str(), &at],
     )
     .await?;
@@ -833,25 +991,28 @@ pub async fn match_waiting(
         &[&bot_rows, &bot_active, &bot_status, &at],
     )
     .await?;
-    Ok(picks
+    picks
         .iter()
         .filter_map(|(job, i)| {
             let b = &free[*i];
-            claimed.get(job).map(|r| Assigned {
-                job_id: JobId(*job),
-                attempt: r.get(1),
-                bot_id: b.id,
-                delivery: b.delivery,
-                bot_address: b.ip.clone(),
-                bot_port: b.port,
-                description: r.get(3),
-                system: r.get(4),
-                attachment: r.get(5),
-                created_at: r.get(6),
-                assigned_at: at,
+            claimed.get(job).map(|r| {
+                Ok(Assigned {
+                    job_id: JobId(*job),
+                    attempt: r.get(1),
+                    bot_id: b.id,
+                    delivery: b.delivery,
+                    bot_address: b.ip.clone(),
+                    bot_port: b.port,
+                    description: r.get(3),
+                    system: r.get(4),
+                    attachment: r.get(5),
+                    created_at: r.get(6),
+                    assigned_at: at,
+                    spec: spec_col(r.get(7))?,
+                })
             })
         })
-        .collect())
+        .collect()
 }
 
 /// Customers that have waiting work, for the periodic sweep.
@@ -883,7 +1044,7 @@ pub async fn stale_assignments(
         db,
         "SELECT j.customer_id, j.id, j.attempt, b.id, b.delivery, b.ip_address, b.port,
                 j.description, j.system, j.attachment, j.created_at, j.assigned_at,
-                b.last_heartbeat_at
+                b.last_heartbeat_at, j.spec
            FROM jobs j JOIN bots b ON b.id = j.bot_id
           WHERE j.status = 'ASSIGNED' AND j.assigned_at < $1
           ORDER BY j.assigned_at LIMIT $2",
@@ -906,6 +1067,7 @@ pub async fn stale_assignments(
                     attachment: r.get(9),
                     created_at: r.get(10),
                     assigned_at: r.get(11),
+                    spec: spec_col(r.get(13))?,
                 },
                 bot_heartbeat_at: r.get(12),
             })

@@ -4,6 +4,9 @@
 pub mod bots;
 pub mod customers;
 pub mod jobs;
+pub mod script_jobs;
+pub mod scripts;
+pub mod task_defs;
 
 use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
@@ -22,6 +25,10 @@ pub enum RepoError {
     Conflict(String),
     #[error("stored value is invalid: {0}")]
     Corrupt(String),
+    /// The request names something that does not fit (another customer's
+    /// script, an HTTP bot as a script host): the caller's input error.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
 impl RepoError {

@@ -1,0 +1,623 @@
+//! Runs of task definitions (TheEye's jobs): created four ways — with a
+//! token (`POST /{customer}/task/{id}/job`, `POST /job?customer=&task=`) or a
+//! task's secret key (`POST /{customer}/task/{id}/secret/{key}/job`, `POST
+//! /job/secret/{key}` with `customer` and `task` in a JSON or form body) —
+//! then read, listed, canceled, and emptied from a task's queue.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use orq_shared::domain::{CustomerId, JobEvent, JobId, JobStatus, Role, TaskId};
+use orq_shared::messages::Control;
+use orq_shared::repo::customers::{self, Principal};
+use orq_shared::repo::jobs::{self, Actor, Applied, Outcome};
+use orq_shared::repo::script_jobs::{self, JobFilter, JobView};
+use orq_shared::repo::task_defs::{self, Reader};
+use orq_shared::repo::{RepoError, bots};
+use orq_shared::secret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::tasks::publish_wake;
+use super::{PageQuery, paged, reader, scoped};
+use crate::auth::Auth;
+use crate::error::{ApiError, Query, parse_id};
+use crate::state::AppState;
+
+/// What a run request carries, from a JSON object or a form
+/// (`task_arguments[]=a&task_arguments[]=b`, as TheEye's HTML form example).
+#[derive(Debug, Default)]
+pub struct JobInput {
+    customer: Option<String>,
+    task: Option<String>,
+    task_arguments: Vec<Value>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for JobInput {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than the configured limit",
+                )
+            } else {
+                ApiError::bad_request("invalid_body", e.body_text())
+            }
+        })?;
+        parse_job_input(&content_type, &body)
+    }
+}
+
+/// A body that is not JSON but reads like a form: TheEye's curl example
+/// posts `--data-urlencode` fields under a JSON content type.
+fn looks_like_form(text: &str) -> bool {
+    let t = text.trim_start();
+    !t.starts_with('{') && !t.starts_with('[') && t.contains('=')
+}
+
+pub fn parse_job_input(content_type: &str, body: &[u8]) -> Result<JobInput, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("invalid_body", "the body is not UTF-8"))?;
+    if text.trim().is_empty() {
+        return Ok(JobInput::default());
+    }
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => return from_json(map),
+            Ok(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "expected a JSON object such as {\"task_arguments\": []}",
+                ));
+            }
+            Err(_) if looks_like_form(text) => {}
+            Err(e) => return Err(ApiError::bad_request("invalid_json", e.to_string())),
+        }
+    }
+    from_form(text)
+}
+
+fn from_json(map: serde_json::Map<String, Value>) -> Result<JobInput, ApiError> {
+    let text = |field: &str| -> Result<Option<String>, ApiError> {
+        match map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(ApiError::invalid_field(
+                field,
+                format!("{field} must be a string"),
+            )),
+        }
+    };
+    let task_arguments = match map.get("task_arguments") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "task_arguments",
+                "task_arguments must be an array of values, in order",
+            ));
+        }
+    };
+    Ok(JobInput {
+        customer: text("customer")?,
+        task: text("task")?,
+        task_arguments,
+    })
+}
+
+fn from_form(text: &str) -> Result<JobInput, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(text)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("not a form: {e}")))?;
+    let mut input = JobInput::default();
+    for (key, value) in pairs {
+        match key.trim() {
+            "customer" => input.customer = Some(value.trim().to_string()),
+            "task" => input.task = Some(value.trim().to_string()),
+            "task_arguments" | "task_arguments[]" => {
+                input.task_arguments.push(Value::String(value))
+            }
+            _ => {}
+        }
+    }
+    Ok(input)
+}
+
+/// `Idempotency-Key`: printable ASCII, at most 255 characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw.to_str().ok().map(str::trim).unwrap_or_default();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        return Err(ApiError::invalid_field(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Creates a run of `task`; the caller has been authorized for it. With an
+/// idempotency key used before for the same request, the first job comes
+/// back (200) instead of a new one (201).
+async fn run(
+    state: &AppState,
+    customer: CustomerId,
+    reader: Reader<'_>,
+    task: TaskId,
+    input: &JobInput,
+    idempotency: Option<String>,
+) -> Result<Response, ApiError> {
+    let db = state.db().await?;
+    let def = task_defs::get(&db, customer, task, reader).await?;
+    let mut new = script_jobs::new_run(&db, customer, &def, &input.task_arguments).await?;
+    if let Some(key) = idempotency {
+        let mut hash = Sha256::new();
+        hash.update(task.0.as_bytes());
+        for arg in &new.spec.args {
+            hash.update((arg.len() as u64).to_be_bytes());
+            hash.update(arg.as_bytes());
+        }
+        new.idempotency = Some((key, hash.finalize().to_vec()));
+    }
+    let (job, created) = script_jobs::create(&db, customer, &new).await?;
+    if created {
+        publish_wake(state, customer, Some(job.id));
+        Ok((StatusCode::CREATED, axum::Json(job)).into_response())
+    } else {
+        let mut response = (StatusCode::OK, axum::Json(job)).into_response();
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        Ok(response)
+    }
+}
+
+fn task_id(raw: &str) -> Result<TaskId, ApiError> {
+    parse_id(raw, "task")
+}
+
+/// `POST /{customer}/task/{id}/job` (role user).
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    input: JobInput,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::User])?;
+    let task = task_id(&id)?;
+    run(
+        &state,
+        who.customer_id,
+        reader(who),
+        task,
+        &input,
+        idempotency_key(&headers)?,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TargetQuery {
+    customer: Option<String>,
+    task: Option<String>,
+}
+
+/// `POST /job?access_token=…&customer=…&task=…` (role user); `customer`
+/// and `task` may come in the body instead.
+pub async fn create_by_query(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<TargetQuery>,
+    headers: HeaderMap,
+    input: JobInput,
+) -> Result<Response, ApiError> {
+    let customer = required("customer", q.customer.or(input.customer.clone()))?;
+    let who = scoped(&auth, &customer, &[Role::User])?;
+    let task = task_id(&required("task", q.task.or(input.task.clone()))?)?;
+    run(
+        &state,
+        who.customer_id,
+        reader(who),
+        task,
+        &input,
+        idempotency_key(&headers)?,
+    )
+    .await
+}
+
+fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        _ => {
+            let mut e = ApiError::bad_request(
+                "missing_field",
+                format!("{field} is required (in the query string or the body)"),
+            );
+            e.details = json!({ "field": field });
+            Err(e)
+        }
+    }
+}
+
+/// Checks a presented secret key against the task's, in constant time.
+async fn authorize_secret(
+    state: &AppState,
+    customer: &str,
+    task: TaskId,
+    key: &str,
+) -> Result<CustomerId, ApiError> {
+    let db = state.db().await?;
+    let customer = customers::id_by_name(&db, customer).await?;
+    let stored = task_defs::secret_hash(&db, customer, task).await?;
+    if !secret::well_formed(key) || !secret::matches(key, &stored) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_secret",
+            "the secret key does not open this task",
+        ));
+    }
+    Ok(customer)
+}
+
+/// `POST /{customer}/task/{id}/secret/{key}/job` (no token: the key is the
+/// credential, and runs this task only).
+pub async fn create_with_secret(
+    State(state): State<AppState>,
+    Path((customer, id, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    input: JobInput,
+) -> Result<Response, ApiError> {
+    let task = task_id(&id)?;
+    let customer = authorize_secret(&state, &customer, task, &key).await?;
+    run(
+        &state,
+        customer,
+        Reader::Admin,
+        task,
+        &input,
+        idempotency_key(&headers)?,
+    )
+    .await
+}
+
+/// `POST /job/secret/{key}` with `customer` and `task` in the body (JSON or
+/// a form, as TheEye's examples 4 and 5 send them).
+pub async fn create_with_secret_body(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<TargetQuery>,
+    headers: HeaderMap,
+    input: JobInput,
+) -> Result<Response, ApiError> {
+    let customer = required("customer", input.customer.clone().or(q.customer))?;
+    let task = task_id(&required("task", input.task.clone().or(q.task))?)?;
+    let customer = authorize_secret(&state, &customer, task, &key).await?;
+    run(
+        &state,
+        customer,
+        Reader::Admin,
+        task,
+        &input,
+        idempotency_key(&headers)?,
+    )
+    .await
+}
+
+/// `?status=WAITING,RUNNING` and/or TheEye's `?lifecycle[]=ready`.
+fn statuses(raw_query: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw_query.unwrap_or_default())
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let mut out: Vec<JobStatus> = Vec::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => {
+                for s in value.split(',').filter(|s| !s.is_empty()) {
+                    out.push(
+                        s.trim()
+                            .parse()
+                            .map_err(|e: orq_shared::domain::UnknownValue| {
+                                ApiError::invalid_field("status", e.to_string())
+                            })?,
+                    );
+                }
+            }
+            "lifecycle" | "lifecycle[]" => {
+                let found = JobStatus::from_lifecycle(value.trim()).ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "lifecycle",
+                        format!(
+                            "unknown lifecycle {value:?}; one of ready, onhold, assigned, finished, expired, canceled"
+                        ),
+                    )
+                })?;
+                out.extend_from_slice(found);
+            }
+            _ => {}
+        }
+    }
+    out.sort_by_key(|s| s.as_str());
+    out.dedup();
+    Ok(out)
+}
+
+/// Hides a job whose task the caller may not see (its `acls`).
+async fn visible(
+    db: &impl deadpool_postgres::GenericClient,
+    who: &Principal,
+    job: &JobView,
+) -> Result<(), ApiError> {
+    if let Some(task) = job.task_id
+        && who.role != Role::Admin
+    {
+        match task_defs::get(db, who.customer_id, task, reader(who)).await {
+            Ok(_) => {}
+            Err(RepoError::NotFound(_)) => return Err(ApiError::not_found("job")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `GET /{customer}/task/{id}/job?status=&lifecycle[]=`: the task's jobs.
+pub async fn list_for_task(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+    Query(paging): Query<PageQuery>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let task = task_id(&id)?;
+    let page = paging.page()?;
+    let filter = JobFilter {
+        task: Some(task),
+        statuses: statuses(uri.query())?,
+    };
+    let db = state.db().await?;
+    task_defs::get(&db, who.customer_id, task, reader(who)).await?;
+    let items = script_jobs::list(&db, who.customer_id, &filter, page).await?;
+    let last = items.last().map(|j| j.id.to_string());
+    Ok(paged(items, page, last))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobListQuery {
+    task: Option<String>,
+}
+
+/// `GET /{customer}/job?task=&status=&lifecycle[]=`.
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Query(q): Query<JobListQuery>,
+    Query(paging): Query<PageQuery>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let page = paging.page()?;
+    let task = q
+        .task
+        .map(|t| {
+            t.parse::<TaskId>()
+                .map_err(|_| ApiError::invalid_field("task", "task must be a task id"))
+        })
+        .transpose()?;
+    let db = state.db().await?;
+    if let Some(task) = task {
+        task_defs::get(&db, who.customer_id, task, reader(who)).await?;
+    }
+    let filter = JobFilter {
+        task,
+        statuses: statuses(uri.query())?,
+    };
+    let mut items = script_jobs::list(&db, who.customer_id, &filter, page).await?;
+    let last = items.last().map(|j| j.id.to_string());
+    if who.role != Role::Admin && task.is_none() {
+        let mut shown = Vec::with_capacity(items.len());
+        for job in items {
+            if visible(&db, who, &job).await.is_ok() {
+                shown.push(job);
+            }
+        }
+        items = shown;
+    }
+    Ok(paged(items, page, last))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let id: JobId = parse_id(&id, "job")?;
+    let db = state.db().await?;
+    let job = script_jobs::get(&db, who.customer_id, id).await?;
+    visible(&db, who, &job).await?;
+    Ok(axum::Json(job))
+}
+
+/// The job's history: every status change, percent, step, error, warning.
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let id: JobId = parse_id(&id, "job")?;
+    let db = state.db().await?;
+    let job = script_jobs::get(&db, who.customer_id, id).await?;
+    visible(&db, who, &job).await?;
+    Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
+}
+
+/// Cancels a job; a running one is stopped on its bot (SIGTERM, then
+/// SIGKILL, to its whole process group).
+pub async fn cancel(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::User])?.clone();
+    let id: JobId = parse_id(&id, "job")?;
+    let mut db = state.db().await?;
+    let job = script_jobs::get(&db, who.customer_id, id).await?;
+    visible(&db, &who, &job).await?;
+    let tx = db.transaction().await?;
+    let applied = jobs::transition(
+        &tx,
+        who.customer_id,
+        id,
+        Actor::Api,
+        JobEvent::Cancel,
+        &Outcome::default(),
+        Uuid::now_v7(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .await?;
+    tx.commit().await?;
+    let Applied::Done { from, task } = applied else {
+        return Err(RepoError::Conflict("job changed concurrently".into()).into());
+    };
+    if from.is_active()
+        && let Some(bot) = task.bot_id
+    {
+        signal_cancel(&state, &db, who.customer_id, bot, id, task.attempt).await;
+        publish_wake(&state, who.customer_id, Some(id));
+    }
+    Ok(axum::Json(
+        script_jobs::get(&db, who.customer_id, id).await?,
+    ))
+}
+
+/// Tells an agent to stop a job it runs. Best effort: an agent that is not
+/// connected finds its later reports refused (the job is canceled).
+async fn signal_cancel(
+    state: &AppState,
+    db: &impl deadpool_postgres::GenericClient,
+    customer: CustomerId,
+    bot: orq_shared::domain::BotId,
+    job: JobId,
+    attempt: i32,
+) {
+    let is_agent = bots::get(db, customer, bot)
+        .await
+        .is_ok_and(|b| b.delivery == orq_shared::domain::Delivery::Agent);
+    if !is_agent {
+        return;
+    }
+    let message = Control::Cancel {
+        id: Uuid::now_v7(),
+        job_id: job,
+        attempt,
+    };
+    let key = orq_shared::broker::Topology::control_key(bot);
+    if let Err(e) = state
+        .broker
+        .publish_json(&key, Uuid::now_v7(), &message)
+        .await
+    {
+        tracing::warn!(error = %e, %job, %bot, "cancel not delivered to the agent");
+    }
+}
+
+/// `DELETE /{customer}/task/{id}/job`: empties the task's queue. By default
+/// the finished history (COMPLETE, FAILED, TIMEOUT, CANCELED) goes; waiting
+/// jobs only when asked (`?lifecycle[]=ready` or `?status=WAITING`). Jobs
+/// holding a bot are never removed: cancel them.
+pub async fn empty_queue(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let task = task_id(&id)?;
+    let mut wanted = statuses(uri.query())?;
+    if wanted.iter().any(|s| s.is_active()) {
+        return Err(ApiError::invalid_field(
+            "lifecycle",
+            "jobs that hold a bot (ASSIGNED, RUNNING) are not removed; cancel them",
+        ));
+    }
+    if wanted.is_empty() {
+        wanted = vec![
+            JobStatus::Complete,
+            JobStatus::Failed,
+            JobStatus::Timeout,
+            JobStatus::Canceled,
+        ];
+    }
+    let db = state.db().await?;
+    task_defs::get(&db, who.customer_id, task, Reader::Admin).await?;
+    let deleted = script_jobs::empty_queue(&db, who.customer_id, task, &wanted).await?;
+    Ok(axum::Json(json!({
+        "deleted": deleted,
+        "status": wanted.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_bodies_parse() {
+        // Example 6: JSON.
+        let i = parse_job_input("application/json", br#"{"task_arguments":[]}"#).expect("json");
+        assert!(i.task_arguments.is_empty());
+        // Example 5: an HTML form.
+        let i = parse_job_input(
+            "application/x-www-form-urlencoded",
+            b"customer=acme&task=t1&task_arguments%5B%5D=arg1&task_arguments%5B%5D=arg2",
+        )
+        .expect("form");
+        assert_eq!(i.customer.as_deref(), Some("acme"));
+        assert_eq!(i.task_arguments, vec![json!("arg1"), json!("arg2")]);
+        // Example 4: curl --data-urlencode "customer = x" under a JSON type.
+        let i =
+            parse_job_input("application/json", b"customer =%20acme&task =%20t1").expect("curl");
+        assert_eq!(i.customer.as_deref(), Some("acme"));
+        assert_eq!(i.task.as_deref(), Some("t1"));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        assert!(parse_job_input("application/json", b"{\"task_arguments\": 3}").is_err());
+        assert!(parse_job_input("application/json", b"[1]").is_err());
+        assert!(parse_job_input("application/json", b"{nope").is_err());
+        assert!(parse_job_input("application/json", &[0xff, 0xfe]).is_err());
+        assert!(parse_job_input("", b"").is_ok());
+    }
+
+    #[test]
+    fn lifecycle_and_status_filters() {
+        assert_eq!(
+            statuses(Some("lifecycle%5B%5D=ready")).expect("ok"),
+            vec![JobStatus::Waiting]
+        );
+        let s = statuses(Some("status=COMPLETE,FAILED&lifecycle[]=canceled")).expect("ok");
+        assert_eq!(s.len(), 3);
+        assert!(statuses(Some("lifecycle[]=nope")).is_err());
+        assert!(statuses(Some("status=done")).is_err());
+        assert!(statuses(None).expect("none").is_empty());
+    }
+}

@@ -1,0 +1,158 @@
+//! Scripts, per customer: `/{customer}/script...` (admins write and read
+//! content; viewers list), and `/agent/scripts/{id}` where an agent fetches
+//! the script a job runs.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use orq_shared::domain::{Role, ScriptId};
+use orq_shared::repo::scripts::{self, Script, ScriptSpec};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{PageQuery, paged, scoped, text_field};
+use crate::auth::Auth;
+use crate::error::{ApiError, Json, Query, parse_id};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptBody {
+    name: String,
+    filename: String,
+    #[serde(default)]
+    description: String,
+    /// The script as text...
+    content: Option<String>,
+    /// ...or as base64, for binary content.
+    content_base64: Option<String>,
+}
+
+/// A file name to write on the bot: one path component, nothing special.
+pub fn check_filename(name: &str) -> Result<String, ApiError> {
+    let name = text_field("filename", name, 200)?;
+    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
+        return Err(ApiError::invalid_field(
+            "filename",
+            "filename must be a plain file name, without '/' and not '.' or '..'",
+        ));
+    }
+    Ok(name)
+}
+
+pub fn script_spec(body: ScriptBody) -> Result<ScriptSpec, ApiError> {
+    let content = match (body.content, body.content_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.split_ascii_whitespace().collect::<String>())
+            .map_err(|e| {
+                ApiError::invalid_field("content_base64", format!("not valid base64: {e}"))
+            })?,
+        _ => {
+            return Err(ApiError::invalid_field(
+                "content",
+                "give the script as exactly one of content (text) or content_base64",
+            ));
+        }
+    };
+    if content.is_empty() {
+        return Err(ApiError::invalid_field("content", "the script is empty"));
+    }
+    let description = body.description.trim().to_string();
+    if description.chars().count() > 2000 || description.contains('\0') {
+        return Err(ApiError::invalid_field(
+            "description",
+            "description must be at most 2000 characters, without NUL",
+        ));
+    }
+    Ok(ScriptSpec {
+        name: text_field("name", &body.name, 200)?,
+        filename: check_filename(&body.filename)?,
+        description,
+        content,
+    })
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Query(paging): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let page = paging.page()?;
+    let db = state.db().await?;
+    let items = scripts::list(&db, who.customer_id, page).await?;
+    let last = items.last().map(|s| s.id.to_string());
+    Ok(paged(items, page, last))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<Script>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: ScriptId = parse_id(&id, "script")?;
+    let db = state.db().await?;
+    Ok(axum::Json(scripts::get(&db, who.customer_id, id).await?))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Json(body): Json<ScriptBody>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let spec = script_spec(body)?;
+    let db = state.db().await?;
+    let script = scripts::insert(&db, who.customer_id, &spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(script)).into_response())
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+    Json(body): Json<ScriptBody>,
+) -> Result<axum::Json<Script>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: ScriptId = parse_id(&id, "script")?;
+    let spec = script_spec(body)?;
+    let db = state.db().await?;
+    Ok(axum::Json(
+        scripts::update(&db, who.customer_id, id, &spec).await?,
+    ))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: ScriptId = parse_id(&id, "script")?;
+    let db = state.db().await?;
+    scripts::delete(&db, who.customer_id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What an agent downloads: the content in base64 with its checksum.
+pub async fn agent_fetch(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let who = auth.require(&[Role::Bot])?;
+    let id: ScriptId = parse_id(&id, "script")?;
+    let db = state.db().await?;
+    let (script, content) = scripts::get_raw(&db, who.customer_id, id).await?;
+    Ok(axum::Json(json!({
+        "id": script.id,
+        "filename": script.filename,
+        "checksum": script.checksum,
+        "content_base64": base64::engine::general_purpose::STANDARD.encode(content),
+    })))
+}

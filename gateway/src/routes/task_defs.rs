@@ -1,0 +1,434 @@
+//! TheEye's task definitions: `/{customer}/task...` — list and read
+//! (viewer), write, delete, export as a recipe, import one, and read or
+//! rotate the secret key (admin).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use orq_shared::domain::{BotId, Role, ScriptId, TaskId};
+use orq_shared::repo::task_defs::{self, Reader, TaskDef, TaskSpec};
+use orq_shared::repo::{RepoError, scripts};
+use orq_shared::task_def::{RunAs, parse_argument_defs, parse_env, parse_triggers};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::scripts::check_filename;
+use super::{PageQuery, paged, reader, scoped, text_field};
+use crate::auth::Auth;
+use crate::error::{ApiError, Json, Query, parse_id};
+use crate::state::AppState;
+
+/// Longest timeout and grace time accepted: a week, in seconds.
+const MAX_SECONDS: i64 = 7 * 24 * 3600;
+pub const DEFAULT_TIMEOUT: i32 = 600;
+
+/// A task definition as written by a client. The read-only fields a GET
+/// returns are accepted and ignored, so a read can be edited and sent back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    host_id: Option<String>,
+    script_id: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    task_arguments: Option<Value>,
+    #[serde(default)]
+    run_as: String,
+    #[serde(default)]
+    acls: Vec<String>,
+    #[serde(default)]
+    triggers: Option<Value>,
+    #[serde(default)]
+    grace_time: Option<i64>,
+    /// Seconds; `null` or absent: 600.
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    multitasking: Option<bool>,
+    #[serde(default)]
+    env: Option<Value>,
+    #[serde(default, rename = "id")]
+    _id: Option<Value>,
+    #[serde(default, rename = "type")]
+    _type: Option<Value>,
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<Value>,
+    #[serde(default, rename = "updated_at")]
+    _updated_at: Option<Value>,
+}
+
+fn seconds(field: &str, value: Option<i64>, default: i32, min: i64) -> Result<i32, ApiError> {
+    let v = value.unwrap_or(i64::from(default));
+    if !(min..=MAX_SECONDS).contains(&v) {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must be between {min} and {MAX_SECONDS} seconds"),
+        ));
+    }
+    Ok(i32::try_from(v).unwrap_or(default))
+}
+
+fn words(field: &str, items: &[String]) -> Result<Vec<String>, ApiError> {
+    items.iter().map(|t| text_field(field, t, 200)).collect()
+}
+
+/// Checks a definition. `this` is the task being updated (a task may not
+/// trigger itself).
+async fn task_spec(
+    db: &impl deadpool_postgres::GenericClient,
+    who: &orq_shared::repo::customers::Principal,
+    body: TaskBody,
+    this: Option<TaskId>,
+) -> Result<TaskSpec, ApiError> {
+    let description = body.description.trim().to_string();
+    if description.chars().count() > 2000 || description.contains('\0') {
+        return Err(ApiError::invalid_field(
+            "description",
+            "description must be at most 2000 characters, without NUL",
+        ));
+    }
+    let task_arguments = body.task_arguments.unwrap_or_else(|| json!([]));
+    parse_argument_defs(&task_arguments)?;
+    let run_as = body.run_as.trim().to_string();
+    RunAs::parse(&run_as)?;
+    let triggers = body.triggers.unwrap_or_else(|| json!([]));
+    for (i, t) in parse_triggers(&triggers)?.iter().enumerate() {
+        let field = format!("triggers[{i}]");
+        if Some(t.task_id) == this {
+            return Err(ApiError::invalid_field(
+                &field,
+                "a task cannot trigger itself",
+            ));
+        }
+        match task_defs::get(db, who.customer_id, t.task_id, Reader::Admin).await {
+            Ok(_) => {}
+            Err(RepoError::NotFound(_)) => {
+                return Err(ApiError::invalid_field(
+                    &field,
+                    format!("{field}: no task {} in this customer", t.task_id),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let env = parse_env(&body.env.unwrap_or(Value::Null))?;
+    let parse_uuid = |field: &str, raw: &str| {
+        raw.trim()
+            .parse::<uuid::Uuid>()
+            .map_err(|_| ApiError::invalid_field(field, format!("{field} must be an id")))
+    };
+    Ok(TaskSpec {
+        name: text_field("name", &body.name, 200)?,
+        description,
+        host_id: match body.host_id.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => Some(BotId(parse_uuid("host_id", raw)?)),
+        },
+        script_id: ScriptId(parse_uuid("script_id", &body.script_id)?),
+        tags: words("tags", &body.tags)?,
+        task_arguments,
+        run_as: if run_as.is_empty() {
+            "%script%".into()
+        } else {
+            run_as
+        },
+        acls: words("acls", &body.acls)?,
+        triggers,
+        grace_time: seconds("grace_time", body.grace_time, 0, 0)?,
+        timeout: seconds("timeout", body.timeout, DEFAULT_TIMEOUT, 1)?,
+        multitasking: body.multitasking.unwrap_or(true),
+        env: serde_json::to_value(env).unwrap_or_else(|_| json!({})),
+    })
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Query(paging): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let page = paging.page()?;
+    let db = state.db().await?;
+    let items = task_defs::list(&db, who.customer_id, reader(who), page).await?;
+    let last = items.last().map(|t| t.id.to_string());
+    Ok(paged(items, page, last))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<TaskDef>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let id: TaskId = parse_id(&id, "task")?;
+    let db = state.db().await?;
+    Ok(axum::Json(
+        task_defs::get(&db, who.customer_id, id, reader(who)).await?,
+    ))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Json(body): Json<TaskBody>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let db = state.db().await?;
+    let spec = task_spec(&db, who, body, None).await?;
+    let (task, _secret) = task_defs::insert(&db, who.customer_id, &spec, &state.sealer).await?;
+    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+}
+
+/// Changes the fields given; the others keep their values.
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Result<axum::Json<TaskDef>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: TaskId = parse_id(&id, "task")?;
+    let Value::Object(changes) = body else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "expected a JSON object with the fields to change",
+        ));
+    };
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let current = task_defs::get(&tx, who.customer_id, id, Reader::Admin).await?;
+    let mut merged = serde_json::to_value(&current).unwrap_or_else(|_| json!({}));
+    if let Value::Object(m) = &mut merged {
+        m.extend(changes);
+    }
+    let body: TaskBody = serde_json::from_value(merged)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let spec = task_spec(&tx, who, body, Some(id)).await?;
+    let task = task_defs::update(&tx, who.customer_id, id, &spec).await?;
+    tx.commit().await?;
+    Ok(axum::Json(task))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: TaskId = parse_id(&id, "task")?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    task_defs::delete(&tx, who.customer_id, id).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The task and its script, portable: no ids of this deployment (its bot,
+/// its triggers' tasks) travel with it.
+pub async fn recipe(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: TaskId = parse_id(&id, "task")?;
+    let db = state.db().await?;
+    let task = task_defs::get(&db, who.customer_id, id, Reader::Admin).await?;
+    let (script, content) = scripts::get_raw(&db, who.customer_id, task.script_id).await?;
+    Ok(axum::Json(json!({
+        "version": 1,
+        "task": {
+            "name": task.name,
+            "description": task.description,
+            "tags": task.tags,
+            "task_arguments": task.task_arguments,
+            "run_as": task.run_as,
+            "acls": task.acls,
+            "grace_time": task.grace_time,
+            "timeout": task.timeout,
+            "multitasking": task.multitasking,
+            "env": task.env,
+        },
+        "file": {
+            "name": script.name,
+            "filename": script.filename,
+            "description": script.description,
+            "checksum": script.checksum,
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(content),
+        },
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Recipe {
+    #[serde(default)]
+    #[allow(dead_code)]
+    version: Option<u32>,
+    task: RecipeTask,
+    file: RecipeFile,
+    /// Pin the imported task to this bot of the importing customer.
+    #[serde(default)]
+    host_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeTask {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    task_arguments: Option<Value>,
+    #[serde(default)]
+    run_as: String,
+    #[serde(default)]
+    acls: Vec<String>,
+    #[serde(default)]
+    grace_time: Option<i64>,
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    multitasking: Option<bool>,
+    #[serde(default)]
+    env: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeFile {
+    name: String,
+    filename: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    checksum: Option<String>,
+    content_base64: String,
+}
+
+/// Creates a task (and its script) from a recipe. A script of the same
+/// name and content is reused; one of the same name but other content is
+/// imported under a new name.
+pub async fn import(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Json(recipe): Json<Recipe>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(
+            recipe
+                .file
+                .content_base64
+                .split_ascii_whitespace()
+                .collect::<String>(),
+        )
+        .map_err(|e| ApiError::invalid_field("file.content_base64", format!("not base64: {e}")))?;
+    if content.is_empty() {
+        return Err(ApiError::invalid_field(
+            "file.content_base64",
+            "the script is empty",
+        ));
+    }
+    let checksum = scripts::checksum(&content);
+    if let Some(expected) = &recipe.file.checksum
+        && !expected.eq_ignore_ascii_case(&checksum)
+    {
+        return Err(ApiError::invalid_field(
+            "file.checksum",
+            "the script's content does not match the recipe's checksum",
+        ));
+    }
+    let mut script_spec = scripts::ScriptSpec {
+        name: text_field("file.name", &recipe.file.name, 200)?,
+        filename: check_filename(&recipe.file.filename)?,
+        description: recipe.file.description.trim().to_string(),
+        content,
+    };
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let existing = scripts::find_by_name(&tx, who.customer_id, &script_spec.name).await?;
+    let script_id = match existing {
+        Some((id, sum)) if sum == checksum => id,
+        Some(_) => {
+            script_spec.name = format!("{} (imported {})", script_spec.name, &checksum[..12]);
+            match scripts::find_by_name(&tx, who.customer_id, &script_spec.name).await? {
+                Some((id, _)) => id,
+                None => {
+                    scripts::insert(&tx, who.customer_id, &script_spec)
+                        .await?
+                        .id
+                }
+            }
+        }
+        None => {
+            scripts::insert(&tx, who.customer_id, &script_spec)
+                .await?
+                .id
+        }
+    };
+    let t = recipe.task;
+    let body = TaskBody {
+        name: t.name,
+        description: t.description,
+        host_id: recipe.host_id,
+        script_id: script_id.to_string(),
+        tags: t.tags,
+        task_arguments: t.task_arguments,
+        run_as: t.run_as,
+        acls: t.acls,
+        triggers: None,
+        grace_time: t.grace_time,
+        timeout: t.timeout,
+        multitasking: t.multitasking,
+        env: t.env,
+        _id: None,
+        _type: None,
+        _created_at: None,
+        _updated_at: None,
+    };
+    let spec = task_spec(&tx, who, body, None).await?;
+    let (task, _) = task_defs::insert(&tx, who.customer_id, &spec, &state.sealer).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+}
+
+/// The task's secret key, for admins only: it runs the task without any
+/// other credential.
+pub async fn credentials(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: TaskId = parse_id(&id, "task")?;
+    let db = state.db().await?;
+    let task = task_defs::get(&db, who.customer_id, id, Reader::Admin).await?;
+    let secret = task_defs::secret(&db, who.customer_id, id, &state.sealer).await?;
+    Ok(axum::Json(
+        json!({ "id": task.id, "name": task.name, "secret": secret }),
+    ))
+}
+
+/// A new secret key; the old one stops working at once.
+pub async fn rotate(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let id: TaskId = parse_id(&id, "task")?;
+    let db = state.db().await?;
+    let secret = task_defs::rotate_secret(&db, who.customer_id, id, &state.sealer).await?;
+    Ok(axum::Json(json!({ "id": id, "secret": secret })))
+}

@@ -1,0 +1,393 @@
+//! Jobs as TheEye's API shows them: runs of task definitions (kind
+//! `script`), created with an optional idempotency key, read, listed by task
+//! and status, and emptied from a task's queue. Their transitions are the
+//! jobs' own (`jobs::transition`, `jobs::apply_changes`).
+
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::jobs::{EventKind, EventRecord, append_events};
+use super::task_defs::{self, TaskDef};
+use super::{Page, RepoError, execute, query, query_opt};
+use crate::domain::{BotId, CustomerId, JobId, JobStatus, TaskId};
+use crate::messages::ScriptSpec;
+use crate::task_def::{
+    FieldError, parse_argument_defs, parse_env, parse_triggers, resolve_arguments,
+};
+
+/// A job in TheEye's terms plus ours.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobView {
+    pub id: JobId,
+    /// `script` (a task definition's run) or `system` (a CSV job).
+    pub kind: String,
+    pub task_id: Option<TaskId>,
+    /// The task's name when the job was created.
+    pub name: String,
+    pub status: JobStatus,
+    /// TheEye's names: `ready`, `onhold`, `assigned`, `finished`, `expired`, `canceled`.
+    pub lifecycle: &'static str,
+    /// `success`, `failure`, `timeout` or `canceled` once finished.
+    pub state: Option<&'static str>,
+    pub task_arguments: Vec<String>,
+    pub host_id: Option<BotId>,
+    pub bot_id: Option<BotId>,
+    pub attempt: i32,
+    pub percent: i16,
+    pub step: Option<String>,
+    /// `output` of the script's last stdout line when it was JSON.
+    pub output: Option<Value>,
+    pub exit_code: Option<i32>,
+    /// `{stdout, stderr}`: the tails the bot kept.
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    /// Seconds the run may take.
+    pub timeout: Option<u32>,
+    pub triggered_by: Option<JobId>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub assigned_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+const COLUMNS: &str = "id, kind, task_id, description, status, host_id, bot_id, attempt, percent, \
+     step, output, exit_code, result, error, spec, triggered_by, not_before, created_at, \
+     updated_at, assigned_at, started_at, finished_at";
+
+fn from_row(r: &Row) -> Result<JobView, RepoError> {
+    let status: JobStatus = super::parse_col(r.get::<_, &str>("status"))?;
+    let spec: Option<ScriptSpec> = r
+        .get::<_, Option<Value>>("spec")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| RepoError::Corrupt(format!("job spec: {e}")))?;
+    let not_before: Option<OffsetDateTime> = r.get("not_before");
+    let on_hold = not_before.is_some_and(|t| t > OffsetDateTime::now_utc());
+    Ok(JobView {
+        id: JobId(r.get("id")),
+        kind: r.get("kind"),
+        task_id: r.get::<_, Option<Uuid>>("task_id").map(TaskId),
+        name: r.get("description"),
+        status,
+        lifecycle: status.lifecycle(on_hold),
+        state: status.state(),
+        task_arguments: spec.as_ref().map(|s| s.args.clone()).unwrap_or_default(),
+        host_id: r.get::<_, Option<Uuid>>("host_id").map(BotId),
+        bot_id: r.get::<_, Option<Uuid>>("bot_id").map(BotId),
+        attempt: r.get("attempt"),
+        percent: r.get("percent"),
+        step: r.get("step"),
+        output: r.get("output"),
+        exit_code: r.get("exit_code"),
+        result: r.get("result"),
+        error: r.get("error"),
+        timeout: spec.as_ref().map(|s| s.timeout_secs),
+        triggered_by: r.get::<_, Option<Uuid>>("triggered_by").map(JobId),
+        not_before,
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        assigned_at: r.get("assigned_at"),
+        started_at: r.get("started_at"),
+        finished_at: r.get("finished_at"),
+    })
+}
+
+/// A run of a task definition, resolved and ready to insert.
+#[derive(Debug, Clone)]
+pub struct NewScriptJob {
+    pub task_id: TaskId,
+    pub name: String,
+    pub host_id: Option<BotId>,
+    pub tags: Vec<String>,
+    pub multitasking: bool,
+    pub spec: ScriptSpec,
+    /// With the hash of what was asked: a repeated key returns the first job.
+    pub idempotency: Option<(String, Vec<u8>)>,
+    pub not_before: Option<OffsetDateTime>,
+    pub triggered_by: Option<JobId>,
+}
+
+/// Inserts a WAITING script job and its first event in one statement.
+/// Returns the job and whether it is new: with an idempotency key already
+/// used for the same request, the first job comes back instead; for another
+/// request, a conflict.
+pub async fn create(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    new: &NewScriptJob,
+) -> Result<(JobView, bool), RepoError> {
+    let spec = serde_json::to_value(&new.spec).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+    let (key, hash) = match &new.idempotency {
+        Some((k, h)) => (Some(k.as_str()), Some(h.as_slice())),
+        None => (None, None),
+    };
+    let sql = format!(
+        "WITH j AS (
+             INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status,
+                               task_id, host_id, tags, multitasking, spec, idempotency_key,
+                               request_hash, not_before, triggered_by)
+             VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT DO NOTHING
+             RETURNING {COLUMNS}),
+         e AS (
+             INSERT INTO job_events (id, job_id, customer_id, type, description, to_status, attempt)
+             SELECT $13, j.id, $2, 'STATUS_CHANGE', $14, 'WAITING', 0 FROM j)
+         SELECT * FROM j"
+    );
+    let created = if new.triggered_by.is_some() {
+        "job created by a trigger: WAITING"
+    } else {
+        "job created: WAITING"
+    };
+    let row = query_opt(
+        db,
+        &sql,
+        &[
+            &JobId::new().0,
+            &customer.0,
+            &new.name,
+            &new.task_id.0,
+            &new.host_id.map(|b| b.0),
+            &new.tags,
+            &new.multitasking,
+            &spec,
+            &key,
+            &hash,
+            &new.not_before,
+            &new.triggered_by.map(|j| j.0),
+            &Uuid::now_v7(),
+            &created,
+        ],
+    )
+    .await?;
+    if let Some(row) = row {
+        return Ok((from_row(&row)?, true));
+    }
+    // Nothing inserted: the key (or the trigger) was used already.
+    let sql = format!(
+        "SELECT {COLUMNS}, request_hash FROM jobs
+          WHERE customer_id = $1
+            AND (($2::text IS NOT NULL AND idempotency_key = $2)
+                 OR ($3::uuid IS NOT NULL AND triggered_by = $3 AND task_id = $4))"
+    );
+    let row = query_opt(
+        db,
+        &sql,
+        &[
+            &customer.0,
+            &key,
+            &new.triggered_by.map(|j| j.0),
+            &new.task_id.0,
+        ],
+    )
+    .await?
+    .ok_or_else(|| RepoError::Conflict("the job was removed meanwhile; retry".into()))?;
+    if hash.is_some() && row.get::<_, Option<&[u8]>>("request_hash") != hash {
+        return Err(RepoError::Conflict(
+            "this Idempotency-Key was used for a different request".into(),
+        ));
+    }
+    Ok((from_row(&row)?, false))
+}
+
+pub async fn get(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: JobId,
+) -> Result<JobView, RepoError> {
+    let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND customer_id = $2");
+    let row = query_opt(db, &sql, &[&id.0, &customer.0])
+        .await?
+        .ok_or(RepoError::NotFound("job"))?;
+    from_row(&row)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    pub task: Option<TaskId>,
+    /// Any of these statuses; empty: all.
+    pub statuses: Vec<JobStatus>,
+}
+
+fn status_names(statuses: &[JobStatus]) -> Vec<&'static str> {
+    statuses.iter().map(|s| s.as_str()).collect()
+}
+
+pub async fn list(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    filter: &JobFilter,
+    page: Page,
+) -> Result<Vec<JobView>, RepoError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs
+          WHERE customer_id = $1 AND kind = 'script'
+            AND ($2::uuid IS NULL OR task_id = $2)
+            AND (cardinality($3::text[]) = 0 OR status = ANY($3))
+            AND ($4::uuid IS NULL OR id > $4)
+          ORDER BY id LIMIT $5"
+    );
+    let rows = query(
+        db,
+        &sql,
+        &[
+            &customer.0,
+            &filter.task.map(|t| t.0),
+            &status_names(&filter.statuses),
+            &page.after,
+            &page.limit,
+        ],
+    )
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Removes a task's jobs in the given statuses (never one holding a bot);
+/// returns how many. A job being matched right now is left alone: the
+/// guarded delete re-checks the status once it gets the row.
+pub async fn empty_queue(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    task: TaskId,
+    statuses: &[JobStatus],
+) -> Result<u64, RepoError> {
+    let statuses: Vec<&str> = status_names(
+        &statuses
+            .iter()
+            .copied()
+            .filter(|s| !s.is_active())
+            .collect::<Vec<_>>(),
+    );
+    execute(
+        db,
+        "DELETE FROM jobs WHERE customer_id = $1 AND task_id = $2 AND status = ANY($3)",
+        &[&customer.0, &task.0, &statuses],
+    )
+    .await
+}
+
+impl From<FieldError> for RepoError {
+    fn from(e: FieldError) -> Self {
+        RepoError::Invalid {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+/// A run of `def` with the values a caller supplied for its arguments,
+/// with the script's current checksum: what `create` inserts.
+pub async fn new_run(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    def: &TaskDef,
+    supplied: &[Value],
+) -> Result<NewScriptJob, RepoError> {
+    let args = resolve_arguments(&parse_argument_defs(&def.task_arguments)?, supplied)?;
+    let script = query_opt(
+        db,
+        "SELECT checksum, filename FROM scripts WHERE id = $1 AND customer_id = $2",
+        &[&def.script_id.0, &customer.0],
+    )
+    .await?
+    .ok_or(RepoError::NotFound("script"))?;
+    Ok(NewScriptJob {
+        task_id: def.id,
+        name: def.name.clone(),
+        host_id: def.host_id,
+        tags: def.tags.clone(),
+        multitasking: def.multitasking,
+        spec: ScriptSpec {
+            script_id: def.script_id,
+            checksum: script.get(0),
+            filename: script.get(1),
+            run_as: def.run_as.clone(),
+            args,
+            env: parse_env(&def.env)?,
+            timeout_secs: u32::try_from(def.timeout).unwrap_or(600),
+        },
+        idempotency: None,
+        not_before: None,
+        triggered_by: None,
+    })
+}
+
+/// Creates the runs that `job` (of `task`) ending triggers, at most one per
+/// triggered task (a redelivered report changes nothing). A triggered task
+/// whose arguments are open takes them from the job's `output` when it is
+/// an array. Returns when the first run that waits out a grace time may
+/// start.
+pub async fn fire_triggers(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    job: JobId,
+    task: TaskId,
+    success: bool,
+    output: Option<&Value>,
+) -> Result<Option<OffsetDateTime>, RepoError> {
+    let mut wake: Option<OffsetDateTime> = None;
+    for def in task_defs::triggered_by(db, customer, task).await? {
+        let fires = parse_triggers(&def.triggers)
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.task_id == task && t.on.fires(success));
+        if !fires {
+            continue;
+        }
+        let open = parse_argument_defs(&def.task_arguments)
+            .map(|d| {
+                d.iter()
+                    .any(|a| !matches!(a, crate::task_def::ArgumentDef::Fixed { .. }))
+            })
+            .unwrap_or(false);
+        let supplied = match output {
+            Some(Value::Array(values)) if open => values.clone(),
+            _ => Vec::new(),
+        };
+        let mut run = match new_run(db, customer, &def, &supplied).await {
+            Ok(run) => run,
+            Err(RepoError::Invalid { field, message }) => {
+                append_events(
+                    db,
+                    &[EventRecord {
+                        id: Uuid::new_v5(&job.0, def.id.0.as_bytes()),
+                        job_id: job,
+                        customer,
+                        kind: EventKind::Warning,
+                        description: format!(
+                            "trigger of task {} ({}) not run: {field}: {message}",
+                            def.name, def.id
+                        ),
+                        from: None,
+                        to: None,
+                        bot: None,
+                        attempt: None,
+                    }],
+                )
+                .await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if def.grace_time > 0 {
+            let at = OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(def.grace_time));
+            run.not_before = Some(at);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        run.triggered_by = Some(job);
+        create(db, customer, &run).await?;
+    }
+    Ok(wake)
+}
