@@ -8,6 +8,11 @@
 //! 2. posts a burst of tasks as fast as a pool of clients can and reports
 //!    end-to-end throughput (first POST to last COMPLETE).
 //!
+//! With `--script`, the jobs are runs of a TheEye task whose script is
+//! `true` (`POST /{customer}/task/{id}/job`): the agent fetches it once,
+//! then starts a process per job; RUNNING is then the process start, so
+//! create -> RUNNING is API-to-process-start.
+//!
 //! Run it from the release profile so the services are release builds too:
 //! `cargo build --release --workspace --bins && target/release/orq-bench`.
 
@@ -44,6 +49,9 @@ struct Args {
     /// The automation: `builtin:noop` (no process) or an argv such as `true`.
     #[arg(long, default_value = "builtin:noop")]
     automation: String,
+    /// Run script jobs (a task whose script is `true`) instead of CSV tasks.
+    #[arg(long)]
+    script: bool,
 }
 
 const CSV: &str = "id\n1\n";
@@ -72,18 +80,35 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
                 .await?,
         );
     }
-    let attachment = orq_e2e::orq_shared::attachment::encode(CSV);
-    let body = Arc::new(
-        serde_json::json!({"description": "bench", "system": "noop", "attachment": attachment}),
-    );
     let client = env.client();
+    let (url, body) = if args.script {
+        (
+            script_task(&client, &gw, &env.customer).await?,
+            serde_json::json!({"task_arguments": []}),
+        )
+    } else {
+        let attachment = orq_e2e::orq_shared::attachment::encode(CSV);
+        (
+            format!("{gw}/tasks"),
+            serde_json::json!({"description": "bench", "system": "noop", "attachment": attachment}),
+        )
+    };
+    let body = Arc::new(body);
+    let url = url.as_str();
     println!(
-        "orq-bench: {} agent(s) x capacity {}, {} dispatcher(s), automation {:?}",
-        args.agents, args.capacity, args.dispatchers, args.automation
+        "orq-bench: {} agent(s) x capacity {}, {} dispatcher(s), {}",
+        args.agents,
+        args.capacity,
+        args.dispatchers,
+        if args.script {
+            "script jobs (a `true` script, a process each)".to_string()
+        } else {
+            format!("CSV tasks, automation {:?}", args.automation)
+        }
     );
 
     // Warm-up: connections, prepared plans, page cache.
-    post_burst(&client, &gw, &body, 200, 16).await?;
+    post_burst(&client, url, &body, 200, 16).await?;
     wait_complete(env, 200).await?;
     reset(env).await?;
 
@@ -96,12 +121,12 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     for _ in 0..args.latency_tasks {
         tick.tick().await;
         let client = client.clone();
-        let url = format!("{gw}/tasks");
+        let url = url.to_string();
         let body = body.clone();
         posts.push(tokio::spawn(async move {
             let t = Instant::now();
             let r = client.post(url).json(&*body).send().await?;
-            anyhow::ensure!(r.status() == 201, "POST /tasks: {}", r.status());
+            anyhow::ensure!(r.status() == 201, "POST: {}", r.status());
             Ok(t.elapsed())
         }));
     }
@@ -127,7 +152,7 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
         offered, args.latency_tasks, p[0], p[1], p[2], max
     );
     println!(
-        "  POST /tasks (client side): p50 {:.2} ms, p99 {:.2} ms",
+        "  POST (client side): p50 {:.2} ms, p99 {:.2} ms",
         pct(&post_ms, 0.5),
         pct(&post_ms, 0.99)
     );
@@ -136,7 +161,7 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
 
     // Phase 2: as fast as it goes.
     let started = Instant::now();
-    post_burst(&client, &gw, &body, args.tasks, args.clients).await?;
+    post_burst(&client, url, &body, args.tasks, args.clients).await?;
     let posted = started.elapsed();
     wait_complete(env, args.tasks as i64).await?;
     let total = started.elapsed();
@@ -182,9 +207,32 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// Defines a script `true` and a task that runs it; returns the URL that
+/// runs the task.
+async fn script_task(client: &reqwest::Client, gw: &str, customer: &str) -> anyhow::Result<String> {
+    let script: serde_json::Value = client
+        .post(format!("{gw}/{customer}/script"))
+        .json(&serde_json::json!({"name": "true", "filename": "true.sh", "content": "#!/bin/sh\ntrue\n"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let task: serde_json::Value = client
+        .post(format!("{gw}/{customer}/task"))
+        .json(&serde_json::json!({"name": "true", "script_id": script["id"]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = task["id"].as_str().context("task id")?;
+    Ok(format!("{gw}/{customer}/task/{id}/job"))
+}
+
 async fn post_burst(
     client: &reqwest::Client,
-    gw: &str,
+    url: &str,
     body: &Arc<serde_json::Value>,
     n: usize,
     clients: usize,
@@ -192,16 +240,12 @@ async fn post_burst(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..clients {
-        let (client, url, body, next) = (
-            client.clone(),
-            format!("{gw}/tasks"),
-            body.clone(),
-            next.clone(),
-        );
+        let (client, url, body, next) =
+            (client.clone(), url.to_string(), body.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
                 let r = client.post(&url).json(&*body).send().await?;
-                anyhow::ensure!(r.status() == 201, "POST /tasks: {}", r.status());
+                anyhow::ensure!(r.status() == 201, "POST: {}", r.status());
             }
             anyhow::Ok(())
         }));

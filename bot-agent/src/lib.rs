@@ -25,7 +25,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::runner::{JobOutcome, Limits};
-use crate::script::{Marker, RunLimits, ScriptCache};
+use crate::script::{Marker, RunLimits, ScriptCache, ScriptEvent};
 use orq_shared::messages::{Control, ScriptSpec};
 
 /// What the gateway answered to registration.
@@ -249,16 +249,16 @@ impl Agent {
         let job = a.job_id;
         let attempt = a.attempt;
         let reporter = JobReporter::new(self);
+        if let Some(spec) = &a.script {
+            self.run_script(a, spec, reporter).await;
+            return;
+        }
         reporter
             .send(ReportBody::Running {
                 job_id: job,
                 attempt,
             })
             .await;
-        if let Some(spec) = &a.script {
-            self.run_script(a, spec, reporter).await;
-            return;
-        }
         let Some(argv) = self.inner.settings.agent.systems.get(&a.system) else {
             reporter
                 .finish(ReportBody::Failed {
@@ -346,14 +346,20 @@ impl Agent {
                     tail_bytes: self.inner.settings.agent.output_tail_bytes.max(256),
                 };
                 let reporter = &reporter;
-                script::run(&path, spec, &env, &limits, &cancel, |m| async move {
-                    let body = match m {
-                        Marker::Percent(percent) => ReportBody::Percent {
+                // RUNNING once the process exists: its timestamp is the
+                // process start, not the download before it.
+                script::run(&path, spec, &env, &limits, &cancel, |e| async move {
+                    let body = match e {
+                        ScriptEvent::Started => ReportBody::Running {
+                            job_id: job,
+                            attempt,
+                        },
+                        ScriptEvent::Marker(Marker::Percent(percent)) => ReportBody::Percent {
                             job_id: job,
                             attempt,
                             percent,
                         },
-                        Marker::Step(step) => ReportBody::Step {
+                        ScriptEvent::Marker(Marker::Step(step)) => ReportBody::Step {
                             job_id: job,
                             attempt,
                             step,

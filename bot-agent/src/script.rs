@@ -36,6 +36,14 @@ use crate::runner::{scrub_env, stop_group};
 /// rest of a longer line is dropped from that view (not from the tail).
 const MAX_LINE: usize = 65_536;
 
+/// What a running script tells its caller, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptEvent {
+    /// The process started (it exists; the job is RUNNING from now).
+    Started,
+    Marker(Marker),
+}
+
 /// A marker line of a script's stdout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Marker {
@@ -178,18 +186,19 @@ pub struct RunLimits {
     pub tail_bytes: usize,
 }
 
-/// Runs `script` per `spec`; `on_marker` is called for each marker line,
-/// in order, before the result is returned.
+/// Runs `script` per `spec`; `on_event` is called once the process has
+/// started and then for each marker line, in order, before the result is
+/// returned.
 pub async fn run<F, Fut>(
     script: &Path,
     spec: &ScriptSpec,
     extra_env: &[(String, String)],
     limits: &RunLimits,
     cancel: &CancellationToken,
-    mut on_marker: F,
+    mut on_event: F,
 ) -> ScriptResult
 where
-    F: FnMut(Marker) -> Fut,
+    F: FnMut(ScriptEvent) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let argv = match RunAs::parse(&spec.run_as) {
@@ -225,6 +234,7 @@ where
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
+    on_event(ScriptEvent::Started).await;
     let (markers_tx, mut markers) = mpsc::unbounded_channel();
     let stdout = child.stdout.take();
     let mut out_reader = tokio::spawn(read_stdout(stdout, limits.tail_bytes, markers_tx));
@@ -253,7 +263,7 @@ where
                 stop_group(&mut child, pgid, limits.kill_grace).await;
             }
             m = markers.recv(), if markers_open => match m {
-                Some(m) => on_marker(m).await,
+                Some(m) => on_event(ScriptEvent::Marker(m)).await,
                 None => markers_open = false,
             },
         }
@@ -270,7 +280,7 @@ where
         }
     };
     while let Ok(m) = markers.try_recv() {
-        on_marker(m).await;
+        on_event(ScriptEvent::Marker(m)).await;
     }
     let stderr = match tokio::time::timeout(limits.kill_grace, &mut err_reader).await {
         Ok(Ok(text)) => text,
@@ -488,8 +498,8 @@ mod tests {
             &[],
             &limits(Duration::from_secs(10)),
             &CancellationToken::new(),
-            |m| {
-                seen.push(m);
+            |e| {
+                seen.push(e);
                 async {}
             },
         )
@@ -499,7 +509,11 @@ mod tests {
         assert_eq!(r.stderr.trim(), "hola a b|$(x)");
         assert_eq!(
             seen,
-            vec![Marker::Step("starting".into()), Marker::Percent(50)]
+            vec![
+                ScriptEvent::Started,
+                ScriptEvent::Marker(Marker::Step("starting".into())),
+                ScriptEvent::Marker(Marker::Percent(50))
+            ]
         );
     }
 
