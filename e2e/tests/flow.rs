@@ -918,12 +918,20 @@ async fn a_lost_assignment_is_sent_again_to_a_live_agent() -> anyhow::Result<()>
         lapin::Connection::connect(&env.amqp_url, lapin::ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     let queue = orq_e2e::orq_shared::broker::Topology::new(&env.prefix).bot_queue(bot_id.parse()?);
-    let purged = ch
-        .queue_purge(
-            queue.as_str().into(),
-            lapin::options::QueuePurgeOptions::default(),
-        )
-        .await?;
+    // ASSIGNED commits before the dispatcher publishes: wait for the message.
+    let mut purged = 0;
+    for _ in 0..100 {
+        purged += ch
+            .queue_purge(
+                queue.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await?;
+        if purged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(purged, 1, "the assignment was in the bot's queue");
     let _ = conn.close(200, "done".into()).await;
     let _agent = env

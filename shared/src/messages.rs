@@ -73,6 +73,15 @@ pub enum Control {
     },
 }
 
+impl Control {
+    /// The message's id (also its AMQP `message_id`).
+    pub fn id(&self) -> Uuid {
+        match self {
+            Control::Cancel { id, .. } => *id,
+        }
+    }
+}
+
 /// Bot-agent -> dispatcher.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BotReport {

@@ -9,20 +9,18 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use orq_shared::domain::{CustomerId, JobEvent, JobId, JobStatus, Role, TaskId};
-use orq_shared::messages::Control;
+use orq_shared::domain::{CustomerId, JobId, JobStatus, Role, TaskId};
+use orq_shared::repo::RepoError;
 use orq_shared::repo::customers::{self, Principal};
-use orq_shared::repo::jobs::{self, Actor, Applied, Outcome};
+use orq_shared::repo::jobs;
 use orq_shared::repo::script_jobs::{self, JobFilter, JobView};
 use orq_shared::repo::task_defs::{self, Reader};
-use orq_shared::repo::{RepoError, bots};
 use orq_shared::secret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
-use super::tasks::publish_wake;
+use super::tasks::{cancel_job, publish_wake};
 use super::{PageQuery, paged, reader, scoped};
 use crate::auth::Auth;
 use crate::error::{ApiError, Query, parse_id};
@@ -476,67 +474,15 @@ pub async fn cancel(
     auth: Auth,
     Path((customer, id)): Path<(String, String)>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::User])?.clone();
+    let who = scoped(&auth, &customer, &[Role::User])?;
     let id: JobId = parse_id(&id, "job")?;
-    let mut db = state.db().await?;
+    let db = state.db().await?;
     let job = script_jobs::get(&db, who.customer_id, id).await?;
-    visible(&db, &who, &job).await?;
-    let tx = db.transaction().await?;
-    let applied = jobs::transition(
-        &tx,
-        who.customer_id,
-        id,
-        Actor::Api,
-        JobEvent::Cancel,
-        &Outcome::default(),
-        Uuid::now_v7(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .await?;
-    tx.commit().await?;
-    let Applied::Done { from, task } = applied else {
-        return Err(RepoError::Conflict("job changed concurrently".into()).into());
-    };
-    if from.is_active()
-        && let Some(bot) = task.bot_id
-    {
-        signal_cancel(&state, &db, who.customer_id, bot, id, task.attempt).await;
-        publish_wake(&state, who.customer_id, Some(id));
-    }
+    visible(&db, who, &job).await?;
+    cancel_job(&state, who.customer_id, id).await?;
     Ok(axum::Json(
         script_jobs::get(&db, who.customer_id, id).await?,
     ))
-}
-
-/// Tells an agent to stop a job it runs. Best effort: an agent that is not
-/// connected finds its later reports refused (the job is canceled).
-async fn signal_cancel(
-    state: &AppState,
-    db: &impl deadpool_postgres::GenericClient,
-    customer: CustomerId,
-    bot: orq_shared::domain::BotId,
-    job: JobId,
-    attempt: i32,
-) {
-    let is_agent = bots::get(db, customer, bot)
-        .await
-        .is_ok_and(|b| b.delivery == orq_shared::domain::Delivery::Agent);
-    if !is_agent {
-        return;
-    }
-    let message = Control::Cancel {
-        id: Uuid::now_v7(),
-        job_id: job,
-        attempt,
-    };
-    let key = orq_shared::broker::Topology::control_key(bot);
-    if let Err(e) = state
-        .broker
-        .publish_json(&key, Uuid::now_v7(), &message)
-        .await
-    {
-        tracing::warn!(error = %e, %job, %bot, "cancel not delivered to the agent");
-    }
 }
 
 /// `DELETE /{customer}/task/{id}/job`: empties the task's queue. By default

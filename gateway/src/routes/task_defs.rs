@@ -272,35 +272,13 @@ pub struct Recipe {
     #[serde(default)]
     #[allow(dead_code)]
     version: Option<u32>,
-    task: RecipeTask,
+    /// A task definition without `script_id`, `host_id` and `triggers`
+    /// (they name things of the exporting deployment).
+    task: serde_json::Map<String, Value>,
     file: RecipeFile,
     /// Pin the imported task to this bot of the importing customer.
     #[serde(default)]
     host_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecipeTask {
-    name: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    tags: Vec<String>,
-    #[serde(default)]
-    task_arguments: Option<Value>,
-    #[serde(default)]
-    run_as: String,
-    #[serde(default)]
-    acls: Vec<String>,
-    #[serde(default)]
-    grace_time: Option<i64>,
-    #[serde(default)]
-    timeout: Option<i64>,
-    #[serde(default)]
-    multitasking: Option<bool>,
-    #[serde(default)]
-    env: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -377,26 +355,21 @@ pub async fn import(
                 .id
         }
     };
-    let t = recipe.task;
-    let body = TaskBody {
-        name: t.name,
-        description: t.description,
-        host_id: recipe.host_id,
-        script_id: script_id.to_string(),
-        tags: t.tags,
-        task_arguments: t.task_arguments,
-        run_as: t.run_as,
-        acls: t.acls,
-        triggers: None,
-        grace_time: t.grace_time,
-        timeout: t.timeout,
-        multitasking: t.multitasking,
-        env: t.env,
-        _id: None,
-        _type: None,
-        _created_at: None,
-        _updated_at: None,
-    };
+    let mut task = recipe.task;
+    for field in ["script_id", "host_id", "triggers"] {
+        if task.contains_key(field) {
+            return Err(ApiError::invalid_field(
+                &format!("task.{field}"),
+                format!(
+                    "a recipe's task does not carry {field} (it names things of another deployment)"
+                ),
+            ));
+        }
+    }
+    task.insert("script_id".into(), json!(script_id));
+    task.insert("host_id".into(), json!(recipe.host_id));
+    let body: TaskBody = serde_json::from_value(Value::Object(task))
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("task: {e}")))?;
     let spec = task_spec(&tx, who, body, None).await?;
     let (task, _) = task_defs::insert(&tx, who.customer_id, &spec, &state.sealer).await?;
     tx.commit().await?;

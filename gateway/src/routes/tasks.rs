@@ -4,9 +4,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orq_shared::attachment;
-use orq_shared::broker::KEY_INTAKE;
-use orq_shared::domain::{CustomerId, JobEvent, JobId, JobStatus, Role};
-use orq_shared::messages::Wake;
+use orq_shared::broker::{KEY_INTAKE, Topology};
+use orq_shared::domain::{CustomerId, Delivery, JobEvent, JobId, JobStatus, Role};
+use orq_shared::messages::{Control, Wake};
 use orq_shared::repo::jobs::{self, Actor, Applied, NewTask, Outcome, Task, TaskFilter};
 use orq_shared::repo::{RepoError, bots};
 use serde::Deserialize;
@@ -271,11 +271,23 @@ pub async fn cancel(
 ) -> Result<axum::Json<Task>, ApiError> {
     let who = auth.require(&[Role::User])?.clone();
     let id: JobId = parse_id(&id, "task")?;
+    Ok(axum::Json(cancel_job(&state, who.customer_id, id).await?))
+}
+
+/// Cancels a job of any kind. One that held a bot frees its slot (the
+/// dispatchers are woken) and, on an agent, is told to stop: a script job's
+/// process group gets SIGTERM, then SIGKILL. The agent is told best effort:
+/// one that is not connected finds its later reports refused.
+pub async fn cancel_job(
+    state: &AppState,
+    customer: CustomerId,
+    id: JobId,
+) -> Result<Task, ApiError> {
     let mut db = state.db().await?;
     let tx = db.transaction().await?;
     let applied = jobs::transition(
         &tx,
-        who.customer_id,
+        customer,
         id,
         Actor::Api,
         JobEvent::Cancel,
@@ -285,17 +297,33 @@ pub async fn cancel(
     )
     .await?;
     tx.commit().await?;
-    match applied {
-        Applied::Done { from, task } => {
-            if from.is_active() {
-                publish_wake(&state, who.customer_id, Some(id));
+    let Applied::Done { from, task } = applied else {
+        return Err(RepoError::Conflict("job changed concurrently".into()).into());
+    };
+    if from.is_active()
+        && let Some(bot) = task.bot_id
+    {
+        let is_agent = bots::get(&db, customer, bot)
+            .await
+            .is_ok_and(|b| b.delivery == Delivery::Agent);
+        if is_agent {
+            let message = Control::Cancel {
+                id: Uuid::now_v7(),
+                job_id: id,
+                attempt: task.attempt,
+            };
+            let key = Topology::control_key(bot);
+            if let Err(e) = state
+                .broker
+                .publish_json(&key, message.id(), &message)
+                .await
+            {
+                tracing::warn!(error = %e, job = %id, %bot, "cancel not delivered to the agent");
             }
-            Ok(axum::Json(*task))
         }
-        Applied::Stale { .. } => {
-            Err(RepoError::Conflict("task changed concurrently".into()).into())
-        }
+        publish_wake(state, customer, Some(id));
     }
+    Ok(*task)
 }
 
 pub async fn delete(
