@@ -897,6 +897,25 @@ async fn multitasking_false_holds_under_50_concurrent_runs() -> anyhow::Result<(
         *per_bot.entry(bot).or_default() += 1;
     }
     assert_eq!(per_bot.len(), 2, "both bots took runs: {per_bot:?}");
+    // host_id pins a task to one bot, whoever else is free.
+    let bot_1: Value = s
+        .admin
+        .get(format!("{}/bots?name=bot-1", s.gw))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bot_1 = bot_1[0]["id"].as_str().unwrap_or_default().to_string();
+    let pinned = id(&s
+        .task(json!({"name": "pinned", "script_id": script, "host_id": bot_1}))
+        .await?);
+    let runs = futures::future::join_all((0..8).map(|_| s.run(&pinned, json!([])))).await;
+    for run in runs {
+        let done = s
+            .job_until(&id(&run?), &["COMPLETE"], Duration::from_secs(60))
+            .await?;
+        assert_eq!(done["bot_id"], bot_1.as_str(), "{done}");
+    }
     s.finish().await
 }
 
