@@ -217,6 +217,18 @@ pub async fn delete(
             bot.active_jobs
         )));
     }
+    let pinned: i64 = query_one(
+        db,
+        "SELECT count(*) FROM task_defs WHERE host_id = $1",
+        &[&id.0],
+    )
+    .await?
+    .get(0);
+    if pinned > 0 {
+        return Err(RepoError::Conflict(format!(
+            "{pinned} task(s) run on this bot (host_id); move them to another bot first"
+        )));
+    }
     execute(db, "DELETE FROM bots WHERE id = $1", &[&id.0]).await?;
     Ok(())
 }
