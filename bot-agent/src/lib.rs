@@ -60,7 +60,7 @@ struct Inner {
     attempts: Mutex<HashMap<(JobId, i32), Local>>,
     running: std::sync::atomic::AtomicU32,
     scripts: ScriptCache,
-    /// Script jobs running here, to stop one when it is canceled.
+    /// Jobs running here, to stop one when it is canceled.
     cancels: Mutex<HashMap<(JobId, i32), CancellationToken>>,
 }
 
@@ -245,14 +245,33 @@ impl Agent {
         }
     }
 
+    /// Runs a job while it can be canceled by a control message.
     async fn run(&self, a: &Assignment, start: usize) {
+        let key = (a.job_id, a.attempt);
+        let cancel = CancellationToken::new();
+        if let Ok(mut c) = self.inner.cancels.lock() {
+            c.insert(key, cancel.clone());
+        }
+        let reporter = JobReporter::new(self);
+        match &a.script {
+            Some(spec) => self.run_script(a, spec, reporter, &cancel).await,
+            None => self.run_rows(a, start, reporter, &cancel).await,
+        }
+        if let Ok(mut c) = self.inner.cancels.lock() {
+            c.remove(&key);
+        }
+    }
+
+    /// Runs a CSV job's rows from `start`.
+    async fn run_rows(
+        &self,
+        a: &Assignment,
+        start: usize,
+        reporter: JobReporter<'_>,
+        cancel: &CancellationToken,
+    ) {
         let job = a.job_id;
         let attempt = a.attempt;
-        let reporter = JobReporter::new(self);
-        if let Some(spec) = &a.script {
-            self.run_script(a, spec, reporter).await;
-            return;
-        }
         reporter
             .send(ReportBody::Running {
                 job_id: job,
@@ -281,6 +300,7 @@ impl Agent {
             start,
             &env,
             &self.inner.limits,
+            cancel,
             |done, total| {
                 let percent =
                     u8::try_from(u64::from(done) * 100 / u64::from(total.max(1))).unwrap_or(100);
@@ -320,12 +340,14 @@ impl Agent {
     }
 
     /// Runs a script job and reports its markers and outcome.
-    async fn run_script(&self, a: &Assignment, spec: &ScriptSpec, reporter: JobReporter<'_>) {
+    async fn run_script(
+        &self,
+        a: &Assignment,
+        spec: &ScriptSpec,
+        reporter: JobReporter<'_>,
+        cancel: &CancellationToken,
+    ) {
         let (job, attempt) = (a.job_id, a.attempt);
-        let cancel = CancellationToken::new();
-        if let Ok(mut c) = self.inner.cancels.lock() {
-            c.insert((job, attempt), cancel.clone());
-        }
         let result = match self.inner.scripts.path_for(spec).await {
             Err(error) => script::ScriptResult {
                 status: JobStatus::Failed,
@@ -348,7 +370,7 @@ impl Agent {
                 let reporter = &reporter;
                 // RUNNING once the process exists: its timestamp is the
                 // process start, not the download before it.
-                script::run(&path, spec, &env, &limits, &cancel, |e| async move {
+                script::run(&path, spec, &env, &limits, cancel, |e| async move {
                     let body = match e {
                         ScriptEvent::Started => ReportBody::Running {
                             job_id: job,
@@ -370,9 +392,6 @@ impl Agent {
                 .await
             }
         };
-        if let Ok(mut c) = self.inner.cancels.lock() {
-            c.remove(&(job, attempt));
-        }
         reporter
             .finish(ReportBody::Finished {
                 job_id: job,

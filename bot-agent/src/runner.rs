@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 /// Runs nothing: measures orchestration without process start-up.
 pub const BUILTIN_NOOP: &str = "builtin:noop";
@@ -35,13 +36,15 @@ pub enum JobOutcome {
 }
 
 /// Runs rows `start..` of the attachment with `argv`, calling `progress(done,
-/// total)` after each row.
+/// total)` after each row. `cancel` stops the row running (its process
+/// group) and the rows after it.
 pub async fn run_job<F, Fut>(
     argv: &[String],
     attachment_b64: &str,
     start: usize,
     env: &[(String, String)],
     limits: &Limits,
+    cancel: &CancellationToken,
     mut progress: F,
 ) -> JobOutcome
 where
@@ -60,11 +63,17 @@ where
     let total = u32::try_from(rows.len()).unwrap_or(u32::MAX);
     let mut failed = Vec::new();
     for (index, row) in rows.iter().enumerate().skip(start) {
+        if cancel.is_cancelled() {
+            return JobOutcome::Failed {
+                error: "canceled".into(),
+                failed_rows: failed,
+            };
+        }
         let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
         let input = serde_json::Value::Object(row.clone()).to_string();
         let mut row_env = env.to_vec();
         row_env.push(("ORQ_ROW_NUMBER".into(), number.to_string()));
-        if let Err(error) = run_row(argv, &input, &row_env, limits).await {
+        if let Err(error) = run_row(argv, &input, &row_env, limits, cancel).await {
             failed.push(RowError { row: number, error });
         }
         if number < total {
@@ -87,6 +96,7 @@ pub async fn run_row(
     input: &str,
     env: &[(String, String)],
     limits: &Limits,
+    cancel: &CancellationToken,
 ) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
         return Err("the system's command is empty".into());
@@ -128,11 +138,19 @@ pub async fn run_row(
             None => String::new(),
         }
     });
-    let waited = tokio::time::timeout(limits.row_timeout, child.wait()).await;
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(limits.row_timeout, child.wait()) => Some(waited),
+        () = cancel.cancelled() => None,
+    };
     feeder.abort();
     let status = match waited {
-        Ok(status) => status.map_err(|e| format!("waiting for {program}: {e}"))?,
-        Err(_) => {
+        Some(Ok(status)) => status.map_err(|e| format!("waiting for {program}: {e}"))?,
+        None => {
+            stop_group(&mut child, pgid, limits.kill_grace).await;
+            tail.abort();
+            return Err("canceled".into());
+        }
+        Some(Err(_)) => {
             stop_group(&mut child, pgid, limits.kill_grace).await;
             tail.abort();
             return Err(format!(
@@ -240,10 +258,18 @@ mod tests {
         let argv = sh(&format!("cat >> {}", out.display()));
         let csv = attachment::encode("name,age\nAna,30\nBo,41\n");
         let mut seen = Vec::new();
-        let outcome = run_job(&argv, &csv, 0, &[], &limits(), |d, t| {
-            seen.push((d, t));
-            async {}
-        })
+        let outcome = run_job(
+            &argv,
+            &csv,
+            0,
+            &[],
+            &limits(),
+            &CancellationToken::new(),
+            |d, t| {
+                seen.push((d, t));
+                async {}
+            },
+        )
         .await;
         assert!(matches!(outcome, JobOutcome::Complete { rows_total: 2 }));
         assert_eq!(seen, vec![(1, 2)]);
@@ -261,7 +287,16 @@ mod tests {
     async fn failing_rows_are_reported_with_their_stderr() {
         let argv = sh("read row; case \"$row\" in *Bo*) echo bad row >&2; exit 3;; esac");
         let csv = attachment::encode("name\nAna\nBo\n");
-        let outcome = run_job(&argv, &csv, 0, &[], &limits(), |_, _| async {}).await;
+        let outcome = run_job(
+            &argv,
+            &csv,
+            0,
+            &[],
+            &limits(),
+            &CancellationToken::new(),
+            |_, _| async {},
+        )
+        .await;
         let JobOutcome::Failed { failed_rows, .. } = outcome else {
             panic!("expected failure");
         };
@@ -281,7 +316,7 @@ mod tests {
         let _ = std::fs::remove_file(&marker);
         // A grandchild that would write the marker if it survived.
         let argv = sh(&format!("(sleep 1; touch {}) & sleep 30", marker.display()));
-        let err = run_row(&argv, "{}", &[], &limits)
+        let err = run_row(&argv, "{}", &[], &limits, &CancellationToken::new())
             .await
             .expect_err("times out");
         assert!(err.contains("timed out"));
@@ -297,9 +332,15 @@ mod tests {
         };
         // Far more than a pipe buffer, to a program that never reads stdin.
         let big = "x".repeat(1 << 20);
-        let err = run_row(&sh("sleep 30"), &big, &[], &limits)
-            .await
-            .expect_err("times out");
+        let err = run_row(
+            &sh("sleep 30"),
+            &big,
+            &[],
+            &limits,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("times out");
         assert!(err.contains("timed out"), "{err}");
     }
 
@@ -312,6 +353,7 @@ mod tests {
             "{}",
             &[],
             &limits(),
+            &CancellationToken::new(),
         )
         .await
         .expect("the row succeeds");
@@ -319,6 +361,38 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "the row waited for its background child"
         );
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_row_and_the_rest() {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.cancel();
+        });
+        let started = std::time::Instant::now();
+        let csv = attachment::encode("n\n1\n2\n3\n");
+        let outcome = run_job(
+            &sh("sleep 30"),
+            &csv,
+            0,
+            &[],
+            &limits(),
+            &cancel,
+            |_, _| async {},
+        )
+        .await;
+        let JobOutcome::Failed { error, failed_rows } = outcome else {
+            panic!("expected a canceled job");
+        };
+        assert_eq!(error, "canceled");
+        assert_eq!(
+            failed_rows.len(),
+            1,
+            "row 1 was stopped, rows 2-3 never ran"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
@@ -331,6 +405,7 @@ mod tests {
             2,
             &[],
             &limits(),
+            &CancellationToken::new(),
             |d, t| {
                 seen.push((d, t));
                 async {}

@@ -989,3 +989,40 @@ async fn concurrent_registrations_of_one_name_make_one_bot() -> anyhow::Result<(
     assert_eq!(r.status(), 409);
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_canceled_csv_task_stops_on_its_agent() -> anyhow::Result<()> {
+    let env = Env::new("cancelcsv").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    // Each row is recorded, then sleeps 30 s.
+    let slow = SlowAgent::new(&env, "30")?;
+    let _agent = slow.start(&env, &gw, "slow").await?;
+    let client = env.client();
+    let task = create_task(&client, &gw, "Slow", &rows_csv(0, 3)).await?;
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    eventually(Duration::from_secs(30), "the first row started", || async {
+        Ok((recorded_rows(std::slice::from_ref(&slow.out), &[]).len() == 1).then_some(()))
+    })
+    .await?;
+    let r = client
+        .post(format!("{gw}/tasks/{id}/cancel"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    // The agent stops the row: its slot frees, so the next task starts
+    // long before the canceled row's 30 s are over.
+    let next = create_task(&client, &gw, "Slow", "row_id,payload\nnext,x\n").await?;
+    let next_id = next["id"].as_str().unwrap_or_default().to_string();
+    env.task_until(&gw, &next_id, Duration::from_secs(15), "RUNNING", |t| {
+        (t["status"] == "RUNNING").then_some(())
+    })
+    .await?;
+    let rows = recorded_rows(std::slice::from_ref(&slow.out), &[]);
+    assert!(rows.contains_key("next"), "{rows:?}");
+    assert!(
+        !rows.contains_key("t0r1"),
+        "rows after the canceled one never ran: {rows:?}"
+    );
+    env.cleanup().await
+}

@@ -162,8 +162,8 @@ async fn run(
     idempotency: Option<String>,
 ) -> Result<Response, ApiError> {
     let db = state.db().await?;
-    let def = task_defs::get(&db, customer, task, reader).await?;
-    let mut new = script_jobs::new_run(&db, customer, &def, &input.task_arguments).await?;
+    let def = task_defs::get_runnable(&db, customer, task, reader).await?;
+    let mut new = script_jobs::new_run(&def, &input.task_arguments)?;
     if let Some(key) = idempotency {
         let mut hash = Sha256::new();
         hash.update(task.0.as_bytes());

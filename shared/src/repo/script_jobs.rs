@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::jobs::{EventKind, EventRecord, append_events};
-use super::task_defs::{self, TaskDef};
+use super::task_defs::{self, Runnable};
 use super::{Page, RepoError, execute, query, query_opt};
 use crate::domain::{BotId, CustomerId, JobId, JobStatus, TaskId};
 use crate::messages::ScriptSpec;
@@ -278,31 +278,11 @@ pub async fn empty_queue(
     .await
 }
 
-impl From<FieldError> for RepoError {
-    fn from(e: FieldError) -> Self {
-        RepoError::Invalid {
-            field: e.field,
-            message: e.message,
-        }
-    }
-}
-
-/// A run of `def` with the values a caller supplied for its arguments,
+/// A run of a task with the values a caller supplied for its arguments,
 /// with the script's current checksum: what `create` inserts.
-pub async fn new_run(
-    db: &impl GenericClient,
-    customer: CustomerId,
-    def: &TaskDef,
-    supplied: &[Value],
-) -> Result<NewScriptJob, RepoError> {
+pub fn new_run(task: &Runnable, supplied: &[Value]) -> Result<NewScriptJob, FieldError> {
+    let def = &task.def;
     let args = resolve_arguments(&parse_argument_defs(&def.task_arguments)?, supplied)?;
-    let script = query_opt(
-        db,
-        "SELECT checksum, filename FROM scripts WHERE id = $1 AND customer_id = $2",
-        &[&def.script_id.0, &customer.0],
-    )
-    .await?
-    .ok_or(RepoError::NotFound("script"))?;
     Ok(NewScriptJob {
         task_id: def.id,
         name: def.name.clone(),
@@ -311,8 +291,8 @@ pub async fn new_run(
         multitasking: def.multitasking,
         spec: ScriptSpec {
             script_id: def.script_id,
-            checksum: script.get(0),
-            filename: script.get(1),
+            checksum: task.script_checksum.clone(),
+            filename: task.script_filename.clone(),
             run_as: def.run_as.clone(),
             args,
             env: parse_env(&def.env)?,
@@ -338,7 +318,8 @@ pub async fn fire_triggers(
     output: Option<&Value>,
 ) -> Result<Option<OffsetDateTime>, RepoError> {
     let mut wake: Option<OffsetDateTime> = None;
-    for def in task_defs::triggered_by(db, customer, task).await? {
+    for runnable in task_defs::triggered_by(db, customer, task).await? {
+        let def = &runnable.def;
         let fires = parse_triggers(&def.triggers)
             .unwrap_or_default()
             .iter()
@@ -356,9 +337,9 @@ pub async fn fire_triggers(
             Some(Value::Array(values)) if open => values.clone(),
             _ => Vec::new(),
         };
-        let mut run = match new_run(db, customer, &def, &supplied).await {
+        let mut run = match new_run(&runnable, &supplied) {
             Ok(run) => run,
-            Err(RepoError::Invalid { field, message }) => {
+            Err(FieldError { field, message }) => {
                 append_events(
                     db,
                     &[EventRecord {
@@ -379,7 +360,6 @@ pub async fn fire_triggers(
                 .await?;
                 continue;
             }
-            Err(e) => return Err(e),
         };
         if def.grace_time > 0 {
             let at = OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(def.grace_time));

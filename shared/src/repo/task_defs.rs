@@ -366,17 +366,61 @@ pub async fn secret_hash(
     Ok(row.get(0))
 }
 
+/// A definition with what a run of it needs of its script.
+#[derive(Debug, Clone)]
+pub struct Runnable {
+    pub def: TaskDef,
+    pub script_checksum: String,
+    pub script_filename: String,
+}
+
+/// `COLUMNS` of `t`, joined with its script's checksum and file name.
+fn runnable_sql(filter: &str) -> String {
+    let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("t.{c}")).collect();
+    format!(
+        "SELECT {}, s.checksum AS script_checksum, s.filename AS script_filename
+           FROM task_defs t JOIN scripts s ON s.id = t.script_id
+          WHERE {filter}",
+        columns.join(", ")
+    )
+}
+
+fn runnable(r: &Row) -> Runnable {
+    Runnable {
+        def: from_row(r),
+        script_checksum: r.get("script_checksum"),
+        script_filename: r.get("script_filename"),
+    }
+}
+
+/// A definition to run, read with its script in one statement (the job
+/// creation path).
+pub async fn get_runnable(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: TaskId,
+    reader: Reader<'_>,
+) -> Result<Runnable, RepoError> {
+    let (admin, name) = reader.acl_name();
+    let sql = runnable_sql(
+        "t.id = $1 AND t.customer_id = $2 AND ($3 OR t.acls = '{}' OR $4::text = ANY(t.acls))",
+    );
+    let row = query_opt(db, &sql, &[&id.0, &customer.0, &admin, &name])
+        .await?
+        .ok_or(RepoError::NotFound("task"))?;
+    Ok(runnable(&row))
+}
+
 /// The definitions a job of `task` ending triggers (with their triggers, to
 /// check the outcome).
 pub async fn triggered_by(
     db: &impl GenericClient,
     customer: CustomerId,
     task: TaskId,
-) -> Result<Vec<TaskDef>, RepoError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM task_defs
-          WHERE customer_id = $1 AND triggers @> jsonb_build_array(jsonb_build_object('task_id', $2::text))"
+) -> Result<Vec<Runnable>, RepoError> {
+    let sql = runnable_sql(
+        "t.customer_id = $1 AND t.triggers @> jsonb_build_array(jsonb_build_object('task_id', $2::text))",
     );
     let rows = query(db, &sql, &[&customer.0, &task.0.to_string()]).await?;
-    Ok(rows.iter().map(from_row).collect())
+    Ok(rows.iter().map(runnable).collect())
 }
