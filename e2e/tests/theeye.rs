@@ -931,7 +931,8 @@ async fn a_trigger_chain_runs_b_once_per_a_and_a_pending_run_can_be_canceled() -
         .task(json!({
             "name": "b", "script_id": record,
             "task_arguments": [{"type": "input", "label": "x"}],
-            "triggers": [{"task_id": a, "on": "success"}]
+            // Any spelling of the id works (stored canonically).
+            "triggers": [{"task_id": a.to_uppercase(), "on": "success"}]
         }))
         .await?);
     let on_failure = id(&s
@@ -1125,6 +1126,35 @@ async fn emptying_a_queue_removes_history_and_waiting_runs_only_when_asked() -> 
             .await?
             .status(),
         404
+    );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn a_backlog_that_cannot_run_does_not_hide_newer_jobs() -> anyhow::Result<()> {
+    let s = Stack::start("backlog", 1, 2).await?;
+    let script = s.script("slow", "sleep 0.5").await?;
+    let single = id(&s
+        .task(json!({"name": "single", "script_id": script, "multitasking": false}))
+        .await?);
+    let free = id(&s.task(json!({"name": "free", "script_id": script})).await?);
+    // 100 runs that can only go one at a time on the one bot: the second
+    // slot stays free behind them...
+    for _ in 0..100 {
+        s.run(&single, json!([])).await?;
+    }
+    // ...and a newer job of another task takes it.
+    let newer = id(&s.run(&free, json!([])).await?);
+    s.job_until(&newer, &["COMPLETE"], Duration::from_secs(20))
+        .await?;
+    let db = s.env.db().await?;
+    let waiting: i64 = db
+        .query_one("SELECT count(*) FROM jobs WHERE status = 'WAITING'", &[])
+        .await?
+        .get(0);
+    assert!(
+        waiting > 50,
+        "the newer job ran while the backlog waited ({waiting} waiting)"
     );
     s.finish().await
 }

@@ -94,6 +94,17 @@ impl From<RepoError> for ApiError {
                     "a value in the request cannot be stored (for example a NUL character)",
                 )
             }
+            // A race with a delete: what the request refers to went away,
+            // or is still referred to.
+            RepoError::Db(ref db)
+                if db.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+            {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "something this request refers to was changed or removed meanwhile; retry",
+                )
+            }
             RepoError::Db(ref db) if db.is_closed() || db.as_db_error().is_none() => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; retry shortly")

@@ -113,6 +113,11 @@ pub struct ReaperSettings {
     /// A bot silent for this many heartbeat intervals is UNAVAILABLE.
     pub missed_heartbeats: u32,
     pub heartbeat_interval_ms: u64,
+    /// A job whose bot is lost goes back to WAITING while it has had fewer
+    /// attempts than this; then it FAILS.
+    pub max_attempts: i32,
+    /// Most leases expired in one transaction.
+    pub batch_size: i64,
 }
 
 const DEFAULTS: &str = r#"
@@ -165,6 +170,8 @@ output_tail_bytes = 65536
 tick_ms = 1000
 missed_heartbeats = 3
 heartbeat_interval_ms = 5000
+max_attempts = 3
+batch_size = 500
 
 [security]
 secret_key = ""

@@ -1,23 +1,51 @@
 //! # timeout-reaper
 //!
-//! Expires leases whose deadline passed. In this first slice it marks agent
-//! bots that missed `missed_heartbeats` heartbeats UNAVAILABLE (so nothing new
-//! is sent to them); requeueing their jobs, job timeouts, human-task leases
-//! and webhook delivery come with the expiry issue.
+//! Expires leases whose deadline passed, batch by batch, each batch one
+//! transaction whose rows are claimed with `SKIP LOCKED` (so any number of
+//! reapers split the work and none expires a lease twice):
+//!
+//! * an agent silent for `missed_heartbeats` heartbeats becomes UNAVAILABLE
+//!   and the jobs it holds go back to WAITING — or FAIL once they have had
+//!   `max_attempts` attempts — to be matched again (a late report from the
+//!   lost attempt is refused by its attempt number);
+//! * a running job past its lease (its timeout plus `jobs::LEASE_SLACK`)
+//!   that its bot never reported on becomes TIMEOUT.
+//!
+//! Every change goes through the jobs' one transition path (history,
+//! triggers), and the dispatchers are woken for requeued work.
 
 use orq_shared::CancellationToken;
-use orq_shared::broker::Broker;
+use orq_shared::broker::{Broker, KEY_INTAKE};
 use orq_shared::config::Settings;
+use orq_shared::domain::{BotId, CustomerId, JobEvent};
+use orq_shared::messages::Wake;
+use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
 use orq_shared::repo::{RepoError, bots};
+use std::collections::HashSet;
 use std::time::Duration;
+use uuid::Uuid;
 
 pub struct App {
     settings: Settings,
     pool: deadpool_postgres::Pool,
-    /// Held so the reaper's connection and topology exist (its outbox and
-    /// re-queue work will publish through it).
-    _broker: Broker,
+    /// Wakes the dispatchers when jobs wait again.
+    broker: Broker,
     shutdown: CancellationToken,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    pub silent_bots: usize,
+    pub requeued: usize,
+    pub failed: usize,
+    pub timed_out: usize,
+}
+
+impl Reaped {
+    pub fn total(&self) -> usize {
+        self.silent_bots + self.requeued + self.failed + self.timed_out
+    }
 }
 
 impl App {
@@ -28,7 +56,7 @@ impl App {
         Ok(App {
             settings,
             pool,
-            _broker: broker,
+            broker,
             shutdown,
         })
     }
@@ -41,25 +69,167 @@ impl App {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return Ok(()),
             }
-            match self.reap_once().await {
-                Ok(n) if n > 0 => tracing::info!(bots = n, "marked silent bots UNAVAILABLE"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reaping failed; will retry"),
+            // Batch after batch until a pass finds nothing more to expire.
+            loop {
+                match self.reap_once().await {
+                    Ok(r) if r.total() > 0 => {
+                        tracing::info!(
+                            silent_bots = r.silent_bots,
+                            requeued = r.requeued,
+                            failed = r.failed,
+                            timed_out = r.timed_out,
+                            "leases expired"
+                        );
+                        if self.shutdown.is_cancelled() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reaping failed; will retry");
+                        break;
+                    }
+                }
             }
         }
     }
 
-    /// One pass; returns how many leases expired.
-    pub async fn reap_once(&self) -> Result<usize, RepoError> {
-        let silent_for = Duration::from_millis(
-            self.settings.reaper.heartbeat_interval_ms
-                * u64::from(self.settings.reaper.missed_heartbeats),
-        );
+    /// One batch of each rule, each in its own transaction.
+    pub async fn reap_once(&self) -> Result<Reaped, RepoError> {
+        let mut reaped = Reaped::default();
+        let mut wake: HashSet<CustomerId> = HashSet::new();
+        self.silent_bots(&mut reaped, &mut wake).await?;
+        self.job_timeouts(&mut reaped).await?;
+        for customer in wake {
+            let message = Wake {
+                id: Uuid::now_v7(),
+                customer_id: customer,
+                job_id: None,
+            };
+            // A lost wake-up costs the dispatchers' sweep interval.
+            if let Err(e) = self
+                .broker
+                .publish_json(KEY_INTAKE, message.id, &message)
+                .await
+            {
+                tracing::warn!(error = %e, %customer, "wake-up not published");
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// Silent agents: UNAVAILABLE, and their jobs taken back.
+    async fn silent_bots(
+        &self,
+        reaped: &mut Reaped,
+        wake: &mut HashSet<CustomerId>,
+    ) -> Result<(), RepoError> {
+        let r = &self.settings.reaper;
+        let silent_for =
+            Duration::from_millis(r.heartbeat_interval_ms * u64::from(r.missed_heartbeats));
         let before = time::OffsetDateTime::now_utc() - silent_for;
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
-        let expired = bots::expire_silent(&tx, before, 500).await?;
+        let lost: Vec<BotId> = bots::expire_silent(&tx, before, r.batch_size).await?;
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let held = jobs::held_by(&tx, &lost).await?;
+        let changes: Vec<Change> = held
+            .iter()
+            .map(|h| {
+                let retry = h.attempt < r.max_attempts;
+                let note = if retry {
+                    format!(
+                        "bot {} went silent; the job waits for another bot (attempt {} of {})",
+                        bot_name(h),
+                        h.attempt,
+                        r.max_attempts
+                    )
+                } else {
+                    format!(
+                        "bot {} went silent; the job had {} attempts and fails",
+                        bot_name(h),
+                        h.attempt
+                    )
+                };
+                change(h, JobEvent::BotLost { retry }, EventKind::Warning, note)
+            })
+            .collect();
+        let results = jobs::apply_changes(&tx, &changes).await?;
         tx.commit().await?;
-        Ok(expired.len())
+        reaped.silent_bots += lost.len();
+        for (h, result) in held.iter().zip(results) {
+            if let jobs::ChangeResult::Done { to, .. } = result {
+                if to == orq_shared::domain::JobStatus::Waiting {
+                    reaped.requeued += 1;
+                    wake.insert(h.customer);
+                } else {
+                    reaped.failed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Running jobs past their lease: TIMEOUT.
+    async fn job_timeouts(&self, reaped: &mut Reaped) -> Result<(), RepoError> {
+        let mut db = self.pool.get().await?;
+        let tx = db.transaction().await?;
+        let now = time::OffsetDateTime::now_utc();
+        let expired = jobs::claim_expired_leases(&tx, now, self.settings.reaper.batch_size).await?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<Change> = expired
+            .iter()
+            .map(|e| {
+                change(
+                    e,
+                    JobEvent::TimedOut,
+                    EventKind::Error,
+                    format!(
+                        "no outcome from bot {} by the job's deadline (its timeout plus {} s)",
+                        bot_name(e),
+                        jobs::LEASE_SLACK.whole_seconds()
+                    ),
+                )
+            })
+            .collect();
+        let results = jobs::apply_changes(&tx, &changes).await?;
+        tx.commit().await?;
+        reaped.timed_out += results
+            .iter()
+            .filter(|r| matches!(r, jobs::ChangeResult::Done { .. }))
+            .count();
+        Ok(())
+    }
+}
+
+fn bot_name(e: &Expired) -> String {
+    e.bot.map_or_else(|| "-".to_string(), |b| b.to_string())
+}
+
+/// The change that ends a lease, fenced to the attempt that held it.
+fn change(e: &Expired, event: JobEvent, kind: EventKind, note: String) -> Change {
+    let id = Uuid::now_v7();
+    Change {
+        customer: e.customer,
+        job: e.job,
+        actor: match e.bot {
+            Some(bot) => Actor::Bot {
+                bot,
+                attempt: e.attempt,
+            },
+            None => Actor::System,
+        },
+        event,
+        outcome: Outcome {
+            error: (kind == EventKind::Error).then(|| note.clone()),
+            ..Outcome::default()
+        },
+        event_id: id,
+        at: time::OffsetDateTime::now_utc(),
+        notes: vec![(kind, note)],
     }
 }

@@ -10,7 +10,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use orq_shared::domain::{CustomerId, JobId, JobStatus, Role, TaskId};
-use orq_shared::repo::RepoError;
 use orq_shared::repo::customers::{self, Principal};
 use orq_shared::repo::jobs;
 use orq_shared::repo::script_jobs::{self, JobFilter, JobView};
@@ -355,22 +354,14 @@ fn statuses(raw_query: Option<&str>) -> Result<Vec<JobStatus>, ApiError> {
     Ok(out)
 }
 
-/// Hides a job whose task the caller may not see (its `acls`).
-async fn visible(
-    db: &impl deadpool_postgres::GenericClient,
-    who: &Principal,
-    job: &JobView,
-) -> Result<(), ApiError> {
-    if let Some(task) = job.task_id
-        && who.role != Role::Admin
-    {
-        match task_defs::get(db, who.customer_id, task, reader(who)).await {
-            Ok(_) => {}
-            Err(RepoError::NotFound(_)) => return Err(ApiError::not_found("job")),
-            Err(e) => return Err(e.into()),
-        }
+/// Hides a job whose task's acls (as they were when the job was created)
+/// leave the caller out.
+fn visible(who: &Principal, job: JobView) -> Result<JobView, ApiError> {
+    if script_jobs::visible_to(&job.acls, reader(who)) {
+        Ok(job)
+    } else {
+        Err(ApiError::not_found("job"))
     }
-    Ok(())
 }
 
 /// `GET /{customer}/task/{id}/job?status=&lifecycle[]=`: the task's jobs.
@@ -390,7 +381,7 @@ pub async fn list_for_task(
     };
     let db = state.db().await?;
     task_defs::get(&db, who.customer_id, task, reader(who)).await?;
-    let items = script_jobs::list(&db, who.customer_id, &filter, page).await?;
+    let items = script_jobs::list(&db, who.customer_id, &filter, reader(who), page).await?;
     let last = items.last().map(|j| j.id.to_string());
     Ok(paged(items, page, last))
 }
@@ -426,17 +417,8 @@ pub async fn list(
         task,
         statuses: statuses(uri.query())?,
     };
-    let mut items = script_jobs::list(&db, who.customer_id, &filter, page).await?;
+    let items = script_jobs::list(&db, who.customer_id, &filter, reader(who), page).await?;
     let last = items.last().map(|j| j.id.to_string());
-    if who.role != Role::Admin && task.is_none() {
-        let mut shown = Vec::with_capacity(items.len());
-        for job in items {
-            if visible(&db, who, &job).await.is_ok() {
-                shown.push(job);
-            }
-        }
-        items = shown;
-    }
     Ok(paged(items, page, last))
 }
 
@@ -449,8 +431,7 @@ pub async fn get(
     let id: JobId = parse_id(&id, "job")?;
     let db = state.db().await?;
     let job = script_jobs::get(&db, who.customer_id, id).await?;
-    visible(&db, who, &job).await?;
-    Ok(axum::Json(job))
+    Ok(axum::Json(visible(who, job)?))
 }
 
 /// The job's history: every status change, percent, step, error, warning.
@@ -462,8 +443,7 @@ pub async fn events(
     let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let id: JobId = parse_id(&id, "job")?;
     let db = state.db().await?;
-    let job = script_jobs::get(&db, who.customer_id, id).await?;
-    visible(&db, who, &job).await?;
+    visible(who, script_jobs::get(&db, who.customer_id, id).await?)?;
     Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
 }
 
@@ -477,8 +457,7 @@ pub async fn cancel(
     let who = scoped(&auth, &customer, &[Role::User])?;
     let id: JobId = parse_id(&id, "job")?;
     let db = state.db().await?;
-    let job = script_jobs::get(&db, who.customer_id, id).await?;
-    visible(&db, who, &job).await?;
+    visible(who, script_jobs::get(&db, who.customer_id, id).await?)?;
     cancel_job(&state, who.customer_id, id).await?;
     Ok(axum::Json(
         script_jobs::get(&db, who.customer_id, id).await?,

@@ -97,8 +97,8 @@ async fn task_spec(
     parse_argument_defs(&task_arguments)?;
     let run_as = body.run_as.trim().to_string();
     RunAs::parse(&run_as)?;
-    let triggers = body.triggers.unwrap_or_else(|| json!([]));
-    for (i, t) in parse_triggers(&triggers)?.iter().enumerate() {
+    let triggers = parse_triggers(&body.triggers.unwrap_or_else(|| json!([])))?;
+    for (i, t) in triggers.iter().enumerate() {
         let field = format!("triggers[{i}]");
         if Some(t.task_id) == this {
             return Err(ApiError::invalid_field(
@@ -139,7 +139,9 @@ async fn task_spec(
             run_as
         },
         acls: words("acls", &body.acls)?,
-        triggers,
+        // Stored as parsed: ids in their canonical form, which is what the
+        // triggers lookup (`@>`) compares.
+        triggers: serde_json::to_value(&triggers).unwrap_or_else(|_| json!([])),
         grace_time: seconds("grace_time", body.grace_time, 0, 0)?,
         timeout: seconds("timeout", body.timeout, DEFAULT_TIMEOUT, 1)?,
         multitasking: body.multitasking.unwrap_or(true),
@@ -341,7 +343,14 @@ pub async fn import(
         Some(_) => {
             script_spec.name = format!("{} (imported {})", script_spec.name, &checksum[..12]);
             match scripts::find_by_name(&tx, who.customer_id, &script_spec.name).await? {
-                Some((id, _)) => id,
+                Some((id, sum)) if sum == checksum => id,
+                Some(_) => {
+                    return Err(RepoError::Conflict(format!(
+                        "a script named {:?} exists with other content; rename it",
+                        script_spec.name
+                    ))
+                    .into());
+                }
                 None => {
                     scripts::insert(&tx, who.customer_id, &script_spec)
                         .await?

@@ -16,8 +16,21 @@ use super::{PageQuery, paged, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::state::AppState;
+use orq_shared::repo::customers::Principal;
 
 const READERS: &[Role] = &[Role::Viewer, Role::Bot];
+
+/// These routes are the proof of concept's, over CSV jobs. A run of a task
+/// definition is reached through `/{customer}/job/{id}`, where its task's
+/// acls apply; here only a bot may read one (an agent re-checks its
+/// assignments through `GET /tasks/{id}`), and nobody may change one.
+fn csv_only(task: Task, who: &Principal, reading: bool) -> Result<Task, ApiError> {
+    if task.kind == "system" || (reading && who.role == Role::Bot) {
+        Ok(task)
+    } else {
+        Err(ApiError::not_found("task"))
+    }
+}
 const RUNNERS: &[Role] = &[Role::User, Role::Bot];
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +83,8 @@ pub async fn get(
     let who = auth.require(READERS)?;
     let id: JobId = parse_id(&id, "task")?;
     let db = state.db().await?;
-    Ok(axum::Json(jobs::get(&db, who.customer_id, id).await?))
+    let task = jobs::get(&db, who.customer_id, id).await?;
+    Ok(axum::Json(csv_only(task, who, true)?))
 }
 
 pub async fn events(
@@ -81,7 +95,7 @@ pub async fn events(
     let who = auth.require(READERS)?;
     let id: JobId = parse_id(&id, "task")?;
     let db = state.db().await?;
-    jobs::get(&db, who.customer_id, id).await?;
+    csv_only(jobs::get(&db, who.customer_id, id).await?, who, true)?;
     Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
 }
 
@@ -200,7 +214,7 @@ pub async fn update(
         .transpose()
         .map_err(|e| ApiError::invalid_field("status", e.to_string()))?;
     let mut db = state.db().await?;
-    let current = jobs::get(&db, who.customer_id, id).await?;
+    let current = csv_only(jobs::get(&db, who.customer_id, id).await?, &who, false)?;
     let redefine = body.description.is_some() || body.system.is_some() || body.attachment.is_some();
     let new = if redefine {
         let attachment = body
@@ -271,6 +285,11 @@ pub async fn cancel(
 ) -> Result<axum::Json<Task>, ApiError> {
     let who = auth.require(&[Role::User])?.clone();
     let id: JobId = parse_id(&id, "task")?;
+    csv_only(
+        jobs::get(&state.db().await?, who.customer_id, id).await?,
+        &who,
+        false,
+    )?;
     Ok(axum::Json(cancel_job(&state, who.customer_id, id).await?))
 }
 
@@ -334,6 +353,7 @@ pub async fn delete(
     let who = auth.require(&[Role::Admin])?;
     let id: JobId = parse_id(&id, "task")?;
     let db = state.db().await?;
+    csv_only(jobs::get(&db, who.customer_id, id).await?, who, false)?;
     jobs::delete(&db, who.customer_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

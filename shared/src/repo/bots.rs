@@ -417,7 +417,9 @@ pub async fn apply_event(
 }
 
 /// Marks agent bots silent since `before` UNAVAILABLE, in batches claimed
-/// with `SKIP LOCKED` so concurrent reapers split the work. Returns the ids.
+/// with `SKIP LOCKED` so concurrent reapers split the work. Returns the ids,
+/// including bots already UNAVAILABLE that still hold jobs (marked so by a
+/// failed delivery, say): the caller takes those jobs back.
 pub async fn expire_silent(
     db: &impl GenericClient,
     before: OffsetDateTime,
@@ -426,7 +428,8 @@ pub async fn expire_silent(
     let rows = query(
         db,
         "SELECT id, status FROM bots
-              WHERE delivery = 'agent' AND status <> 'UNAVAILABLE' AND last_heartbeat_at < $1
+              WHERE delivery = 'agent' AND last_heartbeat_at < $1
+                AND (status <> 'UNAVAILABLE' OR active_jobs > 0)
               ORDER BY last_heartbeat_at LIMIT $2
               FOR UPDATE SKIP LOCKED",
         &[&before, &limit],

@@ -23,6 +23,8 @@ use crate::messages::ScriptSpec;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Task {
     pub id: JobId,
+    /// `system` (a CSV task) or `script` (a run of a task definition).
+    pub kind: String,
     pub description: String,
     pub system: String,
     pub status: JobStatus,
@@ -46,12 +48,13 @@ pub struct Task {
     pub finished_at: Option<OffsetDateTime>,
 }
 
-const SUMMARY: &str = "id, description, system, status, created_at, bot_id, attempt, percent, \
+const SUMMARY: &str = "id, kind, description, system, status, created_at, bot_id, attempt, percent, \
      rows_done, rows_total, error, result, updated_at, started_at, finished_at";
 
 fn from_row(r: &Row, with_attachment: bool) -> Result<Task, RepoError> {
     Ok(Task {
         id: JobId(r.get("id")),
+        kind: r.get("kind"),
         description: r.get("description"),
         system: r.get("system"),
         status: parse_col(r.get::<_, &str>("status"))?,
@@ -476,6 +479,11 @@ pub enum ChangeResult {
     Invalid(String),
 }
 
+/// How long past a run's timeout its bot has to report the outcome before
+/// the reaper ends the job as TIMEOUT: the agent's SIGTERM -> SIGKILL grace
+/// and the report's way through RabbitMQ fit well within it.
+pub const LEASE_SLACK: time::Duration = time::Duration::seconds(30);
+
 /// A script job that ended in this batch: its task's triggers fire.
 struct Ended {
     customer: CustomerId,
@@ -504,6 +512,9 @@ struct Locked {
     exit_code: Option<i32>,
     output: Option<serde_json::Value>,
     step: Option<String>,
+    /// The run's timeout (script jobs) and the lease it gives.
+    timeout_secs: Option<i64>,
+    lease: Option<OffsetDateTime>,
     changed: bool,
 }
 
@@ -522,7 +533,8 @@ pub async fn apply_changes(
     let rows = query(
         db,
         "SELECT id, customer_id, status, attempt, bot_id, percent, rows_done, error, result,
-                started_at, finished_at, exit_code, output, step, task_id
+                started_at, finished_at, exit_code, output, step, task_id,
+                (spec->>'timeout_secs')::int8, lease_expires_at
            FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         &[&ids],
     )
@@ -548,6 +560,8 @@ pub async fn apply_changes(
                 output: r.get(12),
                 step: r.get(13),
                 task: r.get::<_, Option<Uuid>>(14).map(TaskId),
+                timeout_secs: r.get(15),
+                lease: r.get(16),
                 changed: false,
             },
         );
@@ -606,6 +620,17 @@ pub async fn apply_changes(
         }
         if to == JobStatus::Running && job.started_at.is_none() {
             job.started_at = Some(c.at);
+        }
+        // A run with a timeout holds a lease from its start: its bot must
+        // report an outcome by then (the timeout, plus the bot's own
+        // SIGTERM/SIGKILL and reporting), or the reaper ends it.
+        if from == JobStatus::Assigned && to == JobStatus::Running {
+            job.lease = job
+                .timeout_secs
+                .map(|t| c.at + time::Duration::seconds(t) + LEASE_SLACK);
+        }
+        if !to.is_active() {
+            job.lease = None;
         }
         if to.is_terminal() {
             job.finished_at = Some(c.at);
@@ -711,21 +736,23 @@ async fn write_jobs(
     let output: Vec<Option<&serde_json::Value>> =
         changed.iter().map(|(_, j)| j.output.as_ref()).collect();
     let step: Vec<Option<&str>> = changed.iter().map(|(_, j)| j.step.as_deref()).collect();
+    let lease: Vec<Option<OffsetDateTime>> = changed.iter().map(|(_, j)| j.lease).collect();
     let n = execute(
         db,
         "UPDATE jobs j SET status = u.status, percent = u.percent, rows_done = u.rows_done,
                 error = u.error, result = u.result, started_at = u.started_at,
                 finished_at = u.finished_at, bot_id = u.bot_id, exit_code = u.exit_code,
-                output = u.output, step = u.step, updated_at = now()
+                output = u.output, step = u.step, lease_expires_at = u.lease,
+                updated_at = now()
            FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::text[], $6::jsonb[],
                        $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::int4[],
-                       $12::int4[], $13::jsonb[], $14::text[])
+                       $12::int4[], $13::jsonb[], $14::text[], $15::timestamptz[])
                 AS u(id, status, percent, rows_done, error, result, started_at, finished_at,
-                     bot_id, from_status, attempt, exit_code, output, step)
+                     bot_id, from_status, attempt, exit_code, output, step, lease)
           WHERE j.id = u.id AND j.status = u.from_status AND j.attempt = u.attempt",
         &[
             &ids, &status, &percent, &rows_done, &error, &result, &started, &finished, &bot, &from,
-            &attempt, &exit_code, &output, &step,
+            &attempt, &exit_code, &output, &step, &lease,
         ],
     )
     .await?;
@@ -852,27 +879,77 @@ pub async fn match_waiting(
         all.dedup();
         all
     };
-    let agents = free.iter().any(|b| b.delivery == Delivery::Agent);
-    // More candidates than slots: a job no free bot can take (pinned to a
-    // busy host, one run per bot) must not hide the ones behind it.
-    let candidates = (slots * 8 + 32).min(limit.max(slots));
-    let rows = query(
-        db,
-        "SELECT id, kind, system, host_id, tags, multitasking, task_id FROM jobs
-              WHERE customer_id = $1 AND status = 'WAITING'
-                AND (not_before IS NULL OR not_before <= now())
-                AND ((kind = 'system' AND system = ANY($2)) OR (kind = 'script' AND $3))
-              ORDER BY created_at, id
-              LIMIT $4
-              FOR UPDATE SKIP LOCKED",
-        &[&customer.0, &systems, &agents, &candidates],
-    )
-    .await?;
-    let jobs: Vec<Candidate> = rows
+    let agent_ids: Vec<Uuid> = free
         .iter()
-        .map(|r| {
+        .filter(|b| b.delivery == Delivery::Agent)
+        .map(|b| b.id.0)
+        .collect();
+    let agent_tags: Vec<String> = {
+        let mut all: Vec<String> = free
+            .iter()
+            .filter(|b| b.delivery == Delivery::Agent)
+            .flat_map(|b| b.tags.clone())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    };
+    // Bots already running a one-run-per-bot task. The bots are locked by
+    // this transaction, so nobody else assigns to them meanwhile.
+    let mut busy: HashSet<(BotId, Uuid)> = HashSet::new();
+    if !agent_ids.is_empty() {
+        for r in query(
+            db,
+            "SELECT bot_id, task_id FROM jobs
+                  WHERE bot_id = ANY($1) AND status IN ('ASSIGNED', 'RUNNING')
+                    AND NOT multitasking AND task_id IS NOT NULL",
+            &[&agent_ids],
+        )
+        .await?
+        {
+            busy.insert((BotId(r.get(0)), r.get(1)));
+        }
+    }
+    // Oldest first, a page at a time. The query leaves out what no free bot
+    // could take (another system, a host or tags no free agent has); what
+    // is left may still not fit (a one-run-per-bot task already on every
+    // free bot), so further pages are read until the slots are filled: a
+    // backlog that cannot run must not hide the jobs behind it.
+    let page_size = (slots * 8 + 32).min(limit.max(slots));
+    let max_scan = page_size * 16;
+    let mut scanned = 0;
+    let mut after: Option<(OffsetDateTime, Uuid)> = None;
+    let mut picks: Vec<(Uuid, usize)> = Vec::new();
+    while (picks.len() as i64) < slots && scanned < max_scan {
+        let rows = query(
+            db,
+            "SELECT id, kind, system, host_id, tags, multitasking, task_id, created_at FROM jobs
+                  WHERE customer_id = $1 AND status = 'WAITING'
+                    AND (not_before IS NULL OR not_before <= now())
+                    AND ((kind = 'system' AND system = ANY($2))
+                         OR (kind = 'script' AND cardinality($3::uuid[]) > 0
+                             AND (host_id IS NULL OR host_id = ANY($3))
+                             AND tags <@ $4))
+                    AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7))
+                  ORDER BY created_at, id
+                  LIMIT $5
+                  FOR UPDATE SKIP LOCKED",
+            &[
+                &customer.0,
+                &systems,
+                &agent_ids,
+                &agent_tags,
+                &page_size,
+                &after.map(|a| a.0),
+                &after.map(|a| a.1),
+            ],
+        )
+        .await?;
+        scanned += rows.len() as i64;
+        // Greedy, oldest job first, to the least loaded bot that can take it.
+        for r in &rows {
             let script = r.get::<_, &str>(1) == "script";
-            Candidate {
+            let job = Candidate {
                 id: r.get(0),
                 system: (!script).then(|| r.get(2)),
                 host: r.get::<_, Option<Uuid>>(3).map(BotId),
@@ -882,41 +959,26 @@ pub async fn match_waiting(
                 } else {
                     None
                 },
+            };
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| job.fits(b, &busy))
+                .max_by_key(|(i, b)| (b.capacity - b.active - b.taken, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                free[i].taken += 1;
+                if let Some(task) = job.single_task {
+                    busy.insert((free[i].id, task));
+                }
+                picks.push((job.id, i));
             }
-        })
-        .collect();
-    // Bots already running a one-run-per-bot task. The bots are locked by
-    // this transaction, so nobody else assigns to them meanwhile.
-    let mut busy: HashSet<(BotId, Uuid)> = HashSet::new();
-    if jobs.iter().any(|j| j.single_task.is_some()) {
-        let bot_ids: Vec<Uuid> = free.iter().map(|b| b.id.0).collect();
-        for r in query(
-            db,
-            "SELECT bot_id, task_id FROM jobs
-                  WHERE bot_id = ANY($1) AND status IN ('ASSIGNED', 'RUNNING')
-                    AND NOT multitasking AND task_id IS NOT NULL",
-            &[&bot_ids],
-        )
-        .await?
-        {
-            busy.insert((BotId(r.get(0)), r.get(1)));
         }
-    }
-    // Greedy, oldest job first, to the least loaded bot that can take it.
-    let mut picks: Vec<(Uuid, usize)> = Vec::new();
-    for job in &jobs {
-        let best = free
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| job.fits(b, &busy))
-            .max_by_key(|(i, b)| (b.capacity - b.active - b.taken, std::cmp::Reverse(*i)))
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            free[i].taken += 1;
-            if let Some(task) = job.single_task {
-                busy.insert((free[i].id, task));
+        match rows.last() {
+            Some(last) if rows.len() as i64 == page_size => {
+                after = Some((last.get(7), last.get(0)));
             }
-            picks.push((job.id, i));
+            _ => break,
         }
     }
     if picks.is_empty() {
@@ -1088,4 +1150,59 @@ pub async fn touch_assignment(
     )
     .await?;
     Ok(())
+}
+
+/// A job whose lease a reaper claimed.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    pub customer: CustomerId,
+    pub job: JobId,
+    pub attempt: i32,
+    pub bot: Option<BotId>,
+}
+
+fn expired_rows(rows: &[Row]) -> Vec<Expired> {
+    rows.iter()
+        .map(|r| Expired {
+            customer: CustomerId(r.get(0)),
+            job: JobId(r.get(1)),
+            attempt: r.get(2),
+            bot: r.get::<_, Option<Uuid>>(3).map(BotId),
+        })
+        .collect()
+}
+
+/// Running jobs whose lease passed `now`, oldest deadline first, claimed
+/// with `SKIP LOCKED`: concurrent reapers take disjoint batches, and a job
+/// one of them expires is no longer running for the other.
+pub async fn claim_expired_leases(
+    db: &impl GenericClient,
+    now: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<Expired>, RepoError> {
+    let rows = query(
+        db,
+        "SELECT customer_id, id, attempt, bot_id FROM jobs
+          WHERE status IN ('ASSIGNED', 'RUNNING') AND lease_expires_at IS NOT NULL
+            AND lease_expires_at < $1
+          ORDER BY lease_expires_at LIMIT $2
+          FOR UPDATE SKIP LOCKED",
+        &[&now, &limit],
+    )
+    .await?;
+    Ok(expired_rows(&rows))
+}
+
+/// The jobs the given bots hold (ASSIGNED or RUNNING), locked.
+pub async fn held_by(db: &impl GenericClient, bots: &[BotId]) -> Result<Vec<Expired>, RepoError> {
+    let ids: Vec<Uuid> = bots.iter().map(|b| b.0).collect();
+    let rows = query(
+        db,
+        "SELECT customer_id, id, attempt, bot_id FROM jobs
+          WHERE bot_id = ANY($1) AND status IN ('ASSIGNED', 'RUNNING')
+          ORDER BY id FOR UPDATE",
+        &[&ids],
+    )
+    .await?;
+    Ok(expired_rows(&rows))
 }

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::jobs::{EventKind, EventRecord, append_events};
-use super::task_defs::{self, Runnable};
+use super::task_defs::{self, Reader, Runnable};
 use super::{Page, RepoError, execute, query, query_opt};
 use crate::domain::{BotId, CustomerId, JobId, JobStatus, TaskId};
 use crate::messages::ScriptSpec;
@@ -60,11 +60,14 @@ pub struct JobView {
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// Its task's acls when it was created: who besides admins may see it.
+    #[serde(skip)]
+    pub acls: Vec<String>,
 }
 
 const COLUMNS: &str = "id, kind, task_id, description, status, host_id, bot_id, attempt, percent, \
      step, output, exit_code, result, error, spec, triggered_by, not_before, created_at, \
-     updated_at, assigned_at, started_at, finished_at";
+     updated_at, assigned_at, started_at, finished_at, acls";
 
 fn from_row(r: &Row) -> Result<JobView, RepoError> {
     let status: JobStatus = super::parse_col(r.get::<_, &str>("status"))?;
@@ -101,6 +104,7 @@ fn from_row(r: &Row) -> Result<JobView, RepoError> {
         assigned_at: r.get("assigned_at"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
+        acls: r.get("acls"),
     })
 }
 
@@ -112,6 +116,7 @@ pub struct NewScriptJob {
     pub host_id: Option<BotId>,
     pub tags: Vec<String>,
     pub multitasking: bool,
+    pub acls: Vec<String>,
     pub spec: ScriptSpec,
     /// With the hash of what was asked: a repeated key returns the first job.
     pub idempotency: Option<(String, Vec<u8>)>,
@@ -137,8 +142,9 @@ pub async fn create(
         "WITH j AS (
              INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status,
                                task_id, host_id, tags, multitasking, spec, idempotency_key,
-                               request_hash, not_before, triggered_by)
-             VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                               request_hash, not_before, triggered_by, acls)
+             VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                     $15)
              ON CONFLICT DO NOTHING
              RETURNING {COLUMNS}),
          e AS (
@@ -169,6 +175,7 @@ pub async fn create(
             &new.triggered_by.map(|j| j.0),
             &Uuid::now_v7(),
             &created,
+            &new.acls,
         ],
     )
     .await?;
@@ -225,18 +232,32 @@ fn status_names(statuses: &[JobStatus]) -> Vec<&'static str> {
     statuses.iter().map(|s| s.as_str()).collect()
 }
 
+/// Whether `reader` may see a job with these acls.
+pub fn visible_to(acls: &[String], reader: Reader<'_>) -> bool {
+    match reader {
+        Reader::Admin => true,
+        Reader::Named(name) => acls.is_empty() || name.is_some_and(|n| acls.iter().any(|a| a == n)),
+    }
+}
+
 pub async fn list(
     db: &impl GenericClient,
     customer: CustomerId,
     filter: &JobFilter,
+    reader: Reader<'_>,
     page: Page,
 ) -> Result<Vec<JobView>, RepoError> {
+    let (admin, name) = match reader {
+        Reader::Admin => (true, None),
+        Reader::Named(name) => (false, name),
+    };
     let sql = format!(
         "SELECT {COLUMNS} FROM jobs
           WHERE customer_id = $1 AND kind = 'script'
             AND ($2::uuid IS NULL OR task_id = $2)
             AND (cardinality($3::text[]) = 0 OR status = ANY($3))
             AND ($4::uuid IS NULL OR id > $4)
+            AND ($6 OR acls = '{{}}' OR $7::text = ANY(acls))
           ORDER BY id LIMIT $5"
     );
     let rows = query(
@@ -248,6 +269,8 @@ pub async fn list(
             &status_names(&filter.statuses),
             &page.after,
             &page.limit,
+            &admin,
+            &name,
         ],
     )
     .await?;
@@ -289,6 +312,7 @@ pub fn new_run(task: &Runnable, supplied: &[Value]) -> Result<NewScriptJob, Fiel
         host_id: def.host_id,
         tags: def.tags.clone(),
         multitasking: def.multitasking,
+        acls: def.acls.clone(),
         spec: ScriptSpec {
             script_id: def.script_id,
             checksum: task.script_checksum.clone(),

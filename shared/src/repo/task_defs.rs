@@ -283,13 +283,19 @@ pub async fn delete(
     if row.is_none() {
         return Err(RepoError::NotFound("task"));
     }
-    let active = query_one(
+    // Locked, not just counted: a job the matcher is assigning right now
+    // is waited for and seen as ASSIGNED, instead of skipped by the delete
+    // and left running without its task.
+    let active = query(
         db,
-        "SELECT count(*) FROM jobs WHERE task_id = $1 AND status IN ('ASSIGNED', 'RUNNING')",
+        "SELECT status FROM jobs WHERE task_id = $1 AND status IN ('WAITING', 'ASSIGNED', 'RUNNING')
+            FOR UPDATE",
         &[&id.0],
     )
     .await?
-    .get::<_, i64>(0);
+    .iter()
+    .filter(|r| r.get::<_, &str>(0) != "WAITING")
+    .count();
     if active > 0 {
         return Err(RepoError::Conflict(format!(
             "{active} job(s) of this task are running; cancel them or wait"

@@ -1,0 +1,235 @@
+//! Leases and the timeout-reaper, end to end: the real services against the
+//! real PostgreSQL and RabbitMQ.
+
+use orq_e2e::{Env, agent_config, eventually};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// Defines a script and a task that runs it; returns the task's id.
+async fn task(env: &Env, gw: &str, script: &str, extra: Value) -> anyhow::Result<String> {
+    let c = &env.customer;
+    let admin = env.client();
+    let s: Value = admin
+        .post(format!("{gw}/{c}/script"))
+        .json(
+            &json!({"name": "s", "filename": "s.sh", "content": format!("#!/bin/sh\n{script}\n")}),
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut body = json!({"name": "t", "script_id": s["id"]});
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    let t: Value = admin
+        .post(format!("{gw}/{c}/task"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(id(&t))
+}
+
+async fn job(env: &Env, gw: &str, id: &str) -> anyhow::Result<Value> {
+    Ok(env
+        .client()
+        .get(format!("{gw}/{}/job/{id}", env.customer))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+#[tokio::test]
+async fn a_killed_agents_job_waits_again_and_finishes_once_on_another_bot() -> anyhow::Result<()> {
+    let env = Env::new("lostbot").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let mut reaper_cmd = env.command("timeout-reaper");
+    reaper_cmd
+        .env("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000")
+        .env("ORQ_REAPER__TICK_MS", "200");
+    let _reaper = env.spawn("timeout-reaper", reaper_cmd)?;
+    let config = agent_config(&env.dir, "agent.toml", 1, &[])?;
+    let mut first = env.start_agent(&gw, "first", &config, &[]).await?;
+    let task = task(&env, &gw, "sleep 2", json!({})).await?;
+    let created: Value = env
+        .client()
+        .post(format!("{gw}/{}/task/{task}/job", env.customer))
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let job_id = id(&created);
+    let running = eventually(Duration::from_secs(30), "RUNNING", || async {
+        let j = job(&env, &gw, &job_id).await?;
+        Ok((j["status"] == "RUNNING").then_some(j))
+    })
+    .await?;
+    let lost_bot = running["bot_id"].as_str().unwrap_or_default().to_string();
+    first.kill9();
+    let killed = Instant::now();
+    let _second = env.start_agent(&gw, "second", &config, &[]).await?;
+    let waited = eventually(Duration::from_secs(30), "the job back in WAITING", || async {
+        let db = env.db().await?;
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM job_events WHERE job_id = $1::text::uuid AND to_status = 'WAITING' AND from_status = 'RUNNING'",
+                &[&job_id],
+            )
+            .await?
+            .get(0);
+        Ok((n == 1).then_some(killed.elapsed()))
+    })
+    .await?;
+    eprintln!("requeued {waited:?} after the agent was killed (heartbeat 1 s, 3 missed)");
+    let done = eventually(Duration::from_secs(30), "COMPLETE", || async {
+        let j = job(&env, &gw, &job_id).await?;
+        Ok((j["status"] == "COMPLETE").then_some(j))
+    })
+    .await?;
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_ne!(done["bot_id"], lost_bot.as_str(), "it ran on the other bot");
+    let events: Vec<Value> = env
+        .client()
+        .get(format!("{gw}/{}/job/{job_id}/events", env.customer))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let completes = events
+        .iter()
+        .filter(|e| e["to_status"] == "COMPLETE")
+        .count();
+    assert_eq!(completes, 1, "{events:?}");
+    assert!(
+        events.iter().any(|e| e["type"] == "WARNING"
+            && e["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("went silent")),
+        "{events:?}"
+    );
+    let bot: Value = env
+        .client()
+        .get(format!("{gw}/bots/{lost_bot}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(bot["status"], "UNAVAILABLE");
+    assert_eq!(bot["active_jobs"], 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_with_no_report_times_out() -> anyhow::Result<()> {
+    let env = Env::new("deadline").await?;
+    let db = env.db().await?;
+    // A running job whose agent is alive but never reports: its lease ran
+    // out a moment ago.
+    db.batch_execute(
+        "INSERT INTO bots (id, customer_id, name, ip_address, status, delivery, capacity, active_jobs, last_heartbeat_at)
+              SELECT gen_random_uuid(), id, 'quiet', '127.0.0.1', 'BUSY', 'agent', 1, 1, now() + interval '1 hour' FROM customers;
+         INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status, bot_id, attempt,
+                           started_at, lease_expires_at)
+              SELECT gen_random_uuid(), b.customer_id, 'script', 'x', '', '', 'RUNNING', b.id, 1,
+                     now() - interval '40 seconds', now() - interval '1 second' FROM bots b;",
+    )
+    .await?;
+    let _reaper = env.spawn("timeout-reaper", env.command("timeout-reaper"))?;
+    eventually(Duration::from_secs(30), "TIMEOUT", || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM jobs WHERE status = 'TIMEOUT'", &[])
+            .await?
+            .get(0);
+        Ok((n == 1).then_some(()))
+    })
+    .await?;
+    let row = db
+        .query_one(
+            "SELECT error, lease_expires_at IS NULL, finished_at IS NOT NULL FROM jobs",
+            &[],
+        )
+        .await?;
+    assert!(
+        row.get::<_, Option<String>>(0)
+            .unwrap_or_default()
+            .contains("deadline")
+    );
+    assert!(row.get::<_, bool>(1) && row.get::<_, bool>(2));
+    let active: i32 = db
+        .query_one("SELECT active_jobs FROM bots", &[])
+        .await?
+        .get(0);
+    assert_eq!(active, 0, "the bot's slot is free again");
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn two_reapers_expire_10000_leases_each_exactly_once() -> anyhow::Result<()> {
+    const N: i64 = 10_000;
+    let env = Env::new("reapers").await?;
+    let db = env.db().await?;
+    db.batch_execute(&format!(
+        "INSERT INTO bots (id, customer_id, name, ip_address, status, delivery, capacity, active_jobs, last_heartbeat_at)
+              SELECT gen_random_uuid(), id, 'big', '127.0.0.1', 'BUSY', 'agent', {N}, {N}, now() + interval '1 hour' FROM customers;
+         INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status, bot_id, attempt,
+                           started_at, lease_expires_at)
+              SELECT gen_random_uuid(), b.customer_id, 'script', 'x', '', '', 'RUNNING', b.id, 1,
+                     now(), now() - random() * interval '10 seconds'
+                FROM bots b, generate_series(1, {N});"
+    ))
+    .await?;
+    let reaper = |name: &str| {
+        let mut cmd = env.command("timeout-reaper");
+        cmd.env("ORQ_REAPER__TICK_MS", "50")
+            .env("ORQ_REAPER__BATCH_SIZE", "200");
+        env.spawn(name, cmd)
+    };
+    let a = reaper("reaper-a")?;
+    let b = reaper("reaper-b")?;
+    eventually(Duration::from_secs(120), "every lease expired", || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM jobs WHERE status = 'TIMEOUT'", &[])
+            .await?
+            .get(0);
+        Ok((n == N).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT job_id) FROM job_events WHERE to_status = 'TIMEOUT'",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, i64>(0), N, "one TIMEOUT event per job");
+    assert_eq!(row.get::<_, i64>(1), N);
+    let active: i32 = db
+        .query_one("SELECT active_jobs FROM bots", &[])
+        .await?
+        .get(0);
+    assert_eq!(active, 0, "each expiry freed its slot once");
+    // Both reapers took part.
+    for r in [&a, &b] {
+        assert!(
+            r.log_text().contains("leases expired"),
+            "{} did nothing:\n{}",
+            r.name,
+            r.log_text()
+        );
+    }
+    drop((a, b));
+    env.cleanup().await
+}
