@@ -60,8 +60,10 @@ struct Inner {
     attempts: Mutex<HashMap<(JobId, i32), Local>>,
     running: std::sync::atomic::AtomicU32,
     scripts: ScriptCache,
-    /// Jobs running here, to stop one when it is canceled.
-    cancels: Mutex<HashMap<(JobId, i32), CancellationToken>>,
+    /// Jobs running here, to stop one when it is canceled, and cancels that
+    /// came before their job (one lock: a cancel is never lost between the
+    /// two).
+    cancels: Mutex<Cancels>,
 }
 
 /// An assignment older than this is checked against the job before it runs.
@@ -108,6 +110,17 @@ impl Agent {
         } else {
             std::path::PathBuf::from(&settings.agent.script_dir)
         };
+        // Absolute (scripts run in their own directory) and private: no
+        // other local user may swap a cached script.
+        let script_dir = std::path::absolute(&script_dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&script_dir)
+                .with_context(|| format!("creating the script cache {}", script_dir.display()))?;
+        }
         let scripts = ScriptCache {
             dir: script_dir,
             http: http.clone(),
@@ -125,7 +138,7 @@ impl Agent {
                 attempts: Mutex::new(HashMap::new()),
                 running: std::sync::atomic::AtomicU32::new(0),
                 scripts,
-                cancels: Mutex::new(HashMap::new()),
+                cancels: Mutex::new(Cancels::default()),
             }),
         })
     }
@@ -223,6 +236,26 @@ impl Agent {
                     return;
                 }
                 Check::Resume(rows_done) => start = rows_done,
+                Check::StartedBefore => {
+                    tracing::warn!(job = %a.job_id, attempt = a.attempt, "a script of this job was started before this agent restarted; not running it again");
+                    JobReporter::new(self)
+                        .finish(ReportBody::Finished {
+                            job_id: a.job_id,
+                            attempt: a.attempt,
+                            status: JobStatus::Failed,
+                            exit_code: None,
+                            output: None,
+                            error: Some(
+                                "the agent restarted while the script ran; its outcome is unknown and it is not run twice"
+                                    .into(),
+                            ),
+                            stdout: String::new(),
+                            stderr: String::new(),
+                        })
+                        .await;
+                    self.finish(key);
+                    return;
+                }
             }
         }
         self.inner
@@ -250,7 +283,7 @@ impl Agent {
         let key = (a.job_id, a.attempt);
         let cancel = CancellationToken::new();
         if let Ok(mut c) = self.inner.cancels.lock() {
-            c.insert(key, cancel.clone());
+            c.start(key, cancel.clone());
         }
         let reporter = JobReporter::new(self);
         match &a.script {
@@ -258,7 +291,7 @@ impl Agent {
             None => self.run_rows(a, start, reporter, &cancel).await,
         }
         if let Ok(mut c) = self.inner.cancels.lock() {
-            c.remove(&key);
+            c.running.remove(&key);
         }
     }
 
@@ -436,15 +469,9 @@ impl Agent {
                     Ok(Control::Cancel {
                         job_id, attempt, ..
                     }) => {
-                        let token = self
-                            .inner
-                            .cancels
-                            .lock()
-                            .ok()
-                            .and_then(|c| c.get(&(job_id, attempt)).cloned());
-                        if let Some(token) = token {
-                            tracing::info!(job = %job_id, attempt, "job canceled; stopping it");
-                            token.cancel();
+                        tracing::info!(job = %job_id, attempt, "job canceled; stopping it");
+                        if let Ok(mut c) = self.inner.cancels.lock() {
+                            c.cancel((job_id, attempt));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
@@ -544,6 +571,14 @@ impl Agent {
             // Cannot tell: run it; the dispatcher fences a stale report.
             None => Check::Resume(0),
             Some(s)
+                if s.status == JobStatus::Running
+                    && a.script.is_some()
+                    && s.attempt == a.attempt
+                    && s.bot_id == Some(self.inner.identity.id) =>
+            {
+                Check::StartedBefore
+            }
+            Some(s)
                 if s.status.is_active()
                     && s.attempt == a.attempt
                     && s.bot_id == Some(self.inner.identity.id) =>
@@ -602,10 +637,44 @@ impl<'a> JobReporter<'a> {
     }
 }
 
+/// Cancel tokens of the jobs running here, and cancels of jobs not (yet)
+/// running here (bounded: the oldest are forgotten).
+#[derive(Default)]
+struct Cancels {
+    running: HashMap<(JobId, i32), CancellationToken>,
+    early: std::collections::VecDeque<(JobId, i32)>,
+}
+
+impl Cancels {
+    const EARLY_MAX: usize = 1000;
+
+    fn start(&mut self, key: (JobId, i32), token: CancellationToken) {
+        if self.early.contains(&key) {
+            token.cancel();
+        }
+        self.running.insert(key, token);
+    }
+
+    fn cancel(&mut self, key: (JobId, i32)) {
+        match self.running.get(&key) {
+            Some(token) => token.cancel(),
+            None => {
+                if self.early.len() >= Self::EARLY_MAX {
+                    self.early.pop_front();
+                }
+                self.early.push_back(key);
+            }
+        }
+    }
+}
+
 enum Check {
     Stale,
     /// Still ours: rows before this index were reported done.
     Resume(usize),
+    /// Still ours, and a script of it was already started here by an agent
+    /// that stopped: it may still be running, and a script is not resumable.
+    StartedBefore,
 }
 
 async fn register(http: &reqwest::Client, settings: &Settings) -> anyhow::Result<Identity> {

@@ -172,7 +172,11 @@ impl ScriptCache {
 /// Writes to a temporary name and renames: a concurrent run of the same
 /// script never sees half a file.
 async fn write_executable(dir: &Path, path: &Path, content: &[u8]) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await?;
     let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
     tokio::fs::write(&tmp, content).await?;
     tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).await?;
@@ -208,6 +212,9 @@ where
     let Some((program, args)) = argv.split_first() else {
         return ScriptResult::failed("run_as is empty".into());
     };
+    if cancel.is_cancelled() {
+        return ScriptResult::failed("canceled before it started".into());
+    }
     let mut command = Command::new(program);
     scrub_env(&mut command);
     let env: BTreeMap<&str, &str> = spec

@@ -233,3 +233,59 @@ async fn two_reapers_expire_10000_leases_each_exactly_once() -> anyhow::Result<(
     drop((a, b));
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_script_is_not_run_twice_when_its_agent_restarts_mid_run() -> anyhow::Result<()> {
+    let env = Env::new("restart").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let config = agent_config(&env.dir, "agent.toml", 1, &[])?;
+    let out = env.dir.join("out.txt");
+    let out_s = out.display().to_string();
+    let vars = [("ORQ_TEST_OUT", out_s.as_str())];
+    let mut agent = env.start_agent(&gw, "a", &config, &vars).await?;
+    let task = task(
+        &env,
+        &gw,
+        r#"echo start >> "$ORQ_TEST_OUT"; sleep 3"#,
+        json!({}),
+    )
+    .await?;
+    let created: Value = env
+        .client()
+        .post(format!("{gw}/{}/task/{task}/job", env.customer))
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let job_id = id(&created);
+    eventually(Duration::from_secs(30), "the script started", || async {
+        Ok(std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("start")
+            .then_some(()))
+    })
+    .await?;
+    agent.kill9();
+    // The same agent comes back at once; RabbitMQ hands it the assignment
+    // again.
+    let _agent = env.start_agent(&gw, "a", &config, &vars).await?;
+    let done = eventually(Duration::from_secs(30), "FAILED", || async {
+        let j = job(&env, &gw, &job_id).await?;
+        Ok((j["status"] == "FAILED").then_some(j))
+    })
+    .await?;
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restarted"),
+        "{done}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let starts = std::fs::read_to_string(&out)?.matches("start").count();
+    assert_eq!(starts, 1, "the script ran once");
+    env.cleanup().await
+}

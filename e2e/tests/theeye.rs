@@ -482,6 +482,59 @@ async fn roles_and_acls_over_every_route() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 404, "a user outside the acls cannot run it");
+    // Jobs keep the acls: a job of a hidden task stays hidden.
+    let hidden_job = id(&s.run(&hidden, json!([])).await?);
+    assert_eq!(
+        viewer
+            .get(s.url(&format!("/job/{hidden_job}")))
+            .send()
+            .await?
+            .status(),
+        404
+    );
+    assert_eq!(
+        ana.get(s.url(&format!("/job/{hidden_job}")))
+            .send()
+            .await?
+            .status(),
+        200
+    );
+    let jobs: Value = viewer.get(s.url("/job")).send().await?.json().await?;
+    assert!(
+        jobs.as_array()
+            .is_some_and(|l| l.iter().all(|j| j["id"] != hidden_job.as_str()))
+    );
+    // ...and is not reachable through the proof of concept's /tasks routes.
+    let r = viewer
+        .get(format!("{}/tasks/{hidden_job}", s.gw))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+    let r = user
+        .put(format!("{}/tasks/{job}", s.gw))
+        .json(&json!({"status": "COMPLETE"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404, "a script job is not moved through /tasks");
+    // Only admins see env values.
+    let with_env = id(&s
+        .task(json!({"name": "e", "script_id": script, "env": {"TOKEN": "s3cret"}}))
+        .await?);
+    let seen: Value = viewer
+        .get(s.url(&format!("/task/{with_env}")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seen["env"], json!({"TOKEN": "<hidden>"}));
+    let seen: Value = s
+        .admin
+        .get(s.url(&format!("/task/{with_env}")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seen["env"], json!({"TOKEN": "s3cret"}));
     s.finish().await
 }
 

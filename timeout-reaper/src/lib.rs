@@ -99,7 +99,7 @@ impl App {
         let mut reaped = Reaped::default();
         let mut wake: HashSet<CustomerId> = HashSet::new();
         self.silent_bots(&mut reaped, &mut wake).await?;
-        self.job_timeouts(&mut reaped).await?;
+        self.job_timeouts(&mut reaped, &mut wake).await?;
         for customer in wake {
             let message = Wake {
                 id: Uuid::now_v7(),
@@ -172,8 +172,13 @@ impl App {
         Ok(())
     }
 
-    /// Running jobs past their lease: TIMEOUT.
-    async fn job_timeouts(&self, reaped: &mut Reaped) -> Result<(), RepoError> {
+    /// Running jobs past their lease: TIMEOUT. Their customers are woken: a
+    /// freed slot can take waiting work, and a trigger may have queued a run.
+    async fn job_timeouts(
+        &self,
+        reaped: &mut Reaped,
+        wake: &mut HashSet<CustomerId>,
+    ) -> Result<(), RepoError> {
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
         let now = time::OffsetDateTime::now_utc();
@@ -198,10 +203,12 @@ impl App {
             .collect();
         let results = jobs::apply_changes(&tx, &changes).await?;
         tx.commit().await?;
-        reaped.timed_out += results
-            .iter()
-            .filter(|r| matches!(r, jobs::ChangeResult::Done { .. }))
-            .count();
+        for (e, result) in expired.iter().zip(results) {
+            if matches!(result, jobs::ChangeResult::Done { .. }) {
+                reaped.timed_out += 1;
+                wake.insert(e.customer);
+            }
+        }
         Ok(())
     }
 }

@@ -18,6 +18,7 @@ use super::{PageQuery, paged, reader, scoped, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::state::AppState;
+use orq_shared::repo::customers::Principal;
 
 /// Longest timeout and grace time accepted: a week, in seconds.
 const MAX_SECONDS: i64 = 7 * 24 * 3600;
@@ -149,6 +150,19 @@ async fn task_spec(
     })
 }
 
+/// A task as `who` may see it: only admins see the values of its `env`
+/// (they often hold credentials); others see the names.
+fn shown_to(who: &Principal, mut task: TaskDef) -> TaskDef {
+    if who.role != Role::Admin
+        && let Value::Object(env) = &mut task.env
+    {
+        for value in env.values_mut() {
+            *value = json!("<hidden>");
+        }
+    }
+    task
+}
+
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -158,7 +172,11 @@ pub async fn list(
     let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let page = paging.page()?;
     let db = state.db().await?;
-    let items = task_defs::list(&db, who.customer_id, reader(who), page).await?;
+    let items: Vec<TaskDef> = task_defs::list(&db, who.customer_id, reader(who), page)
+        .await?
+        .into_iter()
+        .map(|t| shown_to(who, t))
+        .collect();
     let last = items.last().map(|t| t.id.to_string());
     Ok(paged(items, page, last))
 }
@@ -171,9 +189,8 @@ pub async fn get(
     let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let id: TaskId = parse_id(&id, "task")?;
     let db = state.db().await?;
-    Ok(axum::Json(
-        task_defs::get(&db, who.customer_id, id, reader(who)).await?,
-    ))
+    let task = task_defs::get(&db, who.customer_id, id, reader(who)).await?;
+    Ok(axum::Json(shown_to(who, task)))
 }
 
 pub async fn create(
