@@ -38,6 +38,20 @@ async fn task(env: &Env, gw: &str, script: &str, extra: Value) -> anyhow::Result
     Ok(id(&t))
 }
 
+/// Runs the task; returns the job's id.
+async fn run(env: &Env, gw: &str, task: &str) -> anyhow::Result<String> {
+    let created: Value = env
+        .client()
+        .post(format!("{gw}/{}/task/{task}/job", env.customer))
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(id(&created))
+}
+
 async fn job(env: &Env, gw: &str, id: &str) -> anyhow::Result<Value> {
     Ok(env
         .client()
@@ -61,16 +75,7 @@ async fn a_killed_agents_job_waits_again_and_finishes_once_on_another_bot() -> a
     let config = agent_config(&env.dir, "agent.toml", 1, &[])?;
     let mut first = env.start_agent(&gw, "first", &config, &[]).await?;
     let task = task(&env, &gw, "sleep 2", json!({})).await?;
-    let created: Value = env
-        .client()
-        .post(format!("{gw}/{}/task/{task}/job", env.customer))
-        .json(&json!({}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let job_id = id(&created);
+    let job_id = run(&env, &gw, &task).await?;
     let running = eventually(Duration::from_secs(30), "RUNNING", || async {
         let j = job(&env, &gw, &job_id).await?;
         Ok((j["status"] == "RUNNING").then_some(j))
@@ -251,16 +256,7 @@ async fn a_script_is_not_run_twice_when_its_agent_restarts_mid_run() -> anyhow::
         json!({}),
     )
     .await?;
-    let created: Value = env
-        .client()
-        .post(format!("{gw}/{}/task/{task}/job", env.customer))
-        .json(&json!({}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let job_id = id(&created);
+    let job_id = run(&env, &gw, &task).await?;
     eventually(Duration::from_secs(30), "the script started", || async {
         Ok(std::fs::read_to_string(&out)
             .unwrap_or_default()
