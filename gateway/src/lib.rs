@@ -38,7 +38,7 @@ pub struct App {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{agent, bots, health, jobs, scripts, task_defs, tasks};
+    use routes::{agent, bots, health, jobs, scripts, task_defs, tasks, webhooks};
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
     Router::new()
@@ -60,6 +60,22 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/events", get(tasks::events))
         .route("/agent/scripts/{id}", get(scripts::agent_fetch))
+        .route("/webhooks/deliveries", get(webhooks::deliveries))
+        .route("/webhooks/deliveries/{id}", get(webhooks::delivery))
+        .route(
+            "/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route(
+            "/webhooks/subscriptions",
+            get(webhooks::subscriptions).post(webhooks::subscribe),
+        )
+        .route(
+            "/webhooks/subscriptions/{id}",
+            axum::routing::delete(webhooks::unsubscribe),
+        )
+        .route("/webhooks/secret", get(webhooks::secret))
+        .route("/webhooks/secret/rotate", post(webhooks::rotate_secret))
         // TheEye's API (seed 002), customer-scoped.
         .route("/job", post(jobs::create_by_query))
         .route("/job/secret/{key}", post(jobs::create_with_secret_body))
@@ -138,6 +154,10 @@ impl App {
     /// Connects, migrates and binds; `listen` may use port 0.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
         let sealer = orq_shared::secret::Sealer::from_config(&settings.security.secret_key)?;
+        let deny_networks = Arc::new(
+            orq_shared::webhook::parse_networks(&settings.webhooks.deny_networks)
+                .map_err(anyhow::Error::msg)?,
+        );
         orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
@@ -149,6 +169,7 @@ impl App {
             principals: state::cache(),
             known_systems: state::cache(),
             sealer,
+            deny_networks,
         };
         Ok(App {
             listener,

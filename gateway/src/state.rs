@@ -21,6 +21,8 @@ pub struct AppState {
     pub known_systems: moka::sync::Cache<(CustomerId, String), ()>,
     /// Seals and opens task secret keys (`security.secret_key`).
     pub sealer: orq_shared::secret::Sealer,
+    /// Networks webhook URLs may not point into (`webhooks.deny_networks`).
+    pub deny_networks: Arc<Vec<ipnet::IpNet>>,
 }
 
 pub const CACHE_TTL: Duration = Duration::from_secs(5);

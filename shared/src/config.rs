@@ -17,6 +17,25 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub reaper: ReaperSettings,
     pub security: SecuritySettings,
+    pub webhooks: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebhookSettings {
+    /// Timeout of one delivery attempt.
+    pub timeout_ms: u64,
+    /// Waits between attempts: attempt 1 is immediate, attempt n+1 follows
+    /// attempt n by the n-th wait (±20 % jitter, at least what `Retry-After`
+    /// asks); after the last, the delivery is DEAD. The default is Svix's:
+    /// 8 attempts over about 27 hours.
+    pub retry_schedule_ms: Vec<u64>,
+    /// Networks webhooks may not be sent to (SSRF): checked on callback
+    /// URLs and on every address a host name resolves to.
+    pub deny_networks: Vec<String>,
+    /// Attempts in flight to one endpoint from one reaper.
+    pub per_endpoint_concurrency: usize,
+    /// Most events one delivery carries.
+    pub max_events_per_delivery: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -175,6 +194,14 @@ batch_size = 500
 
 [security]
 secret_key = ""
+
+[webhooks]
+timeout_ms = 15000
+retry_schedule_ms = [5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000]
+deny_networks = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                 "172.16.0.0/12", "192.168.0.0/16", "::/128", "::1/128", "fc00::/7", "fe80::/10"]
+per_endpoint_concurrency = 4
+max_events_per_delivery = 100
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +226,8 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("agent.tags")
+                    .with_list_parse_key("webhooks.deny_networks")
+                    .with_list_parse_key("webhooks.retry_schedule_ms")
                     .try_parsing(true),
             )
             .build()?

@@ -11,6 +11,7 @@
 //! * `token`      – access token generation and hashing.
 //! * `secret`     – task secret keys: hashing, sealing at rest.
 //! * `task_def`   – TheEye task definitions: arguments, run_as, env, triggers.
+//! * `webhook`    – the seed's event shape, signatures, retries, URL checks.
 //! * `repo`       – every SQL statement, as functions over a client.
 //! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
 
@@ -26,5 +27,6 @@ pub mod shutdown;
 pub mod task_def;
 pub mod telemetry;
 pub mod token;
+pub mod webhook;
 
 pub use tokio_util::sync::CancellationToken;

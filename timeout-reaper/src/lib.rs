@@ -13,6 +13,10 @@
 //!
 //! Every change goes through the jobs' one transition path (history,
 //! triggers), and the dispatchers are woken for requeued work.
+//!
+//! Beside it, `webhooks` delivers the outbox.
+
+pub mod webhooks;
 
 use orq_shared::CancellationToken;
 use orq_shared::broker::{Broker, KEY_INTAKE};
@@ -27,6 +31,7 @@ use uuid::Uuid;
 
 pub struct App {
     settings: Settings,
+    sender: webhooks::Sender,
     pool: deadpool_postgres::Pool,
     /// Wakes the dispatchers when jobs wait again.
     broker: Broker,
@@ -53,7 +58,9 @@ impl App {
         orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "timeout-reaper", shutdown.clone());
+        let sender = webhooks::Sender::new(pool.clone(), std::sync::Arc::new(settings.clone()))?;
         Ok(App {
+            sender,
             settings,
             pool,
             broker,
@@ -62,12 +69,19 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let sending = tokio::spawn(self.sender.clone().run(self.shutdown.clone()));
+        self.expire_until_stopped().await;
+        let _ = sending.await;
+        Ok(())
+    }
+
+    async fn expire_until_stopped(&self) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.reaper.tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = self.shutdown.cancelled() => return,
             }
             // Batch after batch until a pass finds nothing more to expire.
             loop {
@@ -81,7 +95,7 @@ impl App {
                             "leases expired"
                         );
                         if self.shutdown.is_cancelled() {
-                            return Ok(());
+                            return;
                         }
                     }
                     Ok(_) => break,

@@ -32,6 +32,9 @@ pub struct JobInput {
     customer: Option<String>,
     task: Option<String>,
     task_arguments: Vec<Value>,
+    /// `{url, user?, password?}` (JSON bodies only): where this job's
+    /// events are delivered, instead of its task's callback.
+    callback: Option<Value>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for JobInput {
@@ -113,6 +116,7 @@ fn from_json(map: serde_json::Map<String, Value>) -> Result<JobInput, ApiError> 
         customer: text("customer")?,
         task: text("task")?,
         task_arguments,
+        callback: map.get("callback").filter(|c| !c.is_null()).cloned(),
     })
 }
 
@@ -160,7 +164,8 @@ async fn run(
     input: &JobInput,
     idempotency: Option<String>,
 ) -> Result<Response, ApiError> {
-    let db = state.db().await?;
+    let callback = super::webhooks::parse_callback(state, input.callback.as_ref())?;
+    let mut db = state.db().await?;
     let def = task_defs::get_runnable(&db, customer, task, reader).await?;
     let mut new = script_jobs::new_run(&def, &input.task_arguments)?;
     if let Some(key) = idempotency {
@@ -172,7 +177,21 @@ async fn run(
         }
         new.idempotency = Some((key, hash.finalize().to_vec()));
     }
-    let (job, created) = script_jobs::create(&db, customer, &new).await?;
+    let (job, created) = match callback {
+        None => script_jobs::create(&db, customer, &new).await?,
+        Some(callback) => {
+            // The endpoint and the job commit together (a replayed key
+            // creates neither).
+            let tx = db.transaction().await?;
+            new.callback_id =
+                super::webhooks::create_callback(state, &tx, customer, Some(&callback)).await?;
+            let outcome = script_jobs::create(&tx, customer, &new).await?;
+            if outcome.1 {
+                tx.commit().await?;
+            }
+            outcome
+        }
+    };
     if created {
         publish_wake(state, customer, Some(job.id));
         Ok((StatusCode::CREATED, axum::Json(job)).into_response())

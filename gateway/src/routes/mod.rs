@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod scripts;
 pub mod task_defs;
 pub mod tasks;
+pub mod webhooks;
 
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};

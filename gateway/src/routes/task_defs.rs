@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::scripts::check_filename;
+use super::webhooks::callback;
 use super::{PageQuery, paged, reader, scoped, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
@@ -54,6 +55,12 @@ pub struct TaskBody {
     multitasking: Option<bool>,
     #[serde(default)]
     env: Option<Value>,
+    /// `{url, user?, password?}`: where every run's events are delivered;
+    /// `null` removes it.
+    #[serde(default)]
+    callback: Option<Value>,
+    #[serde(default, rename = "callback_id")]
+    _callback_id: Option<Value>,
     #[serde(default, rename = "id")]
     _id: Option<Value>,
     #[serde(default, rename = "type")]
@@ -86,6 +93,7 @@ async fn task_spec(
     who: &orq_shared::repo::customers::Principal,
     body: TaskBody,
     this: Option<TaskId>,
+    callback_id: Option<uuid::Uuid>,
 ) -> Result<TaskSpec, ApiError> {
     let description = body.description.trim().to_string();
     if description.chars().count() > 2000 || description.contains('\0') {
@@ -147,6 +155,7 @@ async fn task_spec(
         timeout: seconds("timeout", body.timeout, DEFAULT_TIMEOUT, 1)?,
         multitasking: body.multitasking.unwrap_or(true),
         env: serde_json::to_value(env).unwrap_or_else(|_| json!({})),
+        callback_id,
     })
 }
 
@@ -197,12 +206,15 @@ pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     Path(customer): Path<String>,
-    Json(body): Json<TaskBody>,
+    Json(mut body): Json<TaskBody>,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let db = state.db().await?;
-    let spec = task_spec(&db, who, body, None).await?;
-    let (task, _secret) = task_defs::insert(&db, who.customer_id, &spec, &state.sealer).await?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let callback = callback(&state, &tx, who.customer_id, body.callback.take().as_ref()).await?;
+    let spec = task_spec(&tx, who, body, None, callback).await?;
+    let (task, _secret) = task_defs::insert(&tx, who.customer_id, &spec, &state.sealer).await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(task)).into_response())
 }
 
@@ -224,13 +236,18 @@ pub async fn update(
     let mut db = state.db().await?;
     let tx = db.transaction().await?;
     let current = task_defs::get(&tx, who.customer_id, id, Reader::Admin).await?;
+    // `callback` given: a new endpoint, or none for null; absent: the same.
+    let callback_id = match changes.get("callback") {
+        Some(value) => callback(&state, &tx, who.customer_id, Some(value)).await?,
+        None => current.callback_id,
+    };
     let mut merged = serde_json::to_value(&current).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut merged {
         m.extend(changes);
     }
     let body: TaskBody = serde_json::from_value(merged)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let spec = task_spec(&tx, who, body, Some(id)).await?;
+    let spec = task_spec(&tx, who, body, Some(id), callback_id).await?;
     let task = task_defs::update(&tx, who.customer_id, id, &spec).await?;
     tx.commit().await?;
     Ok(axum::Json(task))
@@ -394,9 +411,10 @@ pub async fn import(
     }
     task.insert("script_id".into(), json!(script_id));
     task.insert("host_id".into(), json!(recipe.host_id));
-    let body: TaskBody = serde_json::from_value(Value::Object(task))
+    let mut body: TaskBody = serde_json::from_value(Value::Object(task))
         .map_err(|e| ApiError::bad_request("invalid_body", format!("task: {e}")))?;
-    let spec = task_spec(&tx, who, body, None).await?;
+    let callback = callback(&state, &tx, who.customer_id, body.callback.take().as_ref()).await?;
+    let spec = task_spec(&tx, who, body, None, callback).await?;
     let (task, _) = task_defs::insert(&tx, who.customer_id, &spec, &state.sealer).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(task)).into_response())

@@ -105,6 +105,9 @@ pub struct CreateBody {
     system: String,
     /// The CSV file, base64 encoded, with a header row.
     attachment: String,
+    /// `{url, user?, password?}`: where its events are delivered (seed 004).
+    #[serde(default)]
+    callback: Option<serde_json::Value>,
 }
 
 /// Checks a task definition; returns it with its row count.
@@ -147,6 +150,7 @@ async fn validate(
         system,
         attachment: attachment_b64.split_ascii_whitespace().collect(),
         rows_total: i32::try_from(rows.len()).unwrap_or(i32::MAX),
+        callback_id: None,
     })
 }
 
@@ -156,6 +160,7 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::User])?;
+    let callback = super::webhooks::parse_callback(&state, body.callback.as_ref())?;
     let db = state.db().await?;
     let new = validate(
         &state,
@@ -166,7 +171,20 @@ pub async fn create(
         &body.attachment,
     )
     .await?;
-    let task = jobs::create(&db, who.customer_id, &new).await?;
+    let task = match callback {
+        None => jobs::create(&db, who.customer_id, &new).await?,
+        Some(callback) => {
+            let mut db = db;
+            let tx = db.transaction().await?;
+            let mut new = new;
+            new.callback_id =
+                super::webhooks::create_callback(&state, &tx, who.customer_id, Some(&callback))
+                    .await?;
+            let task = jobs::create(&tx, who.customer_id, &new).await?;
+            tx.commit().await?;
+            task
+        }
+    };
     publish_wake(&state, who.customer_id, Some(task.id));
     Ok((StatusCode::CREATED, axum::Json(task)).into_response())
 }

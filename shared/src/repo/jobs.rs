@@ -79,6 +79,8 @@ pub struct NewTask {
     pub system: String,
     pub attachment: String,
     pub rows_total: i32,
+    /// Where its events are delivered.
+    pub callback_id: Option<Uuid>,
 }
 
 /// Inserts a WAITING job and its first event.
@@ -92,8 +94,9 @@ pub async fn create(
     let id = JobId::new();
     let sql = format!(
         "WITH j AS (
-             INSERT INTO jobs (id, customer_id, description, system, attachment, rows_total, status)
-             VALUES ($1, $2, $3, $4, $5, $6, 'WAITING') RETURNING {SUMMARY}, attachment),
+             INSERT INTO jobs (id, customer_id, description, system, attachment, rows_total, status,
+                               callback_id)
+             VALUES ($1, $2, $3, $4, $5, $6, 'WAITING', $8) RETURNING {SUMMARY}, attachment),
          e AS (
              INSERT INTO job_events (id, job_id, customer_id, type, description, to_status, attempt)
              SELECT $7, j.id, $2, 'STATUS_CHANGE', 'job created: WAITING', 'WAITING', 0 FROM j)
@@ -110,6 +113,7 @@ pub async fn create(
             &new.attachment,
             &new.rows_total,
             &Uuid::now_v7(),
+            &new.callback_id,
         ],
     )
     .await?;

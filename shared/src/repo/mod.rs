@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod script_jobs;
 pub mod scripts;
 pub mod task_defs;
+pub mod webhooks;
 
 use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;

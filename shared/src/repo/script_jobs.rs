@@ -117,6 +117,8 @@ pub struct NewScriptJob {
     pub tags: Vec<String>,
     pub multitasking: bool,
     pub acls: Vec<String>,
+    /// Where its events are delivered (its own callback, or its task's).
+    pub callback_id: Option<Uuid>,
     pub spec: ScriptSpec,
     /// With the hash of what was asked: a repeated key returns the first job.
     pub idempotency: Option<(String, Vec<u8>)>,
@@ -142,9 +144,9 @@ pub async fn create(
         "WITH j AS (
              INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status,
                                task_id, host_id, tags, multitasking, spec, idempotency_key,
-                               request_hash, not_before, triggered_by, acls)
+                               request_hash, not_before, triggered_by, acls, callback_id)
              VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                     $15)
+                     $15, $16)
              ON CONFLICT DO NOTHING
              RETURNING {COLUMNS}),
          e AS (
@@ -176,6 +178,7 @@ pub async fn create(
             &Uuid::now_v7(),
             &created,
             &new.acls,
+            &new.callback_id,
         ],
     )
     .await?;
@@ -313,6 +316,7 @@ pub fn new_run(task: &Runnable, supplied: &[Value]) -> Result<NewScriptJob, Fiel
         tags: def.tags.clone(),
         multitasking: def.multitasking,
         acls: def.acls.clone(),
+        callback_id: def.callback_id,
         spec: ScriptSpec {
             script_id: def.script_id,
             checksum: task.script_checksum.clone(),

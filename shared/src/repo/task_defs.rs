@@ -32,6 +32,8 @@ pub struct TaskDef {
     pub timeout: i32,
     pub multitasking: bool,
     pub env: Value,
+    /// The webhook endpoint every run of it reports to (`/webhooks`).
+    pub callback_id: Option<uuid::Uuid>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -39,7 +41,7 @@ pub struct TaskDef {
 }
 
 const COLUMNS: &str = "id, name, description, host_id, script_id, tags, task_arguments, run_as, \
-     acls, triggers, grace_time, timeout, multitasking, env, created_at, updated_at";
+     acls, triggers, grace_time, timeout, multitasking, env, callback_id, created_at, updated_at";
 
 fn from_row(r: &Row) -> TaskDef {
     TaskDef {
@@ -58,6 +60,7 @@ fn from_row(r: &Row) -> TaskDef {
         timeout: r.get("timeout"),
         multitasking: r.get("multitasking"),
         env: r.get("env"),
+        callback_id: r.get("callback_id"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
     }
@@ -79,6 +82,7 @@ pub struct TaskSpec {
     pub timeout: i32,
     pub multitasking: bool,
     pub env: Value,
+    pub callback_id: Option<uuid::Uuid>,
 }
 
 /// Who reads: admins see every task; others only tasks whose `acls` are
@@ -157,8 +161,8 @@ pub async fn insert(
     let sql = format!(
         "INSERT INTO task_defs (id, customer_id, name, description, host_id, script_id, tags,
                 task_arguments, run_as, acls, triggers, grace_time, timeout, multitasking, env,
-                secret_hash, secret_sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                secret_hash, secret_sealed, callback_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          RETURNING {COLUMNS}"
     );
     let row = query_one(
@@ -182,6 +186,7 @@ pub async fn insert(
             &spec.env,
             &secret::hash(&key),
             &sealer.seal(&key, id.0.as_bytes()),
+            &spec.callback_id,
         ],
     )
     .await?;
@@ -198,7 +203,8 @@ pub async fn update(
     let sql = format!(
         "UPDATE task_defs SET name = $3, description = $4, host_id = $5, script_id = $6,
                 tags = $7, task_arguments = $8, run_as = $9, acls = $10, triggers = $11,
-                grace_time = $12, timeout = $13, multitasking = $14, env = $15, updated_at = now()
+                grace_time = $12, timeout = $13, multitasking = $14, env = $15, callback_id = $16,
+                updated_at = now()
           WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
     );
     let row = query_opt(
@@ -220,6 +226,7 @@ pub async fn update(
             &spec.timeout,
             &spec.multitasking,
             &spec.env,
+            &spec.callback_id,
         ],
     )
     .await?

@@ -1,0 +1,235 @@
+//! Webhooks: a `callback: {url, user, password}` on a job or a task (seed
+//! 004), customer-wide subscriptions, the deliveries the reaper makes (with
+//! their attempts, and redelivery), and the customer's signing secret.
+//! Passwords are never returned; the secret only to admins.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use deadpool_postgres::GenericClient;
+use orq_shared::domain::{CustomerId, JobId, Role};
+use orq_shared::repo::webhooks::{self, Delivery, DeliveryFilter, Endpoint, NewEndpoint};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{PageQuery, paged};
+use crate::auth::Auth;
+use crate::error::{ApiError, Json, Query, parse_id};
+use crate::state::AppState;
+
+/// Reads `{url, user?, password?}` at `field`: the URL must be http(s),
+/// carry no credentials, and not point into a denied network.
+pub fn parse_endpoint(
+    state: &AppState,
+    field: &str,
+    value: &Value,
+) -> Result<NewEndpoint, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must be an object {{\"url\", \"user\", \"password\"}}"),
+        ));
+    };
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        match map.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= 2000 && !s.contains('\0') => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid_field(
+                &format!("{field}.{name}"),
+                format!("{field}.{name} must be a string of at most 2000 characters"),
+            )),
+        }
+    };
+    for key in map.keys() {
+        if !matches!(key.as_str(), "url" | "user" | "password") {
+            return Err(ApiError::invalid_field(
+                &format!("{field}.{key}"),
+                format!("{field} takes url, user and password; not {key:?}"),
+            ));
+        }
+    }
+    let url = text("url")?.ok_or_else(|| {
+        ApiError::invalid_field(&format!("{field}.url"), format!("{field}.url is required"))
+    })?;
+    let url = orq_shared::webhook::check_url(&url, &state.deny_networks).map_err(|e| {
+        ApiError::invalid_field(&format!("{field}.url"), format!("{field}.url: {e}"))
+    })?;
+    Ok(NewEndpoint {
+        url: url.to_string(),
+        user: text("user")?,
+        password: text("password")?,
+    })
+}
+
+/// Reads a `callback` field: `None` for absent or `null`.
+pub fn parse_callback(
+    state: &AppState,
+    value: Option<&Value>,
+) -> Result<Option<NewEndpoint>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => parse_endpoint(state, "callback", v).map(Some),
+    }
+}
+
+/// Creates a callback endpoint in the caller's transaction.
+pub async fn create_callback(
+    state: &AppState,
+    db: &impl GenericClient,
+    customer: CustomerId,
+    new: Option<&NewEndpoint>,
+) -> Result<Option<Uuid>, ApiError> {
+    match new {
+        None => Ok(None),
+        Some(new) => {
+            let endpoint =
+                webhooks::create_endpoint(db, customer, "callback", new, &state.sealer).await?;
+            Ok(Some(endpoint.id))
+        }
+    }
+}
+
+/// Reads and creates a callback endpoint (`None` for absent or `null`).
+pub async fn callback(
+    state: &AppState,
+    db: &impl GenericClient,
+    customer: CustomerId,
+    value: Option<&Value>,
+) -> Result<Option<Uuid>, ApiError> {
+    let new = parse_callback(state, value)?;
+    create_callback(state, db, customer, new.as_ref()).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeliveryQuery {
+    status: Option<String>,
+    job_id: Option<String>,
+}
+
+/// `GET /webhooks/deliveries?status=&job_id=`.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<DeliveryQuery>,
+    Query(paging): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::Viewer])?;
+    let page = paging.page()?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s @ ("PENDING" | "DELIVERED" | "DEAD")) => Some(s.to_string()),
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "status",
+                format!("unknown status {other:?}; one of PENDING, DELIVERED, DEAD"),
+            ));
+        }
+    };
+    let job = q
+        .job_id
+        .map(|j| {
+            j.parse::<JobId>()
+                .map_err(|_| ApiError::invalid_field("job_id", "job_id must be a job id"))
+        })
+        .transpose()?;
+    let db = state.db().await?;
+    let items =
+        webhooks::deliveries(&db, who.customer_id, &DeliveryFilter { status, job }, page).await?;
+    let last = items.last().map(|d| d.id.to_string());
+    Ok(paged(items, page, last))
+}
+
+/// `GET /webhooks/deliveries/{id}`: with its events and every attempt.
+pub async fn delivery(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Delivery>, ApiError> {
+    let who = auth.require(&[Role::Viewer])?;
+    let id: Uuid = parse_id(&id, "delivery")?;
+    let db = state.db().await?;
+    Ok(axum::Json(
+        webhooks::delivery_detail(&db, who.customer_id, id).await?,
+    ))
+}
+
+/// `POST /webhooks/deliveries/{id}/redeliver` (admin): the same delivery
+/// (same `webhook-id`) with a fresh schedule.
+pub async fn redeliver(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Delivery>, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let id: Uuid = parse_id(&id, "delivery")?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let delivery = webhooks::redeliver(&tx, who.customer_id, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(delivery))
+}
+
+/// `GET /webhooks/subscriptions`.
+pub async fn subscriptions(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<axum::Json<Vec<Endpoint>>, ApiError> {
+    let who = auth.require(&[Role::Viewer])?;
+    let db = state.db().await?;
+    Ok(axum::Json(
+        webhooks::subscriptions(&db, who.customer_id).await?,
+    ))
+}
+
+/// `POST /webhooks/subscriptions` (admin): `{url, user?, password?}`; every
+/// event of every job of the customer is delivered there from now on.
+pub async fn subscribe(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let new = parse_endpoint(&state, "subscription", &body)?;
+    let db = state.db().await?;
+    let endpoint =
+        webhooks::create_endpoint(&db, who.customer_id, "subscription", &new, &state.sealer)
+            .await?;
+    Ok((StatusCode::CREATED, axum::Json(endpoint)).into_response())
+}
+
+/// `DELETE /webhooks/subscriptions/{id}` (admin): disables it.
+pub async fn unsubscribe(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Endpoint>, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let id: Uuid = parse_id(&id, "subscription")?;
+    let db = state.db().await?;
+    Ok(axum::Json(
+        webhooks::disable_endpoint(&db, Some(who.customer_id), id, "disabled by an admin").await?,
+    ))
+}
+
+/// `GET /webhooks/secret` (admin): the secret deliveries are signed with.
+pub async fn secret(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let db = state.db().await?;
+    let secret = webhooks::signing_secret(&db, who.customer_id, &state.sealer).await?;
+    Ok(axum::Json(json!({ "secret": secret })))
+}
+
+/// `POST /webhooks/secret/rotate` (admin).
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let db = state.db().await?;
+    let secret = webhooks::rotate_signing_secret(&db, who.customer_id, &state.sealer).await?;
+    Ok(axum::Json(json!({ "secret": secret })))
+}

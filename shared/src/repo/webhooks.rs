@@ -1,0 +1,540 @@
+//! Webhooks: endpoints (job and task callbacks, customer subscriptions), the
+//! customer's signing secret, and the deliveries the reaper forms from the
+//! outbox (written by a trigger on `job_events`, see migration V5) and sends.
+//!
+//! Order: a delivery is formed for an (endpoint, job) only while none of
+//! them is PENDING (a unique index holds it even for two reapers), from the
+//! oldest events not yet carried, so one job's events reach one endpoint in
+//! the order they happened.
+
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Page, RepoError, execute, query, query_one, query_opt};
+use crate::domain::{CustomerId, JobId};
+use crate::secret::Sealer;
+use crate::webhook::{WireEvent, generate_secret};
+
+/// The customer's signing secret, made on first use.
+pub async fn signing_secret(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    sealer: &Sealer,
+) -> Result<String, RepoError> {
+    let fresh = generate_secret();
+    execute(
+        db,
+        "INSERT INTO webhook_secrets (customer_id, secret_sealed) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO NOTHING",
+        &[&customer.0, &sealer.seal(&fresh, customer.0.as_bytes())],
+    )
+    .await?;
+    let row = query_one(
+        db,
+        "SELECT secret_sealed FROM webhook_secrets WHERE customer_id = $1",
+        &[&customer.0],
+    )
+    .await?;
+    sealer
+        .open(row.get(0), customer.0.as_bytes())
+        .map_err(|e| RepoError::Corrupt(e.to_string()))
+}
+
+/// A new signing secret; deliveries signed from now on use it.
+pub async fn rotate_signing_secret(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    sealer: &Sealer,
+) -> Result<String, RepoError> {
+    let fresh = generate_secret();
+    execute(
+        db,
+        "INSERT INTO webhook_secrets (customer_id, secret_sealed) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET secret_sealed = $2, rotated_at = now()",
+        &[&customer.0, &sealer.seal(&fresh, customer.0.as_bytes())],
+    )
+    .await?;
+    Ok(fresh)
+}
+
+/// An endpoint as the API shows it: never its password.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub kind: String,
+    pub url: String,
+    pub user: Option<String>,
+    pub has_password: bool,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, kind, url, username, password_sealed IS NOT NULL AS has_password, \
+     enabled, disabled_reason, created_at";
+
+fn endpoint(r: &Row) -> Endpoint {
+    Endpoint {
+        id: r.get("id"),
+        kind: r.get("kind"),
+        url: r.get("url"),
+        user: r.get("username"),
+        has_password: r.get("has_password"),
+        enabled: r.get("enabled"),
+        disabled_reason: r.get("disabled_reason"),
+        created_at: r.get("created_at"),
+    }
+}
+
+/// A callback or subscription as given (URL already checked).
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// `kind`: `callback` (named by a job or task) or `subscription`.
+pub async fn create_endpoint(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    kind: &str,
+    new: &NewEndpoint,
+    sealer: &Sealer,
+) -> Result<Endpoint, RepoError> {
+    let id = Uuid::now_v7();
+    let sealed = new
+        .password
+        .as_deref()
+        .map(|p| sealer.seal(p, id.as_bytes()));
+    let sql = format!(
+        "INSERT INTO webhook_endpoints (id, customer_id, kind, url, username, password_sealed)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ENDPOINT_COLUMNS}"
+    );
+    let row = query_one(
+        db,
+        &sql,
+        &[&id, &customer.0, &kind, &new.url, &new.user, &sealed],
+    )
+    .await?;
+    Ok(endpoint(&row))
+}
+
+pub async fn subscriptions(
+    db: &impl GenericClient,
+    customer: CustomerId,
+) -> Result<Vec<Endpoint>, RepoError> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+          WHERE customer_id = $1 AND kind = 'subscription' ORDER BY id"
+    );
+    let rows = query(db, &sql, &[&customer.0]).await?;
+    Ok(rows.iter().map(endpoint).collect())
+}
+
+/// Stops an endpoint: no more events are owed to it, and what is pending
+/// for it ends DEAD when its turn comes.
+pub async fn disable_endpoint(
+    db: &impl GenericClient,
+    customer: Option<CustomerId>,
+    id: Uuid,
+    reason: &str,
+) -> Result<Endpoint, RepoError> {
+    let sql = format!(
+        "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $3
+          WHERE id = $1 AND ($2::uuid IS NULL OR customer_id = $2) RETURNING {ENDPOINT_COLUMNS}"
+    );
+    let row = query_opt(db, &sql, &[&id, &customer.map(|c| c.0), &reason])
+        .await?
+        .ok_or(RepoError::NotFound("webhook endpoint"))?;
+    Ok(endpoint(&row))
+}
+
+/// A delivery and, on single reads, its attempts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Delivery {
+    /// Also the `webhook-id` header of every attempt.
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub url: String,
+    pub job_id: JobId,
+    pub status: String,
+    pub events: i64,
+    pub attempts: i32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<Attempt>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Attempt {
+    pub n: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub attempted_at: OffsetDateTime,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, e.url, d.job_id, d.status, \
+     jsonb_array_length(d.body)::int8 AS events, d.attempts, \
+     CASE WHEN d.status = 'PENDING' THEN d.next_attempt_at END AS next_attempt_at, \
+     d.last_status, d.last_error, d.created_at, d.finished_at";
+
+fn delivery(r: &Row) -> Delivery {
+    Delivery {
+        id: r.get("id"),
+        endpoint_id: r.get("endpoint_id"),
+        url: r.get("url"),
+        job_id: JobId(r.get("job_id")),
+        status: r.get("status"),
+        events: r.get("events"),
+        attempts: r.get("attempts"),
+        next_attempt_at: r.get("next_attempt_at"),
+        last_status: r.get("last_status"),
+        last_error: r.get("last_error"),
+        created_at: r.get("created_at"),
+        finished_at: r.get("finished_at"),
+        body: None,
+        attempt_log: None,
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryFilter {
+    pub status: Option<String>,
+    pub job: Option<JobId>,
+}
+
+pub async fn deliveries(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    filter: &DeliveryFilter,
+    page: Page,
+) -> Result<Vec<Delivery>, RepoError> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d
+           JOIN webhook_endpoints e ON e.id = d.endpoint_id
+          WHERE d.customer_id = $1
+            AND ($2::text IS NULL OR d.status = $2)
+            AND ($3::uuid IS NULL OR d.job_id = $3)
+            AND ($4::uuid IS NULL OR d.id > $4)
+          ORDER BY d.id LIMIT $5"
+    );
+    let rows = query(
+        db,
+        &sql,
+        &[
+            &customer.0,
+            &filter.status,
+            &filter.job.map(|j| j.0),
+            &page.after,
+            &page.limit,
+        ],
+    )
+    .await?;
+    Ok(rows.iter().map(delivery).collect())
+}
+
+/// One delivery with its body and every attempt.
+pub async fn delivery_detail(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: Uuid,
+) -> Result<Delivery, RepoError> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS}, d.body FROM webhook_deliveries d
+           JOIN webhook_endpoints e ON e.id = d.endpoint_id
+          WHERE d.id = $1 AND d.customer_id = $2"
+    );
+    let row = query_opt(db, &sql, &[&id, &customer.0])
+        .await?
+        .ok_or(RepoError::NotFound("delivery"))?;
+    let attempts = query(
+        db,
+        "SELECT n, attempted_at, status_code, error, duration_ms FROM webhook_attempts
+          WHERE delivery_id = $1 ORDER BY n",
+        &[&id],
+    )
+    .await?;
+    Ok(Delivery {
+        body: Some(row.get("body")),
+        attempt_log: Some(
+            attempts
+                .iter()
+                .map(|a| Attempt {
+                    n: a.get(0),
+                    attempted_at: a.get(1),
+                    status_code: a.get(2),
+                    error: a.get(3),
+                    duration_ms: a.get(4),
+                })
+                .collect(),
+        ),
+        ..delivery(&row)
+    })
+}
+
+/// Sends a finished delivery again (same `webhook-id`, same events), with a
+/// fresh schedule. Refused while a newer delivery of its job to its endpoint
+/// is pending (order), or when its endpoint is disabled.
+pub async fn redeliver(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: Uuid,
+) -> Result<Delivery, RepoError> {
+    let row = query_opt(
+        db,
+        "SELECT d.status, e.enabled FROM webhook_deliveries d
+           JOIN webhook_endpoints e ON e.id = d.endpoint_id
+          WHERE d.id = $1 AND d.customer_id = $2 FOR UPDATE OF d",
+        &[&id, &customer.0],
+    )
+    .await?
+    .ok_or(RepoError::NotFound("delivery"))?;
+    if !row.get::<_, bool>(1) {
+        return Err(RepoError::Conflict(
+            "its endpoint is disabled; subscribe again to deliver to it".into(),
+        ));
+    }
+    if row.get::<_, &str>(0) == "PENDING" {
+        return Err(RepoError::Conflict(
+            "the delivery is pending already".into(),
+        ));
+    }
+    let n = execute(
+        db,
+        "UPDATE webhook_deliveries SET status = 'PENDING', attempts = 0, next_attempt_at = now(),
+                claimed_until = NULL, finished_at = NULL
+          WHERE id = $1",
+        &[&id],
+    )
+    .await;
+    match n {
+        Err(e) if e.is_unique_violation() => Err(RepoError::Conflict(
+            "a later delivery of this job to this endpoint is pending; redeliver once it is done"
+                .into(),
+        )),
+        Err(e) => Err(e),
+        Ok(_) => delivery_detail(db, customer, id).await,
+    }
+}
+
+/// (endpoint, job) pairs with events not yet in a delivery and no delivery
+/// pending: what `form` can make deliveries of.
+pub async fn formable(
+    db: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<(Uuid, JobId)>, RepoError> {
+    let rows = query(
+        db,
+        "SELECT DISTINCT o.endpoint_id, o.job_id FROM webhook_outbox o
+          WHERE o.delivery_id IS NULL
+            AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                             WHERE d.endpoint_id = o.endpoint_id AND d.job_id = o.job_id
+                               AND d.status = 'PENDING')
+          LIMIT $1",
+        &[&limit],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), JobId(r.get(1)))).collect())
+}
+
+/// Makes one delivery of the oldest events owed to `endpoint` about `job`,
+/// in the caller's transaction. `false` when there is nothing to carry or
+/// another reaper has just made one (the caller rolls back then).
+pub async fn form(
+    db: &impl GenericClient,
+    endpoint: Uuid,
+    job: JobId,
+    max_events: i64,
+) -> Result<bool, RepoError> {
+    let rows = query(
+        db,
+        "SELECT o.event_seq, ev.id, ev.job_id, ev.type, ev.description, ev.to_status, ev.created_at
+           FROM webhook_outbox o JOIN job_events ev ON ev.id = o.event_id
+          WHERE o.endpoint_id = $1 AND o.job_id = $2 AND o.delivery_id IS NULL
+          ORDER BY o.event_seq LIMIT $3
+          FOR UPDATE OF o SKIP LOCKED",
+        &[&endpoint, &job.0, &max_events],
+    )
+    .await?;
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let events: Vec<WireEvent> = rows
+        .iter()
+        .map(|r| WireEvent::from_stored(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+        .collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let body = serde_json::to_value(&events).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+    let id = Uuid::now_v7();
+    let inserted = execute(
+        db,
+        "INSERT INTO webhook_deliveries (id, customer_id, endpoint_id, job_id, body, status)
+         SELECT $1, customer_id, id, $3, $4, 'PENDING' FROM webhook_endpoints WHERE id = $2",
+        &[&id, &endpoint, &job.0, &body],
+    )
+    .await;
+    match inserted {
+        Err(e) if e.is_unique_violation() => return Ok(false),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    execute(
+        db,
+        "UPDATE webhook_outbox SET delivery_id = $3 WHERE endpoint_id = $1 AND event_seq = ANY($2)",
+        &[&endpoint, &seqs, &id],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// A delivery claimed for sending, with where and how to send it.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub id: Uuid,
+    pub customer: CustomerId,
+    pub endpoint_id: Uuid,
+    pub url: String,
+    pub user: Option<String>,
+    pub password_sealed: Option<Vec<u8>>,
+    pub enabled: bool,
+    pub body: Value,
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` due deliveries for `hold` (no other reaper sends
+/// them meanwhile; a reaper that dies releases them when it runs out),
+/// leaving out `busy` endpoints (at their concurrency bound here).
+pub async fn claim_due(
+    db: &impl GenericClient,
+    limit: i64,
+    busy: &[Uuid],
+    hold: std::time::Duration,
+) -> Result<Vec<Due>, RepoError> {
+    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+    let rows = query(
+        db,
+        "WITH due AS (
+             SELECT id FROM webhook_deliveries
+              WHERE status = 'PENDING' AND next_attempt_at <= now()
+                AND (claimed_until IS NULL OR claimed_until < now())
+                AND endpoint_id <> ALL($2)
+              ORDER BY next_attempt_at LIMIT $1
+              FOR UPDATE SKIP LOCKED)
+         UPDATE webhook_deliveries d
+            SET claimed_until = now() + $3 * interval '1 millisecond'
+           FROM due, webhook_endpoints e
+          WHERE d.id = due.id AND e.id = d.endpoint_id
+          RETURNING d.id, d.customer_id, d.endpoint_id, e.url, e.username, e.password_sealed,
+                    e.enabled, d.body, d.attempts",
+        &[&limit, &busy, &(hold_ms as f64)],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Due {
+            id: r.get(0),
+            customer: CustomerId(r.get(1)),
+            endpoint_id: r.get(2),
+            url: r.get(3),
+            user: r.get(4),
+            password_sealed: r.get(5),
+            enabled: r.get(6),
+            body: r.get(7),
+            attempts: r.get(8),
+        })
+        .collect())
+}
+
+/// How an attempt went, and what follows.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub attempted_at: OffsetDateTime,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    /// DELIVERED, PENDING (again at `next_attempt_at`) or DEAD.
+    pub status: &'static str,
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+/// Records attempt `n` of a delivery and its new state.
+pub async fn record_attempt(
+    db: &impl GenericClient,
+    id: Uuid,
+    n: i32,
+    outcome: &AttemptOutcome,
+) -> Result<(), RepoError> {
+    execute(
+        db,
+        "INSERT INTO webhook_attempts (delivery_id, n, attempted_at, status_code, error, duration_ms)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        &[
+            &id,
+            &n,
+            &outcome.attempted_at,
+            &outcome.status_code,
+            &outcome.error,
+            &outcome.duration_ms,
+        ],
+    )
+    .await?;
+    execute(
+        db,
+        "UPDATE webhook_deliveries
+            SET attempts = $2, status = $3, next_attempt_at = COALESCE($4, next_attempt_at),
+                last_status = $5, last_error = $6, claimed_until = NULL,
+                finished_at = CASE WHEN $3 = 'PENDING' THEN NULL ELSE now() END
+          WHERE id = $1",
+        &[
+            &id,
+            &n,
+            &outcome.status,
+            &outcome.next_attempt_at,
+            &outcome.status_code,
+            &outcome.error,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends a delivery without an attempt (its endpoint was disabled).
+pub async fn abandon(db: &impl GenericClient, id: Uuid, why: &str) -> Result<(), RepoError> {
+    execute(
+        db,
+        "UPDATE webhook_deliveries SET status = 'DEAD', last_error = $2, claimed_until = NULL,
+                finished_at = now()
+          WHERE id = $1",
+        &[&id, &why],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Gives claimed deliveries back (this reaper will not send them now).
+pub async fn release(db: &impl GenericClient, ids: &[Uuid]) -> Result<(), RepoError> {
+    execute(
+        db,
+        "UPDATE webhook_deliveries SET claimed_until = NULL WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
+}
