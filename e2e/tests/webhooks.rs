@@ -571,3 +571,95 @@ async fn webhook_urls_are_checked() -> anyhow::Result<()> {
     assert_eq!(subs, json!([]), "nothing stored");
     env.cleanup().await
 }
+
+/// Reads server-sent events from `response` until `stop` accepts one or
+/// `within` passes; returns (id, data) pairs.
+async fn read_sse(
+    response: &mut reqwest::Response,
+    within: Duration,
+    stop: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Vec<(i64, Value)>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut text = String::new();
+    let mut out = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk()).await??;
+        let Some(chunk) = chunk else {
+            return Ok(out);
+        };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut id = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str::<Value>(v.trim()).ok();
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                let done = stop(&data);
+                out.push((id, data));
+                if done {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_live_stream_carries_events_and_resumes_after_last_event_id() -> anyhow::Result<()> {
+    let mut s = Stack::start("feed").await?;
+    let task = s.task("echo '::percent::50'").await?;
+    let feed_url = format!("{}/events/stream?access_token={}", s.gw, s.env.admin_token);
+    let mut live = reqwest::Client::new().get(&feed_url).send().await?;
+    assert_eq!(live.status(), 200);
+    assert!(
+        live.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    );
+    let job = s.run(&task, json!({})).await?;
+    let seen = read_sse(&mut live, Duration::from_secs(30), |e| {
+        e["job_id"] == job.as_str() && e["to_status"] == "COMPLETE"
+    })
+    .await?;
+    let stored: Vec<String> = s
+        .events(&job)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let got: Vec<String> = seen
+        .iter()
+        .filter(|(_, e)| e["job_id"] == job.as_str())
+        .map(|(_, e)| e["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(got, stored, "every event of the job, in order, once");
+    let ids: Vec<i64> = seen.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    drop(live);
+    // Reconnecting after the first event gets the rest, not the first again.
+    let mut resumed = reqwest::Client::new()
+        .get(&feed_url)
+        .header("Last-Event-ID", ids[0].to_string())
+        .send()
+        .await?;
+    let again = read_sse(&mut resumed, Duration::from_secs(30), |e| {
+        e["job_id"] == job.as_str() && e["to_status"] == "COMPLETE"
+    })
+    .await?;
+    let again_ids: Vec<i64> = again.iter().map(|(id, _)| *id).collect();
+    assert_eq!(again_ids, ids[1..].to_vec());
+    // A gateway with a stream open still stops promptly.
+    assert!(
+        s.procs[0].terminate(Duration::from_secs(10)),
+        "the gateway did not stop"
+    );
+    drop(resumed);
+    s.finish().await
+}

@@ -38,7 +38,7 @@ pub struct App {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{agent, bots, health, jobs, scripts, task_defs, tasks, webhooks};
+    use routes::{agent, bots, feed, health, jobs, scripts, task_defs, tasks, webhooks};
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
     Router::new()
@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/events", get(tasks::events))
         .route("/agent/scripts/{id}", get(scripts::agent_fetch))
+        .route("/events/stream", get(feed::stream))
         .route("/webhooks/deliveries", get(webhooks::deliveries))
         .route("/webhooks/deliveries/{id}", get(webhooks::delivery))
         .route(
@@ -170,6 +171,7 @@ impl App {
             known_systems: state::cache(),
             sealer,
             deny_networks,
+            shutdown: shutdown.clone(),
         };
         Ok(App {
             listener,

@@ -23,6 +23,9 @@ pub struct AppState {
     pub sealer: orq_shared::secret::Sealer,
     /// Networks webhook URLs may not point into (`webhooks.deny_networks`).
     pub deny_networks: Arc<Vec<ipnet::IpNet>>,
+    /// Cancelled on SIGTERM: ends the live event streams, which would
+    /// otherwise hold the graceful shutdown open.
+    pub shutdown: orq_shared::CancellationToken,
 }
 
 pub const CACHE_TTL: Duration = Duration::from_secs(5);

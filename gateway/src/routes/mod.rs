@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bots;
+pub mod feed;
 pub mod health;
 pub mod jobs;
 pub mod scripts;
