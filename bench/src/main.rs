@@ -16,6 +16,8 @@
 //! Run it from the release profile so the services are release builds too:
 //! `cargo build --release --workspace --bins && target/release/orq-bench`.
 
+mod reaper;
+
 use anyhow::Context;
 use clap::Parser;
 use orq_e2e::{Env, agent_config};
@@ -52,6 +54,19 @@ struct Args {
     /// Run script jobs (a task whose script is `true`) instead of CSV tasks.
     #[arg(long)]
     script: bool,
+    /// Measure the timeout-reaper instead: expiry lag, webhook deliveries/s,
+    /// dead-bot detection.
+    #[arg(long)]
+    reaper: bool,
+    /// With --reaper: live leases expiring during the run.
+    #[arg(long, default_value_t = 100_000)]
+    leases: i64,
+    /// With --reaper: the leases end over this many seconds.
+    #[arg(long, default_value_t = 30)]
+    spread_secs: i64,
+    /// With --reaper: webhook deliveries to send.
+    #[arg(long, default_value_t = 10_000)]
+    webhooks: i64,
 }
 
 const CSV: &str = "id\n1\n";
@@ -59,6 +74,14 @@ const CSV: &str = "id\n1\n";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.reaper {
+        return reaper::run(&reaper::Options {
+            leases: args.leases,
+            spread_secs: args.spread_secs,
+            webhooks: args.webhooks,
+        })
+        .await;
+    }
     let env = Env::new("bench").await?;
     let result = run(&args, &env).await;
     env.cleanup().await?;

@@ -285,3 +285,50 @@ async fn a_script_is_not_run_twice_when_its_agent_restarts_mid_run() -> anyhow::
     assert_eq!(starts, 1, "the script ran once");
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_lost_bots_jobs_wait_again_until_their_tasks_retry_limit() -> anyhow::Result<()> {
+    let env = Env::new("retrylimit").await?;
+    let db = env.db().await?;
+    // A bot silent for a minute holds three jobs: one whose task allows a
+    // single attempt, one at the reaper's default limit (3) already, one
+    // with attempts left.
+    db.batch_execute(
+        "INSERT INTO bots (id, customer_id, name, ip_address, status, delivery, capacity, active_jobs, last_heartbeat_at)
+              SELECT gen_random_uuid(), id, 'gone', '127.0.0.1', 'BUSY', 'agent', 3, 3, now() - interval '1 minute' FROM customers;
+         INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status, bot_id, attempt, max_attempts)
+              SELECT gen_random_uuid(), b.customer_id, 'script', v.d, '', '', 'RUNNING', b.id, v.a, v.m
+                FROM bots b, (VALUES ('single', 1, 1), ('spent', 3, NULL), ('again', 1, NULL)) AS v(d, a, m);",
+    )
+    .await?;
+    let _reaper = env.spawn("timeout-reaper", env.command("timeout-reaper"))?;
+    let statuses = eventually(
+        Duration::from_secs(30),
+        "the bot's jobs handled",
+        || async {
+            let rows = db
+                .query(
+                    "SELECT description, status FROM jobs ORDER BY description",
+                    &[],
+                )
+                .await?;
+            let s: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            Ok(s.iter().all(|(_, st)| st != "RUNNING").then_some(s))
+        },
+    )
+    .await?;
+    assert_eq!(
+        statuses,
+        vec![
+            ("again".to_string(), "WAITING".to_string()),
+            ("single".to_string(), "FAILED".to_string()),
+            ("spent".to_string(), "FAILED".to_string()),
+        ]
+    );
+    let row = db
+        .query_one("SELECT status, active_jobs FROM bots", &[])
+        .await?;
+    assert_eq!(row.get::<_, &str>(0), "UNAVAILABLE");
+    assert_eq!(row.get::<_, i32>(1), 0);
+    env.cleanup().await
+}

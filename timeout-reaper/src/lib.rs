@@ -152,13 +152,14 @@ impl App {
         let changes: Vec<Change> = held
             .iter()
             .map(|h| {
-                let retry = h.attempt < r.max_attempts;
+                let max_attempts = h.max_attempts.unwrap_or(r.max_attempts);
+                let retry = h.attempt < max_attempts;
                 let note = if retry {
                     format!(
                         "bot {} went silent; the job waits for another bot (attempt {} of {})",
                         bot_name(h),
                         h.attempt,
-                        r.max_attempts
+                        max_attempts
                     )
                 } else {
                     format!(

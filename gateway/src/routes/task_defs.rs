@@ -55,6 +55,10 @@ pub struct TaskBody {
     multitasking: Option<bool>,
     #[serde(default)]
     env: Option<Value>,
+    /// Attempts a run gets when its bot is lost (1-100; `null`: the
+    /// reaper's default).
+    #[serde(default)]
+    max_attempts: Option<i64>,
     /// `{url, user?, password?}`: where every run's events are delivered;
     /// `null` removes it.
     #[serde(default)]
@@ -155,6 +159,16 @@ async fn task_spec(
         timeout: seconds("timeout", body.timeout, DEFAULT_TIMEOUT, 1)?,
         multitasking: body.multitasking.unwrap_or(true),
         env: serde_json::to_value(env).unwrap_or_else(|_| json!({})),
+        max_attempts: match body.max_attempts {
+            None => None,
+            Some(n @ 1..=100) => Some(n as i32),
+            Some(_) => {
+                return Err(ApiError::invalid_field(
+                    "max_attempts",
+                    "max_attempts must be between 1 and 100",
+                ));
+            }
+        },
         callback_id,
     })
 }

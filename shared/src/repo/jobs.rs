@@ -1163,6 +1163,8 @@ pub struct Expired {
     pub job: JobId,
     pub attempt: i32,
     pub bot: Option<BotId>,
+    /// Its task's retry limit, when it has one.
+    pub max_attempts: Option<i32>,
 }
 
 fn expired_rows(rows: &[Row]) -> Vec<Expired> {
@@ -1172,6 +1174,7 @@ fn expired_rows(rows: &[Row]) -> Vec<Expired> {
             job: JobId(r.get(1)),
             attempt: r.get(2),
             bot: r.get::<_, Option<Uuid>>(3).map(BotId),
+            max_attempts: r.get(4),
         })
         .collect()
 }
@@ -1186,7 +1189,7 @@ pub async fn claim_expired_leases(
 ) -> Result<Vec<Expired>, RepoError> {
     let rows = query(
         db,
-        "SELECT customer_id, id, attempt, bot_id FROM jobs
+        "SELECT customer_id, id, attempt, bot_id, max_attempts FROM jobs
           WHERE status IN ('ASSIGNED', 'RUNNING') AND lease_expires_at IS NOT NULL
             AND lease_expires_at < $1
           ORDER BY lease_expires_at LIMIT $2
@@ -1202,7 +1205,7 @@ pub async fn held_by(db: &impl GenericClient, bots: &[BotId]) -> Result<Vec<Expi
     let ids: Vec<Uuid> = bots.iter().map(|b| b.0).collect();
     let rows = query(
         db,
-        "SELECT customer_id, id, attempt, bot_id FROM jobs
+        "SELECT customer_id, id, attempt, bot_id, max_attempts FROM jobs
           WHERE bot_id = ANY($1) AND status IN ('ASSIGNED', 'RUNNING')
           ORDER BY id FOR UPDATE",
         &[&ids],

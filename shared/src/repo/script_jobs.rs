@@ -119,6 +119,7 @@ pub struct NewScriptJob {
     pub acls: Vec<String>,
     /// Where its events are delivered (its own callback, or its task's).
     pub callback_id: Option<Uuid>,
+    pub max_attempts: Option<i32>,
     pub spec: ScriptSpec,
     /// With the hash of what was asked: a repeated key returns the first job.
     pub idempotency: Option<(String, Vec<u8>)>,
@@ -144,9 +145,10 @@ pub async fn create(
         "WITH j AS (
              INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status,
                                task_id, host_id, tags, multitasking, spec, idempotency_key,
-                               request_hash, not_before, triggered_by, acls, callback_id)
+                               request_hash, not_before, triggered_by, acls, callback_id,
+                               max_attempts)
              VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                     $15, $16)
+                     $15, $16, $17)
              ON CONFLICT DO NOTHING
              RETURNING {COLUMNS}),
          e AS (
@@ -179,6 +181,7 @@ pub async fn create(
             &created,
             &new.acls,
             &new.callback_id,
+            &new.max_attempts,
         ],
     )
     .await?;
@@ -317,6 +320,7 @@ pub fn new_run(task: &Runnable, supplied: &[Value]) -> Result<NewScriptJob, Fiel
         multitasking: def.multitasking,
         acls: def.acls.clone(),
         callback_id: def.callback_id,
+        max_attempts: def.max_attempts,
         spec: ScriptSpec {
             script_id: def.script_id,
             checksum: task.script_checksum.clone(),

@@ -32,6 +32,9 @@ pub struct TaskDef {
     pub timeout: i32,
     pub multitasking: bool,
     pub env: Value,
+    /// Attempts a run gets when its bot is lost (`null`: the reaper's
+    /// `max_attempts`).
+    pub max_attempts: Option<i32>,
     /// The webhook endpoint every run of it reports to (`/webhooks`).
     pub callback_id: Option<uuid::Uuid>,
     #[serde(with = "time::serde::rfc3339")]
@@ -41,7 +44,8 @@ pub struct TaskDef {
 }
 
 const COLUMNS: &str = "id, name, description, host_id, script_id, tags, task_arguments, run_as, \
-     acls, triggers, grace_time, timeout, multitasking, env, callback_id, created_at, updated_at";
+     acls, triggers, grace_time, timeout, multitasking, env, max_attempts, callback_id, created_at, \
+     updated_at";
 
 fn from_row(r: &Row) -> TaskDef {
     TaskDef {
@@ -60,6 +64,7 @@ fn from_row(r: &Row) -> TaskDef {
         timeout: r.get("timeout"),
         multitasking: r.get("multitasking"),
         env: r.get("env"),
+        max_attempts: r.get("max_attempts"),
         callback_id: r.get("callback_id"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
@@ -82,6 +87,7 @@ pub struct TaskSpec {
     pub timeout: i32,
     pub multitasking: bool,
     pub env: Value,
+    pub max_attempts: Option<i32>,
     pub callback_id: Option<uuid::Uuid>,
 }
 
@@ -161,8 +167,9 @@ pub async fn insert(
     let sql = format!(
         "INSERT INTO task_defs (id, customer_id, name, description, host_id, script_id, tags,
                 task_arguments, run_as, acls, triggers, grace_time, timeout, multitasking, env,
-                secret_hash, secret_sealed, callback_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                secret_hash, secret_sealed, callback_id, max_attempts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19)
          RETURNING {COLUMNS}"
     );
     let row = query_one(
@@ -187,6 +194,7 @@ pub async fn insert(
             &secret::hash(&key),
             &sealer.seal(&key, id.0.as_bytes()),
             &spec.callback_id,
+            &spec.max_attempts,
         ],
     )
     .await?;
@@ -204,7 +212,7 @@ pub async fn update(
         "UPDATE task_defs SET name = $3, description = $4, host_id = $5, script_id = $6,
                 tags = $7, task_arguments = $8, run_as = $9, acls = $10, triggers = $11,
                 grace_time = $12, timeout = $13, multitasking = $14, env = $15, callback_id = $16,
-                updated_at = now()
+                max_attempts = $17, updated_at = now()
           WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
     );
     let row = query_opt(
@@ -227,6 +235,7 @@ pub async fn update(
             &spec.multitasking,
             &spec.env,
             &spec.callback_id,
+            &spec.max_attempts,
         ],
     )
     .await?

@@ -1,0 +1,241 @@
+//! `orq-bench --reaper`: the timeout-reaper's figures, with the real
+//! services (release builds) against the real PostgreSQL and RabbitMQ.
+//!
+//! 1. Expiry lag: `--leases` running jobs whose leases end spread over
+//!    `--spread-secs` seconds; one reaper; the lag of each is its TIMEOUT
+//!    event's time minus its deadline.
+//! 2. Webhook deliveries/s: `--webhooks` one-event deliveries owed to a
+//!    local receiver (a subscription), from the reaper's start to the last
+//!    DELIVERED.
+//! 3. Dead-bot detection: an agent with the default heartbeat is SIGKILLed
+//!    while its job runs; the time until the job waits again.
+
+use orq_e2e::Env;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub leases: i64,
+    pub spread_secs: i64,
+    pub webhooks: i64,
+}
+
+pub async fn run(opts: &Options) -> anyhow::Result<()> {
+    expiry_lag(opts).await?;
+    webhook_rate(opts).await?;
+    dead_bot().await
+}
+
+async fn expiry_lag(opts: &Options) -> anyhow::Result<()> {
+    let env = Env::new("benchlease").await?;
+    let db = env.db().await?;
+    let (n, spread) = (opts.leases, opts.spread_secs);
+    // Leases ending from 3 s to 3 + spread s from now, on one busy bot that
+    // heartbeats far ahead (it is not lost, only its jobs' leases expire).
+    db.batch_execute(&format!(
+        "INSERT INTO bots (id, customer_id, name, ip_address, status, delivery, capacity, active_jobs, last_heartbeat_at)
+              SELECT gen_random_uuid(), id, 'big', '127.0.0.1', 'BUSY', 'agent', {n}, {n}, now() + interval '1 day' FROM customers;
+         INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status, bot_id, attempt,
+                           started_at, lease_expires_at)
+              SELECT gen_random_uuid(), b.customer_id, 'script', 'x', '', '', 'RUNNING', b.id, 1, now(),
+                     clock_timestamp() + interval '3 seconds' + (g::float8 / {n}) * interval '{spread} seconds'
+                FROM bots b, generate_series(1, {n}) g;
+         ANALYZE jobs;"
+    ))
+    .await?;
+    let started = Instant::now();
+    let mut cmd = env.command("timeout-reaper");
+    cmd.env("ORQ_LOG__LEVEL", "warn");
+    let reaper = env.spawn("timeout-reaper", cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(u64::try_from(spread).unwrap_or(60) + 120);
+    loop {
+        let done: i64 = db
+            .query_one("SELECT count(*) FROM jobs WHERE status = 'TIMEOUT'", &[])
+            .await?
+            .get(0);
+        if done >= n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {n} leases expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let row = db
+        .query_one(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag)
+               FROM (SELECT extract(epoch FROM e.created_at - j.lease_expires_at)::float8 * 1000 AS lag
+                       FROM job_events e JOIN jobs j ON j.id = e.job_id
+                      WHERE e.to_status = 'TIMEOUT') l",
+            &[],
+        )
+        .await?;
+    let p: Vec<f64> = row.get(0);
+    let max: f64 = row.get::<_, Option<f64>>(1).unwrap_or_default();
+    println!(
+        "expiry: {n} leases ending over {spread} s, one reaper (tick 1 s): lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({:.1} s in all)",
+        p[0],
+        p[1],
+        max,
+        started.elapsed().as_secs_f64()
+    );
+    drop(reaper);
+    env.cleanup().await
+}
+
+async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    let env = Env::new("benchhook").await?;
+    let db = env.db().await?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let open = [
+        ("ORQ_WEBHOOKS__DENY_NETWORKS", ""),
+        ("ORQ_LOG__LEVEL", "warn"),
+    ];
+    let (gw_proc, gw) = env.start_gateway(&open).await?;
+    let r = env
+        .client()
+        .post(format!("{gw}/webhooks/subscriptions"))
+        .json(&json!({"url": url}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "subscribing: {}", r.status());
+    drop(gw_proc);
+    let n = opts.webhooks;
+    // n jobs with one event each: the trigger owes n deliveries.
+    db.batch_execute(&format!(
+        "INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status)
+              SELECT gen_random_uuid(), c.id, 'system', 'x', 'S', '', 'CANCELED'
+                FROM customers c, generate_series(1, {n});
+         INSERT INTO job_events (id, job_id, customer_id, type, description, to_status)
+              SELECT gen_random_uuid(), id, customer_id, 'STATUS_CHANGE', 'created', 'CANCELED' FROM jobs;"
+    ))
+    .await?;
+    let started = Instant::now();
+    let mut cmd = env.command("timeout-reaper");
+    for (k, v) in open {
+        cmd.env(k, v);
+    }
+    let reaper = env.spawn("timeout-reaper", cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = db
+            .query_one(
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'DELIVERED'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if done >= n {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {done} of {n} delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "webhooks: {n} deliveries to a local receiver in {took:.2} s: {:.0} deliveries/s (receiver saw {})",
+        n as f64 / took,
+        received.load(Ordering::Relaxed)
+    );
+    drop(reaper);
+    env.cleanup().await
+}
+
+async fn dead_bot() -> anyhow::Result<()> {
+    let env = Env::new("benchdead").await?;
+    let quiet = [("ORQ_LOG__LEVEL", "warn")];
+    let (_gw, gw) = env.start_gateway(&quiet).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &quiet)?;
+    let mut cmd = env.command("timeout-reaper");
+    cmd.env("ORQ_LOG__LEVEL", "warn");
+    let _reaper = env.spawn("timeout-reaper", cmd)?;
+    // The default heartbeat settings (the tests' agent_config uses 1 s).
+    let config = env.dir.join("agent.toml");
+    std::fs::write(&config, "[agent]\ncapacity = 1\n")?;
+    let mut agent = env.start_agent(&gw, "doomed", &config, &quiet).await?;
+    let c = &env.customer;
+    let admin = env.client();
+    let script: serde_json::Value = admin
+        .post(format!("{gw}/{c}/script"))
+        .json(&json!({"name": "s", "filename": "s.sh", "content": "#!/bin/sh\nsleep 60\n"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task: serde_json::Value = admin
+        .post(format!("{gw}/{c}/task"))
+        .json(&json!({"name": "t", "script_id": script["id"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let job: serde_json::Value = admin
+        .post(format!(
+            "{gw}/{c}/task/{}/job",
+            task["id"].as_str().unwrap_or_default()
+        ))
+        .json(&json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let job_id = job["id"].as_str().unwrap_or_default().to_string();
+    let db = env.db().await?;
+    loop {
+        let status: String = db
+            .query_one(
+                "SELECT status FROM jobs WHERE id = $1::text::uuid",
+                &[&job_id],
+            )
+            .await?
+            .get(0);
+        if status == "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.kill9();
+    let killed = Instant::now();
+    loop {
+        let status: String = db
+            .query_one(
+                "SELECT status FROM jobs WHERE id = $1::text::uuid",
+                &[&job_id],
+            )
+            .await?
+            .get(0);
+        if status == "WAITING" {
+            break;
+        }
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(120),
+            "the job was not requeued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "dead bot: agent SIGKILLed mid-job, its job WAITING again after {:.1} s (default heartbeat settings)",
+        killed.elapsed().as_secs_f64()
+    );
+    env.cleanup().await
+}
