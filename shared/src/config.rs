@@ -176,7 +176,7 @@ name = ""
 ip_address = "127.0.0.1"
 capacity = 1
 tags = []
-heartbeat_interval_ms = 5000
+heartbeat_interval_ms = 4000
 row_timeout_ms = 60000
 kill_grace_ms = 5000
 shutdown_grace_ms = 30000
@@ -188,7 +188,7 @@ output_tail_bytes = 65536
 [reaper]
 tick_ms = 1000
 missed_heartbeats = 3
-heartbeat_interval_ms = 5000
+heartbeat_interval_ms = 4000
 max_attempts = 3
 batch_size = 500
 

@@ -131,31 +131,28 @@ impl Sender {
         tracker.wait().await;
     }
 
-    /// Makes deliveries of what the outbox owes, one transaction each.
+    /// Makes deliveries of what the outbox owes, a transaction per batch.
     pub async fn form_all(&self) -> Result<usize, RepoError> {
         let max = self.inner.settings.webhooks.max_events_per_delivery.max(1);
         let mut formed = 0;
         loop {
-            let pairs = {
-                let db = self.inner.pool.get().await?;
-                webhooks::formable(&db, 200).await?
-            };
+            let mut db = self.inner.pool.get().await?;
+            let pairs = webhooks::formable(&db, 200).await?;
             if pairs.is_empty() {
                 return Ok(formed);
             }
-            let mut progress = false;
-            let mut db = self.inner.pool.get().await?;
+            let tx = db.transaction().await?;
+            let mut made = 0;
             for (endpoint, job) in pairs {
-                let tx = db.transaction().await?;
                 if webhooks::form(&tx, endpoint, job, max).await? {
-                    tx.commit().await?;
-                    formed += 1;
-                    progress = true;
+                    made += 1;
                 }
             }
-            if !progress {
+            tx.commit().await?;
+            if made == 0 {
                 return Ok(formed);
             }
+            formed += made;
         }
     }
 
@@ -181,7 +178,8 @@ impl Sender {
         let hold = Duration::from_millis(self.inner.settings.webhooks.timeout_ms)
             + Duration::from_secs(30);
         let db = self.inner.pool.get().await?;
-        let claimed = webhooks::claim_due(&db, room as i64, &busy, hold).await?;
+        let claimed =
+            webhooks::claim_due(&db, room as i64, per_endpoint as i64, &busy, hold).await?;
         let mut started = 0;
         let mut release = Vec::new();
         for due in claimed {

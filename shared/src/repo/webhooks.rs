@@ -355,8 +355,8 @@ pub async fn formable(
 }
 
 /// Makes one delivery of the oldest events owed to `endpoint` about `job`,
-/// in the caller's transaction. `false` when there is nothing to carry or
-/// another reaper has just made one (the caller rolls back then).
+/// in the caller's transaction. `false` when there is nothing to carry or a
+/// delivery of them is pending already (another reaper has just made one).
 pub async fn form(
     db: &impl GenericClient,
     endpoint: Uuid,
@@ -386,14 +386,13 @@ pub async fn form(
     let inserted = execute(
         db,
         "INSERT INTO webhook_deliveries (id, customer_id, endpoint_id, job_id, body, status)
-         SELECT $1, customer_id, id, $3, $4, 'PENDING' FROM webhook_endpoints WHERE id = $2",
+         SELECT $1, customer_id, id, $3, $4, 'PENDING' FROM webhook_endpoints WHERE id = $2
+         ON CONFLICT (endpoint_id, job_id) WHERE status = 'PENDING' DO NOTHING",
         &[&id, &endpoint, &job.0, &body],
     )
-    .await;
-    match inserted {
-        Err(e) if e.is_unique_violation() => return Ok(false),
-        Err(e) => return Err(e),
-        Ok(_) => {}
+    .await?;
+    if inserted == 0 {
+        return Ok(false);
     }
     execute(
         db,
@@ -420,30 +419,36 @@ pub struct Due {
 
 /// Claims up to `limit` due deliveries for `hold` (no other reaper sends
 /// them meanwhile; a reaper that dies releases them when it runs out),
-/// leaving out `busy` endpoints (at their concurrency bound here).
+/// at most `per_endpoint` of one endpoint, leaving out `busy` endpoints (at
+/// their concurrency bound here).
 pub async fn claim_due(
     db: &impl GenericClient,
     limit: i64,
+    per_endpoint: i64,
     busy: &[Uuid],
     hold: std::time::Duration,
 ) -> Result<Vec<Due>, RepoError> {
     let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
     let rows = query(
         db,
-        "WITH due AS (
-             SELECT id FROM webhook_deliveries
+        "WITH ranked AS (
+             SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS n
+               FROM webhook_deliveries
               WHERE status = 'PENDING' AND next_attempt_at <= now()
                 AND (claimed_until IS NULL OR claimed_until < now())
-                AND endpoint_id <> ALL($2)
-              ORDER BY next_attempt_at LIMIT $1
-              FOR UPDATE SKIP LOCKED)
+                AND endpoint_id <> ALL($2)),
+         due AS (
+             SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id
+              WHERE r.n <= $4
+              ORDER BY d.next_attempt_at LIMIT $1
+              FOR UPDATE OF d SKIP LOCKED)
          UPDATE webhook_deliveries d
             SET claimed_until = now() + $3 * interval '1 millisecond'
            FROM due, webhook_endpoints e
           WHERE d.id = due.id AND e.id = d.endpoint_id
           RETURNING d.id, d.customer_id, d.endpoint_id, e.url, e.username, e.password_sealed,
                     e.enabled, d.body, d.attempts",
-        &[&limit, &busy, &(hold_ms as f64)],
+        &[&limit, &busy, &(hold_ms as f64), &per_endpoint],
     )
     .await?;
     Ok(rows
