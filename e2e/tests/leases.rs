@@ -332,3 +332,44 @@ async fn a_lost_bots_jobs_wait_again_until_their_tasks_retry_limit() -> anyhow::
     assert_eq!(row.get::<_, i32>(1), 0);
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_legacy_http_bot_silent_on_its_job_times_it_out() -> anyhow::Result<()> {
+    let env = Env::new("httpsilent").await?;
+    let db = env.db().await?;
+    // Legacy HTTP bots do not heartbeat: one job has had no report for two
+    // hours, another for a minute.
+    db.batch_execute(
+        "INSERT INTO bots (id, customer_id, name, ip_address, status, delivery, capacity, active_jobs)
+              SELECT gen_random_uuid(), id, 'flask', '127.0.0.9', 'BUSY', 'http', 2, 2 FROM customers;
+         INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status, bot_id, attempt, updated_at)
+              SELECT gen_random_uuid(), b.customer_id, 'system', v.d, 'S', '', 'RUNNING', b.id, 1, now() - v.age
+                FROM bots b, (VALUES ('silent', interval '2 hours'), ('busy', interval '1 minute')) AS v(d, age);",
+    )
+    .await?;
+    let _reaper = env.spawn("timeout-reaper", env.command("timeout-reaper"))?;
+    eventually(
+        Duration::from_secs(30),
+        "the silent job TIMEOUT",
+        || async {
+            let s: String = db
+                .query_one("SELECT status FROM jobs WHERE description = 'silent'", &[])
+                .await?
+                .get(0);
+            Ok((s == "TIMEOUT").then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let busy: String = db
+        .query_one("SELECT status FROM jobs WHERE description = 'busy'", &[])
+        .await?
+        .get(0);
+    assert_eq!(busy, "RUNNING", "a job its bot reported on lately stays");
+    let error: Option<String> = db
+        .query_one("SELECT error FROM jobs WHERE description = 'silent'", &[])
+        .await?
+        .get(0);
+    assert!(error.unwrap_or_default().contains("HTTP bot"));
+    env.cleanup().await
+}

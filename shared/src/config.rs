@@ -137,6 +137,9 @@ pub struct ReaperSettings {
     pub max_attempts: i32,
     /// Most leases expired in one transaction.
     pub batch_size: i64,
+    /// A job RUNNING on a legacy HTTP bot that has reported nothing for
+    /// this long times out (such bots do not heartbeat).
+    pub http_silence_ms: u64,
 }
 
 const DEFAULTS: &str = r#"
@@ -191,6 +194,7 @@ missed_heartbeats = 3
 heartbeat_interval_ms = 4000
 max_attempts = 3
 batch_size = 500
+http_silence_ms = 3600000
 
 [security]
 secret_key = ""

@@ -187,8 +187,10 @@ impl App {
         Ok(())
     }
 
-    /// Running jobs past their lease: TIMEOUT. Their customers are woken: a
-    /// freed slot can take waiting work, and a trigger may have queued a run.
+    /// Running jobs past their lease, and jobs a legacy HTTP bot has been
+    /// silent on for `http_silence_ms`: TIMEOUT. Their customers are woken:
+    /// a freed slot can take waiting work, and a trigger may have queued a
+    /// run.
     async fn job_timeouts(
         &self,
         reaped: &mut Reaped,
@@ -197,28 +199,38 @@ impl App {
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
         let now = time::OffsetDateTime::now_utc();
-        let expired = jobs::claim_expired_leases(&tx, now, self.settings.reaper.batch_size).await?;
+        let batch = self.settings.reaper.batch_size;
+        let silence = Duration::from_millis(self.settings.reaper.http_silence_ms);
+        let mut expired: Vec<(Expired, String)> = jobs::claim_expired_leases(&tx, now, batch)
+            .await?
+            .into_iter()
+            .map(|e| {
+                let why = format!(
+                    "no outcome from bot {} by the job's deadline (its timeout plus {} s)",
+                    bot_name(&e),
+                    jobs::LEASE_SLACK.whole_seconds()
+                );
+                (e, why)
+            })
+            .collect();
+        for e in jobs::claim_silent_http_jobs(&tx, now - silence, batch).await? {
+            let why = format!(
+                "HTTP bot {} reported nothing on the job for {} s",
+                bot_name(&e),
+                silence.as_secs()
+            );
+            expired.push((e, why));
+        }
         if expired.is_empty() {
             return Ok(());
         }
         let changes: Vec<Change> = expired
             .iter()
-            .map(|e| {
-                change(
-                    e,
-                    JobEvent::TimedOut,
-                    EventKind::Error,
-                    format!(
-                        "no outcome from bot {} by the job's deadline (its timeout plus {} s)",
-                        bot_name(e),
-                        jobs::LEASE_SLACK.whole_seconds()
-                    ),
-                )
-            })
+            .map(|(e, why)| change(e, JobEvent::TimedOut, EventKind::Error, why.clone()))
             .collect();
         let results = jobs::apply_changes(&tx, &changes).await?;
         tx.commit().await?;
-        for (e, result) in expired.iter().zip(results) {
+        for ((e, _), result) in expired.iter().zip(results) {
             if matches!(result, jobs::ChangeResult::Done { .. }) {
                 reaped.timed_out += 1;
                 wake.insert(e.customer);

@@ -1200,6 +1200,27 @@ pub async fn claim_expired_leases(
     Ok(expired_rows(&rows))
 }
 
+/// Running jobs on legacy HTTP bots with no report since `before` (such a
+/// bot does not heartbeat: silence on the job is all there is), claimed
+/// with `SKIP LOCKED`.
+pub async fn claim_silent_http_jobs(
+    db: &impl GenericClient,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<Expired>, RepoError> {
+    let rows = query(
+        db,
+        "SELECT j.customer_id, j.id, j.attempt, j.bot_id, j.max_attempts
+           FROM jobs j JOIN bots b ON b.id = j.bot_id
+          WHERE b.delivery = 'http' AND j.status = 'RUNNING' AND j.updated_at < $1
+          ORDER BY j.updated_at LIMIT $2
+          FOR UPDATE OF j SKIP LOCKED",
+        &[&before, &limit],
+    )
+    .await?;
+    Ok(expired_rows(&rows))
+}
+
 /// The jobs the given bots hold (ASSIGNED or RUNNING), locked.
 pub async fn held_by(db: &impl GenericClient, bots: &[BotId]) -> Result<Vec<Expired>, RepoError> {
     let ids: Vec<Uuid> = bots.iter().map(|b| b.0).collect();
