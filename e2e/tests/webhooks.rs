@@ -518,11 +518,17 @@ async fn a_restarted_reaper_resumes_the_schedule_and_dead_ones_can_be_redelivere
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    eventually(Duration::from_secs(30), "redelivered", || async {
+    let redelivered = eventually(Duration::from_secs(30), "redelivered", || async {
         let d = s.get(&format!("/webhooks/deliveries/{id}")).await?;
-        Ok((d["status"] == "DELIVERED").then_some(()))
+        Ok((d["status"] == "DELIVERED").then_some(d))
     })
     .await?;
+    let log = redelivered["attempt_log"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(log.len(), 9, "the log goes on: {redelivered}");
+    assert_eq!(log[8]["status_code"], 200);
     s.finish().await
 }
 
@@ -662,4 +668,183 @@ async fn the_live_stream_carries_events_and_resumes_after_last_event_id() -> any
     );
     drop(resumed);
     s.finish().await
+}
+
+/// An https receiver (Python's `http.server` behind TLS, with a certificate
+/// made by `openssl` for this test) that appends each request to a file.
+const HTTPS_RECEIVER: &str = r#"
+import http.server, json, ssl, sys
+cert, key, out = sys.argv[1:4]
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with open(out, "a") as f:
+            f.write(json.dumps({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": json.loads(body)}) + "\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn https_receivers_get_their_webhooks() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let env = Env::new("hooktls").await?;
+    let dir = env.dir.clone();
+    // A private CA and a server certificate it signs (webpki refuses a
+    // self-signed CA certificate as a server's).
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("leaf.csr"),
+    );
+    let ext = dir.join("leaf.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let openssl = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl").args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    openssl(&[
+        &os("req"),
+        &os("-x509"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-days"),
+        &os("1"),
+        &os("-subj"),
+        &os("/CN=orquestra-test-ca"),
+        &os("-keyout"),
+        ca_key.as_os_str(),
+        &os("-out"),
+        ca.as_os_str(),
+    ])?;
+    openssl(&[
+        &os("req"),
+        &os("-newkey"),
+        &os("rsa:2048"),
+        &os("-nodes"),
+        &os("-subj"),
+        &os("/CN=localhost"),
+        &os("-keyout"),
+        key.as_os_str(),
+        &os("-out"),
+        csr.as_os_str(),
+    ])?;
+    openssl(&[
+        &os("x509"),
+        &os("-req"),
+        &os("-in"),
+        csr.as_os_str(),
+        &os("-CA"),
+        ca.as_os_str(),
+        &os("-CAkey"),
+        ca_key.as_os_str(),
+        &os("-CAcreateserial"),
+        &os("-days"),
+        &os("1"),
+        &os("-extfile"),
+        ext.as_os_str(),
+        &os("-out"),
+        cert.as_os_str(),
+    ])?;
+    let script = dir.join("receiver.py");
+    std::fs::write(&script, HTTPS_RECEIVER)?;
+    let out = dir.join("received.jsonl");
+    let mut receiver = KillOnDrop(
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&cert)
+            .arg(&key)
+            .arg(&out)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let port: u16 = {
+        let stdout = receiver
+            .0
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        line.trim().parse()?
+    };
+    let ca = ca.display().to_string();
+    let mut vars: Vec<(&str, &str)> = FAST.to_vec();
+    vars.push(("ORQ_WEBHOOKS__CA_FILE", &ca));
+    let (_gw, gw) = env.start_gateway(&vars).await?;
+    let mut cmd = env.command("timeout-reaper");
+    for (k, v) in &vars {
+        cmd.env(k, v);
+    }
+    let _reaper = env.spawn("timeout-reaper", cmd)?;
+    let r = env
+        .client()
+        .post(format!("{gw}/webhooks/subscriptions"))
+        .json(&json!({"url": format!("https://localhost:{port}/hook")}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    // A CSV task nobody runs: its creation event is delivered.
+    let bots = env.client();
+    let r = bots
+        .post(format!("{gw}/bots"))
+        .json(&json!({"name": "flask", "ip_address": "127.0.0.9", "systems": ["S"]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let csv = orq_e2e::orq_shared::attachment::encode("a\n1\n");
+    let task: Value = bots
+        .post(format!("{gw}/tasks"))
+        .json(&json!({"description": "x", "system": "S", "attachment": csv}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    let got = eventually(Duration::from_secs(30), "an https delivery", || async {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["body"][0]["jobId"] == id.as_str()))
+    })
+    .await?;
+    assert_eq!(got["body"][0]["type"], "STATUS_CHANGE");
+    assert!(
+        got["headers"]["webhook-signature"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("v1,")
+    );
+    drop(receiver);
+    env.cleanup().await
+}
+
+/// A child process killed when dropped (a failed test leaves nothing).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -36,6 +36,9 @@ pub struct WebhookSettings {
     pub per_endpoint_concurrency: usize,
     /// Most events one delivery carries.
     pub max_events_per_delivery: i64,
+    /// A PEM file of extra root certificates to trust for https receivers
+    /// (beside the system's), e.g. a private CA; empty: none.
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -203,9 +206,12 @@ secret_key = ""
 timeout_ms = 15000
 retry_schedule_ms = [5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000]
 deny_networks = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-                 "172.16.0.0/12", "192.168.0.0/16", "::/128", "::1/128", "fc00::/7", "fe80::/10"]
+                 "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/3",
+                 "::/128", "::1/128", "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "fc00::/7",
+                 "fe80::/10", "ff00::/8"]
 per_endpoint_concurrency = 4
 max_events_per_delivery = 100
+ca_file = ""
 "#;
 
 #[derive(Debug, thiserror::Error)]

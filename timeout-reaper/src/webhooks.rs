@@ -12,6 +12,7 @@
 //! One slow endpoint never delays others: attempts to one endpoint are
 //! bounded (`per_endpoint_concurrency`), every endpoint has its own.
 
+use anyhow::Context;
 use orq_shared::CancellationToken;
 use orq_shared::config::Settings;
 use orq_shared::domain::CustomerId;
@@ -79,13 +80,23 @@ impl Sender {
             webhook::parse_networks(&settings.webhooks.deny_networks)
                 .map_err(anyhow::Error::msg)?,
         );
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.webhooks.timeout_ms))
-            // A redirect could lead anywhere, denied networks included.
+            // A redirect could lead anywhere, denied networks included; a
+            // proxy from the environment would resolve names past the check.
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .dns_resolver(Arc::new(DenyResolver { deny: deny.clone() }))
-            .user_agent("Orquestra-Webhooks/1")
-            .build()?;
+            .user_agent("Orquestra-Webhooks/1");
+        if !settings.webhooks.ca_file.trim().is_empty() {
+            let pem = std::fs::read(settings.webhooks.ca_file.trim()).with_context(|| {
+                format!("reading webhooks.ca_file {}", settings.webhooks.ca_file)
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build()?;
         let schedule = settings
             .webhooks
             .retry_schedule_ms
@@ -283,7 +294,8 @@ impl Sender {
                 outcome.status = "DEAD";
             } else {
                 let jitter = rand::random::<f64>() * 2.0 - 1.0;
-                match webhook::next_attempt(&self.inner.schedule, n as u32, retry_after, jitter) {
+                let nth = (n - due.schedule_from).max(1) as u32;
+                match webhook::next_attempt(&self.inner.schedule, nth, retry_after, jitter) {
                     Next::RetryIn(wait) => {
                         outcome.status = "PENDING";
                         outcome.next_attempt_at = Some(attempted_at + wait);
@@ -294,7 +306,10 @@ impl Sender {
         }
         let mut db = self.inner.pool.get().await?;
         let tx = db.transaction().await?;
-        webhooks::record_attempt(&tx, due.id, n, &outcome).await?;
+        if !webhooks::record_attempt(&tx, due.id, n, &outcome).await? {
+            // Someone else recorded this attempt: theirs stands.
+            return Ok(());
+        }
         if gone {
             webhooks::disable_endpoint(
                 &tx,

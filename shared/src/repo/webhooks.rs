@@ -318,8 +318,8 @@ pub async fn redeliver(
     }
     let n = execute(
         db,
-        "UPDATE webhook_deliveries SET status = 'PENDING', attempts = 0, next_attempt_at = now(),
-                claimed_until = NULL, finished_at = NULL
+        "UPDATE webhook_deliveries SET status = 'PENDING', schedule_from = attempts,
+                next_attempt_at = now(), claimed_until = NULL, finished_at = NULL
           WHERE id = $1",
         &[&id],
     )
@@ -347,6 +347,7 @@ pub async fn formable(
             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                              WHERE d.endpoint_id = o.endpoint_id AND d.job_id = o.job_id
                                AND d.status = 'PENDING')
+          ORDER BY 1, 2
           LIMIT $1",
         &[&limit],
     )
@@ -363,13 +364,26 @@ pub async fn form(
     job: JobId,
     max_events: i64,
 ) -> Result<bool, RepoError> {
+    // One former per (endpoint, job) at a time: another reaper forming it
+    // now would otherwise take the events after the ones it holds and could
+    // make its delivery first, out of order. Skipped, not waited for.
+    let locked: bool = query_one(
+        db,
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(($1::uuid)::text || '/' || ($2::uuid)::text, 0))",
+        &[&endpoint, &job.0],
+    )
+    .await?
+    .get(0);
+    if !locked {
+        return Ok(false);
+    }
     let rows = query(
         db,
         "SELECT o.event_seq, ev.id, ev.job_id, ev.type, ev.description, ev.to_status, ev.created_at
            FROM webhook_outbox o JOIN job_events ev ON ev.id = o.event_id
           WHERE o.endpoint_id = $1 AND o.job_id = $2 AND o.delivery_id IS NULL
           ORDER BY o.event_seq LIMIT $3
-          FOR UPDATE OF o SKIP LOCKED",
+          FOR UPDATE OF o",
         &[&endpoint, &job.0, &max_events],
     )
     .await?;
@@ -415,6 +429,8 @@ pub struct Due {
     pub enabled: bool,
     pub body: Value,
     pub attempts: i32,
+    /// Attempts before the last redelivery: the schedule counts from here.
+    pub schedule_from: i32,
 }
 
 /// Claims up to `limit` due deliveries for `hold` (no other reaper sends
@@ -440,6 +456,10 @@ pub async fn claim_due(
          due AS (
              SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id
               WHERE r.n <= $4
+                -- Checked again on the locked row: another reaper may have
+                -- claimed it since this statement's snapshot.
+                AND d.status = 'PENDING' AND d.next_attempt_at <= now()
+                AND (d.claimed_until IS NULL OR d.claimed_until < now())
               ORDER BY d.next_attempt_at LIMIT $1
               FOR UPDATE OF d SKIP LOCKED)
          UPDATE webhook_deliveries d
@@ -447,7 +467,7 @@ pub async fn claim_due(
            FROM due, webhook_endpoints e
           WHERE d.id = due.id AND e.id = d.endpoint_id
           RETURNING d.id, d.customer_id, d.endpoint_id, e.url, e.username, e.password_sealed,
-                    e.enabled, d.body, d.attempts",
+                    e.enabled, d.body, d.attempts, d.schedule_from",
         &[&limit, &busy, &(hold_ms as f64), &per_endpoint],
     )
     .await?;
@@ -463,6 +483,7 @@ pub async fn claim_due(
             enabled: r.get(6),
             body: r.get(7),
             attempts: r.get(8),
+            schedule_from: r.get(9),
         })
         .collect())
 }
@@ -479,13 +500,14 @@ pub struct AttemptOutcome {
     pub next_attempt_at: Option<OffsetDateTime>,
 }
 
-/// Records attempt `n` of a delivery and its new state.
+/// Records attempt `n` of a delivery and its new state; `false` when the
+/// delivery moved on meanwhile (another reaper recorded that attempt).
 pub async fn record_attempt(
     db: &impl GenericClient,
     id: Uuid,
     n: i32,
     outcome: &AttemptOutcome,
-) -> Result<(), RepoError> {
+) -> Result<bool, RepoError> {
     execute(
         db,
         "INSERT INTO webhook_attempts (delivery_id, n, attempted_at, status_code, error, duration_ms)
@@ -500,13 +522,13 @@ pub async fn record_attempt(
         ],
     )
     .await?;
-    execute(
+    let n_updated = execute(
         db,
         "UPDATE webhook_deliveries
             SET attempts = $2, status = $3, next_attempt_at = COALESCE($4, next_attempt_at),
                 last_status = $5, last_error = $6, claimed_until = NULL,
                 finished_at = CASE WHEN $3 = 'PENDING' THEN NULL ELSE now() END
-          WHERE id = $1",
+          WHERE id = $1 AND attempts = $2 - 1 AND status = 'PENDING'",
         &[
             &id,
             &n,
@@ -517,7 +539,7 @@ pub async fn record_attempt(
         ],
     )
     .await?;
-    Ok(())
+    Ok(n_updated == 1)
 }
 
 /// Ends a delivery without an attempt (its endpoint was disabled).
