@@ -392,17 +392,7 @@ pub async fn list_for_task(
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    let task = task_id(&id)?;
-    let page = paging.page()?;
-    let filter = JobFilter {
-        task: Some(task),
-        statuses: statuses(uri.query())?,
-    };
-    let db = state.db().await?;
-    task_defs::get(&db, who.customer_id, task, reader(who)).await?;
-    let items = script_jobs::list(&db, who.customer_id, &filter, reader(who), page).await?;
-    let last = items.last().map(|j| j.id.to_string());
-    Ok(paged(items, page, last))
+    list_jobs(&state, who, Some(task_id(&id)?), &paging, &uri).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,7 +410,6 @@ pub async fn list(
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    let page = paging.page()?;
     let task = q
         .task
         .map(|t| {
@@ -428,14 +417,27 @@ pub async fn list(
                 .map_err(|_| ApiError::invalid_field("task", "task must be a task id"))
         })
         .transpose()?;
-    let db = state.db().await?;
-    if let Some(task) = task {
-        task_defs::get(&db, who.customer_id, task, reader(who)).await?;
-    }
+    list_jobs(&state, who, task, &paging, &uri).await
+}
+
+/// A page of the jobs `who` may see, of one task (which `who` must see) or
+/// all, filtered by `?status=`/`?lifecycle[]=`.
+async fn list_jobs(
+    state: &AppState,
+    who: &Principal,
+    task: Option<TaskId>,
+    paging: &PageQuery,
+    uri: &axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let page = paging.page()?;
     let filter = JobFilter {
         task,
         statuses: statuses(uri.query())?,
     };
+    let db = state.db().await?;
+    if let Some(task) = task {
+        task_defs::get(&db, who.customer_id, task, reader(who)).await?;
+    }
     let items = script_jobs::list(&db, who.customer_id, &filter, reader(who), page).await?;
     let last = items.last().map(|j| j.id.to_string());
     Ok(paged(items, page, last))
