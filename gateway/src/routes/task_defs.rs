@@ -220,12 +220,23 @@ pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     Path(customer): Path<String>,
-    Json(mut body): Json<TaskBody>,
+    Json(body): Json<TaskBody>,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
     let mut db = state.db().await?;
     let tx = db.transaction().await?;
-    let callback = callback(&state, &tx, who.customer_id, body.callback.take().as_ref()).await?;
+    insert_task(&state, tx, who, body).await
+}
+
+/// Creates a task from a checked body (its callback endpoint too) in `tx`,
+/// commits, and answers `201` with it.
+async fn insert_task(
+    state: &AppState,
+    tx: deadpool_postgres::Transaction<'_>,
+    who: &Principal,
+    mut body: TaskBody,
+) -> Result<Response, ApiError> {
+    let callback = callback(state, &tx, who.customer_id, body.callback.take().as_ref()).await?;
     let spec = task_spec(&tx, who, body, None, callback).await?;
     let (task, _secret) = task_defs::insert(&tx, who.customer_id, &spec, &state.sealer).await?;
     tx.commit().await?;
@@ -425,13 +436,9 @@ pub async fn import(
     }
     task.insert("script_id".into(), json!(script_id));
     task.insert("host_id".into(), json!(recipe.host_id));
-    let mut body: TaskBody = serde_json::from_value(Value::Object(task))
+    let body: TaskBody = serde_json::from_value(Value::Object(task))
         .map_err(|e| ApiError::bad_request("invalid_body", format!("task: {e}")))?;
-    let callback = callback(&state, &tx, who.customer_id, body.callback.take().as_ref()).await?;
-    let spec = task_spec(&tx, who, body, None, callback).await?;
-    let (task, _) = task_defs::insert(&tx, who.customer_id, &spec, &state.sealer).await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+    insert_task(&state, tx, who, body).await
 }
 
 /// The task's secret key, for admins only: it runs the task without any
