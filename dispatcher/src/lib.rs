@@ -6,9 +6,13 @@
 //!
 //! * `matcher` – the matching loop, woken per customer; delivery to agents
 //!   (their queue) and legacy HTTP bots (`POST /tasks`).
+//! * `batch`    – the batched, ack-after-commit intake consumer.
 //! * `reports` – applies bot reports.
+//! * `finishes` – applies micro-task finish submissions.
 //! * `sweep`   – the periodic pass that catches lost wake-ups and deliveries.
 
+pub mod batch;
+pub mod finishes;
 pub mod matcher;
 pub mod reports;
 pub mod sweep;
@@ -59,6 +63,12 @@ impl App {
             self.settings.clone(),
             self.shutdown.clone(),
         ));
+        let finishes = tokio::spawn(finishes::consume(
+            self.pool.clone(),
+            self.broker.clone(),
+            self.settings.clone(),
+            self.shutdown.clone(),
+        ));
         let sweep = tokio::spawn(sweep::run(
             self.pool.clone(),
             self.matcher.clone(),
@@ -66,7 +76,7 @@ impl App {
             self.shutdown.clone(),
         ));
         self.shutdown.cancelled().await;
-        for task in [matching, intake, reports, sweep] {
+        for task in [matching, intake, reports, finishes, sweep] {
             let _ = task.await;
         }
         Ok(())

@@ -5,8 +5,6 @@
 //! id), and a report for an attempt the job no longer is — a bot that lost
 //! its lease — is refused and recorded as a WARNING.
 
-use futures::FutureExt;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
@@ -16,7 +14,6 @@ use orq_shared::repo::jobs::{self, Actor, Change, ChangeResult, EventKind, Event
 use orq_shared::repo::{RepoError, bots};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 use uuid::Uuid;
 
 use crate::matcher::Matcher;
@@ -208,12 +205,14 @@ pub struct Wakes {
     pub later: Vec<(CustomerId, time::OffsetDateTime)>,
 }
 
-impl Wakes {
-    fn extend(&mut self, other: Wakes) {
+impl crate::batch::Merge for Wakes {
+    fn merge(&mut self, other: Wakes) {
         self.now.extend(other.now);
         self.later.extend(other.later);
     }
+}
 
+impl Wakes {
     fn send(self, matcher: &Matcher) {
         for customer in self.now {
             matcher.wake(customer);
@@ -304,46 +303,8 @@ pub async fn apply(
     })
 }
 
-/// A database refusal of the data itself (SQLSTATE classes 22 and 23), which
-/// retrying cannot cure.
-fn is_data_error(e: &RepoError) -> bool {
-    matches!(e, RepoError::Db(db) if db.code().is_some_and(|c| {
-        let code = c.code();
-        code.starts_with("22") || code.starts_with("23")
-    }))
-}
-
-/// Applies reports one at a time; returns who to rematch, the indexes of the
-/// reports the database refused, and of those that failed otherwise (to be
-/// redelivered).
-async fn apply_each(
-    pool: &deadpool_postgres::Pool,
-    reports: &[BotReport],
-) -> (Wakes, HashSet<usize>, HashSet<usize>) {
-    let mut rematch = Wakes::default();
-    let mut refused = HashSet::new();
-    let mut retry = HashSet::new();
-    for (i, report) in reports.iter().enumerate() {
-        match apply(pool, std::slice::from_ref(report)).await {
-            Ok(r) => rematch.extend(r),
-            Err(e) if is_data_error(&e) => {
-                tracing::warn!(error = %e, report = %report.id, "report refused");
-                refused.insert(i);
-            }
-            Err(e) => {
-                // Not the report's fault: hand it back to be redelivered.
-                tracing::warn!(error = %e, report = %report.id, "report not applied; requeued");
-                retry.insert(i);
-            }
-        }
-    }
-    (rematch, refused, retry)
-}
-
-/// Consumes the reports queue. Reports are applied in arrival order, a batch
-/// at a time; a report that cannot be parsed is dead-lettered; a batch that
-/// fails on the database is retried (its messages stay unacked) until it
-/// applies.
+/// Consumes the reports queue: reports are applied in arrival order, a
+/// batch at a time (see `batch`).
 pub async fn consume(
     pool: deadpool_postgres::Pool,
     broker: Broker,
@@ -352,91 +313,31 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) {
     let queue = broker.topology().reports_queue();
-    let batch_max = settings.dispatcher.report_batch.max(1);
-    let prefetch = u16::try_from(batch_max * 2).unwrap_or(u16::MAX);
-    let mut last = None;
-    loop {
-        let (session, mut consumer) = tokio::select! {
-            c = broker.consume(&queue, prefetch, &mut last) => c,
-            _ = shutdown.cancelled() => return,
-        };
-        loop {
-            let first = tokio::select! {
-                d = session.next(&mut consumer) => d,
-                _ = shutdown.cancelled() => return,
-            };
-            let Some(first) = first else {
-                break;
-            };
-            let mut deliveries = vec![first];
-            // Take what is already here, without waiting for more.
-            while deliveries.len() < batch_max {
-                match session.next(&mut consumer).now_or_never() {
-                    Some(Some(d)) => deliveries.push(d),
-                    _ => break,
-                }
-            }
-            let mut reports = Vec::with_capacity(deliveries.len());
-            let mut ackers: Vec<lapin::Acker> = Vec::with_capacity(deliveries.len());
-            for d in deliveries {
-                match serde_json::from_slice::<BotReport>(&d.data) {
-                    Ok(r) => {
-                        reports.push(r);
-                        ackers.push(d.acker);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "malformed report dead-lettered");
-                        let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
-                    }
-                }
-            }
-            let mut wait = Duration::from_millis(100);
-            let rematch = loop {
-                match apply(&pool, &reports).await {
-                    Ok(rematch) => break rematch,
-                    Err(e) if is_data_error(&e) => {
-                        // Some report's data is refused: apply them one by
-                        // one and dead-letter only the refused ones.
-                        let (rematch, refused, retry) = apply_each(&pool, &reports).await;
-                        for (i, acker) in ackers.iter().enumerate() {
-                            if refused.contains(&i) {
-                                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
-                            } else if retry.contains(&i) {
-                                let _ = acker
-                                    .nack(BasicNackOptions {
-                                        requeue: true,
-                                        ..Default::default()
-                                    })
-                                    .await;
-                            }
-                        }
-                        ackers = ackers
-                            .into_iter()
-                            .enumerate()
-                            .filter(|(i, _)| !refused.contains(i) && !retry.contains(i))
-                            .map(|(_, a)| a)
-                            .collect();
-                        break rematch;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, reports = reports.len(), "applying reports failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = shutdown.cancelled() => {
-                                for a in ackers {
-                                    let _ = a.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                                }
-                                return;
-                            }
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
-                }
-            };
-            for a in ackers {
-                let _ = a.ack(BasicAckOptions::default()).await;
-            }
-            rematch.send(&matcher);
-        }
+    let intake = Reports { pool, matcher };
+    crate::batch::consume(
+        broker,
+        queue,
+        settings.dispatcher.report_batch,
+        shutdown,
+        intake,
+    )
+    .await
+}
+
+struct Reports {
+    pool: deadpool_postgres::Pool,
+    matcher: Matcher,
+}
+
+impl crate::batch::Intake for Reports {
+    type Message = BotReport;
+    type Out = Wakes;
+
+    async fn apply(&self, batch: &[BotReport]) -> Result<Wakes, RepoError> {
+        apply(&self.pool, batch).await
+    }
+
+    fn done(&self, wakes: Wakes) {
+        wakes.send(&self.matcher)
     }
 }

@@ -35,6 +35,15 @@ pub async fn create_token(
         .await?
         .ok_or_else(|| anyhow::anyhow!("no customer named {customer:?}"))?;
     let name = name.map(str::trim).filter(|n| !n.is_empty());
+    if role == Role::Worker {
+        let email = orq_shared::human::normalize_email(name.unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("a worker token needs --name <e-mail>: {e}"))?;
+        let tokens = orq_shared::human::WorkerTokens::from_config(&settings.security.secret_key)?;
+        let (_, token) = customers::issue_worker_token(&db, id, &email, &tokens).await?;
+        return Ok(
+            json!({ "customer": customer, "role": "worker", "name": email, "access_token": token }),
+        );
+    }
     let token = customers::issue_token(&db, id, role, name).await?;
     Ok(json!({ "customer": customer, "role": role.as_str(), "name": name, "access_token": token }))
 }

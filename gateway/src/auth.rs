@@ -33,7 +33,8 @@ impl Auth {
     }
 }
 
-fn presented_token(parts: &Parts) -> Option<String> {
+/// The token a request presents, from the header or the query string.
+pub fn presented_token(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;

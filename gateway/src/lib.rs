@@ -38,7 +38,7 @@ pub struct App {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{agent, bots, feed, health, jobs, scripts, task_defs, tasks, webhooks};
+    use routes::{agent, bots, feed, health, human, jobs, scripts, task_defs, tasks, webhooks};
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
     Router::new()
@@ -77,6 +77,26 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/webhooks/secret", get(webhooks::secret))
         .route("/webhooks/secret/rotate", post(webhooks::rotate_secret))
+        // The micro-task API (seed 000), for field workers.
+        .route("/micro_task/available", get(human::available))
+        .route("/micro_task/mine", get(human::mine))
+        .route("/micro_task/reserve", post(human::reserve_next))
+        .route("/micro_task/{id}/reserve", post(human::reserve))
+        .route("/micro_task/{id}/release", post(human::release))
+        .route("/micro_task/execution/{id}/start", post(human::start))
+        .route("/micro_task/execution/{id}/finish", post(human::finish))
+        // The back office's side of it.
+        .route(
+            "/{customer}/micro_task",
+            get(human::list).post(human::create),
+        )
+        .route("/{customer}/micro_task/{id}", get(human::get))
+        .route("/{customer}/micro_task/{id}/events", get(human::events))
+        .route("/{customer}/workers", post(human::create_worker))
+        .route(
+            "/{customer}/workers/{email}",
+            axum::routing::delete(human::revoke_worker),
+        )
         // TheEye's API (seed 002), customer-scoped.
         .route("/job", post(jobs::create_by_query))
         .route("/job/secret/{key}", post(jobs::create_with_secret_body))
@@ -155,6 +175,8 @@ impl App {
     /// Connects, migrates and binds; `listen` may use port 0.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
         let sealer = orq_shared::secret::Sealer::from_config(&settings.security.secret_key)?;
+        let worker_tokens =
+            orq_shared::human::WorkerTokens::from_config(&settings.security.secret_key)?;
         let deny_networks = Arc::new(
             orq_shared::webhook::parse_networks(&settings.webhooks.deny_networks)
                 .map_err(anyhow::Error::msg)?,
@@ -170,6 +192,7 @@ impl App {
             principals: state::cache(),
             known_systems: state::cache(),
             sealer,
+            worker_tokens,
             deny_networks,
             shutdown: shutdown.clone(),
         };

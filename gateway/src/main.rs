@@ -29,7 +29,8 @@ enum Admin {
     CreateToken {
         #[arg(long)]
         customer: String,
-        /// viewer, user, admin or bot.
+        /// viewer, user, admin, bot or worker (a field worker: --name is
+        /// their e-mail).
         #[arg(long)]
         role: Role,
         /// Who holds it (e.g. an e-mail): a task whose `acls` list names

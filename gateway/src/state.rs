@@ -21,6 +21,8 @@ pub struct AppState {
     pub known_systems: moka::sync::Cache<(CustomerId, String), ()>,
     /// Seals and opens task secret keys (`security.secret_key`).
     pub sealer: orq_shared::secret::Sealer,
+    /// Signs and checks field workers' tokens (offline, for `finish`).
+    pub worker_tokens: orq_shared::human::WorkerTokens,
     /// Networks webhook URLs may not point into (`webhooks.deny_networks`).
     pub deny_networks: Arc<Vec<ipnet::IpNet>>,
     /// Cancelled on SIGTERM: ends the live event streams, which would

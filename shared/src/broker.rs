@@ -38,6 +38,7 @@ pub struct Topology {
 /// Routing keys on the work exchange.
 pub const KEY_INTAKE: &str = "intake";
 pub const KEY_REPORTS: &str = "reports";
+pub const KEY_FINISH: &str = "finish";
 
 /// A message that keeps failing is dead-lettered after this many deliveries
 /// instead of looping forever (quorum queues count them).
@@ -71,6 +72,11 @@ impl Topology {
     /// Reports from bots to the dispatchers.
     pub fn reports_queue(&self) -> String {
         format!("{}.dispatcher.reports", self.prefix)
+    }
+
+    /// Micro-task finish submissions, from the gateway to the dispatchers.
+    pub fn finish_queue(&self) -> String {
+        format!("{}.dispatcher.finish", self.prefix)
     }
 
     pub fn bot_queue(&self, bot: BotId) -> String {
@@ -166,6 +172,8 @@ impl Topology {
         self.declare_queue(ch, &self.intake_queue(), KEY_INTAKE)
             .await?;
         self.declare_queue(ch, &self.reports_queue(), KEY_REPORTS)
+            .await?;
+        self.declare_queue(ch, &self.finish_queue(), KEY_FINISH)
             .await
     }
 
@@ -182,6 +190,7 @@ impl Topology {
         let mut queues = vec![
             self.intake_queue(),
             self.reports_queue(),
+            self.finish_queue(),
             self.dead_letter_queue(),
         ];
         queues.extend(bots.iter().map(|b| self.bot_queue(*b)));

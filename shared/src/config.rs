@@ -18,6 +18,21 @@ pub struct Settings {
     pub reaper: ReaperSettings,
     pub security: SecuritySettings,
     pub webhooks: WebhookSettings,
+    pub human: HumanSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HumanSettings {
+    /// How long a worker's reservation of a micro-task holds before the
+    /// task goes back to NEW for someone else.
+    pub reservation_ms: u64,
+    /// How long a started micro-task execution may take (the seed's three
+    /// hours) before the task goes back to NEW.
+    pub execution_ms: u64,
+    /// Most micro-tasks one worker may hold (RESERVED or EXECUTING) at once.
+    pub max_reservations: i64,
+    /// Most finish submissions the dispatcher applies in one transaction.
+    pub finish_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -212,6 +227,12 @@ deny_networks = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169
 per_endpoint_concurrency = 4
 max_events_per_delivery = 100
 ca_file = ""
+
+[human]
+reservation_ms = 1800000
+execution_ms = 10800000
+max_reservations = 5
+finish_batch = 128
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,22 @@ id_type!(
     /// A script a task definition runs.
     ScriptId
 );
+id_type!(
+    /// A task for a person: a micro-task or a flowBuild user task.
+    HumanTaskId
+);
+id_type!(
+    /// One start of a micro-task by a worker.
+    ExecutionId
+);
+
+impl From<HumanTaskId> for JobId {
+    /// Events of human tasks live in the one event table, whose `job_id`
+    /// names any piece of work.
+    fn from(id: HumanTaskId) -> JobId {
+        JobId(id.0)
+    }
+}
 
 /// Declares an enum stored as its upper-case name in a text column.
 macro_rules! text_enum {
@@ -106,6 +122,8 @@ macro_rules! text_enum {
     };
 }
 
+pub(crate) use text_enum;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} {value:?}; expected one of {expected:?}")]
 pub struct UnknownValue {
@@ -117,15 +135,15 @@ pub struct UnknownValue {
 text_enum!(
     /// What a token may do. `viewer < user < admin`, as in TheEye; `bot` is a
     /// machine credential that may register bots and report on their work.
-    Role { Viewer => "viewer", User => "user", Admin => "admin", Bot => "bot" }
+    Role { Viewer => "viewer", User => "user", Admin => "admin", Bot => "bot", Worker => "worker" }
 );
 
 impl Role {
     /// Whether a token of this role passes a check that requires `needed`.
     pub fn allows(self, needed: Role) -> bool {
         match (self, needed) {
-            (Role::Bot, Role::Bot) => true,
-            (Role::Bot, _) | (_, Role::Bot) => false,
+            (Role::Bot, Role::Bot) | (Role::Worker, Role::Worker) => true,
+            (Role::Bot | Role::Worker, _) | (_, Role::Bot | Role::Worker) => false,
             (have, need) => have.rank() >= need.rank(),
         }
     }
@@ -135,7 +153,7 @@ impl Role {
             Role::Viewer => 0,
             Role::User => 1,
             Role::Admin => 2,
-            Role::Bot => 0,
+            Role::Bot | Role::Worker => 0,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! * `token`      – access token generation and hashing.
 //! * `secret`     – task secret keys: hashing, sealing at rest.
 //! * `task_def`   – TheEye task definitions: arguments, run_as, env, triggers.
+//! * `human`      – human tasks: state machine, finish body, worker tokens.
 //! * `webhook`    – the seed's event shape, signatures, retries, URL checks.
 //! * `repo`       – every SQL statement, as functions over a client.
 //! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
@@ -20,6 +21,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod human;
 pub mod messages;
 pub mod repo;
 pub mod secret;

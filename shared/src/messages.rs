@@ -150,6 +150,23 @@ pub enum ReportBody {
     },
 }
 
+/// Gateway -> dispatcher: a micro-task finish, as the worker posted it.
+/// The gateway checked its structure and the worker's token; everything
+/// else is checked against the execution when it is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FinishSubmission {
+    pub id: Uuid,
+    pub customer_id: CustomerId,
+    /// The worker token that sent it (refused later if revoked by then).
+    pub token_id: Uuid,
+    /// The worker's e-mail (the seed's `sofier`).
+    pub worker: String,
+    pub task_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub body: serde_json::Value,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RowError {
     /// 1-based data row number (the header is row 0).

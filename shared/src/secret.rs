@@ -44,6 +44,30 @@ pub fn matches(presented: &str, stored: &[u8]) -> bool {
     hash(presented).ct_eq(stored).into()
 }
 
+/// The deployment's key from its configured form: 64 hex characters or
+/// base64 of 32 bytes.
+pub fn key_bytes(key: &str) -> Result<[u8; 32], SecretError> {
+    let key = key.trim();
+    let bytes = if key.len() == 64 {
+        hex::decode(key).map_err(|_| SecretError::BadKey)?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .map_err(|_| SecretError::BadKey)?
+    };
+    bytes.try_into().map_err(|_| SecretError::BadKey)
+}
+
+/// A key for one purpose derived from the deployment's key (HMAC-SHA256
+/// keyed by it over the purpose's label), so no two uses share a key.
+pub fn derive_key(config_key: &str, label: &str) -> Result<[u8; 32], SecretError> {
+    use hmac::{KeyInit as _, Mac};
+    let root = key_bytes(config_key)?;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&root).map_err(|_| SecretError::BadKey)?;
+    mac.update(label.as_bytes());
+    Ok(mac.finalize().into_bytes().into())
+}
+
 /// Seals and opens secrets with the deployment's key.
 #[derive(Clone)]
 pub struct Sealer {
@@ -59,15 +83,8 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// From the configured key: 64 hex characters or base64 of 32 bytes.
     pub fn from_config(key: &str) -> Result<Sealer, SecretError> {
-        let key = key.trim();
-        let bytes = if key.len() == 64 {
-            hex::decode(key).map_err(|_| SecretError::BadKey)?
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(key)
-                .map_err(|_| SecretError::BadKey)?
-        };
-        let key = Key::<Aes256Gcm>::try_from(bytes.as_slice()).map_err(|_| SecretError::BadKey)?;
+        let bytes = key_bytes(key)?;
+        let key = Key::<Aes256Gcm>::from(bytes);
         Ok(Sealer {
             cipher: Aes256Gcm::new(&key),
         })

@@ -9,7 +9,11 @@
 //!   `max_attempts` attempts — to be matched again (a late report from the
 //!   lost attempt is refused by its attempt number);
 //! * a running job past its lease (its timeout plus `jobs::LEASE_SLACK`)
-//!   that its bot never reported on becomes TIMEOUT.
+//!   that its bot never reported on becomes TIMEOUT;
+//! * a human task past its deadline: a reservation, or a micro-task
+//!   execution (three hours by default), goes back to NEW for someone
+//!   else; a user task whose timeout passed is submitted as it stands
+//!   with `is_continue = true`.
 //!
 //! Every change goes through the jobs' one transition path (history,
 //! triggers), and the dispatchers are woken for requeued work.
@@ -24,7 +28,7 @@ use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobEvent};
 use orq_shared::messages::Wake;
 use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
-use orq_shared::repo::{RepoError, bots};
+use orq_shared::repo::{RepoError, bots, human};
 use std::collections::HashSet;
 use std::time::Duration;
 use uuid::Uuid;
@@ -45,11 +49,13 @@ pub struct Reaped {
     pub requeued: usize,
     pub failed: usize,
     pub timed_out: usize,
+    /// Human tasks whose deadline passed.
+    pub human: usize,
 }
 
 impl Reaped {
     pub fn total(&self) -> usize {
-        self.silent_bots + self.requeued + self.failed + self.timed_out
+        self.silent_bots + self.requeued + self.failed + self.timed_out + self.human
     }
 }
 
@@ -92,6 +98,7 @@ impl App {
                             requeued = r.requeued,
                             failed = r.failed,
                             timed_out = r.timed_out,
+                            human = r.human,
                             "leases expired"
                         );
                         if self.shutdown.is_cancelled() {
@@ -114,6 +121,7 @@ impl App {
         let mut wake: HashSet<CustomerId> = HashSet::new();
         self.silent_bots(&mut reaped, &mut wake).await?;
         self.job_timeouts(&mut reaped, &mut wake).await?;
+        self.human_deadlines(&mut reaped).await?;
         for customer in wake {
             let message = Wake {
                 id: Uuid::now_v7(),
@@ -184,6 +192,16 @@ impl App {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Human tasks past their deadline (`human::expire_due`).
+    async fn human_deadlines(&self, reaped: &mut Reaped) -> Result<(), RepoError> {
+        let mut db = self.pool.get().await?;
+        let tx = db.transaction().await?;
+        let expired = human::expire_due(&tx, self.settings.reaper.batch_size).await?;
+        tx.commit().await?;
+        reaped.human += expired.len();
         Ok(())
     }
 

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bots;
 pub mod feed;
 pub mod health;
+pub mod human;
 pub mod jobs;
 pub mod scripts;
 pub mod task_defs;

@@ -58,6 +58,45 @@ pub async fn issue_token(
     Ok(token)
 }
 
+/// Issues a field worker's token, bound to their e-mail: it is signed (see
+/// `human::WorkerTokens`), so a finish can be accepted without the
+/// database, and stored like any token (hashed) so it can be revoked.
+pub async fn issue_worker_token(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    email: &str,
+    tokens: &crate::human::WorkerTokens,
+) -> Result<(Uuid, String), RepoError> {
+    let id = Uuid::now_v7();
+    let token = tokens.mint(&crate::human::WorkerClaims {
+        token_id: id,
+        customer,
+        email: email.to_string(),
+    });
+    execute(
+        db,
+        "INSERT INTO tokens (id, customer_id, role, token_hash, name) VALUES ($1, $2, 'worker', $3, $4)",
+        &[&id, &customer.0, &token::hash(&token), &email],
+    )
+    .await?;
+    Ok((id, token))
+}
+
+/// Revokes every token of a worker; returns how many there were.
+pub async fn revoke_worker(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    email: &str,
+) -> Result<u64, RepoError> {
+    execute(
+        db,
+        "UPDATE tokens SET revoked_at = now()
+          WHERE customer_id = $1 AND role = 'worker' AND name = $2 AND revoked_at IS NULL",
+        &[&customer.0, &email],
+    )
+    .await
+}
+
 pub async fn authenticate(
     db: &impl GenericClient,
     presented: &str,
@@ -84,6 +123,7 @@ pub async fn authenticate(
 /// Names a customer may not take: they are the first segment of other
 /// routes (`/{customer}/task` sits beside `/tasks`, `/job`, ...).
 pub const RESERVED_NAMES: &[&str] = &[
+    "activity_manager",
     "agent",
     "api",
     "bots",
@@ -92,6 +132,7 @@ pub const RESERVED_NAMES: &[&str] = &[
     "job",
     "jobs",
     "metrics",
+    "micro_task",
     "openapi.json",
     "readyz",
     "scripts",

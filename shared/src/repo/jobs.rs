@@ -269,8 +269,9 @@ pub struct EventRecord {
     pub customer: CustomerId,
     pub kind: EventKind,
     pub description: String,
-    pub from: Option<JobStatus>,
-    pub to: Option<JobStatus>,
+    /// The status names of a STATUS_CHANGE (a job's or a human task's).
+    pub from: Option<&'static str>,
+    pub to: Option<&'static str>,
     pub bot: Option<BotId>,
     pub attempt: Option<i32>,
 }
@@ -289,11 +290,8 @@ pub async fn append_events(
     let customers: Vec<Uuid> = events.iter().map(|e| e.customer.0).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     let descriptions: Vec<&str> = events.iter().map(|e| e.description.as_str()).collect();
-    let from: Vec<Option<&str>> = events
-        .iter()
-        .map(|e| e.from.map(JobStatus::as_str))
-        .collect();
-    let to: Vec<Option<&str>> = events.iter().map(|e| e.to.map(JobStatus::as_str)).collect();
+    let from: Vec<Option<&str>> = events.iter().map(|e| e.from).collect();
+    let to: Vec<Option<&str>> = events.iter().map(|e| e.to).collect();
     let bots: Vec<Option<Uuid>> = events.iter().map(|e| e.bot.map(|b| b.0)).collect();
     let attempts: Vec<Option<i32>> = events.iter().map(|e| e.attempt).collect();
     execute(
@@ -649,8 +647,8 @@ pub async fn apply_changes(
                 customer: c.customer,
                 kind,
                 description,
-                from: status_change.then_some(from),
-                to: status_change.then_some(to),
+                from: status_change.then_some(from.as_str()),
+                to: status_change.then_some(to.as_str()),
                 bot,
                 attempt: Some(job.from_attempt),
             };
@@ -1269,10 +1267,10 @@ pub async fn events_after(
         "SELECT e.seq, e.id, e.job_id, e.type, e.description, e.from_status, e.to_status,
                 e.bot_id, e.attempt, e.created_at,
                 e.created_at > now() - $7 * interval '1 millisecond' AS recent
-           FROM job_events e JOIN jobs j ON j.id = e.job_id
+           FROM job_events e LEFT JOIN jobs j ON j.id = e.job_id
           WHERE e.customer_id = $1 AND e.seq > $2
             AND ($3::uuid IS NULL OR e.job_id = $3)
-            AND ($4 OR j.acls = '{}' OR $5::text = ANY(j.acls))
+            AND ($4 OR j.acls IS NULL OR j.acls = '{}' OR $5::text = ANY(j.acls))
           ORDER BY e.seq LIMIT $6",
         &[
             &customer.0,

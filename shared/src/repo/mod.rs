@@ -3,6 +3,7 @@
 
 pub mod bots;
 pub mod customers;
+pub mod human;
 pub mod jobs;
 pub mod script_jobs;
 pub mod scripts;

@@ -1,0 +1,172 @@
+//! The shape every intake consumer shares: take every message that is
+//! ready (up to a bound), apply them in one transaction, ack after the
+//! commit. A message that cannot be parsed is dead-lettered; a batch that
+//! fails on the database is retried with its messages held (not requeued:
+//! quorum queues would count each requeue towards the delivery limit, and
+//! an outage must not dead-letter accepted work); a batch the database
+//! refuses for its data is applied one by one so only the refused messages
+//! are dead-lettered.
+
+use futures::FutureExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use orq_shared::CancellationToken;
+use orq_shared::broker::Broker;
+use orq_shared::repo::RepoError;
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// What applying messages yields that several batches can combine.
+pub trait Merge: Default {
+    fn merge(&mut self, other: Self);
+}
+
+impl Merge for () {
+    fn merge(&mut self, _: ()) {}
+}
+
+/// How one intake queue's messages are applied.
+pub trait Intake: Send + Sync {
+    type Message: DeserializeOwned + Send + Sync;
+    type Out: Merge + Send;
+
+    /// Applies a batch in one transaction.
+    fn apply(
+        &self,
+        batch: &[Self::Message],
+    ) -> impl Future<Output = Result<Self::Out, RepoError>> + Send;
+
+    /// After the batch's messages were acked.
+    fn done(&self, _out: Self::Out) {}
+}
+
+/// A database refusal of the data itself (SQLSTATE classes 22 and 23), which
+/// retrying cannot cure.
+pub fn is_data_error(e: &RepoError) -> bool {
+    matches!(e, RepoError::Db(db) if db.code().is_some_and(|c| {
+        let code = c.code();
+        code.starts_with("22") || code.starts_with("23")
+    }))
+}
+
+/// Applies messages one at a time; returns the combined result, the
+/// indexes of the messages the database refused, and of those that failed
+/// otherwise (to be redelivered).
+async fn apply_each<I: Intake>(
+    intake: &I,
+    messages: &[I::Message],
+) -> (I::Out, HashSet<usize>, HashSet<usize>) {
+    let mut merged = I::Out::default();
+    let mut refused = HashSet::new();
+    let mut retry = HashSet::new();
+    for (i, message) in messages.iter().enumerate() {
+        match intake.apply(std::slice::from_ref(message)).await {
+            Ok(r) => merged.merge(r),
+            Err(e) if is_data_error(&e) => {
+                tracing::warn!(error = %e, "message refused by the database; dead-lettered");
+                refused.insert(i);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "message not applied; requeued");
+                retry.insert(i);
+            }
+        }
+    }
+    (merged, refused, retry)
+}
+
+/// Consumes `queue` until shutdown, a batch of at most `batch_max` at a
+/// time.
+pub async fn consume<I: Intake>(
+    broker: Broker,
+    queue: String,
+    batch_max: usize,
+    shutdown: CancellationToken,
+    intake: I,
+) {
+    let batch_max = batch_max.max(1);
+    let prefetch = u16::try_from(batch_max * 2).unwrap_or(u16::MAX);
+    let mut last = None;
+    loop {
+        let (session, mut consumer) = tokio::select! {
+            c = broker.consume(&queue, prefetch, &mut last) => c,
+            _ = shutdown.cancelled() => return,
+        };
+        loop {
+            let first = tokio::select! {
+                d = session.next(&mut consumer) => d,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut deliveries = vec![first];
+            // Take what is already here, without waiting for more.
+            while deliveries.len() < batch_max {
+                match session.next(&mut consumer).now_or_never() {
+                    Some(Some(d)) => deliveries.push(d),
+                    _ => break,
+                }
+            }
+            let mut messages = Vec::with_capacity(deliveries.len());
+            let mut ackers: Vec<lapin::Acker> = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                match serde_json::from_slice::<I::Message>(&d.data) {
+                    Ok(m) => {
+                        messages.push(m);
+                        ackers.push(d.acker);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %queue, "malformed message dead-lettered");
+                        let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                    }
+                }
+            }
+            let mut wait = Duration::from_millis(100);
+            let result = loop {
+                match intake.apply(&messages).await {
+                    Ok(result) => break result,
+                    Err(e) if is_data_error(&e) => {
+                        let (result, refused, retry) = apply_each(&intake, &messages).await;
+                        for (i, acker) in ackers.iter().enumerate() {
+                            if refused.contains(&i) {
+                                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+                            } else if retry.contains(&i) {
+                                let _ = acker
+                                    .nack(BasicNackOptions {
+                                        requeue: true,
+                                        ..Default::default()
+                                    })
+                                    .await;
+                            }
+                        }
+                        ackers = ackers
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| !refused.contains(i) && !retry.contains(i))
+                            .map(|(_, a)| a)
+                            .collect();
+                        break result;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %queue, messages = messages.len(), "applying a batch failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.cancelled() => {
+                                for a in ackers {
+                                    let _ = a.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                                }
+                                return;
+                            }
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            for a in ackers {
+                let _ = a.ack(BasicAckOptions::default()).await;
+            }
+            intake.done(result);
+        }
+    }
+}

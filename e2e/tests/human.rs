@@ -1,0 +1,608 @@
+//! Human tasks end to end (seed 000's micro-task API): the real gateway,
+//! dispatcher and reaper against the real PostgreSQL and RabbitMQ.
+
+use orq_e2e::{Env, PrivatePg, client_with, eventually};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// A field worker's token, from the admin API.
+async fn worker(env: &Env, gw: &str, email: &str) -> anyhow::Result<reqwest::Client> {
+    let r: Value = env
+        .client()
+        .post(format!("{gw}/{}/workers", env.customer))
+        .json(&json!({ "email": email }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(client_with(r["access_token"].as_str().unwrap_or_default()))
+}
+
+/// Publishes a micro-task named PAT with `extra` fields.
+async fn publish(env: &Env, gw: &str, extra: Value) -> anyhow::Result<Value> {
+    let mut body = json!({
+        "name": "PAT",
+        "version": 1,
+        "task_flow": [{"index": 1, "type": "photo"}, {"index": 2, "type": "text"}],
+        "variables": {"produto": 47},
+    });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    let r = env
+        .client()
+        .post(format!("{gw}/{}/micro_task", env.customer))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status() == 201,
+        "publish: {} {}",
+        r.status(),
+        r.text().await?
+    );
+    Ok(r.json().await?)
+}
+
+async fn view(env: &Env, gw: &str, task: &str) -> anyhow::Result<Value> {
+    Ok(env
+        .client()
+        .get(format!("{gw}/{}/micro_task/{task}", env.customer))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+async fn wait_status(env: &Env, gw: &str, task: &str, want: &str) -> anyhow::Result<Value> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("micro-task {task} {want}"),
+        || async {
+            let v = view(env, gw, task).await?;
+            Ok((v["status"] == want).then_some(v))
+        },
+    )
+    .await
+}
+
+/// Seed 000's finish body for this task and execution, its trailing commas
+/// removed and its impossible `45:29` made a real time.
+fn seed_finish(task: &str, execution: &str, who: &str) -> Value {
+    json!({
+        "task_id": task,
+        "execution_id": execution,
+        "task_info": {"name": "PAT", "version": 1},
+        "location": {"lat": -23.5656565656, "lng": -43.9564157},
+        "who": who,
+        "nps_sofier": {"nps": 10, "comment": "Tudo lindo e maravilhoso!"},
+        "when": {"start": "2019-08-13T20:15:00", "finish": "2019-08-13T21:29:00"},
+        "execution": [{
+            "context": "LUGAR:ERRADO:LEAD_ALELO",
+            "index": 2,
+            "previous": 1,
+            "when": "2019-08-13T20:15:00",
+            "response": "Exemplo"
+        }]
+    })
+}
+
+async fn post(client: &reqwest::Client, url: String) -> anyhow::Result<(u16, Value)> {
+    let r = client.post(url).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+async fn finish(
+    client: &reqwest::Client,
+    gw: &str,
+    task: &str,
+    sofier: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    let r = client
+        .post(format!(
+            "{gw}/micro_task/execution/{task}/finish?sofier={sofier}"
+        ))
+        .json(body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+fn statuses(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "STATUS_CHANGE")
+        .map(|e| e["to_status"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> anyhow::Result<()> {
+    let env = Env::new("human").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let ana = "sofier@mysofie.com";
+    let worker_a = worker(&env, &gw, ana).await?;
+    let worker_b = worker(&env, &gw, "bruno@mysofie.com").await?;
+    let task = publish(&env, &gw, json!({})).await?;
+    let t = id(&task);
+    assert_eq!(task["status"], "NEW");
+
+    // Start is for the worker holding the reservation only.
+    let (status, body) = post(
+        &worker_a,
+        format!("{gw}/micro_task/execution/{t}/start?sofier={ana}"),
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("not_reserved"))
+    );
+    let (status, reserved) = post(&worker_a, format!("{gw}/micro_task/{t}/reserve")).await?;
+    assert_eq!(status, 200, "{reserved}");
+    assert_eq!(reserved["status"], "RESERVED");
+    assert_eq!(reserved["worker"], ana);
+    let (status, body) = post(&worker_b, format!("{gw}/micro_task/{t}/reserve")).await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("held_by_other"))
+    );
+    let (status, body) = post(
+        &worker_b,
+        format!("{gw}/micro_task/execution/{t}/start?sofier=bruno@mysofie.com"),
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("held_by_other"))
+    );
+    // The sofier parameter must be the token's own e-mail.
+    let (status, body) = post(
+        &worker_a,
+        format!("{gw}/micro_task/execution/{t}/start?sofier=bruno@mysofie.com"),
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("sofier_mismatch"))
+    );
+
+    // The seed's start response, field for field; a second start returns
+    // the same execution.
+    let (status, started) = post(
+        &worker_a,
+        format!("{gw}/micro_task/execution/{t}/start?sofier={ana}"),
+    )
+    .await?;
+    assert_eq!(status, 200, "{started}");
+    let mut keys: Vec<&str> = started
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "execution_id",
+            "task_flow",
+            "task_id",
+            "task_info",
+            "variables"
+        ]
+    );
+    assert_eq!(started["task_id"], t.as_str());
+    assert_eq!(started["variables"], json!({"produto": 47}));
+    assert_eq!(started["task_info"], json!({"name": "PAT", "version": 1}));
+    assert_eq!(started["task_flow"][0]["type"], "photo");
+    let execution = started["execution_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (_, again) = post(
+        &worker_a,
+        format!("{gw}/micro_task/execution/{t}/start?sofier={ana}"),
+    )
+    .await?;
+    assert_eq!(again["execution_id"], execution.as_str());
+
+    // The seed's body as written has an impossible hour: refused, by name.
+    let mut impossible = seed_finish(&t, &execution, ana);
+    impossible["when"]["finish"] = json!("2019-08-13T45:29:00");
+    let (status, body) = finish(&worker_a, &gw, &t, ana, &impossible).await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["details"]["errors"][0]["field"],
+        "when.finish"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("45:29")
+    );
+    let (status, _) = finish(
+        &worker_a,
+        &gw,
+        &t,
+        "bruno@mysofie.com",
+        &seed_finish(&t, &execution, ana),
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let (status, _) = finish(
+        &client_with("orqw_forged.token"),
+        &gw,
+        &t,
+        ana,
+        &seed_finish(&t, &execution, ana),
+    )
+    .await?;
+    assert_eq!(status, 401);
+
+    // Another worker's finish for this execution is accepted (202: the
+    // gateway does not read the database) and then rejected with a reason.
+    let (status, _) = finish(
+        &worker_b,
+        &gw,
+        &t,
+        "bruno@mysofie.com",
+        &seed_finish(&t, &execution, "bruno@mysofie.com"),
+    )
+    .await?;
+    assert_eq!(status, 202);
+    let v = eventually(
+        Duration::from_secs(30),
+        "the wrong worker's finish recorded",
+        || async {
+            let v = view(&env, &gw, &t).await?;
+            Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
+        },
+    )
+    .await?;
+    assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
+    assert!(
+        v["submissions"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another worker")
+    );
+    assert_eq!(v["status"], "EXECUTING", "a refused finish changes nothing");
+
+    // The right finish: 202 at once, then applied.
+    let body = seed_finish(&t, &execution, ana);
+    let (status, accepted) = finish(&worker_a, &gw, &t, ana, &body).await?;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "ACCEPTED");
+    let done = wait_status(&env, &gw, &t, "COMPLETE").await?;
+    let exec = &done["executions"][0];
+    assert_eq!(exec["status"], "COMPLETE");
+    assert_eq!(exec["answers"][0]["response"], "Exemplo");
+    assert_eq!(exec["location"]["lat"], -23.5656565656);
+    assert_eq!(exec["nps"]["nps"], 10);
+    assert_eq!(exec["timings"]["finish"], "2019-08-13T21:29:00Z");
+
+    // The same finish again: accepted, recognised, applied once.
+    let (status, _) = finish(&worker_a, &gw, &t, ana, &body).await?;
+    assert_eq!(status, 202);
+    let v = eventually(
+        Duration::from_secs(30),
+        "the repeated finish recorded",
+        || async {
+            let v = view(&env, &gw, &t).await?;
+            Ok((v["submissions"].as_array().map_or(0, Vec::len) == 3).then_some(v))
+        },
+    )
+    .await?;
+    let outcomes: Vec<&str> = v["submissions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(outcomes, ["REJECTED", "APPLIED", "DUPLICATE"]);
+    assert_eq!(v["executions"].as_array().map(Vec::len), Some(1));
+
+    let events: Value = env
+        .client()
+        .get(format!("{gw}/{}/micro_task/{t}/events", env.customer))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        statuses(&events),
+        ["NEW", "RESERVED", "EXECUTING", "SUBMITTED", "COMPLETE"]
+    );
+    assert!(
+        events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "WARNING"
+                && e["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("another worker")),
+        "the refused finish is reported: {events}"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_failing_the_activity_schema_is_rejected_with_its_reason() -> anyhow::Result<()> {
+    let env = Env::new("humanschema").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let email = "carla@mysofie.com";
+    let w = worker(&env, &gw, email).await?;
+    // A bad schema is refused when the task is published.
+    let r = env
+        .client()
+        .post(format!("{gw}/{}/micro_task", env.customer))
+        .json(&json!({"name": "PAT", "task_flow": [], "activity_schema": {"type": 12}}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let photo_url = json!({
+        "type": "object",
+        "required": ["execution"],
+        "properties": {"execution": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"response": {"type": "string", "pattern": "^https?://"}}
+        }}}
+    });
+    let task = publish(&env, &gw, json!({ "activity_schema": photo_url })).await?;
+    let t = id(&task);
+    post(&w, format!("{gw}/micro_task/{t}/reserve")).await?;
+    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+    let execution = started["execution_id"].as_str().unwrap_or_default();
+    let (status, _) = finish(&w, &gw, &t, email, &seed_finish(&t, execution, email)).await?;
+    assert_eq!(status, 202);
+    let v = wait_status(&env, &gw, &t, "REJECTED").await?;
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("activity_schema"),
+        "{v}"
+    );
+    assert_eq!(v["executions"][0]["status"], "REJECTED");
+    assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_and_executions_expire_back_to_new() -> anyhow::Result<()> {
+    let mut env = Env::new("humanexpiry").await?;
+    env.vars.extend([
+        ("ORQ_HUMAN__RESERVATION_MS".to_string(), "1500".to_string()),
+        ("ORQ_HUMAN__MAX_RESERVATIONS".to_string(), "2".to_string()),
+        ("ORQ_REAPER__TICK_MS".to_string(), "200".to_string()),
+    ]);
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let _reaper = env.start_reaper()?;
+    let email = "dora@mysofie.com";
+    let w = worker(&env, &gw, email).await?;
+    let a = id(&publish(&env, &gw, json!({ "execution_timeout": 2 })).await?);
+    let b = id(&publish(&env, &gw, json!({})).await?);
+    let c = id(&publish(&env, &gw, json!({})).await?);
+
+    // A bounded number of reservations; `reserve` takes the oldest NEW.
+    let (_, first) = post(&w, format!("{gw}/micro_task/reserve?name=PAT")).await?;
+    assert_eq!(id(&first), a);
+    let (status, _) = post(&w, format!("{gw}/micro_task/{b}/reserve")).await?;
+    assert_eq!(status, 200);
+    let (status, body) = post(&w, format!("{gw}/micro_task/{c}/reserve")).await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("too_many_reservations"))
+    );
+
+    // An execution past its deadline: back to NEW, the execution EXPIRED.
+    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{a}/start")).await?;
+    let execution = started["execution_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // A reservation nobody started: back to NEW.
+    let v = wait_status(&env, &gw, &b, "NEW").await?;
+    assert_eq!(v["worker"], Value::Null);
+    let v = wait_status(&env, &gw, &a, "NEW").await?;
+    assert_eq!(v["executions"][0]["status"], "EXPIRED");
+    // A finish that arrives after the deadline is recorded and rejected.
+    let (status, _) = finish(&w, &gw, &a, email, &seed_finish(&a, &execution, email)).await?;
+    assert_eq!(status, 202);
+    let v = eventually(
+        Duration::from_secs(30),
+        "the late finish recorded",
+        || async {
+            let v = view(&env, &gw, &a).await?;
+            Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
+        },
+    )
+    .await?;
+    assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
+    assert!(
+        v["submissions"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{v}"
+    );
+    assert_eq!(v["status"], "NEW");
+    // Someone else can take it now.
+    let other = worker(&env, &gw, "eva@mysofie.com").await?;
+    let (status, _) = post(&other, format!("{gw}/micro_task/{a}/reserve")).await?;
+    assert_eq!(status, 200);
+    let events: Value = env
+        .client()
+        .get(format!("{gw}/{}/micro_task/{b}/events", env.customer))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(statuses(&events), ["NEW", "RESERVED", "NEW"]);
+    assert!(
+        events[2]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reservation expired")
+    );
+    env.cleanup().await
+}
+
+/// Two reapers over the same expiring reservations: each is expired once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reapers_expire_each_reservation_once() -> anyhow::Result<()> {
+    let mut env = Env::new("humanreapers").await?;
+    env.vars.push(("ORQ_REAPER__TICK_MS".into(), "100".into()));
+    env.vars
+        .push(("ORQ_REAPER__BATCH_SIZE".into(), "50".into()));
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    const N: i64 = 2000;
+    let db = env.db().await?;
+    // One task through the API, copied into 2,000 reservations by SQL:
+    // the reapers only see rows, and 2,000 round trips would just be slow.
+    publish(&env, &gw, json!({})).await?;
+    db.execute(
+        "INSERT INTO human_tasks (id, customer_id, kind, action, version, input, on_timeout,
+                                  execution_ms, status, worker, deadline)
+         SELECT gen_random_uuid(), customer_id, kind, action, version, input, on_timeout,
+                execution_ms, 'RESERVED', 'w' || n || '@x.org', now() + interval '2 seconds'
+           FROM human_tasks, generate_series(1, $1::bigint) AS n",
+        &[&N],
+    )
+    .await?;
+    let _r1 = env.spawn("reaper-1", env.command("timeout-reaper"))?;
+    let _r2 = env.spawn("reaper-2", env.command("timeout-reaper"))?;
+    eventually(
+        Duration::from_secs(60),
+        "every reservation expired",
+        || async {
+            let left: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM human_tasks WHERE status = 'RESERVED'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok((left == 0).then_some(()))
+        },
+    )
+    .await?;
+    let row = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT job_id) FROM job_events
+              WHERE description LIKE '%reservation expired%'",
+            &[],
+        )
+        .await?;
+    let (events, tasks): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((events, tasks), (N, N), "one expiry per reservation");
+    env.cleanup().await
+}
+
+/// Finishes are accepted while PostgreSQL is down, and every one of them
+/// is applied exactly once when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_finishes_survive_a_database_outage() -> anyhow::Result<()> {
+    let pg = PrivatePg::start()?;
+    let mut env = Env::on("humanpgdown", &pg.base_url(), &orq_e2e::amqp_url()).await?;
+    env.vars
+        .push(("ORQ_HUMAN__MAX_RESERVATIONS".into(), "100".into()));
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    const N: usize = 100;
+    let workers: Vec<(String, reqwest::Client)> = {
+        let mut v = Vec::new();
+        for i in 0..10 {
+            let email = format!("w{i}@mysofie.com");
+            v.push((email.clone(), worker(&env, &gw, &email).await?));
+        }
+        v
+    };
+    let mut finishes = Vec::with_capacity(N);
+    for i in 0..N {
+        let (email, w) = &workers[i % workers.len()];
+        let t = id(&publish(&env, &gw, json!({})).await?);
+        let (status, _) = post(w, format!("{gw}/micro_task/{t}/reserve")).await?;
+        anyhow::ensure!(status == 200, "reserve {t}: {status}");
+        let (_, started) = post(w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+        let execution = started["execution_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        finishes.push((
+            t.clone(),
+            email.clone(),
+            w.clone(),
+            seed_finish(&t, &execution, email),
+        ));
+    }
+
+    pg.down()?;
+    let ready = reqwest::get(format!("{gw}/readyz")).await?;
+    assert_eq!(
+        ready.status(),
+        503,
+        "the gateway knows the database is down"
+    );
+    for (t, email, w, body) in &finishes {
+        let (status, answer) = finish(w, &gw, t, email, body).await?;
+        assert_eq!(
+            status, 202,
+            "finish of {t} while the database is down: {answer}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.up()?;
+
+    let db = env.db().await?;
+    eventually(
+        Duration::from_secs(60),
+        "all 100 finishes applied",
+        || async {
+            let done: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM human_tasks WHERE status = 'COMPLETE'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok((done == N as i64).then_some(()))
+        },
+    )
+    .await?;
+    let row = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT task_id), count(*) FILTER (WHERE outcome = 'APPLIED')
+               FROM human_submissions",
+            &[],
+        )
+        .await?;
+    let (subs, tasks, applied): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((subs, tasks, applied), (N as i64, N as i64, N as i64));
+    let submitted: i64 = db
+        .query_one(
+            "SELECT count(*) FROM job_events WHERE to_status = 'SUBMITTED'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(submitted, N as i64, "each applied exactly once");
+    env.cleanup().await?;
+    drop(pg);
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! Human tasks. The back office publishes micro-tasks and reads them
+//! (`/{customer}/micro_task...`) and issues worker tokens
+//! (`/{customer}/workers`); field workers reserve, start and finish them at
+//! seed 000's paths (`/micro_task/...`).
+//!
+//! The finish path touches no database: the worker's signed token is
+//! checked offline, the body's structure is checked, and the submission is
+//! published to RabbitMQ and confirmed before the 202. Everything else is
+//! checked against the execution by the dispatcher.
+
+use axum::extract::FromRequestParts;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use orq_shared::broker::{BrokerError, KEY_FINISH};
+use orq_shared::domain::{HumanTaskId, Role};
+use orq_shared::human::{
+    ActivityManager, FinishBody, HumanKind, HumanStatus, OnTimeout, Schema, WorkerClaims,
+    normalize_email, same_email,
+};
+use orq_shared::messages::FinishSubmission;
+use orq_shared::repo::customers::{self, Principal};
+use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask, Refusal};
+use orq_shared::repo::jobs;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::webhooks::callback;
+use super::{PageQuery, paged, scoped, text_field};
+use crate::auth::{Auth, presented_token};
+use crate::error::{ApiError, Json, Query, parse_id};
+use crate::state::AppState;
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let message = r.to_string();
+        match r {
+            Refusal::NotFound => ApiError::not_found("micro-task"),
+            Refusal::NoneAvailable => {
+                ApiError::new(StatusCode::NOT_FOUND, "none_available", message)
+            }
+            Refusal::HeldByOther => ApiError::new(StatusCode::FORBIDDEN, "held_by_other", message),
+            Refusal::NotReserved(_) => ApiError::new(StatusCode::CONFLICT, "not_reserved", message),
+            Refusal::Closed(_) => ApiError::new(StatusCode::CONFLICT, "closed", message),
+            Refusal::TooMany(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_reservations", message)
+            }
+            Refusal::Repo(e) => e.into(),
+        }
+    }
+}
+
+/// A list of field errors as one 400.
+fn field_errors(errors: Vec<orq_shared::human::FieldError>) -> ApiError {
+    let mut e = ApiError::bad_request(
+        "invalid_body",
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    e.details = json!({ "errors": errors });
+    e
+}
+
+/// `?sofier=`: the seed's worker e-mail. When given it must be the e-mail
+/// the token is bound to.
+#[derive(Debug, Deserialize, Default)]
+pub struct SofierQuery {
+    sofier: Option<String>,
+    /// Only tasks of this name (`task_info.name`).
+    name: Option<String>,
+}
+
+fn check_sofier(bound: &str, q: &SofierQuery) -> Result<(), ApiError> {
+    match &q.sofier {
+        Some(sofier) if !same_email(sofier, bound) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "sofier_mismatch",
+            format!("sofier {sofier:?} is not the worker this token belongs to"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A worker on the routes that use the database: the token is looked up,
+/// so a revoked one stops working at once (within the token cache's TTL).
+fn worker<'a>(auth: &'a Auth, q: &SofierQuery) -> Result<(&'a Principal, &'a str), ApiError> {
+    let who = auth.require(&[Role::Worker])?;
+    let email = who
+        .name
+        .as_deref()
+        .ok_or_else(|| ApiError::forbidden("this worker token names no e-mail"))?;
+    check_sofier(email, q)?;
+    Ok((who, email))
+}
+
+/// A worker on the finish path, from the token's signature alone.
+pub struct SignedWorker(pub WorkerClaims);
+
+impl FromRequestParts<AppState> for SignedWorker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = presented_token(parts).ok_or_else(ApiError::unauthorized)?;
+        match state.worker_tokens.verify(&token) {
+            Some(claims) => Ok(SignedWorker(claims)),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a worker token is required (Authorization: Bearer <token> or ?access_token=<token>)",
+            )),
+        }
+    }
+}
+
+/// The seed's response to `start`.
+fn started(task: &HumanTask, execution: &human::Execution) -> Value {
+    json!({
+        "task_id": task.id,
+        "execution_id": execution.id.to_string(),
+        "task_flow": task.input.get("task_flow").cloned().unwrap_or_else(|| json!([])),
+        "variables": task.input.get("variables").cloned().unwrap_or_else(|| json!({})),
+        "task_info": { "name": task.action, "version": task.version },
+    })
+}
+
+/// `POST /micro_task/execution/{task_id}/start?sofier=`: RESERVED ->
+/// EXECUTING for the worker holding the reservation; a second start
+/// returns the same execution.
+pub async fn start(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<SofierQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (who, email) = worker(&auth, &q)?;
+    let id: HumanTaskId = parse_id(&id, "micro-task")?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let (task, execution) = human::start(&tx, who.customer_id, email, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(started(&task, &execution)))
+}
+
+/// `POST /micro_task/execution/{task_id}/finish?sofier=`: 202 once the
+/// broker confirmed the submission; no database on this path.
+pub async fn finish(
+    State(state): State<AppState>,
+    SignedWorker(claims): SignedWorker,
+    Path(id): Path<String>,
+    Query(q): Query<SofierQuery>,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    check_sofier(&claims.email, &q)?;
+    let task_id: Uuid = parse_id(&id, "micro-task")?;
+    FinishBody::parse(&body, task_id, &claims.email).map_err(field_errors)?;
+    let submission = FinishSubmission {
+        id: Uuid::now_v7(),
+        customer_id: claims.customer,
+        token_id: claims.token_id,
+        worker: claims.email,
+        task_id,
+        received_at: time::OffsetDateTime::now_utc(),
+        body,
+    };
+    match state
+        .broker
+        .publish_json(KEY_FINISH, submission.id, &submission)
+        .await
+    {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "status": "ACCEPTED", "submission_id": submission.id })),
+        )
+            .into_response()),
+        Err(e) => {
+            tracing::warn!(error = %e, "finish not accepted");
+            Err(ApiError::unavailable(match e {
+                BrokerError::NotConnected => "the message broker is unavailable; retry shortly",
+                _ => "the message broker did not take the submission; retry shortly",
+            }))
+        }
+    }
+}
+
+/// `GET /micro_task/available?name=`: NEW micro-tasks, oldest first.
+pub async fn available(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<SofierQuery>,
+    Query(paging): Query<PageQuery>,
+) -> Result<axum::Json<Vec<HumanTask>>, ApiError> {
+    let (who, _) = worker(&auth, &q)?;
+    let page = paging.page()?;
+    let db = state.db().await?;
+    Ok(axum::Json(
+        human::available(&db, who.customer_id, q.name.as_deref(), page.limit).await?,
+    ))
+}
+
+/// `GET /micro_task/mine`: what the worker holds (RESERVED or EXECUTING),
+/// with deadlines.
+pub async fn mine(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<SofierQuery>,
+) -> Result<axum::Json<Vec<HumanTask>>, ApiError> {
+    let (who, email) = worker(&auth, &q)?;
+    let db = state.db().await?;
+    let filter = HumanFilter {
+        worker: Some(email.to_string()),
+        kind: Some(HumanKind::MicroTask),
+        ..HumanFilter::default()
+    };
+    let page = orq_shared::repo::Page {
+        limit: super::MAX_LIMIT,
+        after: None,
+    };
+    let held = human::list(&db, who.customer_id, &filter, page)
+        .await?
+        .into_iter()
+        .filter(|t| matches!(t.status, HumanStatus::Reserved | HumanStatus::Executing))
+        .collect();
+    Ok(axum::Json(held))
+}
+
+async fn do_reserve(
+    state: &AppState,
+    who: &Principal,
+    email: &str,
+    id: Option<HumanTaskId>,
+    name: Option<&str>,
+) -> Result<axum::Json<HumanTask>, ApiError> {
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let task = human::reserve(
+        &tx,
+        who.customer_id,
+        email,
+        id,
+        name,
+        state.settings.human.reservation_ms,
+        state.settings.human.max_reservations,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(task))
+}
+
+/// `POST /micro_task/reserve?name=`: reserves the oldest NEW micro-task.
+pub async fn reserve_next(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<SofierQuery>,
+) -> Result<axum::Json<HumanTask>, ApiError> {
+    let (who, email) = worker(&auth, &q)?;
+    do_reserve(&state, who, email, None, q.name.as_deref()).await
+}
+
+/// `POST /micro_task/{task_id}/reserve`.
+pub async fn reserve(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<SofierQuery>,
+) -> Result<axum::Json<HumanTask>, ApiError> {
+    let (who, email) = worker(&auth, &q)?;
+    let id: HumanTaskId = parse_id(&id, "micro-task")?;
+    do_reserve(&state, who, email, Some(id), None).await
+}
+
+/// `POST /micro_task/{task_id}/release`: gives it back (NEW).
+pub async fn release(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<SofierQuery>,
+) -> Result<axum::Json<HumanTask>, ApiError> {
+    let (who, email) = worker(&auth, &q)?;
+    let id: HumanTaskId = parse_id(&id, "micro-task")?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let task = human::release(&tx, who.customer_id, email, id).await?;
+    tx.commit().await?;
+    Ok(axum::Json(task))
+}
+
+/// A micro-task as the back office publishes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicroTaskBody {
+    /// `task_info.name`.
+    name: String,
+    #[serde(default)]
+    version: Option<i32>,
+    /// The steps the app walks the worker through.
+    task_flow: Vec<Value>,
+    #[serde(default)]
+    variables: Option<serde_json::Map<String, Value>>,
+    /// A JSON Schema the finish body must fit, or it is REJECTED.
+    #[serde(default)]
+    activity_schema: Option<Value>,
+    /// A JSON Schema the accepted result must fit, or the task is in ERROR.
+    #[serde(default)]
+    result_schema: Option<Value>,
+    /// Seconds a started execution may take (default: `human.execution_ms`).
+    #[serde(default)]
+    execution_timeout: Option<i64>,
+    /// `{url, user?, password?}`: where the task's events are delivered.
+    #[serde(default)]
+    callback: Option<Value>,
+}
+
+fn schema_field(field: &str, schema: Option<Value>) -> Result<Option<Value>, ApiError> {
+    match schema {
+        None | Some(Value::Null) => Ok(None),
+        Some(s) => {
+            Schema::compile(&s)
+                .map_err(|e| ApiError::invalid_field(field, format!("{field}: {e}")))?;
+            Ok(Some(s))
+        }
+    }
+}
+
+/// `POST /{customer}/micro_task`: publishes a micro-task (NEW).
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Json(body): Json<MicroTaskBody>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::User])?;
+    let name = text_field("name", &body.name, 200)?;
+    let version = body.version.unwrap_or(1);
+    if version < 1 {
+        return Err(ApiError::invalid_field(
+            "version",
+            "version must be 1 or more",
+        ));
+    }
+    let execution_ms = match body.execution_timeout {
+        None => i64::try_from(state.settings.human.execution_ms).unwrap_or(i64::MAX),
+        Some(s) if (1..=7 * 24 * 3600).contains(&s) => s * 1000,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "execution_timeout",
+                "execution_timeout must be between 1 second and a week",
+            ));
+        }
+    };
+    let mut new = NewHumanTask {
+        customer: who.customer_id,
+        kind: HumanKind::MicroTask,
+        action: name,
+        version,
+        input: json!({
+            "task_flow": body.task_flow,
+            "variables": body.variables.unwrap_or_default(),
+        }),
+        activity_schema: schema_field("activity_schema", body.activity_schema)?,
+        result_schema: schema_field("result_schema", body.result_schema)?,
+        activity_manager: ActivityManager::Commit,
+        on_timeout: OnTimeout::Requeue,
+        execution_ms,
+        expires_at: None,
+        events: json!([]),
+        callback_id: None,
+    };
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    new.callback_id = callback(&state, &tx, who.customer_id, body.callback.as_ref()).await?;
+    let task = human::create(&tx, &new).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ListQuery {
+    status: Option<String>,
+    name: Option<String>,
+    worker: Option<String>,
+}
+
+/// `GET /{customer}/micro_task?status=&name=&worker=`.
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Query(q): Query<ListQuery>,
+    Query(paging): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let page = paging.page()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| s.parse::<HumanStatus>())
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("status", e.to_string()))?;
+    let filter = HumanFilter {
+        kind: Some(HumanKind::MicroTask),
+        status,
+        action: q.name,
+        worker: q.worker.map(|w| w.trim().to_ascii_lowercase()),
+    };
+    let db = state.db().await?;
+    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
+    let last = tasks.last().map(|t| t.id.to_string());
+    Ok(paged(tasks, page, last))
+}
+
+/// `GET /{customer}/micro_task/{id}`: the task with its executions and the
+/// submissions received for it (applied, rejected and why, duplicates).
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let id: HumanTaskId = parse_id(&id, "micro-task")?;
+    let db = state.db().await?;
+    let task = human::get(&db, who.customer_id, id).await?;
+    let executions = human::executions(&db, id).await?;
+    let submissions = human::submissions(&db, who.customer_id, id).await?;
+    let mut view = serde_json::to_value(&task).unwrap_or_default();
+    view["executions"] = json!(executions);
+    view["submissions"] = json!(submissions);
+    Ok(axum::Json(view))
+}
+
+/// `GET /{customer}/micro_task/{id}/events`.
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, id)): Path<(String, String)>,
+) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Viewer])?;
+    let id: HumanTaskId = parse_id(&id, "micro-task")?;
+    let db = state.db().await?;
+    human::get(&db, who.customer_id, id).await?;
+    Ok(axum::Json(
+        jobs::events(&db, who.customer_id, id.into()).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerBody {
+    email: String,
+}
+
+/// `POST /{customer}/workers` (admin): a token for a field worker, bound
+/// to their e-mail, shown this once.
+pub async fn create_worker(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(customer): Path<String>,
+    Json(body): Json<WorkerBody>,
+) -> Result<Response, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let email = normalize_email(&body.email).map_err(|e| ApiError::invalid_field("email", e))?;
+    let db = state.db().await?;
+    let (id, token) =
+        customers::issue_worker_token(&db, who.customer_id, &email, &state.worker_tokens).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "id": id, "email": email, "role": "worker", "access_token": token })),
+    )
+        .into_response())
+}
+
+/// `DELETE /{customer}/workers/{email}` (admin): revokes the worker's
+/// tokens. Their finishes still in the queue are then rejected.
+pub async fn revoke_worker(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((customer, email)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let email = normalize_email(&email).map_err(|e| ApiError::invalid_field("email", e))?;
+    let db = state.db().await?;
+    let revoked = customers::revoke_worker(&db, who.customer_id, &email).await?;
+    if revoked == 0 {
+        return Err(ApiError::not_found("worker"));
+    }
+    state.principals.invalidate_all();
+    Ok(axum::Json(json!({ "email": email, "revoked": revoked })))
+}
