@@ -13,9 +13,13 @@
 //! then starts a process per job; RUNNING is then the process start, so
 //! create -> RUNNING is API-to-process-start.
 //!
+//! With `--finish`, micro-task finish submissions instead (`finish.rs`);
+//! with `--reaper`, the timeout-reaper (`reaper.rs`).
+//!
 //! Run it from the release profile so the services are release builds too:
 //! `cargo build --release --workspace --bins && target/release/orq-bench`.
 
+mod finish;
 mod reaper;
 
 use anyhow::Context;
@@ -67,6 +71,22 @@ struct Args {
     /// With --reaper: webhook deliveries to send.
     #[arg(long, default_value_t = 10_000)]
     webhooks: i64,
+    /// Measure micro-task finish submissions instead: accepted/s, 202
+    /// latency at a fixed rate, processed/s.
+    #[arg(long)]
+    finish: bool,
+    /// With --finish: workers holding the executions.
+    #[arg(long, default_value_t = 50)]
+    workers: usize,
+    /// With --finish: the steady phase's rate, finishes per second.
+    #[arg(long, default_value_t = 1000)]
+    finish_rate: u64,
+    /// With --finish: finishes posted in the steady phase.
+    #[arg(long, default_value_t = 10_000)]
+    latency_finishes: usize,
+    /// With --finish: finishes posted in the burst phase.
+    #[arg(long, default_value_t = 20_000)]
+    finishes: usize,
 }
 
 const CSV: &str = "id\n1\n";
@@ -79,6 +99,16 @@ async fn main() -> anyhow::Result<()> {
             leases: args.leases,
             spread_secs: args.spread_secs,
             webhooks: args.webhooks,
+        })
+        .await;
+    }
+    if args.finish {
+        return finish::run(&finish::Options {
+            workers: args.workers,
+            rate: args.finish_rate,
+            latency_finishes: args.latency_finishes,
+            finishes: args.finishes,
+            clients: args.clients,
         })
         .await;
     }

@@ -606,3 +606,230 @@ async fn a_hundred_finishes_survive_a_database_outage() -> anyhow::Result<()> {
     drop(pg);
     Ok(())
 }
+
+/// flowBuild's user tasks: opened with the seed's parameters, committed
+/// and submitted through the activity manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_tasks_commit_submit_and_expire_with_is_continue() -> anyhow::Result<()> {
+    let mut env = Env::new("usertask").await?;
+    env.vars.push(("ORQ_REAPER__TICK_MS".into(), "200".into()));
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _reaper = env.start_reaper()?;
+    let admin = env.client();
+    let open = |body: Value| {
+        let admin = admin.clone();
+        let gw = gw.clone();
+        async move {
+            let r = admin
+                .post(format!("{gw}/activity_manager"))
+                .json(&body)
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            anyhow::Ok((status, r.json::<Value>().await.unwrap_or(Value::Null)))
+        }
+    };
+    let schema = json!({
+        "type": "object",
+        "required": ["cpf"],
+        "properties": {"cpf": {"type": "string", "pattern": "^[0-9]{11}$"}}
+    });
+
+    // Bad parameters are refused, naming the field.
+    for (body, field) in [
+        (json!({"input": {}}), "action"),
+        (json!({"action": "Preencher_dados_pessoais"}), "input"),
+        (
+            json!({"action": "a", "input": {}, "timeout": "2019-08-13T45:29:00"}),
+            "timeout",
+        ),
+        (
+            json!({"action": "a", "input": {}, "timeout": -3}),
+            "timeout",
+        ),
+        (
+            json!({"action": "a", "input": {}, "activity_manager": "wait"}),
+            "activity_manager",
+        ),
+        (
+            json!({"action": "a", "input": {}, "activity_schema": {"type": 1}}),
+            "activity_schema",
+        ),
+        (
+            json!({"action": "a", "input": {}, "events": [{"type": "timer"}]}),
+            "events[0]",
+        ),
+    ] {
+        let (status, e) = open(body.clone()).await?;
+        assert_eq!(status, 400, "{body}: {e}");
+        let named = e["error"]["details"]["field"] == field
+            || e["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(field);
+        assert!(named, "{body}: {e}");
+    }
+
+    // Commit (partial) and submit; a payload failing activity_schema is a
+    // 400 with the validation errors and changes nothing.
+    let (status, task) = open(json!({
+        "action": "Preencher_dados_pessoais",
+        "input": {"name": "Ana"},
+        "timeout": 3600,
+        "activity_schema": schema,
+        "result_schema": {"type": "object", "required": ["cpf"]},
+    }))
+    .await?;
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(task["status"], "NEW");
+    assert_eq!(task["activity_manager"], "commit");
+    let expires = task["expires_at"].as_str().unwrap_or_default().to_string();
+    assert!(
+        !expires.is_empty(),
+        "the timeout became an absolute deadline"
+    );
+    let t = id(&task);
+    let r = admin
+        .post(format!("{gw}/activity_manager/{t}/commit"))
+        .json(&json!({"cpf": "12"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await?;
+    assert_eq!(e["error"]["details"]["errors"][0]["field"], "/cpf", "{e}");
+    let unchanged: Value = admin
+        .get(format!("{gw}/activity_manager/{t}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(unchanged["status"], "NEW");
+    assert_eq!(unchanged["committed"], Value::Null);
+    let r = admin
+        .post(format!("{gw}/activity_manager/{t}/commit"))
+        .json(&json!({"cpf": "12345678901"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let committed: Value = r.json().await?;
+    assert_eq!(committed["status"], "EXECUTING");
+    assert_eq!(committed["expires_at"], expires.as_str());
+    let r = admin
+        .post(format!("{gw}/activity_manager/{t}/submit"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 202);
+    let done: Value = r.json().await?;
+    assert_eq!(done["status"], "COMPLETE");
+    assert_eq!(done["result"], json!({"cpf": "12345678901"}));
+    assert_eq!(done["is_continue"], false);
+    let r = admin
+        .post(format!("{gw}/activity_manager/{t}/submit"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 422, "no longer open");
+    let r = admin
+        .post(format!("{gw}/activity_manager/{t}/commit"))
+        .json(&json!({"cpf": "1"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 422);
+
+    // A result that fails result_schema puts the task in ERROR.
+    let (_, task) = open(
+        json!({"action": "a", "input": {}, "result_schema": {"type": "object", "required": ["x"]}}),
+    )
+    .await?;
+    let r = admin
+        .post(format!("{gw}/activity_manager/{}/submit", id(&task)))
+        .json(&json!({"y": 1}))
+        .send()
+        .await?;
+    let v: Value = r.json().await?;
+    assert_eq!(v["status"], "ERROR");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("result_schema"),
+        "{v}"
+    );
+
+    // notify + a 2 s timeout + a timer: the reminder fires, then the
+    // activity is submitted with what was committed and is_continue=true.
+    let (_, task) = open(json!({
+        "action": "Confirmar_aceite",
+        "input": {},
+        "timeout": 2,
+        "activity_manager": "notify",
+        "events": [{"type": "timer", "before_expiry": 1, "description": "reminder"}],
+    }))
+    .await?;
+    let t = id(&task);
+    assert_eq!(task["activity_manager"], "notify");
+    admin
+        .post(format!("{gw}/activity_manager/{t}/commit"))
+        .json(&json!({"ok": true}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let v = eventually(Duration::from_secs(30), "the user task expired", || async {
+        let v: Value = admin
+            .get(format!("{gw}/activity_manager/{t}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok((v["status"] == "COMPLETE").then_some(v))
+    })
+    .await?;
+    assert_eq!(v["is_continue"], true);
+    assert_eq!(v["result"], json!({"ok": true, "is_continue": true}));
+    let events: Value = admin
+        .get(format!("{gw}/activity_manager/{t}/events"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let described: Vec<&str> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["description"].as_str().unwrap_or_default())
+        .collect();
+    let reminder = described.iter().position(|d| *d == "timer: reminder");
+    let timeout = described
+        .iter()
+        .position(|d| d.contains("timeout: submitted with is_continue=true"));
+    assert!(
+        reminder.is_some() && timeout.is_some() && reminder < timeout,
+        "{described:?}"
+    );
+
+    // An admin expires an open one; a user may not.
+    let (_, task) = open(json!({"action": "a", "input": {}})).await?;
+    let t = id(&task);
+    let user = client_with(&env.token(&env.customer, "user")?);
+    let r = user
+        .post(format!("{gw}/activity_manager/{t}/expire"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    let r = admin
+        .post(format!("{gw}/activity_manager/{t}/expire"))
+        .send()
+        .await?;
+    let v: Value = r.json().await?;
+    assert_eq!(
+        (v["status"].as_str(), v["is_continue"].as_bool()),
+        (Some("COMPLETE"), Some(true))
+    );
+    let listed: Value = admin
+        .get(format!("{gw}/activity_manager?status=COMPLETE"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    env.cleanup().await
+}

@@ -38,7 +38,9 @@ pub struct App {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{agent, bots, feed, health, human, jobs, scripts, task_defs, tasks, webhooks};
+    use routes::{
+        activity, agent, bots, feed, health, human, jobs, scripts, task_defs, tasks, webhooks,
+    };
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
     Router::new()
@@ -85,7 +87,17 @@ pub fn router(state: AppState) -> Router {
         .route("/micro_task/{id}/release", post(human::release))
         .route("/micro_task/execution/{id}/start", post(human::start))
         .route("/micro_task/execution/{id}/finish", post(human::finish))
-        // The back office's side of it.
+        // flowBuild's user tasks (seed 001).
+        .route(
+            "/activity_manager",
+            get(activity::list).post(activity::create),
+        )
+        .route("/activity_manager/{id}", get(activity::get))
+        .route("/activity_manager/{id}/events", get(activity::events))
+        .route("/activity_manager/{id}/commit", post(activity::commit))
+        .route("/activity_manager/{id}/submit", post(activity::submit))
+        .route("/activity_manager/{id}/expire", post(activity::expire))
+        // The back office's side of micro-tasks.
         .route(
             "/{customer}/micro_task",
             get(human::list).post(human::create),

@@ -13,7 +13,8 @@
 //! * a human task past its deadline: a reservation, or a micro-task
 //!   execution (three hours by default), goes back to NEW for someone
 //!   else; a user task whose timeout passed is submitted as it stands
-//!   with `is_continue = true`.
+//!   with `is_continue = true`; a user task's timers (`events`) fire an
+//!   event on it while it is open.
 //!
 //! Every change goes through the jobs' one transition path (history,
 //! triggers), and the dispatchers are woken for requeued work.
@@ -49,7 +50,7 @@ pub struct Reaped {
     pub requeued: usize,
     pub failed: usize,
     pub timed_out: usize,
-    /// Human tasks whose deadline passed.
+    /// Human tasks whose deadline passed, and user-task timers fired.
     pub human: usize,
 }
 
@@ -200,8 +201,9 @@ impl App {
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
         let expired = human::expire_due(&tx, self.settings.reaper.batch_size).await?;
+        let fired = human::fire_timers(&tx, self.settings.reaper.batch_size).await?;
         tx.commit().await?;
-        reaped.human += expired.len();
+        reaped.human += expired.len() + fired;
         Ok(())
     }
 

@@ -315,7 +315,8 @@ pub struct MicroTaskBody {
     callback: Option<Value>,
 }
 
-fn schema_field(field: &str, schema: Option<Value>) -> Result<Option<Value>, ApiError> {
+/// A JSON Schema given for a task, checked to be one.
+pub fn schema_field(field: &str, schema: Option<Value>) -> Result<Option<Value>, ApiError> {
     match schema {
         None | Some(Value::Null) => Ok(None),
         Some(s) => {
@@ -368,6 +369,7 @@ pub async fn create(
         execution_ms,
         expires_at: None,
         events: json!([]),
+        timers: Vec::new(),
         callback_id: None,
     };
     let mut db = state.db().await?;

@@ -1,5 +1,6 @@
 //! HTTP routes, split by area.
 
+pub mod activity;
 pub mod agent;
 pub mod bots;
 pub mod feed;

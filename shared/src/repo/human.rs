@@ -154,6 +154,8 @@ pub struct NewHumanTask {
     pub execution_ms: i64,
     pub expires_at: Option<OffsetDateTime>,
     pub events: Value,
+    /// The timers `events` defines (user tasks).
+    pub timers: Vec<crate::human::Timer>,
     pub callback_id: Option<Uuid>,
 }
 
@@ -227,6 +229,19 @@ pub async fn create(db: &impl GenericClient, new: &NewHumanTask) -> Result<Human
     )
     .await?;
     let task = task_from(&row)?;
+    if !new.timers.is_empty() {
+        let ids: Vec<Uuid> = new.timers.iter().map(|_| Uuid::now_v7()).collect();
+        let at: Vec<OffsetDateTime> = new.timers.iter().map(|t| t.fire_at).collect();
+        let what: Vec<&str> = new.timers.iter().map(|t| t.description.as_str()).collect();
+        execute(
+            db,
+            "INSERT INTO human_timers (id, task_id, fire_at, description)
+             SELECT id, $1, fire_at, description
+               FROM unnest($2::uuid[], $3::timestamptz[], $4::text[]) AS t(id, fire_at, description)",
+            &[&id.0, &ids, &at, &what],
+        )
+        .await?;
+    }
     append_events(
         db,
         &[status_event(&task, Uuid::now_v7(), None, Some("created"))],
@@ -1008,20 +1023,7 @@ pub async fn expire_due(db: &impl GenericClient, limit: i64) -> Result<Vec<Expir
                 requeue(db, &task, "execution deadline passed", event_id).await?
             }
             (status, OnTimeout::Continue) if status.is_open() => {
-                let submitted = transition(
-                    db,
-                    &task,
-                    HumanEvent::Continue,
-                    Next {
-                        is_continue: true,
-                        deadline: None,
-                        ..Next::of(&task)
-                    },
-                    Some("timeout: submitted with is_continue=true"),
-                    event_id,
-                )
-                .await?;
-                conclude(db, &submitted, Uuid::new_v5(&event_id, b"outcome")).await?
+                continue_task(db, &task, "timeout", event_id).await?
             }
             _ => {
                 // A deadline left on a task no rule applies to: clear it.
@@ -1041,6 +1043,199 @@ pub async fn expire_due(db: &impl GenericClient, limit: i64) -> Result<Vec<Expir
         });
     }
     Ok(done)
+}
+
+/// Submits an open task as it stands, with `is_continue = true` (its
+/// timeout passed, or an admin expired it), then concludes it.
+async fn continue_task(
+    db: &impl GenericClient,
+    task: &HumanTask,
+    why: &str,
+    event_id: Uuid,
+) -> Result<HumanTask, RepoError> {
+    let submitted = transition(
+        db,
+        task,
+        HumanEvent::Continue,
+        Next {
+            is_continue: true,
+            deadline: None,
+            ..Next::of(task)
+        },
+        Some(&format!("{why}: submitted with is_continue=true")),
+        event_id,
+    )
+    .await?;
+    conclude(db, &submitted, Uuid::new_v5(&event_id, b"outcome")).await
+}
+
+/// Why a request on a user task (flowBuild's activity manager) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivityRefusal {
+    #[error("no such activity")]
+    NotFound,
+    #[error("the activity is {0}: it is no longer open")]
+    NotOpen(HumanStatus),
+    #[error("the payload does not fit the activity's activity_schema")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+async fn open_user_task(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: HumanTaskId,
+) -> Result<HumanTask, ActivityRefusal> {
+    match lock(db, customer, id).await? {
+        Some(t) if t.kind == HumanKind::UserTask && t.status.is_open() => Ok(t),
+        Some(t) if t.kind == HumanKind::UserTask => Err(ActivityRefusal::NotOpen(t.status)),
+        _ => Err(ActivityRefusal::NotFound),
+    }
+}
+
+fn fits_activity(task: &HumanTask, payload: &Value) -> Result<(), ActivityRefusal> {
+    let Some(schema) = &task.activity_schema else {
+        return Ok(());
+    };
+    let errors = match Schema::compile(schema) {
+        Ok(s) => s.errors(payload),
+        Err(e) => vec![FieldError {
+            field: "activity_schema".into(),
+            message: e,
+        }],
+    };
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ActivityRefusal::Invalid(errors))
+    }
+}
+
+/// Saves a partial answer: checked against `activity_schema` (a payload
+/// that fails it changes nothing); the first commit makes the task
+/// EXECUTING.
+pub async fn commit(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: HumanTaskId,
+    payload: Value,
+) -> Result<HumanTask, ActivityRefusal> {
+    let task = open_user_task(db, customer, id).await?;
+    fits_activity(&task, &payload)?;
+    let next = Next {
+        committed: Some(payload),
+        ..Next::of(&task)
+    };
+    let event_id = Uuid::now_v7();
+    let updated = transition(
+        db,
+        &task,
+        HumanEvent::Commit,
+        next,
+        Some("first commit"),
+        event_id,
+    )
+    .await?;
+    append_events(
+        db,
+        &[note_event(
+            &updated,
+            Uuid::new_v5(&event_id, b"commit"),
+            EventKind::StepChange,
+            "committed".into(),
+        )],
+    )
+    .await?;
+    Ok(updated)
+}
+
+/// Commits (when a payload is given) and closes the activity: SUBMITTED,
+/// then COMPLETE, or ERROR when the result fails `result_schema`.
+pub async fn submit(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: HumanTaskId,
+    payload: Option<Value>,
+) -> Result<HumanTask, ActivityRefusal> {
+    let task = open_user_task(db, customer, id).await?;
+    let committed = payload
+        .or_else(|| task.committed.clone())
+        .unwrap_or(Value::Object(Default::default()));
+    fits_activity(&task, &committed)?;
+    let event_id = Uuid::now_v7();
+    let submitted = transition(
+        db,
+        &task,
+        HumanEvent::Submit,
+        Next {
+            committed: Some(committed),
+            deadline: None,
+            ..Next::of(&task)
+        },
+        Some("submitted"),
+        event_id,
+    )
+    .await?;
+    Ok(conclude(db, &submitted, Uuid::new_v5(&event_id, b"outcome")).await?)
+}
+
+/// An admin ends an open activity now, as its timeout would.
+pub async fn expire(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: HumanTaskId,
+) -> Result<HumanTask, ActivityRefusal> {
+    let task = open_user_task(db, customer, id).await?;
+    Ok(continue_task(db, &task, "expired by an admin", Uuid::now_v7()).await?)
+}
+
+/// Fires up to `limit` due timers (an event on their task while it is
+/// open), in the caller's transaction; timers another reaper holds are
+/// skipped. Returns how many fired.
+pub async fn fire_timers(db: &impl GenericClient, limit: i64) -> Result<usize, RepoError> {
+    let rows = query(
+        db,
+        "SELECT t.id, t.description, h.id, h.customer_id, h.status
+           FROM human_timers t JOIN human_tasks h ON h.id = t.task_id
+          WHERE t.fired_at IS NULL AND t.fire_at <= now()
+          ORDER BY t.fire_at LIMIT $1
+            FOR UPDATE OF t SKIP LOCKED",
+        &[&limit],
+    )
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut events = Vec::new();
+    let mut ids = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: Uuid = r.get(0);
+        ids.push(id);
+        let status: HumanStatus = parse_col(r.get::<_, &str>(4))?;
+        if status.is_open() {
+            // The timer's id is its event's: it fires once, whatever happens.
+            events.push(EventRecord {
+                id,
+                job_id: JobId(r.get(2)),
+                customer: CustomerId(r.get(3)),
+                kind: EventKind::StepChange,
+                description: format!("timer: {}", r.get::<_, &str>(1)),
+                from: None,
+                to: None,
+                bot: None,
+                attempt: None,
+            });
+        }
+    }
+    append_events(db, &events).await?;
+    execute(
+        db,
+        "UPDATE human_timers SET fired_at = now() WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await?;
+    Ok(events.len())
 }
 
 /// A SUBMITTED user task's result (its committed answer, marked

@@ -1,0 +1,257 @@
+//! flowBuild's user tasks (seed 001) behind an activity-manager API: a
+//! process (any API client, a job's script) opens one with `action` and
+//! `input`; a person commits partial answers and submits it; the process
+//! learns of commits, the submission and expiry through the activity's
+//! events (`GET …/events`, the live stream, webhooks).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use orq_shared::domain::{HumanTaskId, Role};
+use orq_shared::human::{
+    ActivityManager, HumanKind, HumanStatus, OnTimeout, deadline_from, parse_timers,
+};
+use orq_shared::repo::human::{self, ActivityRefusal, HumanFilter, HumanTask, NewHumanTask};
+use orq_shared::repo::jobs;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::human::schema_field;
+use super::webhooks::callback;
+use super::{PageQuery, paged, text_field};
+use crate::auth::Auth;
+use crate::error::{ApiError, Json, Query, parse_id};
+use crate::state::AppState;
+
+impl From<ActivityRefusal> for ApiError {
+    fn from(r: ActivityRefusal) -> Self {
+        let message = r.to_string();
+        match r {
+            ActivityRefusal::NotFound => ApiError::not_found("activity"),
+            ActivityRefusal::NotOpen(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_open", message)
+            }
+            ActivityRefusal::Invalid(errors) => {
+                let mut e = ApiError::bad_request("invalid_data", message);
+                e.details = json!({ "errors": errors });
+                e
+            }
+            ActivityRefusal::Repo(e) => e.into(),
+        }
+    }
+}
+
+/// A user task as a process opens it (flowBuild's userTask parameters).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserTaskBody {
+    action: String,
+    input: Value,
+    /// Seconds from now, or a date-time: an absolute deadline either way.
+    #[serde(default)]
+    timeout: Option<Value>,
+    /// `commit` (default: the process waits for the submission) or
+    /// `notify` (it goes on; the activity stays open).
+    #[serde(default)]
+    activity_manager: Option<String>,
+    #[serde(default)]
+    activity_schema: Option<Value>,
+    #[serde(default)]
+    result_schema: Option<Value>,
+    /// Timers: `[{"type": "timer", "in" | "at" | "before_expiry", "description"?}]`.
+    #[serde(default)]
+    events: Option<Value>,
+    /// `{url, user?, password?}`: where the activity's events are delivered.
+    #[serde(default)]
+    callback: Option<Value>,
+}
+
+/// `POST /activity_manager` (user): opens a user task.
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Json(body): Json<UserTaskBody>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::User])?;
+    let action = text_field("action", &body.action, 200)?;
+    if body.input.is_null() {
+        return Err(ApiError::invalid_field("input", "input is required"));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let expires_at = body
+        .timeout
+        .as_ref()
+        .filter(|t| !t.is_null())
+        .map(|t| deadline_from(t, now))
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("timeout", format!("timeout: {e}")))?;
+    let activity_manager = body
+        .activity_manager
+        .as_deref()
+        .map(str::parse::<ActivityManager>)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("activity_manager", e.to_string()))?
+        .unwrap_or(ActivityManager::Commit);
+    let events = body.events.unwrap_or(Value::Null);
+    let timers = parse_timers(&events, now, expires_at)
+        .map_err(|e| ApiError::invalid_field(&e.field, e.to_string()))?;
+    let mut new = NewHumanTask {
+        customer: who.customer_id,
+        kind: HumanKind::UserTask,
+        action,
+        version: 1,
+        input: body.input,
+        activity_schema: schema_field("activity_schema", body.activity_schema)?,
+        result_schema: schema_field("result_schema", body.result_schema)?,
+        activity_manager,
+        on_timeout: OnTimeout::Continue,
+        execution_ms: i64::try_from(state.settings.human.execution_ms).unwrap_or(i64::MAX),
+        expires_at,
+        events: if events.is_null() { json!([]) } else { events },
+        timers,
+        callback_id: None,
+    };
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    new.callback_id = callback(&state, &tx, who.customer_id, body.callback.as_ref()).await?;
+    let task = human::create(&tx, &new).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ListQuery {
+    status: Option<String>,
+    action: Option<String>,
+}
+
+/// `GET /activity_manager?status=&action=` (viewer).
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+    Query(paging): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::Viewer])?;
+    let page = paging.page()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<HumanStatus>)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("status", e.to_string()))?;
+    let filter = HumanFilter {
+        kind: Some(HumanKind::UserTask),
+        status,
+        action: q.action,
+        worker: None,
+    };
+    let db = state.db().await?;
+    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
+    let last = tasks.last().map(|t| t.id.to_string());
+    Ok(paged(tasks, page, last))
+}
+
+async fn user_task(state: &AppState, auth: &Auth, id: &str) -> Result<HumanTask, ApiError> {
+    let who = auth.require(&[Role::Viewer])?;
+    let id: HumanTaskId = parse_id(id, "activity")?;
+    let db = state.db().await?;
+    match human::get(&db, who.customer_id, id).await? {
+        t if t.kind == HumanKind::UserTask => Ok(t),
+        _ => Err(ApiError::not_found("activity")),
+    }
+}
+
+/// `GET /activity_manager/{id}`: the activity with `expires_at`.
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<HumanTask>, ApiError> {
+    Ok(axum::Json(user_task(&state, &auth, &id).await?))
+}
+
+/// `GET /activity_manager/{id}/events`.
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
+    let task = user_task(&state, &auth, &id).await?;
+    let db = state.db().await?;
+    Ok(axum::Json(
+        jobs::events(&db, task.customer, task.id.into()).await?,
+    ))
+}
+
+/// Runs `run` in one transaction and commits it.
+async fn in_transaction<F>(state: &AppState, run: F) -> Result<HumanTask, ApiError>
+where
+    F: AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<HumanTask, ActivityRefusal>,
+{
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let task = run(&tx).await?;
+    tx.commit().await?;
+    Ok(task)
+}
+
+/// `POST /activity_manager/{id}/commit` (user): saves a partial answer;
+/// one that fails `activity_schema` is a 400 with the validation errors and
+/// changes nothing.
+pub async fn commit(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(payload): Json<Value>,
+) -> Result<axum::Json<HumanTask>, ApiError> {
+    let who = auth.require(&[Role::User])?;
+    let id: HumanTaskId = parse_id(&id, "activity")?;
+    let customer = who.customer_id;
+    let task = in_transaction(&state, async |tx| {
+        human::commit(tx, customer, id, payload).await
+    })
+    .await?;
+    Ok(axum::Json(task))
+}
+
+/// `POST /activity_manager/{id}/submit` (user): commits the body, when
+/// there is one, and closes the activity: `202`; `422` when it is no
+/// longer open.
+pub async fn submit(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::User])?;
+    let id: HumanTaskId = parse_id(&id, "activity")?;
+    let payload = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(
+            serde_json::from_slice::<Value>(&body)
+                .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?,
+        )
+    };
+    let customer = who.customer_id;
+    let task = in_transaction(&state, async |tx| {
+        human::submit(tx, customer, id, payload).await
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(task)).into_response())
+}
+
+/// `POST /activity_manager/{id}/expire` (admin): ends it now, as its
+/// timeout would (submitted with `is_continue = true`).
+pub async fn expire(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<HumanTask>, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let id: HumanTaskId = parse_id(&id, "activity")?;
+    let customer = who.customer_id;
+    let task = in_transaction(&state, async |tx| human::expire(tx, customer, id).await).await?;
+    Ok(axum::Json(task))
+}
