@@ -379,6 +379,43 @@ async fn a_finish_failing_the_activity_schema_is_rejected_with_its_reason() -> a
     );
     assert_eq!(v["executions"][0]["status"], "REJECTED");
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
+
+    // A revoked worker: refused at once where the database is read, and
+    // its finish (accepted offline) rejected when it is applied.
+    let fay = "fay@mysofie.com";
+    let w = worker(&env, &gw, fay).await?;
+    let t = id(&publish(&env, &gw, json!({})).await?);
+    post(&w, format!("{gw}/micro_task/{t}/reserve")).await?;
+    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+    let execution = started["execution_id"].as_str().unwrap_or_default();
+    let r = env
+        .client()
+        .delete(format!("{gw}/{}/workers/{fay}", env.customer))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let r = w.get(format!("{gw}/micro_task/mine")).send().await?;
+    assert_eq!(r.status(), 401);
+    let (status, _) = finish(&w, &gw, &t, fay, &seed_finish(&t, execution, fay)).await?;
+    assert_eq!(status, 202);
+    let v = eventually(
+        Duration::from_secs(30),
+        "the revoked finish recorded",
+        || async {
+            let v = view(&env, &gw, &t).await?;
+            Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
+        },
+    )
+    .await?;
+    assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
+    assert!(
+        v["submissions"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{v}"
+    );
+    assert_eq!(v["status"], "EXECUTING");
     env.cleanup().await
 }
 
@@ -806,9 +843,16 @@ async fn user_tasks_commit_submit_and_expire_with_is_continue() -> anyhow::Resul
         "{described:?}"
     );
 
-    // An admin expires an open one; a user may not.
+    // An admin expires an open one; a user may not. One opened without a
+    // timeout still has a deadline: `human.user_task_timeout_ms` (7 days).
     let (_, task) = open(json!({"action": "a", "input": {}})).await?;
     let t = id(&task);
+    let expires = time::OffsetDateTime::parse(
+        task["expires_at"].as_str().unwrap_or_default(),
+        &time::format_description::well_known::Rfc3339,
+    )?;
+    let hours = (expires - time::OffsetDateTime::now_utc()).whole_hours();
+    assert!((167..=168).contains(&hours), "{task}");
     let user = client_with(&env.token(&env.customer, "user")?);
     let r = user
         .post(format!("{gw}/activity_manager/{t}/expire"))

@@ -29,6 +29,9 @@ pub struct HumanSettings {
     /// How long a started micro-task execution may take (the seed's three
     /// hours) before the task goes back to NEW.
     pub execution_ms: u64,
+    /// The timeout of a user task opened without one, so no activity stays
+    /// open forever because nobody answers it (0: none).
+    pub user_task_timeout_ms: u64,
     /// Most micro-tasks one worker may hold (RESERVED or EXECUTING) at once.
     pub max_reservations: i64,
     /// Most finish submissions the dispatcher applies in one transaction.
@@ -231,6 +234,7 @@ ca_file = ""
 [human]
 reservation_ms = 1800000
 execution_ms = 10800000
+user_task_timeout_ms = 604800000
 max_reservations = 5
 finish_batch = 128
 "#;

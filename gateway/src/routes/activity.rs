@@ -84,7 +84,12 @@ pub async fn create(
         .filter(|t| !t.is_null())
         .map(|t| deadline_from(t, now))
         .transpose()
-        .map_err(|e| ApiError::invalid_field("timeout", format!("timeout: {e}")))?;
+        .map_err(|e| ApiError::invalid_field("timeout", format!("timeout: {e}")))?
+        .or_else(|| {
+            let ms = state.settings.human.user_task_timeout_ms;
+            (ms > 0)
+                .then(|| now + time::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)))
+        });
     let activity_manager = body
         .activity_manager
         .as_deref()

@@ -163,13 +163,14 @@ fn status_event(
     task: &HumanTask,
     id: Uuid,
     from: Option<HumanStatus>,
+    to: HumanStatus,
     note: Option<&str>,
 ) -> EventRecord {
     let description = match (from, note) {
-        (Some(from), Some(note)) => format!("{from} -> {}: {note}", task.status),
-        (Some(from), None) => format!("{from} -> {}", task.status),
-        (None, Some(note)) => format!("{}: {note}", task.status),
-        (None, None) => task.status.to_string(),
+        (Some(from), Some(note)) => format!("{from} -> {to}: {note}"),
+        (Some(from), None) => format!("{from} -> {to}"),
+        (None, Some(note)) => format!("{to}: {note}"),
+        (None, None) => to.to_string(),
     };
     EventRecord {
         id,
@@ -178,7 +179,7 @@ fn status_event(
         kind: EventKind::StatusChange,
         description,
         from: from.map(HumanStatus::as_str),
-        to: Some(task.status.as_str()),
+        to: Some(to.as_str()),
         bot: None,
         attempt: None,
     }
@@ -244,7 +245,13 @@ pub async fn create(db: &impl GenericClient, new: &NewHumanTask) -> Result<Human
     }
     append_events(
         db,
-        &[status_event(&task, Uuid::now_v7(), None, Some("created"))],
+        &[status_event(
+            &task,
+            Uuid::now_v7(),
+            None,
+            task.status,
+            Some("created"),
+        )],
     )
     .await?;
     Ok(task)
@@ -419,12 +426,30 @@ async fn transition(
     db: &impl GenericClient,
     task: &HumanTask,
     event: HumanEvent,
-    mut next: Next,
+    next: Next,
     note: Option<&str>,
     event_id: Uuid,
 ) -> Result<HumanTask, RepoError> {
-    let to =
-        human_transition(task.status, event).map_err(|e| RepoError::Conflict(e.to_string()))?;
+    transition_path(db, task, &[(event, note, event_id)], next).await
+}
+
+/// One step of a path: the event, a note for its history, its event's id.
+type Step<'a> = (HumanEvent, Option<&'a str>, Uuid);
+
+/// Applies events one after the other (SUBMITTED, then COMPLETE) with one
+/// guarded update; each step that changes the status gets its event.
+async fn transition_path(
+    db: &impl GenericClient,
+    task: &HumanTask,
+    steps: &[Step<'_>],
+    mut next: Next,
+) -> Result<HumanTask, RepoError> {
+    let mut statuses = Vec::with_capacity(steps.len());
+    let mut to = task.status;
+    for (event, _, _) in steps {
+        to = human_transition(to, *event).map_err(|e| RepoError::Conflict(e.to_string()))?;
+        statuses.push(to);
+    }
     if to.is_terminal() {
         next.deadline = None;
     }
@@ -455,13 +480,15 @@ async fn transition(
     .await?
     .ok_or_else(|| RepoError::Conflict(format!("human task {} changed meanwhile", task.id)))?;
     let updated = task_from(&row)?;
-    if task.status != to {
-        append_events(
-            db,
-            &[status_event(&updated, event_id, Some(task.status), note)],
-        )
-        .await?;
+    let mut from = task.status;
+    let mut events = Vec::with_capacity(steps.len());
+    for ((_, note, id), &status) in steps.iter().zip(&statuses) {
+        if status != from {
+            events.push(status_event(&updated, *id, Some(from), status, *note));
+        }
+        from = status;
     }
+    append_events(db, &events).await?;
     Ok(updated)
 }
 
@@ -756,13 +783,17 @@ pub async fn apply_submission(
     db: &impl GenericClient,
     sub: &Submission,
 ) -> Result<Applied, RepoError> {
-    let seen = query_opt(
+    // Seen already (a redelivered message)? And is its token still valid?
+    let row = query_one(
         db,
-        "SELECT 1 FROM human_submissions WHERE id = $1",
-        &[&sub.id],
+        "SELECT EXISTS (SELECT 1 FROM human_submissions WHERE id = $1),
+                COALESCE((SELECT revoked_at IS NOT NULL FROM tokens
+                           WHERE id = $2 AND customer_id = $3), true)",
+        &[&sub.id, &sub.token_id, &sub.customer.0],
     )
     .await?;
-    if seen.is_some() {
+    let (seen, revoked): (bool, bool) = (row.get(0), row.get(1));
+    if seen {
         return Ok(Applied::Duplicate);
     }
     let execution_text = sub.body.get("execution_id").and_then(Value::as_str);
@@ -785,13 +816,6 @@ pub async fn apply_submission(
             task: task.map(Box::new),
         })
     };
-    let revoked = query_opt(
-        db,
-        "SELECT revoked_at IS NOT NULL FROM tokens WHERE id = $1 AND customer_id = $2",
-        &[&sub.token_id, &sub.customer.0],
-    )
-    .await?
-    .is_none_or(|r| r.get::<_, bool>(0));
     let task = lock(db, sub.customer, HumanTaskId(sub.task_id)).await?;
     if revoked {
         return refuse("the worker's token has been revoked".into(), task).await;
@@ -880,20 +904,6 @@ pub async fn apply_submission(
     }
 
     let event_id = |tag: &[u8]| Uuid::new_v5(&sub.id, tag);
-    let submitted = transition(
-        db,
-        &task,
-        HumanEvent::Submit,
-        Next {
-            worker: Some(execution.worker.clone()),
-            execution_id: Some(execution.id),
-            deadline: None,
-            ..Next::of(&task)
-        },
-        Some(&format!("finish of execution {} received", execution.id)),
-        event_id(b"submit"),
-    )
-    .await?;
     let (event, exec_status, reason, result) =
         if let Some(errors) = schema_errors(&task.activity_schema, &sub.body) {
             (
@@ -944,17 +954,22 @@ pub async fn apply_submission(
     )
     .await?;
     let execution = execution_from(&row)?;
-    let done = transition(
+    let received = format!("finish of execution {} received", execution.id);
+    let done = transition_path(
         db,
-        &submitted,
-        event,
+        &task,
+        &[
+            (HumanEvent::Submit, Some(&received), event_id(b"submit")),
+            (event, reason.as_deref(), event_id(b"outcome")),
+        ],
         Next {
+            worker: Some(execution.worker.clone()),
+            execution_id: Some(execution.id),
+            deadline: None,
             result,
             error: reason.clone(),
-            ..Next::of(&submitted)
+            ..Next::of(&task)
         },
-        reason.as_deref(),
-        event_id(b"outcome"),
     )
     .await?;
     if let Some(reason) = &reason {
