@@ -69,3 +69,15 @@ ensure_rabbitmq() {
     wait_port 5672 RabbitMQ
   fi
 }
+
+# The Python peers some tests talk to: moto's S3 server and aiosmtpd, in a
+# virtualenv of their own (outside the clone, reused across runs).
+ensure_python_peers() {
+  local venv="${ORQ_TEST_VENV:-$HOME/.cache/orquestra-venv}"
+  if ! "$venv/bin/python" -c 'import moto, aiosmtpd, flask' >/dev/null 2>&1; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
+    say "installing the Python test peers (moto, aiosmtpd) into $venv"
+    "$venv/bin/pip" install -q 'moto[server]' aiosmtpd
+  fi
+  export ORQ_TEST_PYTHON="$venv/bin/python"
+}

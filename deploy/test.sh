@@ -9,6 +9,7 @@ source deploy/lib.sh
 ensure_tools
 ensure_postgres
 ensure_rabbitmq
+ensure_python_peers
 
 say "building the binaries"
 cargo build --workspace --bins

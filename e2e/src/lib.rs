@@ -521,6 +521,34 @@ fn pg_bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The Python that has the test peers (moto's S3 server, aiosmtpd):
+/// `ORQ_TEST_PYTHON`, which `deploy/test.sh` points at a virtualenv it
+/// fills, or `python3`.
+pub fn test_python() -> String {
+    std::env::var("ORQ_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Starts `python -m <module> <args>` as a test peer of `env`, and checks
+/// it can be run at all with a message that says what to install.
+pub fn python_peer(env: &Env, name: &str, module: &str, args: &[&str]) -> anyhow::Result<Proc> {
+    let python = test_python();
+    let probe = Command::new(&python)
+        .args([
+            "-c",
+            &format!("import {}", module.split('.').next().unwrap_or(module)),
+        ])
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    anyhow::ensure!(
+        probe.status.success(),
+        "{python} cannot import {module}: run the tests through deploy/test.sh (it installs \
+         the Python test peers), or `pip install 'moto[server]' aiosmtpd`"
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg("-m").arg(module).args(args);
+    env.spawn(name, cmd)
+}
+
 /// A private PostgreSQL server (initdb + pg_ctl on its own port), for tests
 /// that stop the database. Never the shared one.
 pub struct PrivatePg {

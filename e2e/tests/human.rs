@@ -877,3 +877,205 @@ async fn user_tasks_commit_submit_and_expire_with_is_continue() -> anyhow::Resul
     assert_eq!(listed.as_array().map(Vec::len), Some(3));
     env.cleanup().await
 }
+
+/// Reserves and starts a new micro-task for `w`; returns (task, execution).
+async fn started_task(
+    env: &Env,
+    gw: &str,
+    w: &reqwest::Client,
+) -> anyhow::Result<(String, String)> {
+    let t = id(&publish(env, gw, json!({})).await?);
+    let (status, _) = post(w, format!("{gw}/micro_task/{t}/reserve")).await?;
+    anyhow::ensure!(status == 200, "reserve: {status}");
+    let (_, started) = post(w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+    Ok((
+        t,
+        started["execution_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+async fn photo_ticket(
+    w: &reqwest::Client,
+    gw: &str,
+    task: &str,
+    body: Value,
+) -> anyhow::Result<(u16, Value)> {
+    let r = w
+        .post(format!("{gw}/micro_task/execution/{task}/photo"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Uploads `bytes` with this content type; the status (and the body when
+/// it is not a success, to show why).
+async fn upload(ticket: &Value, bytes: &[u8], content_type: &str) -> anyhow::Result<u16> {
+    let r = reqwest::Client::new()
+        .put(ticket["upload_url"].as_str().unwrap_or_default())
+        .header("content-type", content_type)
+        .body(bytes.to_vec())
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    if status >= 300 {
+        eprintln!(
+            "upload answered {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_goes_up_to_local_storage_and_to_an_s3_server() -> anyhow::Result<()> {
+    let env = Env::new("photos").await?;
+    let dir = env.dir.join("photos");
+    let (_gw, gw) = env
+        .start_gateway(&[
+            ("ORQ_STORAGE__LOCAL_DIR", dir.to_str().unwrap_or_default()),
+            ("ORQ_STORAGE__PHOTO_MAX_BYTES", "100000"),
+        ])
+        .await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let email = "gil@mysofie.com";
+    let w = worker(&env, &gw, email).await?;
+    let (t, execution) = started_task(&env, &gw, &w).await?;
+    let photo: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let request = json!({"step": 1, "content_type": "image/jpeg", "size": photo.len()});
+
+    // Limits: the content type, the size; only for a started task.
+    let (status, e) = photo_ticket(
+        &w,
+        &gw,
+        &t,
+        json!({"step": 1, "content_type": "text/html", "size": 10}),
+    )
+    .await?;
+    assert_eq!(
+        (status, e["error"]["details"]["field"].as_str()),
+        (400, Some("content_type"))
+    );
+    let (status, e) = photo_ticket(
+        &w,
+        &gw,
+        &t,
+        json!({"step": 1, "content_type": "image/png", "size": 100001}),
+    )
+    .await?;
+    assert_eq!(
+        (status, e["error"]["details"]["field"].as_str()),
+        (400, Some("size"))
+    );
+    let reserved = id(&publish(&env, &gw, json!({})).await?);
+    post(&w, format!("{gw}/micro_task/{reserved}/reserve")).await?;
+    let (status, e) = photo_ticket(&w, &gw, &reserved, request.clone()).await?;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("not_executing"))
+    );
+
+    let (status, ticket) = photo_ticket(&w, &gw, &t, request.clone()).await?;
+    assert_eq!(status, 201, "{ticket}");
+    assert_eq!(ticket["method"], "PUT");
+    assert_eq!(ticket["headers"]["content-type"], "image/jpeg");
+    // The signature binds the content type and the length.
+    assert_eq!(upload(&ticket, &photo, "image/png").await?, 403);
+    assert_eq!(upload(&ticket, &photo[..100], "image/jpeg").await?, 403);
+    let mut tampered = ticket.clone();
+    tampered["upload_url"] = json!(
+        ticket["upload_url"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("-1-", "-2-")
+            .replace("/1-", "/2-")
+    );
+    assert_eq!(upload(&tampered, &photo, "image/jpeg").await?, 403);
+    assert_eq!(upload(&ticket, &photo, "image/jpeg").await?, 201);
+    let url = ticket["url"].as_str().unwrap_or_default().to_string();
+    let got = env.client().get(&url).send().await?;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "image/jpeg");
+    assert_eq!(
+        got.bytes().await?.to_vec(),
+        photo,
+        "the same bytes come back"
+    );
+    assert_eq!(
+        reqwest::get(&url).await?.status(),
+        401,
+        "photos need a token"
+    );
+
+    // The URL is the step's answer.
+    let mut body = seed_finish(&t, &execution, email);
+    body["execution"][0]["response"] = json!(url);
+    let (status, _) = finish(&w, &gw, &t, email, &body).await?;
+    assert_eq!(status, 202);
+    let v = wait_status(&env, &gw, &t, "COMPLETE").await?;
+    assert_eq!(v["executions"][0]["answers"][0]["response"], url.as_str());
+
+    // S3: a real S3-compatible server (moto), a presigned PUT.
+    let port = orq_e2e::free_port();
+    let _moto = orq_e2e::python_peer(&env, "moto", "moto.server", &["-p", &port.to_string()])?;
+    let s3 = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "moto's S3 server", || async {
+        Ok(http.get(&s3).send().await.ok().map(|_| ()))
+    })
+    .await?;
+    assert!(
+        http.put(format!("{s3}/field-photos"))
+            .send()
+            .await?
+            .status()
+            .is_success()
+    );
+    let (_gw2, gw2) = env
+        .start_gateway(&[
+            ("ORQ_STORAGE__KIND", "s3"),
+            ("ORQ_STORAGE__S3_BUCKET", "field-photos"),
+            ("ORQ_STORAGE__S3_ENDPOINT", &s3),
+            ("ORQ_STORAGE__S3_ACCESS_KEY_ID", "testing"),
+            ("ORQ_STORAGE__S3_SECRET_ACCESS_KEY", "testing"),
+        ])
+        .await?;
+    let (t2, _) = started_task(&env, &gw2, &w).await?;
+    let (status, ticket) = photo_ticket(&w, &gw2, &t2, request).await?;
+    assert_eq!(status, 201, "{ticket}");
+    let upload_url = ticket["upload_url"].as_str().unwrap_or_default();
+    assert!(
+        upload_url.starts_with(&s3) && upload_url.contains("X-Amz-Signature"),
+        "{upload_url}"
+    );
+    assert!(
+        upload_url.contains("content-type"),
+        "the content type is signed: {upload_url}"
+    );
+    assert_eq!(upload(&ticket, &photo, "image/jpeg").await?, 200);
+    // The photo's URL is the gateway's, which redirects a token of the
+    // customer to a presigned GET of the object in the bucket.
+    let url = ticket["url"].as_str().unwrap_or_default();
+    assert!(url.starts_with(&format!("{gw2}/photos/")), "{url}");
+    let stored = env.client().get(url).send().await?;
+    assert_eq!(stored.status(), 200);
+    assert!(
+        stored
+            .url()
+            .as_str()
+            .starts_with(&format!("{s3}/field-photos/photos/")),
+        "{}",
+        stored.url()
+    );
+    assert_eq!(
+        stored.bytes().await?.to_vec(),
+        photo,
+        "the object in the bucket"
+    );
+    assert_eq!(reqwest::get(url).await?.status(), 401);
+    env.cleanup().await
+}

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod photos;
 pub mod routes;
 pub mod state;
 
@@ -39,7 +40,8 @@ pub struct App {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        activity, agent, bots, feed, health, human, jobs, scripts, task_defs, tasks, webhooks,
+        activity, agent, bots, feed, health, human, jobs, photos, scripts, task_defs, tasks,
+        webhooks,
     };
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
@@ -87,6 +89,15 @@ pub fn router(state: AppState) -> Router {
         .route("/micro_task/{id}/release", post(human::release))
         .route("/micro_task/execution/{id}/start", post(human::start))
         .route("/micro_task/execution/{id}/finish", post(human::finish))
+        .route("/micro_task/execution/{id}/photo", post(photos::ticket))
+        .route(
+            "/photos/{*key}",
+            get(photos::download)
+                .put(photos::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    usize::try_from(state.settings.storage.photo_max_bytes).unwrap_or(usize::MAX),
+                )),
+        )
         // flowBuild's user tasks (seed 001).
         .route(
             "/activity_manager",
@@ -189,6 +200,7 @@ impl App {
         let sealer = orq_shared::secret::Sealer::from_config(&settings.security.secret_key)?;
         let worker_tokens =
             orq_shared::human::WorkerTokens::from_config(&settings.security.secret_key)?;
+        let storage = crate::photos::Storage::from_settings(&settings)?;
         let deny_networks = Arc::new(
             orq_shared::webhook::parse_networks(&settings.webhooks.deny_networks)
                 .map_err(anyhow::Error::msg)?,
@@ -205,6 +217,7 @@ impl App {
             known_systems: state::cache(),
             sealer,
             worker_tokens,
+            storage,
             deny_networks,
             shutdown: shutdown.clone(),
         };

@@ -21,6 +21,8 @@ pub struct AppState {
     pub known_systems: moka::sync::Cache<(CustomerId, String), ()>,
     /// Seals and opens task secret keys (`security.secret_key`).
     pub sealer: orq_shared::secret::Sealer,
+    /// Where micro-task photos are uploaded (`storage`).
+    pub storage: crate::photos::Storage,
     /// Signs and checks field workers' tokens (offline, for `finish`).
     pub worker_tokens: orq_shared::human::WorkerTokens,
     /// Networks webhook URLs may not point into (`webhooks.deny_networks`).

@@ -569,12 +569,20 @@ async fn supervise(
         watch_connection(&session, &shutdown).await;
         session.lost.cancel();
         tx.send_replace(None);
+        // Closing a broken connection can wait forever for an answer that
+        // never comes (seen with a reset socket): bound it.
+        let close = |code, reason: &'static str| {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                session.connection.close(code, reason.into()),
+            )
+        };
         if shutdown.is_cancelled() {
-            let _ = session.connection.close(200, "shutdown".into()).await;
+            let _ = close(200, "shutdown").await;
             break;
         }
         tracing::warn!(generation = session.generation, "RabbitMQ connection lost");
-        let _ = session.connection.close(320, "reconnecting".into()).await;
+        let _ = close(320, "reconnecting").await;
     }
     tx.send_replace(None);
 }

@@ -19,6 +19,30 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub webhooks: WebhookSettings,
     pub human: HumanSettings,
+    pub storage: StorageSettings,
+}
+
+/// Where micro-task photos go: the local filesystem served by the gateway
+/// (the default), or an S3-compatible bucket the app uploads to directly.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StorageSettings {
+    /// `local` or `s3`.
+    pub kind: String,
+    /// `local`: the directory photos are written to.
+    pub local_dir: String,
+    /// `local`: the gateway's address as the apps reach it, the base of
+    /// upload and photo URLs; empty: `http://` + `gateway.listen`.
+    pub public_url: String,
+    /// How long an upload URL is valid.
+    pub url_ttl_secs: u64,
+    pub photo_max_bytes: u64,
+    pub photo_content_types: Vec<String>,
+    pub s3_bucket: String,
+    /// An S3-compatible endpoint (MinIO, moto, ...); empty: AWS.
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -231,6 +255,19 @@ per_endpoint_concurrency = 4
 max_events_per_delivery = 100
 ca_file = ""
 
+[storage]
+kind = "local"
+local_dir = "data/photos"
+public_url = ""
+url_ttl_secs = 900
+photo_max_bytes = 10485760
+photo_content_types = ["image/jpeg", "image/png", "image/webp", "image/heic"]
+s3_bucket = ""
+s3_endpoint = ""
+s3_region = "us-east-1"
+s3_access_key_id = ""
+s3_secret_access_key = ""
+
 [human]
 reservation_ms = 1800000
 execution_ms = 10800000
@@ -263,6 +300,7 @@ impl Settings {
                     .with_list_parse_key("agent.tags")
                     .with_list_parse_key("webhooks.deny_networks")
                     .with_list_parse_key("webhooks.retry_schedule_ms")
+                    .with_list_parse_key("storage.photo_content_types")
                     .try_parsing(true),
             )
             .build()?
@@ -280,6 +318,9 @@ impl Settings {
         }
         if !copy.security.secret_key.is_empty() {
             copy.security.secret_key = "<redacted>".into();
+        }
+        if !copy.storage.s3_secret_access_key.is_empty() {
+            copy.storage.s3_secret_access_key = "<redacted>".into();
         }
         serde_json::to_string_pretty(&copy).unwrap_or_default()
     }

@@ -44,6 +44,9 @@ impl From<Refusal> for ApiError {
             Refusal::HeldByOther => ApiError::new(StatusCode::FORBIDDEN, "held_by_other", message),
             Refusal::NotReserved(_) => ApiError::new(StatusCode::CONFLICT, "not_reserved", message),
             Refusal::Closed(_) => ApiError::new(StatusCode::CONFLICT, "closed", message),
+            Refusal::NotExecuting(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_executing", message)
+            }
             Refusal::TooMany(_) => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_reservations", message)
             }
@@ -70,9 +73,9 @@ fn field_errors(errors: Vec<orq_shared::human::FieldError>) -> ApiError {
 /// the token is bound to.
 #[derive(Debug, Deserialize, Default)]
 pub struct SofierQuery {
-    sofier: Option<String>,
+    pub sofier: Option<String>,
     /// Only tasks of this name (`task_info.name`).
-    name: Option<String>,
+    pub name: Option<String>,
 }
 
 fn check_sofier(bound: &str, q: &SofierQuery) -> Result<(), ApiError> {
@@ -88,7 +91,7 @@ fn check_sofier(bound: &str, q: &SofierQuery) -> Result<(), ApiError> {
 
 /// A worker on the routes that use the database: the token is looked up,
 /// so a revoked one stops working at once (within the token cache's TTL).
-fn worker<'a>(auth: &'a Auth, q: &SofierQuery) -> Result<(&'a Principal, &'a str), ApiError> {
+pub fn worker<'a>(auth: &'a Auth, q: &SofierQuery) -> Result<(&'a Principal, &'a str), ApiError> {
     let who = auth.require(&[Role::Worker])?;
     let email = who
         .name

@@ -7,6 +7,7 @@ pub mod feed;
 pub mod health;
 pub mod human;
 pub mod jobs;
+pub mod photos;
 pub mod scripts;
 pub mod task_defs;
 pub mod tasks;

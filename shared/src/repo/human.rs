@@ -503,6 +503,8 @@ pub enum Refusal {
     NotReserved(HumanStatus),
     #[error("this micro-task is {0}")]
     Closed(HumanStatus),
+    #[error("this micro-task is {0}: start it first")]
+    NotExecuting(HumanStatus),
     #[error("you hold {0} micro-tasks already, the most allowed; finish or release one first")]
     TooMany(i64),
     #[error("no micro-task is available")]
@@ -617,6 +619,22 @@ async fn held_by(
         (HumanStatus::Reserved | HumanStatus::Executing, _) => Err(Refusal::HeldByOther),
         (HumanStatus::New, _) => Err(Refusal::NotReserved(HumanStatus::New)),
         (other, _) => Err(Refusal::Closed(other)),
+    }
+}
+
+/// The micro-task, when `worker` is executing it (e.g. to upload a photo
+/// for one of its steps).
+pub async fn executing_by(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    worker: &str,
+    id: HumanTaskId,
+) -> Result<HumanTask, Refusal> {
+    let task = held_by(db, customer, worker, id).await?;
+    if task.status == HumanStatus::Executing {
+        Ok(task)
+    } else {
+        Err(Refusal::NotExecuting(task.status))
     }
 }
 
