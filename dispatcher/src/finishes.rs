@@ -8,15 +8,19 @@
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
+use orq_shared::human::outcome_message;
 use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::human::{self, Applied, Submission};
+use orq_shared::repo::notifications::{self, Channels};
 use std::sync::Arc;
 
-/// Applies a batch of submissions in one transaction.
+/// Applies a batch of submissions in one transaction, queueing what each
+/// worker is told (`channels`) in it.
 pub async fn apply(
     pool: &deadpool_postgres::Pool,
     batch: &[FinishSubmission],
+    channels: Channels,
 ) -> Result<(), RepoError> {
     let mut db = pool.get().await?;
     let tx = db.transaction().await?;
@@ -31,7 +35,9 @@ pub async fn apply(
             received_at: m.received_at,
             body: m.body.clone(),
         };
-        outcomes.push((m.id, human::apply_submission(&tx, &sub).await?));
+        let outcome = human::apply_submission(&tx, &sub).await?;
+        tell_worker(&tx, m, &outcome, channels).await?;
+        outcomes.push((m.id, outcome));
     }
     tx.commit().await?;
     for (id, outcome) in outcomes {
@@ -48,6 +54,37 @@ pub async fn apply(
     Ok(())
 }
 
+/// Queues the worker's notification of an outcome: for an applied finish,
+/// and for a refused one on a task (not when the worker's token was
+/// revoked: they are no longer one of ours).
+async fn tell_worker(
+    db: &impl deadpool_postgres::GenericClient,
+    m: &FinishSubmission,
+    outcome: &Applied,
+    channels: Channels,
+) -> Result<(), RepoError> {
+    let (task, status, reason) = match outcome {
+        Applied::Applied { task, .. } => (task, Some(task.status), task.error.as_deref()),
+        Applied::Refused {
+            task: Some(task),
+            reason,
+        } if !reason.contains("revoked") => (task, None, Some(reason.as_str())),
+        _ => return Ok(()),
+    };
+    let (subject, body) = outcome_message(&task.action, task.id.0, status, reason);
+    notifications::queue(
+        db,
+        m.customer_id,
+        task.id,
+        &m.worker,
+        &subject,
+        &body,
+        channels,
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn consume(
     pool: deadpool_postgres::Pool,
     broker: Broker,
@@ -60,13 +97,21 @@ pub async fn consume(
         queue,
         settings.human.finish_batch,
         shutdown,
-        Finishes { pool },
+        Finishes {
+            pool,
+            channels: Channels {
+                email: !settings.notify.smtp_url.is_empty(),
+                sms: !settings.notify.sms_url.is_empty(),
+                push: !settings.notify.push_url.is_empty(),
+            },
+        },
     )
     .await
 }
 
 struct Finishes {
     pool: deadpool_postgres::Pool,
+    channels: Channels,
 }
 
 impl crate::batch::Intake for Finishes {
@@ -74,6 +119,6 @@ impl crate::batch::Intake for Finishes {
     type Out = ();
 
     async fn apply(&self, batch: &[FinishSubmission]) -> Result<(), RepoError> {
-        apply(&self.pool, batch).await
+        apply(&self.pool, batch, self.channels).await
     }
 }

@@ -1079,3 +1079,185 @@ async fn a_photo_goes_up_to_local_storage_and_to_an_s3_server() -> anyhow::Resul
     assert_eq!(reqwest::get(url).await?.status(), 401);
     env.cleanup().await
 }
+
+/// A provider endpoint (SMS) that fails its first request, then takes
+/// every one; returns its address and what it received.
+async fn flaky_provider() -> anyhow::Result<(
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+)> {
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/sms",
+        axum::routing::post({
+            let got = got.clone();
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let (got, calls) = (got.clone(), calls.clone());
+                async move {
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    got.lock().map(|mut g| g.push((auth, body))).ok();
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((format!("http://{addr}/sms"), got))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_is_told_by_email_sms_and_push_and_a_failing_sender_blocks_nothing()
+-> anyhow::Result<()> {
+    let mut env = Env::new("notify").await?;
+    let smtp_port = orq_e2e::free_port();
+    let maildir = env.dir.join("maildir");
+    let _smtp = orq_e2e::python_peer(
+        &env,
+        "smtp",
+        "aiosmtpd",
+        &[
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+            maildir.to_str().unwrap_or_default(),
+        ],
+    )?;
+    let (sms_url, sms) = flaky_provider().await?;
+    // Push goes to a port nobody listens on: it fails every time.
+    let dead_push = format!("http://127.0.0.1:{}/push", orq_e2e::free_port());
+    env.vars.extend([
+        (
+            "ORQ_NOTIFY__SMTP_URL".to_string(),
+            format!("smtp://127.0.0.1:{smtp_port}"),
+        ),
+        ("ORQ_NOTIFY__SMS_URL".to_string(), sms_url),
+        (
+            "ORQ_NOTIFY__SMS_TOKEN".to_string(),
+            "sms-secret".to_string(),
+        ),
+        ("ORQ_NOTIFY__PUSH_URL".to_string(), dead_push),
+        (
+            "ORQ_NOTIFY__RETRY_SCHEDULE_MS".to_string(),
+            "300,300".to_string(),
+        ),
+    ]);
+    eventually(Duration::from_secs(30), "the SMTP server", || async {
+        Ok(tokio::net::TcpStream::connect(("127.0.0.1", smtp_port))
+            .await
+            .ok()
+            .map(|_| ()))
+    })
+    .await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let _reaper = env.start_reaper()?;
+
+    let email = "hana@mysofie.com";
+    let r: Value = env
+        .client()
+        .post(format!("{gw}/{}/workers", env.customer))
+        .json(&json!({"email": email, "phone": "+5511999990000"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let w = client_with(r["access_token"].as_str().unwrap_or_default());
+    // The app registers its device token itself.
+    let r = w
+        .put(format!("{gw}/micro_task/me"))
+        .json(&json!({"push_token": "device-123"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let (t, execution) = started_task(&env, &gw, &w).await?;
+    let (status, _) = finish(&w, &gw, &t, email, &seed_finish(&t, &execution, email)).await?;
+    assert_eq!(status, 202);
+    // Processing does not wait for any sender.
+    wait_status(&env, &gw, &t, "COMPLETE").await?;
+
+    let v = eventually(
+        Duration::from_secs(60),
+        "e-mail and SMS sent, push dead",
+        || async {
+            let v = view(&env, &gw, &t).await?;
+            let by = |channel: &str| {
+                v["notifications"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|n| n["channel"] == channel)
+                    .map(|n| n["status"].as_str().unwrap_or_default().to_string())
+            };
+            let settled = by("email").as_deref() == Some("SENT")
+                && by("sms").as_deref() == Some("SENT")
+                && by("push").as_deref() == Some("DEAD");
+            Ok(settled.then_some(v))
+        },
+    )
+    .await?;
+    let notes = v["notifications"].as_array().cloned().unwrap_or_default();
+    let sms_note = notes
+        .iter()
+        .find(|n| n["channel"] == "sms")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        sms_note["attempts"], 2,
+        "the SMS provider failed once: {sms_note}"
+    );
+    assert_eq!(
+        sms_note["recipient"], "...0000",
+        "a phone shows its last digits only"
+    );
+    let push_note = notes
+        .iter()
+        .find(|n| n["channel"] == "push")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(push_note["attempts"], 3, "{push_note}");
+    assert!(
+        push_note["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+
+    let got = sms.lock().map(|g| g.clone()).unwrap_or_default();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "Bearer sms-secret");
+    assert_eq!(got[0].1["to"], "+5511999990000");
+    assert!(
+        got[0].1["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("under review")
+    );
+
+    // The e-mail, as the SMTP server stored it.
+    let mut mails = Vec::new();
+    for entry in std::fs::read_dir(maildir.join("new"))? {
+        mails.push(std::fs::read_to_string(entry?.path())?);
+    }
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].contains(&format!("To: {email}")), "{}", mails[0]);
+    assert!(
+        mails[0].contains("Subject: PAT: your answers were received"),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains(&t), "the task is named: {}", mails[0]);
+    env.cleanup().await
+}

@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         // The micro-task API (seed 000), for field workers.
         .route("/micro_task/available", get(human::available))
         .route("/micro_task/mine", get(human::mine))
+        .route("/micro_task/me", axum::routing::put(human::set_contacts))
         .route("/micro_task/reserve", post(human::reserve_next))
         .route("/micro_task/{id}/reserve", post(human::reserve))
         .route("/micro_task/{id}/release", post(human::release))

@@ -20,6 +20,28 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub human: HumanSettings,
     pub storage: StorageSettings,
+    pub notify: NotifySettings,
+}
+
+/// How field workers are told their finish was processed. A channel whose
+/// sender is not configured is not used.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NotifySettings {
+    /// `smtp://[user:password@]host:port` (plain; `?tls=required` for
+    /// STARTTLS) or `smtps://...` (TLS); empty: no e-mail.
+    pub smtp_url: String,
+    pub mail_from: String,
+    /// An HTTP endpoint taking `POST {to, text}` (JSON); empty: no SMS.
+    pub sms_url: String,
+    /// Sent as `Authorization: Bearer` to the SMS endpoint.
+    pub sms_token: String,
+    /// An HTTP endpoint taking `POST {to, title, body, data}`; empty: no push.
+    pub push_url: String,
+    pub push_token: String,
+    /// Waits between attempts; after the last, the notification is DEAD.
+    pub retry_schedule_ms: Vec<u64>,
+    /// Timeout of one attempt.
+    pub timeout_ms: u64,
 }
 
 /// Where micro-task photos go: the local filesystem served by the gateway
@@ -268,6 +290,16 @@ s3_region = "us-east-1"
 s3_access_key_id = ""
 s3_secret_access_key = ""
 
+[notify]
+smtp_url = ""
+mail_from = "Orquestra <no-reply@orquestra.invalid>"
+sms_url = ""
+sms_token = ""
+push_url = ""
+push_token = ""
+retry_schedule_ms = [5000, 30000, 120000, 600000, 1800000, 3600000]
+timeout_ms = 15000
+
 [human]
 reservation_ms = 1800000
 execution_ms = 10800000
@@ -301,6 +333,7 @@ impl Settings {
                     .with_list_parse_key("webhooks.deny_networks")
                     .with_list_parse_key("webhooks.retry_schedule_ms")
                     .with_list_parse_key("storage.photo_content_types")
+                    .with_list_parse_key("notify.retry_schedule_ms")
                     .try_parsing(true),
             )
             .build()?
@@ -318,6 +351,12 @@ impl Settings {
         }
         if !copy.security.secret_key.is_empty() {
             copy.security.secret_key = "<redacted>".into();
+        }
+        copy.notify.smtp_url = redact_url(&copy.notify.smtp_url);
+        for token in [&mut copy.notify.sms_token, &mut copy.notify.push_token] {
+            if !token.is_empty() {
+                *token = "<redacted>".into();
+            }
         }
         if !copy.storage.s3_secret_access_key.is_empty() {
             copy.storage.s3_secret_access_key = "<redacted>".into();

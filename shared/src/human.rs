@@ -337,6 +337,33 @@ fn serde_field_error(path: &str, error: &serde_json::Error) -> FieldError {
     }
 }
 
+/// What a worker is told once their finish was processed: a subject and a
+/// text (the seed: processed, and under review).
+pub fn outcome_message(
+    action: &str,
+    task: Uuid,
+    outcome: Option<HumanStatus>,
+    reason: Option<&str>,
+) -> (String, String) {
+    let reason = reason.unwrap_or("no reason given");
+    match outcome {
+        Some(HumanStatus::Complete) | Some(HumanStatus::Error) => (
+            format!("{action}: your answers were received"),
+            format!(
+                "Your answers to {action} (task {task}) were processed and are under review. Thank you!"
+            ),
+        ),
+        Some(HumanStatus::Rejected) => (
+            format!("{action}: your answers were rejected"),
+            format!("Your answers to {action} (task {task}) were rejected: {reason}"),
+        ),
+        _ => (
+            format!("{action}: your finish was not accepted"),
+            format!("Your finish of {action} (task {task}) could not be applied: {reason}"),
+        ),
+    }
+}
+
 /// E-mails compare without regard to case or surrounding blanks.
 pub fn same_email(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())

@@ -19,8 +19,10 @@
 //! Every change goes through the jobs' one transition path (history,
 //! triggers), and the dispatchers are woken for requeued work.
 //!
-//! Beside it, `webhooks` delivers the outbox.
+//! Beside it, `webhooks` delivers the outbox and `notify` tells field
+//! workers their finish was processed (e-mail, SMS, push).
 
+pub mod notify;
 pub mod webhooks;
 
 use orq_shared::CancellationToken;
@@ -37,6 +39,7 @@ use uuid::Uuid;
 pub struct App {
     settings: Settings,
     sender: webhooks::Sender,
+    notifier: notify::Notifier,
     pool: deadpool_postgres::Pool,
     /// Wakes the dispatchers when jobs wait again.
     broker: Broker,
@@ -66,8 +69,10 @@ impl App {
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "timeout-reaper", shutdown.clone());
         let sender = webhooks::Sender::new(pool.clone(), std::sync::Arc::new(settings.clone()))?;
+        let notifier = notify::Notifier::new(pool.clone(), &settings.notify)?;
         Ok(App {
             sender,
+            notifier,
             settings,
             pool,
             broker,
@@ -77,8 +82,10 @@ impl App {
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let sending = tokio::spawn(self.sender.clone().run(self.shutdown.clone()));
+        let notifying = tokio::spawn(self.notifier.clone().run(self.shutdown.clone()));
         self.expire_until_stopped().await;
         let _ = sending.await;
+        let _ = notifying.await;
         Ok(())
     }
 

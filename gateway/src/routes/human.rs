@@ -22,7 +22,7 @@ use orq_shared::human::{
 use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::customers::{self, Principal};
 use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask, Refusal};
-use orq_shared::repo::jobs;
+use orq_shared::repo::{jobs, notifications};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -418,8 +418,9 @@ pub async fn list(
     Ok(paged(tasks, page, last))
 }
 
-/// `GET /{customer}/micro_task/{id}`: the task with its executions and the
-/// submissions received for it (applied, rejected and why, duplicates).
+/// `GET /{customer}/micro_task/{id}`: the task with its executions, the
+/// submissions received for it (applied, rejected and why, duplicates) and
+/// the notifications sent about them.
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -431,9 +432,11 @@ pub async fn get(
     let task = human::get(&db, who.customer_id, id).await?;
     let executions = human::executions(&db, id).await?;
     let submissions = human::submissions(&db, who.customer_id, id).await?;
+    let notified = notifications::for_task(&db, who.customer_id, id).await?;
     let mut view = serde_json::to_value(&task).unwrap_or_default();
     view["executions"] = json!(executions);
     view["submissions"] = json!(submissions);
+    view["notifications"] = json!(notified);
     Ok(axum::Json(view))
 }
 
@@ -456,6 +459,51 @@ pub async fn events(
 #[serde(deny_unknown_fields)]
 pub struct WorkerBody {
     email: String,
+    /// For SMS notifications.
+    #[serde(default)]
+    phone: Option<String>,
+    /// The app's device token, for push notifications.
+    #[serde(default)]
+    push_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactsBody {
+    #[serde(default)]
+    phone: Option<String>,
+    #[serde(default)]
+    push_token: Option<String>,
+}
+
+/// A phone number or device token, checked to be plausible.
+fn contact(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
+    value.map(|v| text_field(field, v, 500)).transpose()
+}
+
+/// `PUT /micro_task/me`: the worker's own phone and device token, for
+/// notifications.
+pub async fn set_contacts(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<SofierQuery>,
+    Json(body): Json<ContactsBody>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (who, email) = worker(&auth, &q)?;
+    let phone = contact("phone", body.phone.as_deref())?;
+    let push = contact("push_token", body.push_token.as_deref())?;
+    let db = state.db().await?;
+    notifications::set_contacts(
+        &db,
+        who.customer_id,
+        email,
+        phone.as_deref(),
+        push.as_deref(),
+    )
+    .await?;
+    Ok(axum::Json(
+        json!({ "email": email, "phone": phone.is_some(), "push_token": push.is_some() }),
+    ))
 }
 
 /// `POST /{customer}/workers` (admin): a token for a field worker, bound
@@ -468,9 +516,21 @@ pub async fn create_worker(
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
     let email = normalize_email(&body.email).map_err(|e| ApiError::invalid_field("email", e))?;
-    let db = state.db().await?;
+    let phone = contact("phone", body.phone.as_deref())?;
+    let push = contact("push_token", body.push_token.as_deref())?;
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
     let (id, token) =
-        customers::issue_worker_token(&db, who.customer_id, &email, &state.worker_tokens).await?;
+        customers::issue_worker_token(&tx, who.customer_id, &email, &state.worker_tokens).await?;
+    notifications::set_contacts(
+        &tx,
+        who.customer_id,
+        &email,
+        phone.as_deref(),
+        push.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id, "email": email, "role": "worker", "access_token": token })),

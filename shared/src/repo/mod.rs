@@ -5,6 +5,7 @@ pub mod bots;
 pub mod customers;
 pub mod human;
 pub mod jobs;
+pub mod notifications;
 pub mod script_jobs;
 pub mod scripts;
 pub mod task_defs;
