@@ -1110,6 +1110,22 @@ async fn flaky_provider() -> anyhow::Result<(
             }
         }),
     );
+    // Webhooks land at /hook, recorded as ("webhook", body).
+    let app = app.route(
+        "/hook",
+        axum::routing::post({
+            let got = got.clone();
+            move |axum::Json(body): axum::Json<Value>| {
+                let got = got.clone();
+                async move {
+                    got.lock()
+                        .map(|mut g| g.push(("webhook".into(), body)))
+                        .ok();
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -1143,7 +1159,7 @@ async fn the_worker_is_told_by_email_sms_and_push_and_a_failing_sender_blocks_no
             "ORQ_NOTIFY__SMTP_URL".to_string(),
             format!("smtp://127.0.0.1:{smtp_port}"),
         ),
-        ("ORQ_NOTIFY__SMS_URL".to_string(), sms_url),
+        ("ORQ_NOTIFY__SMS_URL".to_string(), sms_url.clone()),
         (
             "ORQ_NOTIFY__SMS_TOKEN".to_string(),
             "sms-secret".to_string(),
@@ -1153,6 +1169,8 @@ async fn the_worker_is_told_by_email_sms_and_push_and_a_failing_sender_blocks_no
             "ORQ_NOTIFY__RETRY_SCHEDULE_MS".to_string(),
             "300,300".to_string(),
         ),
+        // The task's callback is a loopback receiver.
+        ("ORQ_WEBHOOKS__DENY_NETWORKS".to_string(), String::new()),
     ]);
     eventually(Duration::from_secs(30), "the SMTP server", || async {
         Ok(tokio::net::TcpStream::connect(("127.0.0.1", smtp_port))
@@ -1183,7 +1201,14 @@ async fn the_worker_is_told_by_email_sms_and_push_and_a_failing_sender_blocks_no
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    let (t, execution) = started_task(&env, &gw, &w).await?;
+    let hook = sms_url.replace("/sms", "/hook");
+    let t = id(&publish(&env, &gw, json!({ "callback": { "url": hook } })).await?);
+    post(&w, format!("{gw}/micro_task/{t}/reserve")).await?;
+    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+    let execution = started["execution_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let (status, _) = finish(&w, &gw, &t, email, &seed_finish(&t, &execution, email)).await?;
     assert_eq!(status, 202);
     // Processing does not wait for any sender.
@@ -1235,7 +1260,29 @@ async fn the_worker_is_told_by_email_sms_and_push_and_a_failing_sender_blocks_no
             .is_some_and(|e| !e.is_empty())
     );
 
-    let got = sms.lock().map(|g| g.clone()).unwrap_or_default();
+    // The task's webhook carried its events, in the seed's shape.
+    let statuses_seen = eventually(Duration::from_secs(30), "the task's webhooks", || async {
+        let got = sms.lock().map(|g| g.clone()).unwrap_or_default();
+        let seen: Vec<String> = got
+            .iter()
+            .filter(|(who, _)| who == "webhook")
+            .flat_map(|(_, body)| body.as_array().cloned().unwrap_or_default())
+            .filter(|e| e["jobId"] == t.as_str() && e["type"] == "STATUS_CHANGE")
+            .map(|e| e["description"].as_str().unwrap_or_default().to_string())
+            .collect();
+        Ok(seen.iter().any(|d| d.contains("COMPLETE")).then_some(seen))
+    })
+    .await?;
+    assert!(statuses_seen[0].starts_with("NEW"), "{statuses_seen:?}");
+    let got: Vec<(String, Value)> = sms
+        .lock()
+        .map(|g| {
+            g.iter()
+                .filter(|(who, _)| who != "webhook")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, "Bearer sms-secret");
     assert_eq!(got[0].1["to"], "+5511999990000");

@@ -29,6 +29,9 @@ pub async fn queue(
     body: &str,
     channels: Channels,
 ) -> Result<u64, RepoError> {
+    if !(channels.email || channels.sms || channels.push) {
+        return Ok(0);
+    }
     execute(
         db,
         "INSERT INTO notifications (id, customer_id, task_id, channel, recipient, subject, body)
