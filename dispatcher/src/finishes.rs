@@ -25,6 +25,7 @@ pub async fn apply(
     let mut db = pool.get().await?;
     let tx = db.transaction().await?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut writes = human::Writes::default();
     for m in batch {
         let sub = Submission {
             id: m.id,
@@ -35,10 +36,11 @@ pub async fn apply(
             received_at: m.received_at,
             body: m.body.clone(),
         };
-        let outcome = human::apply_submission(&tx, &sub).await?;
+        let outcome = human::apply_submission(&tx, &sub, &mut writes).await?;
         tell_worker(&tx, m, &outcome, channels).await?;
         outcomes.push((m.id, outcome));
     }
+    writes.flush(&tx).await?;
     tx.commit().await?;
     for (id, outcome) in outcomes {
         match outcome {

@@ -442,8 +442,20 @@ async fn transition_path(
     db: &impl GenericClient,
     task: &HumanTask,
     steps: &[Step<'_>],
-    mut next: Next,
+    next: Next,
 ) -> Result<HumanTask, RepoError> {
+    let (updated, events) = update_path(db, task, steps, next).await?;
+    append_events(db, &events).await?;
+    Ok(updated)
+}
+
+/// `transition_path` without writing the events: they are returned.
+async fn update_path(
+    db: &impl GenericClient,
+    task: &HumanTask,
+    steps: &[Step<'_>],
+    mut next: Next,
+) -> Result<(HumanTask, Vec<EventRecord>), RepoError> {
     let mut statuses = Vec::with_capacity(steps.len());
     let mut to = task.status;
     for (event, _, _) in steps {
@@ -488,8 +500,7 @@ async fn transition_path(
         }
         from = status;
     }
-    append_events(db, &events).await?;
-    Ok(updated)
+    Ok((updated, events))
 }
 
 /// Why a worker's request on a micro-task is refused.
@@ -744,34 +755,107 @@ fn body_hash(body: &Value) -> Vec<u8> {
     Sha256::digest(body.to_string().as_bytes()).to_vec()
 }
 
-async fn record_submission(
-    db: &impl GenericClient,
-    sub: &Submission,
-    execution_id: Option<&str>,
-    outcome: &str,
-    reason: Option<&str>,
-) -> Result<(), RepoError> {
-    execute(
-        db,
-        "INSERT INTO human_submissions (id, customer_id, task_id, execution_id, worker, body,
-                                        body_hash, received_at, outcome, reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (id) DO NOTHING",
-        &[
-            &sub.id,
-            &sub.customer.0,
-            &sub.task_id,
-            &execution_id,
-            &sub.worker,
-            &sub.body,
-            &body_hash(&sub.body),
-            &sub.received_at,
-            &outcome,
-            &reason,
-        ],
-    )
-    .await?;
-    Ok(())
+/// A submission's record, written with the rest of its batch.
+#[derive(Debug, Clone)]
+struct SubmissionRow {
+    id: Uuid,
+    customer: CustomerId,
+    task_id: Uuid,
+    execution_id: Option<String>,
+    worker: String,
+    body: Value,
+    body_hash: Vec<u8>,
+    received_at: OffsetDateTime,
+    outcome: &'static str,
+    reason: Option<String>,
+}
+
+/// What a batch of submissions appends: its events and its submission
+/// records, written by `flush` in two statements for the whole batch (the
+/// updates of tasks and executions are made as each is applied).
+#[derive(Debug, Default)]
+pub struct Writes {
+    events: Vec<EventRecord>,
+    submissions: Vec<SubmissionRow>,
+}
+
+impl Writes {
+    fn record(
+        &mut self,
+        sub: &Submission,
+        execution_id: Option<&str>,
+        outcome: &'static str,
+        reason: Option<&str>,
+    ) {
+        self.submissions.push(SubmissionRow {
+            id: sub.id,
+            customer: sub.customer,
+            task_id: sub.task_id,
+            execution_id: execution_id.map(str::to_string),
+            worker: sub.worker.clone(),
+            body: sub.body.clone(),
+            body_hash: body_hash(&sub.body),
+            received_at: sub.received_at,
+            outcome,
+            reason: reason.map(str::to_string),
+        });
+    }
+
+    /// Whether this batch applied (or rejected) the same body to the same
+    /// execution already.
+    fn has_same(&self, sub: &Submission, execution_id: &str) -> bool {
+        let hash = body_hash(&sub.body);
+        self.submissions.iter().any(|r| {
+            r.customer == sub.customer
+                && r.task_id == sub.task_id
+                && r.execution_id.as_deref() == Some(execution_id)
+                && r.outcome != "DUPLICATE"
+                && r.body_hash == hash
+        })
+    }
+
+    /// Writes the batch's events and submission records.
+    pub async fn flush(self, db: &impl GenericClient) -> Result<(), RepoError> {
+        append_events(db, &self.events).await?;
+        if self.submissions.is_empty() {
+            return Ok(());
+        }
+        let rows = &self.submissions;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let customers: Vec<Uuid> = rows.iter().map(|r| r.customer.0).collect();
+        let tasks: Vec<Uuid> = rows.iter().map(|r| r.task_id).collect();
+        let executions: Vec<Option<&str>> =
+            rows.iter().map(|r| r.execution_id.as_deref()).collect();
+        let workers: Vec<&str> = rows.iter().map(|r| r.worker.as_str()).collect();
+        let bodies: Vec<&Value> = rows.iter().map(|r| &r.body).collect();
+        let hashes: Vec<&[u8]> = rows.iter().map(|r| r.body_hash.as_slice()).collect();
+        let received: Vec<OffsetDateTime> = rows.iter().map(|r| r.received_at).collect();
+        let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome).collect();
+        let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
+        execute(
+            db,
+            "INSERT INTO human_submissions (id, customer_id, task_id, execution_id, worker, body,
+                                            body_hash, received_at, outcome, reason)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                                  $6::jsonb[], $7::bytea[], $8::timestamptz[], $9::text[],
+                                  $10::text[])
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &ids,
+                &customers,
+                &tasks,
+                &executions,
+                &workers,
+                &bodies,
+                &hashes,
+                &received,
+                &outcomes,
+                &reasons,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 fn schema_errors(schema: &Option<Value>, instance: &Value) -> Option<String> {
@@ -797,9 +881,13 @@ fn schema_errors(schema: &Option<Value>, instance: &Value) -> Option<String> {
 /// running or finished in time, `activity_schema`), stores the answers and
 /// moves the task on. Anything that cannot apply is recorded as REJECTED
 /// with its reason, never dropped; the same finish twice applies once.
+///
+/// Its events and its record go to `writes`, which the caller flushes once
+/// for the whole batch before committing.
 pub async fn apply_submission(
     db: &impl GenericClient,
     sub: &Submission,
+    writes: &mut Writes,
 ) -> Result<Applied, RepoError> {
     // Seen already (a redelivered message)? And is its token still valid?
     let row = query_one(
@@ -811,35 +899,31 @@ pub async fn apply_submission(
     )
     .await?;
     let (seen, revoked): (bool, bool) = (row.get(0), row.get(1));
-    if seen {
+    if seen || writes.submissions.iter().any(|r| r.id == sub.id) {
         return Ok(Applied::Duplicate);
     }
     let execution_text = sub.body.get("execution_id").and_then(Value::as_str);
-    let refuse = |reason: String, task: Option<HumanTask>| async move {
-        record_submission(db, sub, execution_text, "REJECTED", Some(&reason)).await?;
+    let refuse = |writes: &mut Writes, reason: String, task: Option<HumanTask>| {
+        writes.record(sub, execution_text, "REJECTED", Some(&reason));
         if let Some(task) = &task {
-            append_events(
-                db,
-                &[note_event(
-                    task,
-                    Uuid::new_v5(&sub.id, b"refused"),
-                    EventKind::Warning,
-                    format!("finish from {} refused: {reason}", sub.worker),
-                )],
-            )
-            .await?;
+            writes.events.push(note_event(
+                task,
+                Uuid::new_v5(&sub.id, b"refused"),
+                EventKind::Warning,
+                format!("finish from {} refused: {reason}", sub.worker),
+            ));
         }
-        Ok::<_, RepoError>(Applied::Refused {
+        Ok(Applied::Refused {
             reason,
             task: task.map(Box::new),
         })
     };
     let task = lock(db, sub.customer, HumanTaskId(sub.task_id)).await?;
     if revoked {
-        return refuse("the worker's token has been revoked".into(), task).await;
+        return refuse(writes, "the worker's token has been revoked".into(), task);
     }
     let Some(task) = task.filter(|t| t.kind == HumanKind::MicroTask) else {
-        return refuse(format!("no micro-task {}", sub.task_id), None).await;
+        return refuse(writes, format!("no micro-task {}", sub.task_id), None);
     };
     let body = match FinishBody::parse(&sub.body, sub.task_id, &sub.worker) {
         Ok(b) => b,
@@ -849,7 +933,7 @@ pub async fn apply_submission(
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            return refuse(reason, Some(task)).await;
+            return refuse(writes, reason, Some(task));
         }
     };
     let execution = match Uuid::parse_str(&body.execution_id) {
@@ -870,14 +954,14 @@ pub async fn apply_submission(
             "execution {:?} is not an execution of this task",
             body.execution_id
         );
-        return refuse(reason, Some(task)).await;
+        return refuse(writes, reason, Some(task));
     };
     if !crate::human::same_email(&execution.worker, &sub.worker) {
         return refuse(
+            writes,
             format!("execution {} belongs to another worker", execution.id),
             Some(task),
-        )
-        .await;
+        );
     }
     let live = execution.status == ExecutionStatus::Executing
         && task.status == HumanStatus::Executing
@@ -902,15 +986,13 @@ pub async fn apply_submission(
             ],
         )
         .await?;
-        if again.is_some() {
-            record_submission(
-                db,
+        if again.is_some() || writes.has_same(sub, &body.execution_id) {
+            writes.record(
                 sub,
                 execution_text,
                 "DUPLICATE",
                 Some("this finish was applied already"),
-            )
-            .await?;
+            );
             return Ok(Applied::Duplicate);
         }
         let reason = if execution.status == ExecutionStatus::Expired {
@@ -918,7 +1000,7 @@ pub async fn apply_submission(
         } else {
             format!("execution {} is {} already", execution.id, execution.status)
         };
-        return refuse(reason, Some(task)).await;
+        return refuse(writes, reason, Some(task));
     }
 
     let event_id = |tag: &[u8]| Uuid::new_v5(&sub.id, tag);
@@ -973,7 +1055,7 @@ pub async fn apply_submission(
     .await?;
     let execution = execution_from(&row)?;
     let received = format!("finish of execution {} received", execution.id);
-    let done = transition_path(
+    let (done, events) = update_path(
         db,
         &task,
         &[
@@ -990,17 +1072,14 @@ pub async fn apply_submission(
         },
     )
     .await?;
+    writes.events.extend(events);
     if let Some(reason) = &reason {
-        append_events(
-            db,
-            &[note_event(
-                &done,
-                event_id(b"error"),
-                EventKind::Error,
-                reason.clone(),
-            )],
-        )
-        .await?;
+        writes.events.push(note_event(
+            &done,
+            event_id(b"error"),
+            EventKind::Error,
+            reason.clone(),
+        ));
     }
     // An answer that fails `result_schema` was applied (the task is in
     // ERROR with it); one that fails `activity_schema` was not.
@@ -1009,7 +1088,7 @@ pub async fn apply_submission(
     } else {
         "APPLIED"
     };
-    record_submission(db, sub, execution_text, outcome, reason.as_deref()).await?;
+    writes.record(sub, execution_text, outcome, reason.as_deref());
     Ok(Applied::Applied {
         task: Box::new(done),
         execution: Box::new(execution),
