@@ -155,6 +155,15 @@ impl Agent {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let heartbeat = tokio::spawn(self.clone().heartbeats(shutdown.clone()));
         let controls = tokio::spawn(self.clone().controls(shutdown.clone()));
+        // Ready while connected to RabbitMQ (an agent has no database).
+        let ops = tokio::spawn(orq_shared::ops::serve(
+            self.inner.settings.ops.listen.clone(),
+            orq_shared::ops::Checks {
+                pool: None,
+                broker: Some(self.inner.broker.clone()),
+            },
+            shutdown.clone(),
+        ));
         let tracker = tokio_util::task::TaskTracker::new();
         self.consume(&tracker, shutdown).await;
         tracker.close();
@@ -168,6 +177,7 @@ impl Agent {
         self.inner.broker_stop.cancel();
         let _ = heartbeat.await;
         let _ = controls.await;
+        let _ = ops.await;
         Ok(())
     }
 

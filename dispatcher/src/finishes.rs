@@ -43,6 +43,12 @@ pub async fn apply(
     writes.flush(&tx).await?;
     tx.commit().await?;
     for (id, outcome) in outcomes {
+        let label = match &outcome {
+            Applied::Applied { .. } => "applied",
+            Applied::Refused { .. } => "rejected",
+            Applied::Duplicate => "duplicate",
+        };
+        metrics::counter!("orq_finishes_processed_total", "outcome" => label).increment(1);
         match outcome {
             Applied::Applied { task, .. } => {
                 tracing::debug!(submission = %id, task = %task.id, status = %task.status, "finish applied")

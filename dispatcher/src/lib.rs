@@ -50,6 +50,14 @@ impl App {
 
     /// Runs every loop until shutdown; in-flight reports finish first.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let ops = tokio::spawn(orq_shared::ops::serve(
+            self.settings.ops.listen.clone(),
+            orq_shared::ops::Checks {
+                pool: Some(self.pool.clone()),
+                broker: Some(self.broker.clone()),
+            },
+            self.shutdown.clone(),
+        ));
         let matching = tokio::spawn(self.matcher.clone().run(self.shutdown.clone()));
         let intake = tokio::spawn(matcher::consume_wakeups(
             self.matcher.clone(),
@@ -76,7 +84,7 @@ impl App {
             self.shutdown.clone(),
         ));
         self.shutdown.cancelled().await;
-        for task in [matching, intake, reports, finishes, sweep] {
+        for task in [ops, matching, intake, reports, finishes, sweep] {
             let _ = task.await;
         }
         Ok(())

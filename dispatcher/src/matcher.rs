@@ -138,6 +138,12 @@ impl Matcher {
             total += n;
             if n > 0 {
                 tracing::debug!(%customer, jobs = n, "assigned");
+                metrics::counter!("orq_jobs_assigned_total").increment(n as u64);
+                for a in &assigned {
+                    // Waiting time, creation to assignment.
+                    let waited = (a.assigned_at - a.created_at).as_seconds_f64().max(0.0);
+                    metrics::histogram!("orq_dispatch_latency_seconds").record(waited);
+                }
                 // Delivery runs beside the next round: waiting for publisher
                 // confirms here would hold back every other assignment.
                 let this = self.clone();

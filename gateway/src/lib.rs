@@ -46,8 +46,6 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .route("/agent/register", post(agent::register))
         .route("/bots", get(bots::list).post(bots::create))
         .route(
@@ -192,13 +190,16 @@ pub fn router(state: AppState) -> Router {
             ))
         }))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn(health::track))
+        .with_state(state.clone())
+        .merge(health::routes(&state))
 }
 
 impl App {
     /// Connects, migrates and binds; `listen` may use port 0.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
         let sealer = orq_shared::secret::Sealer::from_config(&settings.security.secret_key)?;
+        orq_shared::ops::metrics();
         let worker_tokens =
             orq_shared::human::WorkerTokens::from_config(&settings.security.secret_key)?;
         let storage = crate::photos::Storage::from_settings(&settings)?;

@@ -304,6 +304,23 @@ impl Session {
             .await?)
     }
 
+    /// Messages ready in `queue` (a passive declare: it must exist).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(q?.message_count())
+    }
+
     /// A plain channel, e.g. for declaring a bot's queue.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         Ok(self.connection.create_channel().await?)

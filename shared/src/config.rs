@@ -21,6 +21,15 @@ pub struct Settings {
     pub human: HumanSettings,
     pub storage: StorageSettings,
     pub notify: NotifySettings,
+    pub ops: OpsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct OpsSettings {
+    /// Where the dispatcher, the timeout-reaper and the bot-agent serve
+    /// `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9100`); empty:
+    /// nowhere. The gateway serves them on its API port.
+    pub listen: String,
 }
 
 /// How field workers are told their finish was processed. A channel whose
@@ -289,6 +298,9 @@ s3_endpoint = ""
 s3_region = "us-east-1"
 s3_access_key_id = ""
 s3_secret_access_key = ""
+
+[ops]
+listen = ""
 
 [notify]
 smtp_url = ""

@@ -14,6 +14,7 @@
 //! * `human`      – human tasks: state machine, finish body, worker tokens.
 //! * `webhook`    – the seed's event shape, signatures, retries, URL checks.
 //! * `repo`       – every SQL statement, as functions over a client.
+//! * `ops`        – Prometheus metrics and the `/metrics` `/healthz` `/readyz` routes.
 //! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
 
 pub mod attachment;
@@ -23,6 +24,7 @@ pub mod db;
 pub mod domain;
 pub mod human;
 pub mod messages;
+pub mod ops;
 pub mod repo;
 pub mod secret;
 pub mod shutdown;

@@ -81,11 +81,26 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let ops = tokio::spawn(orq_shared::ops::serve(
+            self.settings.ops.listen.clone(),
+            orq_shared::ops::Checks {
+                pool: Some(self.pool.clone()),
+                broker: Some(self.broker.clone()),
+            },
+            self.shutdown.clone(),
+        ));
+        let gauges = tokio::spawn(sample_gauges(
+            self.pool.clone(),
+            self.broker.clone(),
+            self.shutdown.clone(),
+        ));
         let sending = tokio::spawn(self.sender.clone().run(self.shutdown.clone()));
         let notifying = tokio::spawn(self.notifier.clone().run(self.shutdown.clone()));
         self.expire_until_stopped().await;
         let _ = sending.await;
         let _ = notifying.await;
+        let _ = ops.await;
+        let _ = gauges.await;
         Ok(())
     }
 
@@ -101,6 +116,16 @@ impl App {
             loop {
                 match self.reap_once().await {
                     Ok(r) if r.total() > 0 => {
+                        for (kind, n) in [
+                            ("silent_bot", r.silent_bots),
+                            ("requeued", r.requeued),
+                            ("failed", r.failed),
+                            ("timed_out", r.timed_out),
+                            ("human", r.human),
+                        ] {
+                            metrics::counter!("orq_leases_expired_total", "kind" => kind)
+                                .increment(n as u64);
+                        }
                         tracing::info!(
                             silent_bots = r.silent_bots,
                             requeued = r.requeued,
@@ -264,6 +289,42 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+/// Every 15 s: work by state and the intake queues' depths, as gauges
+/// (one reaper's view serves the whole deployment).
+async fn sample_gauges(pool: deadpool_postgres::Pool, broker: Broker, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Ok(db) = pool.get().await {
+            match orq_shared::repo::jobs::count_by_status(&db).await {
+                Ok(counts) => {
+                    for (kind, status, n) in counts {
+                        metrics::gauge!("orq_work_by_status", "kind" => kind, "status" => status)
+                            .set(n as f64);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "work by status not sampled"),
+            }
+        }
+        if let Some(session) = broker.current() {
+            let t = broker.topology();
+            for queue in [
+                t.intake_queue(),
+                t.reports_queue(),
+                t.finish_queue(),
+                t.dead_letter_queue(),
+            ] {
+                if let Ok(depth) = session.queue_depth(&queue).await {
+                    metrics::gauge!("orq_queue_depth", "queue" => queue).set(f64::from(depth));
+                }
+            }
+        }
     }
 }
 

@@ -124,6 +124,13 @@ impl Notifier {
                     Err((error, retry_at))
                 }
             };
+            let result = match &recorded {
+                Ok(()) => "sent",
+                Err((_, Some(_))) => "retry",
+                Err((_, None)) => "dead",
+            };
+            metrics::counter!("orq_notifications_total", "channel" => d.channel.clone(), "outcome" => result)
+                .increment(1);
             notifications::record(&db, d.id, recorded).await?;
         }
         Ok(n)

@@ -320,6 +320,14 @@ impl Sender {
             .await?;
         }
         tx.commit().await?;
+        let result = match outcome.status {
+            "DELIVERED" => "delivered",
+            "DEAD" => "dead",
+            _ => "retry",
+        };
+        metrics::counter!("orq_webhook_attempts_total", "outcome" => result).increment(1);
+        metrics::histogram!("orq_webhook_attempt_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

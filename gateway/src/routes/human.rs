@@ -175,11 +175,14 @@ pub async fn finish(
         .publish_json(KEY_FINISH, submission.id, &submission)
         .await
     {
-        Ok(()) => Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(json!({ "status": "ACCEPTED", "submission_id": submission.id })),
-        )
-            .into_response()),
+        Ok(()) => {
+            metrics::counter!("orq_finishes_accepted_total").increment(1);
+            Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "status": "ACCEPTED", "submission_id": submission.id })),
+            )
+                .into_response())
+        }
         Err(e) => {
             tracing::warn!(error = %e, "finish not accepted");
             Err(ApiError::unavailable(match e {

@@ -1303,6 +1303,25 @@ pub async fn events_after(
         .collect())
 }
 
+/// How much work is in each state: `(kind, status, count)` for jobs (by
+/// kind) and human tasks.
+pub async fn count_by_status(
+    db: &impl GenericClient,
+) -> Result<Vec<(String, String, i64)>, RepoError> {
+    let rows = query(
+        db,
+        "SELECT kind, status, count(*) FROM jobs GROUP BY kind, status
+         UNION ALL
+         SELECT kind, status, count(*) FROM human_tasks GROUP BY kind, status",
+        &[],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// The newest event's `seq` of a customer (a live feed starts after it).
 pub async fn last_event_seq(
     db: &impl GenericClient,
