@@ -25,6 +25,9 @@ pub async fn apply(
     let mut db = pool.get().await?;
     let tx = db.transaction().await?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    // Tasks are locked in one order by every dispatcher: no deadlocks.
+    let mut batch: Vec<&FinishSubmission> = batch.iter().collect();
+    batch.sort_by_key(|m| m.task_id);
     let mut writes = human::Writes::default();
     for m in batch {
         let sub = Submission {

@@ -60,6 +60,25 @@ async fn view(env: &Env, gw: &str, task: &str) -> anyhow::Result<Value> {
         .await?)
 }
 
+/// The outcomes of a task's submissions, in the order they were received.
+fn outcomes(view: &Value) -> Vec<&str> {
+    view["submissions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["outcome"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// The task's view once the dispatcher recorded a submission for it.
+async fn recorded(env: &Env, gw: &str, task: &str, what: &str) -> anyhow::Result<Value> {
+    eventually(Duration::from_secs(30), what, || async {
+        let v = view(env, gw, task).await?;
+        Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
+    })
+    .await
+}
+
 async fn wait_status(env: &Env, gw: &str, task: &str, want: &str) -> anyhow::Result<Value> {
     eventually(
         Duration::from_secs(30),
@@ -261,15 +280,7 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
     )
     .await?;
     assert_eq!(status, 202);
-    let v = eventually(
-        Duration::from_secs(30),
-        "the wrong worker's finish recorded",
-        || async {
-            let v = view(&env, &gw, &t).await?;
-            Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
-        },
-    )
-    .await?;
+    let v = recorded(&env, &gw, &t, "the wrong worker's finish recorded").await?;
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
     assert!(
         v["submissions"][0]["reason"]
@@ -304,12 +315,7 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
         },
     )
     .await?;
-    let outcomes: Vec<&str> = v["submissions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| s["outcome"].as_str().unwrap_or_default())
-        .collect();
+    let outcomes = outcomes(&v);
     assert_eq!(outcomes, ["REJECTED", "APPLIED", "DUPLICATE"]);
     assert_eq!(v["executions"].as_array().map(Vec::len), Some(1));
 
@@ -369,16 +375,24 @@ async fn a_finish_failing_the_activity_schema_is_rejected_with_its_reason() -> a
     let execution = started["execution_id"].as_str().unwrap_or_default();
     let (status, _) = finish(&w, &gw, &t, email, &seed_finish(&t, execution, email)).await?;
     assert_eq!(status, 202);
-    let v = wait_status(&env, &gw, &t, "REJECTED").await?;
+    // Refused with the schema's errors; the task stays as it was, and the
+    // worker sends the answers again, corrected.
+    let v = recorded(&env, &gw, &t, "the invalid finish recorded").await?;
+    assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
+    let reason = v["submissions"][0]["reason"].as_str().unwrap_or_default();
     assert!(
-        v["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("activity_schema"),
+        reason.contains("activity_schema") && reason.contains("/execution/0/response"),
         "{v}"
     );
-    assert_eq!(v["executions"][0]["status"], "REJECTED");
-    assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
+    assert_eq!(v["status"], "EXECUTING");
+    assert_eq!(v["executions"][0]["status"], "EXECUTING");
+    let mut corrected = seed_finish(&t, execution, email);
+    corrected["execution"][0]["response"] = json!("https://photos.example/1.jpg");
+    let (status, _) = finish(&w, &gw, &t, email, &corrected).await?;
+    assert_eq!(status, 202);
+    let v = wait_status(&env, &gw, &t, "COMPLETE").await?;
+    let outcomes = outcomes(&v);
+    assert_eq!(outcomes, ["REJECTED", "APPLIED"]);
 
     // A revoked worker: refused at once where the database is read, and
     // its finish (accepted offline) rejected when it is applied.
@@ -398,15 +412,7 @@ async fn a_finish_failing_the_activity_schema_is_rejected_with_its_reason() -> a
     assert_eq!(r.status(), 401);
     let (status, _) = finish(&w, &gw, &t, fay, &seed_finish(&t, execution, fay)).await?;
     assert_eq!(status, 202);
-    let v = eventually(
-        Duration::from_secs(30),
-        "the revoked finish recorded",
-        || async {
-            let v = view(&env, &gw, &t).await?;
-            Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
-        },
-    )
-    .await?;
+    let v = recorded(&env, &gw, &t, "the revoked finish recorded").await?;
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
     assert!(
         v["submissions"][0]["reason"]
@@ -461,15 +467,7 @@ async fn reservations_and_executions_expire_back_to_new() -> anyhow::Result<()> 
     // A finish that arrives after the deadline is recorded and rejected.
     let (status, _) = finish(&w, &gw, &a, email, &seed_finish(&a, &execution, email)).await?;
     assert_eq!(status, 202);
-    let v = eventually(
-        Duration::from_secs(30),
-        "the late finish recorded",
-        || async {
-            let v = view(&env, &gw, &a).await?;
-            Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
-        },
-    )
-    .await?;
+    let v = recorded(&env, &gw, &a, "the late finish recorded").await?;
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
     assert!(
         v["submissions"][0]["reason"]

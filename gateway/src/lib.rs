@@ -87,7 +87,12 @@ pub fn router(state: AppState) -> Router {
         .route("/micro_task/{id}/reserve", post(human::reserve))
         .route("/micro_task/{id}/release", post(human::release))
         .route("/micro_task/execution/{id}/start", post(human::start))
-        .route("/micro_task/execution/{id}/finish", post(human::finish))
+        .route(
+            "/micro_task/execution/{id}/finish",
+            post(human::finish).layer(axum::extract::DefaultBodyLimit::max(
+                human::MAX_FINISH_BYTES,
+            )),
+        )
         .route("/micro_task/execution/{id}/photo", post(photos::ticket))
         .route(
             "/photos/{*key}",

@@ -211,18 +211,79 @@ pub struct FinishBody {
 /// UTC) or RFC 3339 with an offset.
 pub fn parse_when(text: &str) -> Result<OffsetDateTime, String> {
     use time::format_description::well_known::Rfc3339;
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(t);
-    }
     let naive = time::macros::format_description!(
         version = 2,
         "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
     );
-    PrimitiveDateTime::parse(text, &naive)
-        .map(PrimitiveDateTime::assume_utc)
-        .map_err(|e| {
-            format!("{text:?} is not a valid date-time (YYYY-MM-DDThh:mm:ss, UTC unless an offset is given): {e}")
-        })
+    let parsed = match OffsetDateTime::parse(text, &Rfc3339) {
+        Ok(t) => t,
+        Err(_) => PrimitiveDateTime::parse(text, &naive)
+            .map(PrimitiveDateTime::assume_utc)
+            .map_err(|e| {
+                format!("{text:?} is not a valid date-time (YYYY-MM-DDThh:mm:ss, UTC unless an offset is given): {e}")
+            })?,
+    };
+    // In UTC, and within years 1-9999 there (the database's range).
+    parsed
+        .checked_to_offset(time::UtcOffset::UTC)
+        .filter(|t| (1..=9999).contains(&t.year()))
+        .ok_or_else(|| format!("{text:?} is out of range (years 1 to 9999, UTC)"))
+}
+
+/// Deepest nesting a stored body may have (the envelope around it and the
+/// database must still take it).
+pub const MAX_DEPTH: usize = 32;
+
+/// Whether a JSON value can be stored as received: no NUL character
+/// (PostgreSQL refuses it in text and jsonb) and nested at most
+/// `MAX_DEPTH` levels.
+pub fn storable(value: &Value) -> Result<(), FieldError> {
+    fn walk(value: &Value, depth: usize, path: &mut String) -> Result<(), FieldError> {
+        if depth > MAX_DEPTH {
+            return Err(FieldError::new(
+                path.clone(),
+                format!("nested more than {MAX_DEPTH} levels deep"),
+            ));
+        }
+        match value {
+            Value::String(s) if s.contains('\0') => Err(FieldError::new(
+                path.clone(),
+                "must not contain NUL characters",
+            )),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, depth + 1, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    if key.contains('\0') {
+                        return Err(FieldError::new(path.clone(), "a key contains NUL"));
+                    }
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                    walk(item, depth + 1, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    let mut path = String::new();
+    walk(value, 0, &mut path).map_err(|mut e| {
+        if e.field.is_empty() {
+            e.field = "body".into();
+        }
+        e
+    })
 }
 
 impl FinishBody {
@@ -232,6 +293,7 @@ impl FinishBody {
         if !body.is_object() {
             return Err(vec![FieldError::new("body", "must be a JSON object")]);
         }
+        storable(body).map_err(|e| vec![e])?;
         let parsed: FinishBody = serde_path_to_error::deserialize(body)
             .map_err(|e| vec![serde_field_error(&e.path().to_string(), &e.into_inner())])?;
         let mut errors = Vec::new();
@@ -776,6 +838,26 @@ mod tests {
         let errors = FinishBody::parse(&seed_body(), task(), "other@mysofie.com")
             .expect_err("someone else's who");
         assert_eq!(errors[0].field, "who");
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_stored_are_refused_by_field() {
+        let mut body = seed_body();
+        body["execution"][0]["response"] = json!("a\u{0}b");
+        let e = FinishBody::parse(&body, task(), "sofier@mysofie.com").expect_err("NUL");
+        assert_eq!(e[0].field, "execution[0].response");
+        let mut deep = json!("x");
+        for _ in 0..40 {
+            deep = json!([deep]);
+        }
+        let mut body = seed_body();
+        body["execution"][0]["response"] = deep;
+        let e = FinishBody::parse(&body, task(), "sofier@mysofie.com").expect_err("deep");
+        assert!(e[0].message.contains("nested"), "{e:?}");
+        // An offset that moves a date out of range is refused, not a panic.
+        assert!(parse_when("9999-12-31T23:00:00-05:00").is_err());
+        assert!(parse_when("0000-01-01T00:00:00+05:00").is_err());
+        assert!(parse_when("2019-08-13T20:15:00-03:00").is_ok());
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl Notifier {
         let hold = Duration::from_millis(self.settings.timeout_ms) * 2;
         let due = {
             let db = self.pool.get().await?;
-            notifications::claim_due(&db, 100, hold).await?
+            // As many as are sent at once: each claim is held for two
+            // attempt timeouts, and a batch takes about one.
+            notifications::claim_due(&db, CONCURRENCY as i64, hold).await?
         };
         let n = due.len();
         let results: Vec<_> = futures::stream::iter(due)

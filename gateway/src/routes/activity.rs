@@ -150,6 +150,7 @@ pub async fn list(
         status,
         action: q.action,
         worker: None,
+        held: false,
     };
     let db = state.db().await?;
     let tasks = human::list(&db, who.customer_id, &filter, page).await?;

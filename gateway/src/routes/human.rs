@@ -149,6 +149,10 @@ pub async fn start(
     Ok(axum::Json(started(&task, &execution)))
 }
 
+/// Largest finish body: answers and photo URLs fit easily, and a batch of
+/// them stays far below what one database statement may carry.
+pub const MAX_FINISH_BYTES: usize = 1 << 20;
+
 /// `POST /micro_task/execution/{task_id}/finish?sofier=`: 202 once the
 /// broker confirmed the submission; no database on this path.
 pub async fn finish(
@@ -220,18 +224,16 @@ pub async fn mine(
     let filter = HumanFilter {
         worker: Some(email.to_string()),
         kind: Some(HumanKind::MicroTask),
+        held: true,
         ..HumanFilter::default()
     };
     let page = orq_shared::repo::Page {
         limit: super::MAX_LIMIT,
         after: None,
     };
-    let held = human::list(&db, who.customer_id, &filter, page)
-        .await?
-        .into_iter()
-        .filter(|t| matches!(t.status, HumanStatus::Reserved | HumanStatus::Executing))
-        .collect();
-    Ok(axum::Json(held))
+    Ok(axum::Json(
+        human::list(&db, who.customer_id, &filter, page).await?,
+    ))
 }
 
 async fn do_reserve(
@@ -414,6 +416,7 @@ pub async fn list(
         status,
         action: q.name,
         worker: q.worker.map(|w| w.trim().to_ascii_lowercase()),
+        held: false,
     };
     let db = state.db().await?;
     let tasks = human::list(&db, who.customer_id, &filter, page).await?;

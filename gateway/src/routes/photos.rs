@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use orq_shared::domain::HumanTaskId;
+use orq_shared::domain::{HumanTaskId, Role};
 use orq_shared::repo::human;
 use serde::Deserialize;
 use serde_json::json;
@@ -160,8 +160,14 @@ pub async fn download(
     auth: Auth,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Readers of the customer's data, and its workers; not its bots.
+    auth.require(&[Role::Viewer])
+        .or_else(|_| auth.require(&[Role::Worker]))?;
     let customer = key.split('/').nth(1).unwrap_or_default();
-    if !photos::valid_key(&key) || customer != auth.0.customer_id.to_string() {
+    if !photos::valid_key(&key)
+        || !key.starts_with("photos/")
+        || customer != auth.0.customer_id.to_string()
+    {
         return Err(ApiError::not_found("photo"));
     }
     let presigned = state.storage.s3_download(&key).await.map_err(|e| {

@@ -287,8 +287,10 @@ pub struct HumanFilter {
     pub kind: Option<HumanKind>,
     pub status: Option<HumanStatus>,
     pub action: Option<String>,
-    /// Only what this worker holds.
+    /// Only tasks of this worker.
     pub worker: Option<String>,
+    /// Only RESERVED and EXECUTING tasks.
+    pub held: bool,
 }
 
 pub async fn list(
@@ -305,6 +307,7 @@ pub async fn list(
             AND ($4::text IS NULL OR action = $4)
             AND ($5::text IS NULL OR worker = $5)
             AND ($6::uuid IS NULL OR id > $6)
+            AND (NOT $8 OR status IN ('RESERVED', 'EXECUTING'))
           ORDER BY id LIMIT $7"
     );
     let rows = query(
@@ -318,6 +321,7 @@ pub async fn list(
             &filter.worker,
             &page.after,
             &page.limit,
+            &filter.held,
         ],
     )
     .await?;
@@ -969,8 +973,11 @@ pub async fn apply_submission(
     // Finished in time but processed after the deadline (the database was
     // down, the queue was long): it still counts while nobody else took
     // the task meanwhile.
+    let ended = execution
+        .finished_at
+        .map_or(execution.deadline, |f| f.min(execution.deadline));
     let in_time = execution.status == ExecutionStatus::Expired
-        && sub.received_at <= execution.deadline
+        && sub.received_at <= ended
         && task.status == HumanStatus::New;
     if !live && !in_time {
         let again = query_opt(
@@ -1003,16 +1010,14 @@ pub async fn apply_submission(
         return refuse(writes, reason, Some(task));
     }
 
+    // Answers that do not fit `activity_schema` are refused and the task
+    // stays as it was: its worker can send them again, corrected.
+    if let Some(errors) = schema_errors(&task.activity_schema, &sub.body) {
+        return refuse(writes, format!("activity_schema: {errors}"), Some(task));
+    }
     let event_id = |tag: &[u8]| Uuid::new_v5(&sub.id, tag);
     let (event, exec_status, reason, result) =
-        if let Some(errors) = schema_errors(&task.activity_schema, &sub.body) {
-            (
-                HumanEvent::Reject,
-                ExecutionStatus::Rejected,
-                Some(format!("activity_schema: {errors}")),
-                None,
-            )
-        } else if let Some(errors) = schema_errors(&task.result_schema, &sub.body) {
+        if let Some(errors) = schema_errors(&task.result_schema, &sub.body) {
             (
                 HumanEvent::ResultInvalid,
                 ExecutionStatus::Error,
@@ -1081,14 +1086,9 @@ pub async fn apply_submission(
             reason.clone(),
         ));
     }
-    // An answer that fails `result_schema` was applied (the task is in
-    // ERROR with it); one that fails `activity_schema` was not.
-    let outcome = if event == HumanEvent::Reject {
-        "REJECTED"
-    } else {
-        "APPLIED"
-    };
-    writes.record(sub, execution_text, outcome, reason.as_deref());
+    // An answer that fails `result_schema` was applied: the task is in
+    // ERROR with it.
+    writes.record(sub, execution_text, "APPLIED", reason.as_deref());
     Ok(Applied::Applied {
         task: Box::new(done),
         execution: Box::new(execution),
@@ -1362,10 +1362,16 @@ async fn conclude(
         .committed
         .clone()
         .unwrap_or(Value::Object(Default::default()));
-    if task.is_continue
-        && let Value::Object(map) = &mut result
-    {
-        map.insert("is_continue".into(), Value::Bool(true));
+    if task.is_continue {
+        // The marker goes into an object answer; any other answer is
+        // wrapped so it is not lost.
+        result = match result {
+            Value::Object(mut map) => {
+                map.insert("is_continue".into(), Value::Bool(true));
+                Value::Object(map)
+            }
+            other => serde_json::json!({ "value": other, "is_continue": true }),
+        };
     }
     let (event, error) = match schema_errors(&task.result_schema, &result) {
         Some(errors) => (
