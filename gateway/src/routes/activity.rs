@@ -8,17 +8,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orq_shared::domain::{HumanTaskId, Role};
-use orq_shared::human::{
-    ActivityManager, HumanKind, HumanStatus, OnTimeout, deadline_from, parse_timers,
-};
+use orq_shared::human::{ActivityManager, HumanKind, OnTimeout, deadline_from, parse_timers};
 use orq_shared::repo::human::{self, ActivityRefusal, HumanFilter, HumanTask, NewHumanTask};
 use orq_shared::repo::jobs;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::human::schema_field;
-use super::webhooks::callback;
-use super::{PageQuery, paged, text_field};
+use super::human::{list_page, publish, schema_field, status_filter};
+use super::{PageQuery, in_transaction, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::state::AppState;
@@ -100,7 +97,7 @@ pub async fn create(
     let events = body.events.unwrap_or(Value::Null);
     let timers = parse_timers(&events, now, expires_at)
         .map_err(|e| ApiError::invalid_field(&e.field, e.to_string()))?;
-    let mut new = NewHumanTask {
+    let new = NewHumanTask {
         customer: who.customer_id,
         kind: HumanKind::UserTask,
         action,
@@ -116,12 +113,7 @@ pub async fn create(
         timers,
         callback_id: None,
     };
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    new.callback_id = callback(&state, &tx, who.customer_id, body.callback.as_ref()).await?;
-    let task = human::create(&tx, &new).await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+    publish(&state, new, body.callback.as_ref()).await
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -139,23 +131,14 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::Viewer])?;
     let page = paging.page()?;
-    let status = q
-        .status
-        .as_deref()
-        .map(str::parse::<HumanStatus>)
-        .transpose()
-        .map_err(|e| ApiError::invalid_field("status", e.to_string()))?;
     let filter = HumanFilter {
         kind: Some(HumanKind::UserTask),
-        status,
+        status: status_filter(q.status.as_deref())?,
         action: q.action,
         worker: None,
         held: false,
     };
-    let db = state.db().await?;
-    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
-    let last = tasks.last().map(|t| t.id.to_string());
-    Ok(paged(tasks, page, last))
+    list_page(&state, who.customer_id, &filter, page).await
 }
 
 async fn user_task(state: &AppState, auth: &Auth, id: &str) -> Result<HumanTask, ApiError> {
@@ -188,18 +171,6 @@ pub async fn events(
     Ok(axum::Json(
         jobs::events(&db, task.customer, task.id.into()).await?,
     ))
-}
-
-/// Runs `run` in one transaction and commits it.
-async fn in_transaction<F>(state: &AppState, run: F) -> Result<HumanTask, ApiError>
-where
-    F: AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<HumanTask, ActivityRefusal>,
-{
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let task = run(&tx).await?;
-    tx.commit().await?;
-    Ok(task)
 }
 
 /// `POST /activity_manager/{id}/commit` (user): saves a partial answer;

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::webhooks::callback;
-use super::{PageQuery, paged, scoped, text_field};
+use super::{PageQuery, in_transaction, paged, scoped, text_field};
 use crate::auth::{Auth, presented_token};
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::state::AppState;
@@ -142,10 +142,10 @@ pub async fn start(
 ) -> Result<axum::Json<Value>, ApiError> {
     let (who, email) = worker(&auth, &q)?;
     let id: HumanTaskId = parse_id(&id, "micro-task")?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let (task, execution) = human::start(&tx, who.customer_id, email, id).await?;
-    tx.commit().await?;
+    let (task, execution) = in_transaction(&state, async |tx| {
+        human::start(tx, who.customer_id, email, id).await
+    })
+    .await?;
     Ok(axum::Json(started(&task, &execution)))
 }
 
@@ -243,19 +243,20 @@ async fn do_reserve(
     id: Option<HumanTaskId>,
     name: Option<&str>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let task = human::reserve(
-        &tx,
-        who.customer_id,
-        email,
-        id,
-        name,
-        state.settings.human.reservation_ms,
-        state.settings.human.max_reservations,
-    )
+    let limits = &state.settings.human;
+    let task = in_transaction(state, async |tx| {
+        human::reserve(
+            tx,
+            who.customer_id,
+            email,
+            id,
+            name,
+            limits.reservation_ms,
+            limits.max_reservations,
+        )
+        .await
+    })
     .await?;
-    tx.commit().await?;
     Ok(axum::Json(task))
 }
 
@@ -290,10 +291,10 @@ pub async fn release(
 ) -> Result<axum::Json<HumanTask>, ApiError> {
     let (who, email) = worker(&auth, &q)?;
     let id: HumanTaskId = parse_id(&id, "micro-task")?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let task = human::release(&tx, who.customer_id, email, id).await?;
-    tx.commit().await?;
+    let task = in_transaction(&state, async |tx| {
+        human::release(tx, who.customer_id, email, id).await
+    })
+    .await?;
     Ok(axum::Json(task))
 }
 
@@ -361,7 +362,7 @@ pub async fn create(
             ));
         }
     };
-    let mut new = NewHumanTask {
+    let new = NewHumanTask {
         customer: who.customer_id,
         kind: HumanKind::MicroTask,
         action: name,
@@ -380,12 +381,42 @@ pub async fn create(
         timers: Vec::new(),
         callback_id: None,
     };
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    new.callback_id = callback(&state, &tx, who.customer_id, body.callback.as_ref()).await?;
-    let task = human::create(&tx, &new).await?;
-    tx.commit().await?;
+    publish(&state, new, body.callback.as_ref()).await
+}
+
+/// Creates a human task (and its callback, when given): `201` with it.
+pub async fn publish(
+    state: &AppState,
+    mut new: NewHumanTask,
+    callback_body: Option<&Value>,
+) -> Result<Response, ApiError> {
+    let task = in_transaction(state, async |tx| {
+        new.callback_id = callback(state, tx, new.customer, callback_body).await?;
+        Ok::<_, ApiError>(human::create(tx, &new).await?)
+    })
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+}
+
+/// `?status=` of the human-task lists.
+pub fn status_filter(status: Option<&str>) -> Result<Option<HumanStatus>, ApiError> {
+    status
+        .map(str::parse::<HumanStatus>)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("status", e.to_string()))
+}
+
+/// A page of a customer's human tasks.
+pub async fn list_page(
+    state: &AppState,
+    customer: orq_shared::domain::CustomerId,
+    filter: &HumanFilter,
+    page: orq_shared::repo::Page,
+) -> Result<Response, ApiError> {
+    let db = state.db().await?;
+    let tasks = human::list(&db, customer, filter, page).await?;
+    let last = tasks.last().map(|t| t.id.to_string());
+    Ok(paged(tasks, page, last))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -405,23 +436,14 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let page = paging.page()?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| s.parse::<HumanStatus>())
-        .transpose()
-        .map_err(|e| ApiError::invalid_field("status", e.to_string()))?;
     let filter = HumanFilter {
         kind: Some(HumanKind::MicroTask),
-        status,
+        status: status_filter(q.status.as_deref())?,
         action: q.name,
         worker: q.worker.map(|w| w.trim().to_ascii_lowercase()),
         held: false,
     };
-    let db = state.db().await?;
-    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
-    let last = tasks.last().map(|t| t.id.to_string());
-    Ok(paged(tasks, page, last))
+    list_page(&state, who.customer_id, &filter, page).await
 }
 
 /// `GET /{customer}/micro_task/{id}`: the task with its executions, the
@@ -524,19 +546,21 @@ pub async fn create_worker(
     let email = normalize_email(&body.email).map_err(|e| ApiError::invalid_field("email", e))?;
     let phone = contact("phone", body.phone.as_deref())?;
     let push = contact("push_token", body.push_token.as_deref())?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let (id, token) =
-        customers::issue_worker_token(&tx, who.customer_id, &email, &state.worker_tokens).await?;
-    notifications::set_contacts(
-        &tx,
-        who.customer_id,
-        &email,
-        phone.as_deref(),
-        push.as_deref(),
-    )
+    let (id, token) = in_transaction(&state, async |tx| {
+        let issued =
+            customers::issue_worker_token(tx, who.customer_id, &email, &state.worker_tokens)
+                .await?;
+        notifications::set_contacts(
+            tx,
+            who.customer_id,
+            &email,
+            phone.as_deref(),
+            push.as_deref(),
+        )
+        .await?;
+        Ok::<_, ApiError>(issued)
+    })
     .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id, "email": email, "role": "worker", "access_token": token })),

@@ -94,6 +94,21 @@ pub fn paged<T: Serialize>(items: Vec<T>, page: Page, last_id: Option<String>) -
     response
 }
 
+/// Runs `run` in one transaction and commits it.
+pub async fn in_transaction<T, E>(
+    state: &crate::state::AppState,
+    run: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, E>,
+) -> Result<T, ApiError>
+where
+    E: Into<ApiError>,
+{
+    let mut db = state.db().await?;
+    let tx = db.transaction().await?;
+    let value = run(&tx).await.map_err(Into::into)?;
+    tx.commit().await?;
+    Ok(value)
+}
+
 /// Reads a non-empty, trimmed text field of bounded length.
 pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let value = value.trim();

@@ -862,15 +862,20 @@ impl Writes {
     }
 }
 
-fn schema_errors(schema: &Option<Value>, instance: &Value) -> Option<String> {
-    let schema = schema.as_ref()?;
-    let errors: Vec<FieldError> = match Schema::compile(schema) {
+/// Every way `instance` fails `schema` (a schema that does not compile
+/// fails it too, named `field`).
+fn schema_check(schema: &Value, instance: &Value, field: &str) -> Vec<FieldError> {
+    match Schema::compile(schema) {
         Ok(s) => s.errors(instance),
         Err(e) => vec![FieldError {
-            field: "schema".into(),
+            field: field.into(),
             message: e,
         }],
-    };
+    }
+}
+
+fn schema_errors(schema: &Option<Value>, instance: &Value) -> Option<String> {
+    let errors = schema_check(schema.as_ref()?, instance, "schema");
     (!errors.is_empty()).then(|| {
         errors
             .iter()
@@ -1210,13 +1215,7 @@ fn fits_activity(task: &HumanTask, payload: &Value) -> Result<(), ActivityRefusa
     let Some(schema) = &task.activity_schema else {
         return Ok(());
     };
-    let errors = match Schema::compile(schema) {
-        Ok(s) => s.errors(payload),
-        Err(e) => vec![FieldError {
-            field: "activity_schema".into(),
-            message: e,
-        }],
-    };
+    let errors = schema_check(schema, payload, "activity_schema");
     if errors.is_empty() {
         Ok(())
     } else {
