@@ -220,10 +220,10 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let who = auth.require(&[Role::Admin])?;
     let id: BotId = parse_id(&id, "bot")?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    bots::delete(&tx, who.customer_id, id).await?;
-    tx.commit().await?;
+    super::in_transaction(&state, async |tx| {
+        bots::delete(tx, who.customer_id, id).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -285,10 +285,10 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
     let id: TaskId = parse_id(&id, "task")?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    task_defs::delete(&tx, who.customer_id, id).await?;
-    tx.commit().await?;
+    super::in_transaction(&state, async |tx| {
+        task_defs::delete(tx, who.customer_id, id).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

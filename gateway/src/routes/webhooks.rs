@@ -171,10 +171,10 @@ pub async fn redeliver(
 ) -> Result<axum::Json<Delivery>, ApiError> {
     let who = auth.require(&[Role::Admin])?;
     let id: Uuid = parse_id(&id, "delivery")?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let delivery = webhooks::redeliver(&tx, who.customer_id, id).await?;
-    tx.commit().await?;
+    let delivery = super::in_transaction(&state, async |tx| {
+        webhooks::redeliver(tx, who.customer_id, id).await
+    })
+    .await?;
     Ok(axum::Json(delivery))
 }
 
