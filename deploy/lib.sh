@@ -74,10 +74,34 @@ ensure_rabbitmq() {
 # virtualenv of their own (outside the clone, reused across runs).
 ensure_python_peers() {
   local venv="${ORQ_TEST_VENV:-$HOME/.cache/orquestra-venv}"
-  if ! "$venv/bin/python" -c 'import moto, aiosmtpd, flask' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import moto, aiosmtpd, flask, schemathesis' >/dev/null 2>&1; then
     python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
-    say "installing the Python test peers (moto, aiosmtpd) into $venv"
-    "$venv/bin/pip" install -q 'moto[server]' aiosmtpd
+    say "installing the Python test peers (moto, aiosmtpd, schemathesis) into $venv"
+    "$venv/bin/pip" install -q 'moto[server]' aiosmtpd 'schemathesis>=4,<5'
   fi
   export ORQ_TEST_PYTHON="$venv/bin/python"
+}
+
+# What the browser test needs: Debian's Chromium (never a downloaded browser),
+# Node.js 20+ and e2e/browser's packages (playwright-core), installed again
+# when package-lock.json changes.
+ensure_browser_peers() {
+  local chromium="${ORQ_TEST_CHROMIUM:-/usr/bin/chromium}"
+  [ -x "$chromium" ] || apt_install chromium
+  command -v node >/dev/null || apt_install nodejs npm
+  command -v npm >/dev/null || apt_install npm
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$major" -lt 20 ]; then
+    echo "Node.js $(node --version) is too old for e2e/browser (playwright-core needs 20 or newer)" >&2
+    exit 1
+  fi
+  local dir=e2e/browser stamp=e2e/browser/node_modules/.orq-lock-sha256 sum
+  sum=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ ! -d "$dir/node_modules/playwright-core" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    say "installing the browser test's packages (npm ci in $dir)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$sum" >"$stamp"
+  fi
+  export ORQ_TEST_CHROMIUM="$chromium"
 }

@@ -10,6 +10,7 @@ ensure_tools
 ensure_postgres
 ensure_rabbitmq
 ensure_python_peers
+ensure_browser_peers
 
 say "building the binaries"
 cargo build --workspace --bins

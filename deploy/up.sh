@@ -94,6 +94,7 @@ cat <<MSG
 Orquestra is running.
   gateway:      $GW   (try: curl -H "Authorization: Bearer $ADMIN" $GW/tasks)
   admin token:  $ADMIN
+  dashboard:    $GW/dashboard   (log in with the admin token)
   logs:         $RUN/*.log
   stop:         deploy/down.sh
 MSG

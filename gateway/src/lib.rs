@@ -11,13 +11,13 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod openapi;
 pub mod photos;
 pub mod routes;
 pub mod state;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
@@ -28,6 +28,9 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -38,143 +41,116 @@ pub struct App {
     shutdown: CancellationToken,
 }
 
-pub fn router(state: AppState) -> Router {
+/// Every API route, registered through `routes!` so that the route table
+/// and the OpenAPI document come from the same handlers and cannot differ.
+pub fn api() -> OpenApiRouter<AppState> {
     use routes::{
-        activity, agent, bots, feed, health, human, jobs, photos, scripts, task_defs, tasks,
+        activity, agent, bots, feed, human, jobs, photos, scripts, session, task_defs, tasks,
         webhooks,
     };
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(session::me))
+        .routes(routes!(agent::register))
+        .routes(routes!(bots::list, bots::create))
+        .routes(routes!(bots::get, bots::update, bots::delete))
+        .routes(routes!(bots::drain))
+        .routes(routes!(bots::resume))
+        .routes(routes!(tasks::list, tasks::create))
+        .routes(routes!(tasks::get, tasks::update, tasks::delete))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::events))
+        .routes(routes!(scripts::agent_fetch))
+        .routes(routes!(feed::stream))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::delivery))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(webhooks::subscriptions, webhooks::subscribe))
+        .routes(routes!(webhooks::unsubscribe))
+        .routes(routes!(webhooks::secret))
+        .routes(routes!(webhooks::rotate_secret))
+        // The micro-task API (seed 000), for field workers.
+        .routes(routes!(human::available))
+        .routes(routes!(human::mine))
+        .routes(routes!(human::set_contacts))
+        .routes(routes!(human::reserve_next))
+        .routes(routes!(human::reserve))
+        .routes(routes!(human::release))
+        .routes(routes!(human::start))
+        .routes(limited(routes!(human::finish), human::MAX_FINISH_BYTES))
+        .routes(routes!(photos::ticket))
+        // flowBuild's user tasks (seed 001).
+        .routes(routes!(activity::list, activity::create))
+        .routes(routes!(activity::get))
+        .routes(routes!(activity::events))
+        .routes(routes!(activity::commit))
+        .routes(routes!(activity::submit))
+        .routes(routes!(activity::expire))
+        // The back office's side of micro-tasks.
+        .routes(routes!(human::list, human::create))
+        .routes(routes!(human::get))
+        .routes(routes!(human::events))
+        .routes(routes!(human::create_worker))
+        .routes(routes!(human::revoke_worker))
+        // TheEye's API (seed 002), customer-scoped.
+        .routes(routes!(jobs::create_by_query))
+        .routes(routes!(jobs::create_with_secret_body))
+        .routes(routes!(task_defs::list, task_defs::create))
+        .routes(routes!(task_defs::import))
+        .routes(routes!(
+            task_defs::get,
+            task_defs::update,
+            task_defs::delete
+        ))
+        .routes(routes!(task_defs::recipe))
+        .routes(routes!(task_defs::credentials))
+        .routes(routes!(task_defs::rotate))
+        .routes(routes!(
+            jobs::create,
+            jobs::list_for_task,
+            jobs::empty_queue
+        ))
+        .routes(routes!(jobs::create_with_secret))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::events))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(scripts::list, scripts::create))
+        .routes(routes!(scripts::get, scripts::update, scripts::delete))
+        .routes(routes!(openapi::document))
+}
+
+/// A route whose bodies may be larger (or must be smaller) than the default.
+fn limited(
+    (schemas, paths, method): UtoipaMethodRouter<AppState>,
+    bytes: usize,
+) -> UtoipaMethodRouter<AppState> {
+    (
+        schemas,
+        paths,
+        method.layer(axum::extract::DefaultBodyLimit::max(bytes)),
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::{health, photos};
     let body_limit = state.settings.gateway.body_limit_bytes;
     let timeout = Duration::from_millis(state.settings.gateway.request_timeout_ms);
-    Router::new()
-        .route("/agent/register", post(agent::register))
-        .route("/bots", get(bots::list).post(bots::create))
-        .route(
-            "/bots/{id}",
-            get(bots::get).put(bots::update).delete(bots::delete),
-        )
-        .route("/bots/{id}/drain", post(bots::drain))
-        .route("/bots/{id}/resume", post(bots::resume))
-        .route("/tasks", get(tasks::list).post(tasks::create))
-        .route(
-            "/tasks/{id}",
-            get(tasks::get).put(tasks::update).delete(tasks::delete),
-        )
-        .route("/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/tasks/{id}/events", get(tasks::events))
-        .route("/agent/scripts/{id}", get(scripts::agent_fetch))
-        .route("/events/stream", get(feed::stream))
-        .route("/webhooks/deliveries", get(webhooks::deliveries))
-        .route("/webhooks/deliveries/{id}", get(webhooks::delivery))
-        .route(
-            "/webhooks/deliveries/{id}/redeliver",
-            post(webhooks::redeliver),
-        )
-        .route(
-            "/webhooks/subscriptions",
-            get(webhooks::subscriptions).post(webhooks::subscribe),
-        )
-        .route(
-            "/webhooks/subscriptions/{id}",
-            axum::routing::delete(webhooks::unsubscribe),
-        )
-        .route("/webhooks/secret", get(webhooks::secret))
-        .route("/webhooks/secret/rotate", post(webhooks::rotate_secret))
-        // The micro-task API (seed 000), for field workers.
-        .route("/micro_task/available", get(human::available))
-        .route("/micro_task/mine", get(human::mine))
-        .route("/micro_task/me", axum::routing::put(human::set_contacts))
-        .route("/micro_task/reserve", post(human::reserve_next))
-        .route("/micro_task/{id}/reserve", post(human::reserve))
-        .route("/micro_task/{id}/release", post(human::release))
-        .route("/micro_task/execution/{id}/start", post(human::start))
-        .route(
-            "/micro_task/execution/{id}/finish",
-            post(human::finish).layer(axum::extract::DefaultBodyLimit::max(
-                human::MAX_FINISH_BYTES,
-            )),
-        )
-        .route("/micro_task/execution/{id}/photo", post(photos::ticket))
+    let photo_limit = usize::try_from(state.settings.storage.photo_max_bytes).unwrap_or(usize::MAX);
+    // `{*key}` is axum's; the document names it `{key}` (`photos` is in
+    // `openapi::ApiDoc` for that reason).
+    let (api, spec) = api()
         .route(
             "/photos/{*key}",
-            get(photos::download)
+            axum::routing::get(photos::download)
                 .put(photos::upload)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    usize::try_from(state.settings.storage.photo_max_bytes).unwrap_or(usize::MAX),
-                )),
+                .layer(axum::extract::DefaultBodyLimit::max(photo_limit)),
         )
-        // flowBuild's user tasks (seed 001).
-        .route(
-            "/activity_manager",
-            get(activity::list).post(activity::create),
-        )
-        .route("/activity_manager/{id}", get(activity::get))
-        .route("/activity_manager/{id}/events", get(activity::events))
-        .route("/activity_manager/{id}/commit", post(activity::commit))
-        .route("/activity_manager/{id}/submit", post(activity::submit))
-        .route("/activity_manager/{id}/expire", post(activity::expire))
-        // The back office's side of micro-tasks.
-        .route(
-            "/{customer}/micro_task",
-            get(human::list).post(human::create),
-        )
-        .route("/{customer}/micro_task/{id}", get(human::get))
-        .route("/{customer}/micro_task/{id}/events", get(human::events))
-        .route("/{customer}/workers", post(human::create_worker))
-        .route(
-            "/{customer}/workers/{email}",
-            axum::routing::delete(human::revoke_worker),
-        )
-        // TheEye's API (seed 002), customer-scoped.
-        .route("/job", post(jobs::create_by_query))
-        .route("/job/secret/{key}", post(jobs::create_with_secret_body))
-        .route(
-            "/{customer}/task",
-            get(task_defs::list).post(task_defs::create),
-        )
-        .route("/{customer}/task/import", post(task_defs::import))
-        .route(
-            "/{customer}/task/{id}",
-            get(task_defs::get)
-                .put(task_defs::update)
-                .delete(task_defs::delete),
-        )
-        .route("/{customer}/task/{id}/recipe", get(task_defs::recipe))
-        .route(
-            "/{customer}/task/{id}/credentials",
-            get(task_defs::credentials),
-        )
-        .route(
-            "/{customer}/task/{id}/credentials/rotate",
-            post(task_defs::rotate),
-        )
-        .route(
-            "/{customer}/task/{id}/job",
-            post(jobs::create)
-                .get(jobs::list_for_task)
-                .delete(jobs::empty_queue),
-        )
-        .route(
-            "/{customer}/task/{id}/secret/{key}/job",
-            post(jobs::create_with_secret),
-        )
-        .route("/{customer}/job", get(jobs::list))
-        .route("/{customer}/job/{id}", get(jobs::get))
-        .route("/{customer}/job/{id}/events", get(jobs::events))
-        .route(
-            "/{customer}/job/{id}/cancel",
-            post(jobs::cancel).put(jobs::cancel),
-        )
-        .route(
-            "/{customer}/script",
-            get(scripts::list).post(scripts::create),
-        )
-        .route(
-            "/{customer}/script/{id}",
-            get(scripts::get)
-                .put(scripts::update)
-                .delete(scripts::delete),
-        )
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .split_for_parts();
+    let spec = Arc::new(spec.to_pretty_json().unwrap_or_default());
+    Router::new()
+        .merge(api.with_state(state.clone()))
+        .merge(routes::dashboard::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -196,7 +172,7 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(TraceLayer::new_for_http())
         .route_layer(axum::middleware::from_fn(health::track))
-        .with_state(state.clone())
+        .layer(axum::Extension(spec))
         .merge(health::routes(&state))
 }
 

@@ -19,6 +19,9 @@ enum Command {
     /// Administration.
     #[command(subcommand)]
     Admin(Admin),
+    /// Print the OpenAPI document (what `GET /openapi.json` serves) and exit;
+    /// needs no configuration.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +46,10 @@ enum Admin {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Openapi)) {
+        println!("{}", gateway::openapi::document_json()?);
+        return Ok(());
+    }
     let Some(settings) = cli.config.load()? else {
         return Ok(());
     };
@@ -53,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %app.local_addr()?, "gateway listening");
             app.run_until_stopped().await
         }
+        Command::Openapi => Ok(()),
         Command::Admin(Admin::CreateCustomer { name }) => {
             println!(
                 "{}",

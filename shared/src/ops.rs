@@ -4,6 +4,7 @@
 //! the same routes on its API port).
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use deadpool_postgres::Pool;
@@ -72,41 +73,46 @@ impl Checks {
 
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn router(checks: Checks) -> Router {
-    let ready = checks.clone();
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({ "status": "ok" })) }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let checks = ready.clone();
-                async move {
-                    let (ok, body) = checks.ready().await;
-                    let status = if ok {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (status, axum::Json(body))
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let checks = checks.clone();
-                async move {
-                    // The connection gauges are read when scraped.
-                    checks.ready().await;
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        metrics().render(),
-                    )
-                }
-            }),
-        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(scrape))
+        .with_state(checks)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", security(()),
+    responses((status = 200, description = "The process is alive", body = Object, example = json!({"status": "ok"}))))]
+pub async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: PostgreSQL answers a query and RabbitMQ is connected.
+#[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "Every dependency answers", body = Object),
+        (status = 503, description = "A dependency is down; the body says which", body = Object),
+    ))]
+pub async fn readyz(State(checks): State<Checks>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let (ok, body) = checks.ready().await;
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "ops", security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn scrape(State(checks): State<Checks>) -> impl axum::response::IntoResponse {
+    // The connection gauges are read when scraped.
+    checks.ready().await;
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics().render(),
+    )
 }
 
 /// Serves the ops routes on `listen` until shutdown; an empty `listen`

@@ -11,7 +11,7 @@ use crate::auth::Auth;
 use crate::error::{ApiError, Json};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RegisterBody {
     name: String,
     ip_address: String,
@@ -22,7 +22,7 @@ pub struct RegisterBody {
     tags: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Registered {
     #[serde(flatten)]
     bot: Bot,
@@ -33,6 +33,7 @@ pub struct Registered {
 
 /// Creates the agent's bot (or takes over the bot of that name) and makes
 /// sure its queue exists before any work is sent to it.
+#[utoipa::path(post, path = "/agent/register", tag = "agent", request_body = RegisterBody, responses((status = 200, description = "The bot and its queue", body = Registered), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     auth: Auth,

@@ -16,13 +16,15 @@ use crate::state::AppState;
 const READERS: &[Role] = &[Role::Viewer, Role::Bot];
 const WRITERS: &[Role] = &[Role::Admin, Role::Bot];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     ip_address: Option<String>,
     name: Option<String>,
     status: Option<String>,
 }
 
+#[utoipa::path(get, path = "/bots", tag = "bots", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of bots", body = [orq_shared::repo::bots::Bot], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -46,6 +48,7 @@ pub async fn list(
     Ok(paged(items, page, last))
 }
 
+#[utoipa::path(get, path = "/bots/{id}", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -59,7 +62,7 @@ pub async fn get(
 
 /// Every field optional: `POST` fills defaults, `PUT` keeps current values
 /// (a legacy bot sends just `{"status": "BUSY"}`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BotBody {
     name: Option<String>,
     ip_address: Option<String>,
@@ -138,6 +141,7 @@ fn apply(body: BotBody, base: BotSpec) -> Result<BotSpec, ApiError> {
     })
 }
 
+#[utoipa::path(post, path = "/bots", tag = "bots", request_body = BotBody, responses((status = 201, description = "Created", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -181,6 +185,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(bot)).into_response())
 }
 
+#[utoipa::path(put, path = "/bots/{id}", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), request_body = BotBody, responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -213,6 +218,7 @@ pub async fn update(
     Ok(axum::Json(bot))
 }
 
+#[utoipa::path(delete, path = "/bots/{id}", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,
@@ -244,6 +250,7 @@ async fn set_draining(
 }
 
 /// The bot takes no new work and finishes what it has.
+#[utoipa::path(post, path = "/bots/{id}/drain", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn drain(
     State(state): State<AppState>,
     auth: Auth,
@@ -252,6 +259,7 @@ pub async fn drain(
     set_draining(state, auth, id, true).await
 }
 
+#[utoipa::path(post, path = "/bots/{id}/resume", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
     auth: Auth,

@@ -71,7 +71,8 @@ fn field_errors(errors: Vec<orq_shared::human::FieldError>) -> ApiError {
 
 /// `?sofier=`: the seed's worker e-mail. When given it must be the e-mail
 /// the token is bound to.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SofierQuery {
     pub sofier: Option<String>,
     /// Only tasks of this name (`task_info.name`).
@@ -134,6 +135,7 @@ fn started(task: &HumanTask, execution: &human::Execution) -> Value {
 /// `POST /micro_task/execution/{task_id}/start?sofier=`: RESERVED ->
 /// EXECUTING for the worker holding the reservation; a second start
 /// returns the same execution.
+#[utoipa::path(post, path = "/micro_task/execution/{id}/start", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), responses((status = 200, description = "The execution: the seed's five fields", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     auth: Auth,
@@ -155,6 +157,7 @@ pub const MAX_FINISH_BYTES: usize = 1 << 20;
 
 /// `POST /micro_task/execution/{task_id}/finish?sofier=`: 202 once the
 /// broker confirmed the submission; no database on this path.
+#[utoipa::path(post, path = "/micro_task/execution/{id}/finish", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), request_body = Object, responses((status = 202, description = "Accepted; processed asynchronously", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn finish(
     State(state): State<AppState>,
     SignedWorker(claims): SignedWorker,
@@ -198,6 +201,7 @@ pub async fn finish(
 }
 
 /// `GET /micro_task/available?name=`: NEW micro-tasks, oldest first.
+#[utoipa::path(get, path = "/micro_task/available", tag = "micro_task", params(SofierQuery, super::PageQuery), responses((status = 200, description = "NEW tasks, oldest first", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn available(
     State(state): State<AppState>,
     auth: Auth,
@@ -214,6 +218,7 @@ pub async fn available(
 
 /// `GET /micro_task/mine`: what the worker holds (RESERVED or EXECUTING),
 /// with deadlines.
+#[utoipa::path(get, path = "/micro_task/mine", tag = "micro_task", params(SofierQuery), responses((status = 200, description = "The tasks this worker holds", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn mine(
     State(state): State<AppState>,
     auth: Auth,
@@ -261,6 +266,7 @@ async fn do_reserve(
 }
 
 /// `POST /micro_task/reserve?name=`: reserves the oldest NEW micro-task.
+#[utoipa::path(post, path = "/micro_task/reserve", tag = "micro_task", params(SofierQuery), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn reserve_next(
     State(state): State<AppState>,
     auth: Auth,
@@ -271,6 +277,7 @@ pub async fn reserve_next(
 }
 
 /// `POST /micro_task/{task_id}/reserve`.
+#[utoipa::path(post, path = "/micro_task/{id}/reserve", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn reserve(
     State(state): State<AppState>,
     auth: Auth,
@@ -283,6 +290,7 @@ pub async fn reserve(
 }
 
 /// `POST /micro_task/{task_id}/release`: gives it back (NEW).
+#[utoipa::path(post, path = "/micro_task/{id}/release", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), responses((status = 200, description = "NEW again", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn release(
     State(state): State<AppState>,
     auth: Auth,
@@ -299,7 +307,7 @@ pub async fn release(
 }
 
 /// A micro-task as the back office publishes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MicroTaskBody {
     /// `task_info.name`.
@@ -337,6 +345,7 @@ pub fn schema_field(field: &str, schema: Option<Value>) -> Result<Option<Value>,
 }
 
 /// `POST /{customer}/micro_task`: publishes a micro-task (NEW).
+#[utoipa::path(post, path = "/{customer}/micro_task", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name")), request_body = MicroTaskBody, responses((status = 201, description = "Published (NEW)", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -419,7 +428,8 @@ pub async fn list_page(
     Ok(paged(tasks, page, last))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     status: Option<String>,
     name: Option<String>,
@@ -427,6 +437,7 @@ pub struct ListQuery {
 }
 
 /// `GET /{customer}/micro_task?status=&name=&worker=`.
+#[utoipa::path(get, path = "/{customer}/micro_task", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ListQuery, super::PageQuery), responses((status = 200, description = "A page of micro-tasks", body = [orq_shared::repo::human::HumanTask], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -449,6 +460,7 @@ pub async fn list(
 /// `GET /{customer}/micro_task/{id}`: the task with its executions, the
 /// submissions received for it (applied, rejected and why, duplicates) and
 /// the notifications sent about them.
+#[utoipa::path(get, path = "/{customer}/micro_task/{id}", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "The task with its executions, submissions and notifications", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -469,6 +481,7 @@ pub async fn get(
 }
 
 /// `GET /{customer}/micro_task/{id}/events`.
+#[utoipa::path(get, path = "/{customer}/micro_task/{id}/events", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -483,7 +496,7 @@ pub async fn events(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerBody {
     email: String,
@@ -495,7 +508,7 @@ pub struct WorkerBody {
     push_token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactsBody {
     #[serde(default)]
@@ -511,6 +524,7 @@ fn contact(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError>
 
 /// `PUT /micro_task/me`: the worker's own phone and device token, for
 /// notifications.
+#[utoipa::path(put, path = "/micro_task/me", tag = "micro_task", params(SofierQuery), request_body = ContactsBody, responses((status = 200, description = "The stored contacts", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn set_contacts(
     State(state): State<AppState>,
     auth: Auth,
@@ -536,6 +550,7 @@ pub async fn set_contacts(
 
 /// `POST /{customer}/workers` (admin): a token for a field worker, bound
 /// to their e-mail, shown this once.
+#[utoipa::path(post, path = "/{customer}/workers", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name")), request_body = WorkerBody, responses((status = 201, description = "The worker's token, shown once", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create_worker(
     State(state): State<AppState>,
     auth: Auth,
@@ -570,6 +585,7 @@ pub async fn create_worker(
 
 /// `DELETE /{customer}/workers/{email}` (admin): revokes the worker's
 /// tokens. Their finishes still in the queue are then rejected.
+#[utoipa::path(delete, path = "/{customer}/workers/{email}", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ("email" = String, Path, description = "The worker's e-mail")), responses((status = 200, description = "Revoked", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn revoke_worker(
     State(state): State<AppState>,
     auth: Auth,

@@ -37,6 +37,22 @@ pub struct JobInput {
     callback: Option<Value>,
 }
 
+/// The body of a run request, as the OpenAPI document shows it: a JSON
+/// object, or the same fields as a form.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct JobRequestDoc {
+    /// The customer's name (on `POST /job`, when not in the query).
+    customer: Option<String>,
+    /// The task's id (on `POST /job`, when not in the query).
+    task: Option<String>,
+    /// The script's arguments, in order.
+    #[schema(value_type = Vec<Object>)]
+    task_arguments: Vec<Value>,
+    /// Where this job's events go, instead of its task's callback.
+    callback: Option<super::webhooks::SubscriptionBody>,
+}
+
 impl<S: Send + Sync> FromRequest<S> for JobInput {
     type Rejection = ApiError;
 
@@ -209,6 +225,7 @@ fn task_id(raw: &str) -> Result<TaskId, ApiError> {
 }
 
 /// `POST /{customer}/task/{id}/job` (role user).
+#[utoipa::path(post, path = "/{customer}/task/{id}/job", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body = JobRequestDoc, responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -229,7 +246,8 @@ pub async fn create(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TargetQuery {
     customer: Option<String>,
     task: Option<String>,
@@ -237,6 +255,7 @@ pub struct TargetQuery {
 
 /// `POST /job?access_token=…&customer=…&task=…` (role user); `customer`
 /// and `task` may come in the body instead.
+#[utoipa::path(post, path = "/job", tag = "theeye", params(TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body = JobRequestDoc, responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create_by_query(
     State(state): State<AppState>,
     auth: Auth,
@@ -294,6 +313,7 @@ async fn authorize_secret(
 
 /// `POST /{customer}/task/{id}/secret/{key}/job` (no token: the key is the
 /// credential, and runs this task only).
+#[utoipa::path(post, path = "/{customer}/task/{id}/secret/{key}/job", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id"), ("key" = String, Path, description = "The task's secret key"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body = JobRequestDoc, security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create_with_secret(
     State(state): State<AppState>,
     Path((customer, id, key)): Path<(String, String, String)>,
@@ -315,6 +335,7 @@ pub async fn create_with_secret(
 
 /// `POST /job/secret/{key}` with `customer` and `task` in the body (JSON or
 /// a form, as TheEye's examples 4 and 5 send them).
+#[utoipa::path(post, path = "/job/secret/{key}", tag = "theeye", params(("key" = String, Path, description = "The task's secret key"), TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body = JobRequestDoc, security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create_with_secret_body(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -384,6 +405,7 @@ fn visible(who: &Principal, job: JobView) -> Result<JobView, ApiError> {
 }
 
 /// `GET /{customer}/task/{id}/job?status=&lifecycle[]=`: the task's jobs.
+#[utoipa::path(get, path = "/{customer}/task/{id}/job", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id"), super::PageQuery), responses((status = 200, description = "A page of its jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn list_for_task(
     State(state): State<AppState>,
     auth: Auth,
@@ -395,12 +417,14 @@ pub async fn list_for_task(
     list_jobs(&state, who, Some(task_id(&id)?), &paging, &uri).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     task: Option<String>,
 }
 
 /// `GET /{customer}/job?task=&status=&lifecycle[]=`.
+#[utoipa::path(get, path = "/{customer}/job", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), JobListQuery, super::PageQuery), responses((status = 200, description = "A page of jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -443,6 +467,7 @@ async fn list_jobs(
     Ok(paged(items, page, last))
 }
 
+#[utoipa::path(get, path = "/{customer}/job/{id}", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -456,6 +481,7 @@ pub async fn get(
 }
 
 /// The job's history: every status change, percent, step, error, warning.
+#[utoipa::path(get, path = "/{customer}/job/{id}/events", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -470,6 +496,7 @@ pub async fn events(
 
 /// Cancels a job; a running one is stopped on its bot (SIGTERM, then
 /// SIGKILL, to its whole process group).
+#[utoipa::path(method(post, put), path = "/{customer}/job/{id}/cancel", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     auth: Auth,
@@ -489,6 +516,7 @@ pub async fn cancel(
 /// the finished history (COMPLETE, FAILED, TIMEOUT, CANCELED) goes; waiting
 /// jobs only when asked (`?lifecycle[]=ready` or `?status=WAITING`). Jobs
 /// holding a bot are never removed: cancel them.
+#[utoipa::path(delete, path = "/{customer}/task/{id}/job", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "How many waiting jobs were cancelled", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn empty_queue(
     State(state): State<AppState>,
     auth: Auth,

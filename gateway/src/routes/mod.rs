@@ -3,12 +3,14 @@
 pub mod activity;
 pub mod agent;
 pub mod bots;
+pub mod dashboard;
 pub mod feed;
 pub mod health;
 pub mod human;
 pub mod jobs;
 pub mod photos;
 pub mod scripts;
+pub mod session;
 pub mod task_defs;
 pub mod tasks;
 pub mod webhooks;
@@ -57,7 +59,8 @@ pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
 /// `?limit=&after=` on every list.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     pub limit: Option<i64>,
     pub after: Option<Uuid>,

@@ -21,7 +21,7 @@ use crate::error::{ApiError, Json, Query, parse_id};
 use crate::photos::{self, Storage, Ticket};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PhotoRequest {
     /// The step's `index` in the task's flow.
@@ -33,6 +33,7 @@ pub struct PhotoRequest {
 
 /// `POST /micro_task/execution/{task_id}/photo`: an upload ticket for one
 /// step's photo, for the worker executing the task.
+#[utoipa::path(post, path = "/micro_task/execution/{id}/photo", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::human::SofierQuery), request_body = PhotoRequest, responses((status = 200, description = "Where and how to upload the photo", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn ticket(
     State(state): State<AppState>,
     auth: Auth,
@@ -91,7 +92,8 @@ pub async fn ticket(
     Ok((StatusCode::CREATED, axum::Json(ticket)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     expires: i64,
     sig: String,
@@ -105,6 +107,7 @@ fn local(state: &AppState) -> Result<(&std::path::Path, &[u8; 32]), ApiError> {
 }
 
 /// `PUT /photos/{key}?expires=&sig=`: a local upload, as its ticket allowed.
+#[utoipa::path(put, path = "/photos/{key}", tag = "micro_task", security(()), params(("key" = String, Path, description = "The photo's key, from its upload ticket"), UploadQuery), request_body(content = Vec<u8>, content_type = "image/*", description = "The photo"), responses((status = 201, description = "Stored"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -155,6 +158,7 @@ pub async fn upload(
 
 /// `GET /photos/{key}`: the photo, to tokens of its customer — served
 /// from local storage, or a redirect to a presigned GET from S3.
+#[utoipa::path(get, path = "/photos/{key}", tag = "micro_task", params(("key" = String, Path, description = "The photo's key")), responses((status = 200, description = "The photo", content_type = "image/*", body = Vec<u8>), (status = 307, description = "Redirect to a presigned URL of the bucket"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn download(
     State(state): State<AppState>,
     auth: Auth,

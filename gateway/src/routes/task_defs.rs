@@ -27,7 +27,7 @@ pub const DEFAULT_TIMEOUT: i32 = 600;
 
 /// A task definition as written by a client. The read-only fields a GET
 /// returns are accepted and ignored, so a read can be edited and sent back.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBody {
     name: String,
@@ -186,6 +186,7 @@ fn shown_to(who: &Principal, mut task: TaskDef) -> TaskDef {
     task
 }
 
+#[utoipa::path(get, path = "/{customer}/task", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::task_defs::TaskDef], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -204,6 +205,7 @@ pub async fn list(
     Ok(paged(items, page, last))
 }
 
+#[utoipa::path(get, path = "/{customer}/task/{id}", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -216,6 +218,7 @@ pub async fn get(
     Ok(axum::Json(shown_to(who, task)))
 }
 
+#[utoipa::path(post, path = "/{customer}/task", tag = "theeye", params(("customer" = String, Path, description = "The customer's name")), request_body = TaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -244,6 +247,7 @@ async fn insert_task(
 }
 
 /// Changes the fields given; the others keep their values.
+#[utoipa::path(put, path = "/{customer}/task/{id}", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), request_body = TaskBody, responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -278,6 +282,7 @@ pub async fn update(
     Ok(axum::Json(task))
 }
 
+#[utoipa::path(delete, path = "/{customer}/task/{id}", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,
@@ -294,6 +299,7 @@ pub async fn delete(
 
 /// The task and its script, portable: no ids of this deployment (its bot,
 /// its triggers' tasks) travel with it.
+#[utoipa::path(get, path = "/{customer}/task/{id}/recipe", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The task and its script, for import elsewhere", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn recipe(
     State(state): State<AppState>,
     auth: Auth,
@@ -328,7 +334,7 @@ pub async fn recipe(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Recipe {
     #[serde(default)]
     #[allow(dead_code)]
@@ -342,7 +348,7 @@ pub struct Recipe {
     host_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeFile {
     name: String,
@@ -357,6 +363,7 @@ pub struct RecipeFile {
 /// Creates a task (and its script) from a recipe. A script of the same
 /// name and content is reused; one of the same name but other content is
 /// imported under a new name.
+#[utoipa::path(post, path = "/{customer}/task/import", tag = "theeye", params(("customer" = String, Path, description = "The customer's name")), request_body = Recipe, responses((status = 201, description = "Imported", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn import(
     State(state): State<AppState>,
     auth: Auth,
@@ -443,6 +450,7 @@ pub async fn import(
 
 /// The task's secret key, for admins only: it runs the task without any
 /// other credential.
+#[utoipa::path(get, path = "/{customer}/task/{id}/credentials", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The secret key (admins only)", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn credentials(
     State(state): State<AppState>,
     auth: Auth,
@@ -459,6 +467,7 @@ pub async fn credentials(
 }
 
 /// A new secret key; the old one stops working at once.
+#[utoipa::path(post, path = "/{customer}/task/{id}/credentials/rotate", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The new secret key", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn rotate(
     State(state): State<AppState>,
     auth: Auth,

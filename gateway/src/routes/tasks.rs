@@ -33,7 +33,8 @@ fn csv_only(task: Task, who: &Principal, reading: bool) -> Result<Task, ApiError
 }
 const RUNNERS: &[Role] = &[Role::User, Role::Bot];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     status: Option<String>,
     system: Option<String>,
@@ -42,6 +43,7 @@ pub struct ListQuery {
     include: Option<String>,
 }
 
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::jobs::Task], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -75,6 +77,7 @@ pub async fn list(
     Ok(paged(items, page, last))
 }
 
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -87,6 +90,7 @@ pub async fn get(
     Ok(axum::Json(csv_only(task, who, true)?))
 }
 
+#[utoipa::path(get, path = "/tasks/{id}/events", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Its events, oldest first", body = [orq_shared::repo::jobs::Event]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -99,7 +103,7 @@ pub async fn events(
     Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
     description: String,
     system: String,
@@ -154,6 +158,7 @@ async fn validate(
     })
 }
 
+#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = CreateBody, responses((status = 201, description = "Created (WAITING)", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -189,7 +194,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(task)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UpdateBody {
     status: Option<String>,
     description: Option<String>,
@@ -217,6 +222,7 @@ fn event_for(from: JobStatus, to: JobStatus) -> Result<JobEvent, ApiError> {
     })
 }
 
+#[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), request_body = UpdateBody, responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -296,6 +302,7 @@ pub async fn update(
     Ok(axum::Json(task))
 }
 
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     auth: Auth,
@@ -363,6 +370,7 @@ pub async fn cancel_job(
     Ok(*task)
 }
 
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,

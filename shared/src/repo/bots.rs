@@ -9,7 +9,7 @@ use super::{Page, RepoError, execute, now, parse_col, query, query_one, query_op
 use crate::domain::{BotEvent, BotId, BotStatus, CustomerId, Delivery, bot_transition};
 
 /// A bot as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct Bot {
     pub id: BotId,
     pub name: String,

@@ -22,7 +22,7 @@ use crate::human::{
 };
 
 /// A human task as stored and shown.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct HumanTask {
     pub id: HumanTaskId,
     #[serde(skip)]
@@ -98,7 +98,7 @@ fn task_from(r: &Row) -> Result<HumanTask, RepoError> {
 }
 
 /// One start of a micro-task, with what its finish brought.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct Execution {
     pub id: ExecutionId,
     pub task_id: HumanTaskId,
@@ -357,7 +357,7 @@ pub async fn executions(
 }
 
 /// A finish submission as the dispatcher recorded it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct SubmissionView {
     pub id: Uuid,
     pub execution_id: Option<String>,

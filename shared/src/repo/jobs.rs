@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::messages::ScriptSpec;
 
 /// A job as the `/tasks` API shows it: the proof of concept's fields first.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct Task {
     pub id: JobId,
     /// `system` (a CSV task) or `script` (a run of a task definition).
@@ -239,7 +239,7 @@ pub async fn delete(
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventKind {
     StatusChange,
@@ -321,7 +321,7 @@ pub async fn append_events(
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: Uuid,
     pub job_id: JobId,
@@ -1234,7 +1234,7 @@ pub async fn held_by(db: &impl GenericClient, bots: &[BotId]) -> Result<Vec<Expi
 }
 
 /// An event of the live feed, with its place in the order of events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FeedEvent {
     #[serde(skip)]
     pub seq: i64,

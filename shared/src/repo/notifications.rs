@@ -161,7 +161,7 @@ pub async fn record(
 
 /// A notification as the back office sees it (a phone or device token
 /// shows only its last four characters).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NotificationView {
     pub id: Uuid,
     pub channel: String,

@@ -20,7 +20,7 @@ use crate::task_def::{
 };
 
 /// A job in TheEye's terms plus ours.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct JobView {
     pub id: JobId,
     /// `script` (a task definition's run) or `system` (a CSV job).

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use super::{Page, RepoError, execute, query, query_one, query_opt};
 use crate::domain::{CustomerId, ScriptId};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct Script {
     pub id: ScriptId,
     pub name: String,

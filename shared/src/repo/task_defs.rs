@@ -12,7 +12,7 @@ use crate::domain::{BotId, CustomerId, ScriptId, TaskId};
 use crate::secret::{self, Sealer};
 
 /// A task definition as the API shows it (never its secret).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct TaskDef {
     pub id: TaskId,
     /// TheEye's `type`: every definition here runs a script.

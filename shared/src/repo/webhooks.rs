@@ -62,7 +62,7 @@ pub async fn rotate_signing_secret(
 }
 
 /// An endpoint as the API shows it: never its password.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct Endpoint {
     pub id: Uuid,
     pub kind: String,
@@ -156,7 +156,8 @@ pub async fn disable_endpoint(
 }
 
 /// A delivery and, on single reads, its attempts.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
+#[schema(as = WebhookDelivery)]
 pub struct Delivery {
     /// Also the `webhook-id` header of every attempt.
     pub id: Uuid,
@@ -180,7 +181,7 @@ pub struct Delivery {
     pub attempt_log: Option<Vec<Attempt>>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
 pub struct Attempt {
     pub n: i32,
     #[serde(with = "time::serde::rfc3339")]

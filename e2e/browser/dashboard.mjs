@@ -1,0 +1,160 @@
+// Drives the gateway's dashboard in the system's headless Chromium: logs in
+// with a token, checks the bots page lists the running agent, uploads a CSV
+// task, and waits on its detail page for COMPLETE and 100% to arrive live
+// (from the event feed: the page is never reloaded). Ends with a full-page
+// screenshot. Any uncaught page error or console error fails the run.
+//
+// Environment: ORQ_URL (the gateway), ORQ_TOKEN (a user or admin token),
+// ORQ_SCREENSHOT (a .png path), ORQ_AGENT (the running agent's bot name),
+// ORQ_SYSTEM (a system that agent runs; default Vivo360), ORQ_TEST_CHROMIUM
+// (default /usr/bin/chromium). Run by e2e/tests/dashboard.rs.
+
+import { chromium } from 'playwright-core';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const env = (name, fallback) => {
+  const value = process.env[name] ?? fallback;
+  if (value === undefined || value === '') throw new Error(`${name} is not set`);
+  return value;
+};
+
+const TIMEOUT_MS = 60_000;
+const url = env('ORQ_URL').replace(/\/$/, '');
+const token = env('ORQ_TOKEN');
+const screenshot = env('ORQ_SCREENSHOT');
+const agent = env('ORQ_AGENT');
+const system = env('ORQ_SYSTEM', 'Vivo360');
+const executablePath = env('ORQ_TEST_CHROMIUM', '/usr/bin/chromium');
+
+const step = (what) => console.log(`dashboard: ${what}`);
+
+async function run(browser) {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.setDefaultTimeout(TIMEOUT_MS);
+  const problems = [];
+  page.on('pageerror', (err) => problems.push(`uncaught page error: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
+  });
+  const check = async () => {
+    if (problems.length) throw new Error(problems.join('\n'));
+    const banner = page.getByTestId('error-banner');
+    if (await banner.isVisible()) throw new Error(`the page shows an error: ${await banner.innerText()}`);
+  };
+
+  step('open / (redirects to /dashboard) and log in');
+  await page.goto(`${url}/`);
+  if (!page.url().startsWith(`${url}/dashboard`)) throw new Error(`/ led to ${page.url()}, not /dashboard`);
+  await page.getByTestId('login-token').fill(token);
+  await page.getByTestId('login-submit').click();
+  await page.getByTestId('logout').waitFor({ state: 'visible' });
+  // The document this run started in: a reload would lose it.
+  await page.evaluate(() => { window.orqSameDocument = true; });
+
+  step(`bots page lists agent ${agent}`);
+  const botRow = page.locator(`[data-testid="bot-row"][data-bot="${agent}"]`);
+  await botRow.waitFor();
+  const botText = await botRow.innerText();
+  if (!/AVAILABLE|BUSY/.test(botText)) throw new Error(`agent ${agent} is not available: ${botText}`);
+  await check();
+
+  step('upload a CSV on the tasks page');
+  await page.getByTestId('nav-tasks').click();
+  const dir = mkdtempSync(join(tmpdir(), 'orq-dashboard-'));
+  const csv = join(dir, 'users.csv');
+  writeFileSync(csv, [
+    'name,email,profile,cpf',
+    'Ana Souza,ana.souza@example.com,atendente,123.456.789-00',
+    'Bruno Lima,bruno.lima@example.com,supervisor,234.567.890-11',
+    'Carla Dias,carla.dias@example.com,atendente,345.678.901-22',
+    'Diego Rocha,diego.rocha@example.com,gerente,456.789.012-33',
+    'Elisa Prado,elisa.prado@example.com,atendente,567.890.123-44',
+    '',
+  ].join('\n'));
+  const description = `browser test ${new Date().toISOString()}`;
+  await page.getByTestId('upload-description').fill(description);
+  await page.getByTestId('upload-system').fill(system);
+  await page.getByTestId('upload-file').setInputFiles(csv);
+  await page.getByTestId('upload-submit').click();
+  await page.waitForURL(/#\/tasks\/[0-9a-f-]{36}$/);
+  const taskId = page.url().split('/').pop();
+  console.log(`TASK_ID=${taskId}`);
+
+  step('wait for COMPLETE on the detail page, live');
+  // Every status the page shows, as it shows it.
+  await page.getByTestId('job-status').waitFor();
+  await page.evaluate(() => {
+    const el = document.querySelector('[data-testid="job-status"]');
+    window.orqStatuses = [el.textContent];
+    new MutationObserver(() => window.orqStatuses.push(el.textContent))
+      .observe(el, { childList: true, characterData: true, subtree: true });
+  });
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="job-status"]')?.textContent === 'COMPLETE',
+    null,
+    { timeout: TIMEOUT_MS },
+  ).catch(async (err) => {
+    const shown = await page.getByTestId('job-status').textContent().catch(() => '?');
+    throw new Error(`the task did not show COMPLETE within ${TIMEOUT_MS / 1000} s (shows ${shown}): ${err.message}`);
+  });
+  await page.waitForFunction(() => document.querySelector('[data-testid="job-progress"]')?.value === 100, null, { timeout: 10_000 })
+    .catch(async () => {
+      const value = await page.getByTestId('job-progress').evaluate((el) => el.value);
+      throw new Error(`the progress bar ended at ${value}%, not 100%`);
+    });
+  const statuses = await page.evaluate(() => window.orqStatuses);
+  step(`statuses shown: ${statuses.join(' → ')}`);
+  if (statuses[0] === 'COMPLETE' || statuses.length < 2) {
+    throw new Error(`the page never showed the task change: ${statuses.join(' → ')}`);
+  }
+  if (!(await page.evaluate(() => window.orqSameDocument === true))) {
+    throw new Error('the page was reloaded on the way');
+  }
+  const history = await page.getByTestId('job-events').innerText();
+  if (!history.includes('COMPLETE')) throw new Error(`the history misses the COMPLETE change:\n${history}`);
+  await page.getByTestId('cancel').waitFor({ state: 'hidden' });
+  await check();
+
+  step(`screenshot to ${screenshot}`);
+  await page.screenshot({ path: screenshot, fullPage: true });
+  await check();
+
+  // Every other view renders from the API without an error, each with a
+  // screenshot beside the first.
+  const views = [
+    ['tasks', `[data-testid="task-row"][data-id="${taskId}"]`],
+    ['jobs', '[data-testid="list"] tbody tr'],
+    ['deliveries', '[data-testid="deliveries"] table'],
+    ['bots', `[data-testid="bot-row"][data-bot="${agent}"]`],
+  ];
+  for (const [view, ready] of views) {
+    step(`view ${view}`);
+    await page.getByTestId(`nav-${view}`).click();
+    await page.locator(ready).first().waitFor();
+    if (view === 'tasks') {
+      const text = await page.locator(ready).innerText();
+      if (!text.includes('COMPLETE')) throw new Error(`the tasks list shows the task as: ${text}`);
+    }
+    await page.screenshot({ path: screenshot.replace(/(\.png)?$/, `-${view}.png`), fullPage: true });
+    await check();
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+try {
+  await run(browser);
+  step('ok');
+} catch (err) {
+  console.error(`dashboard test FAILED: ${err.stack ?? err}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,203 @@
+//! The dashboard: its files and `/me` from a real gateway, and a real
+//! browser (the system's headless Chromium, driven by Playwright in
+//! `e2e/browser/dashboard.mjs`) running a CSV task through it to COMPLETE
+//! on a real agent.
+
+use orq_e2e::{Env, agent_config, client_with, repo_root};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
+     style-src 'self'; script-src 'self'; frame-ancestors 'none'";
+
+/// The browser run's tools, or why they are missing.
+struct BrowserTools {
+    node: String,
+    chromium: PathBuf,
+    script: PathBuf,
+}
+
+fn browser_tools() -> anyhow::Result<BrowserTools> {
+    let node = std::env::var("ORQ_TEST_NODE").unwrap_or_else(|_| "node".into());
+    let chromium = PathBuf::from(
+        std::env::var("ORQ_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    let browser_dir = repo_root().join("e2e/browser");
+    let hint = "run the tests through deploy/test.sh: it installs Chromium, Node.js and \
+                e2e/browser's packages (npm ci)";
+    let works = std::process::Command::new(&node)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    anyhow::ensure!(works, "{node} (Node.js) cannot be run: {hint}");
+    anyhow::ensure!(
+        chromium.exists(),
+        "{} is missing: {hint} (or point ORQ_TEST_CHROMIUM at a Chromium)",
+        chromium.display()
+    );
+    anyhow::ensure!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "e2e/browser/node_modules/playwright-core is missing: {hint}"
+    );
+    Ok(BrowserTools {
+        node,
+        chromium,
+        script: browser_dir.join("dashboard.mjs"),
+    })
+}
+
+#[tokio::test]
+async fn the_dashboard_files_and_me_are_served() -> anyhow::Result<()> {
+    let env = Env::new("dashfiles").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let anonymous = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+
+    let root = anonymous.get(format!("{gw}/")).send().await?;
+    assert_eq!(root.status(), 307);
+    assert_eq!(root.headers()["location"], "/dashboard");
+    for (path, kind, marker) in [
+        ("/dashboard", "text/html", "<!doctype html>"),
+        ("/dashboard/app.js", "text/javascript", "EventSource"),
+        ("/dashboard/app.css", "text/css", "progress"),
+    ] {
+        let r = anonymous.get(format!("{gw}{path}")).send().await?;
+        assert_eq!(r.status(), 200, "{path}");
+        let content_type = r.headers()["content-type"].to_str()?.to_string();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        assert_eq!(r.headers()["content-security-policy"], CSP, "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-cache", "{path}");
+        assert!(r.text().await?.contains(marker), "{path}");
+    }
+    let missing = anonymous.get(format!("{gw}/dashboard/nope")).send().await?;
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await?;
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let me: Value = env
+        .client()
+        .get(format!("{gw}/me"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(me["customer"], env.customer.as_str());
+    assert_eq!(me["role"], "admin");
+    let viewer = env.token(&env.customer, "viewer")?;
+    let me: Value = client_with(&viewer)
+        .get(format!("{gw}/me?unused=1"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(me["role"], "viewer");
+    let by_query = anonymous
+        .get(format!("{gw}/me?access_token={}", env.bot_token))
+        .send()
+        .await?;
+    assert_eq!(by_query.status(), 200);
+    assert_eq!(by_query.json::<Value>().await?["role"], "bot");
+    let nobody = anonymous.get(format!("{gw}/me")).send().await?;
+    assert_eq!(nobody.status(), 401);
+    assert_eq!(
+        nobody.json::<Value>().await?["error"]["code"],
+        "unauthorized"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow::Result<()> {
+    let tools = browser_tools()?;
+    let env = Env::new("dash").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    // The demo's automation, slowed a little so the page sees the task run.
+    let config = agent_config(
+        &env.dir,
+        "agent.toml",
+        2,
+        &[("Vivo360", &["python3", "examples/vivo360_create_user.py"])],
+    )?;
+    let _agent = env
+        .start_agent(&gw, "dash-agent", &config, &[("ORQ_DEMO_DELAY", "0.4")])
+        .await?;
+
+    let screenshot = env.dir.join("dashboard.png");
+    let run = tokio::process::Command::new(&tools.node)
+        .arg(&tools.script)
+        .current_dir(repo_root().join("e2e/browser"))
+        .env("ORQ_URL", &gw)
+        .env("ORQ_TOKEN", &env.admin_token)
+        .env("ORQ_SCREENSHOT", &screenshot)
+        .env("ORQ_AGENT", "dash-agent")
+        .env("ORQ_SYSTEM", "Vivo360")
+        .env("ORQ_TEST_CHROMIUM", &tools.chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .map_err(|_| anyhow::anyhow!("the browser test ran over 180 s"))??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}):\n{stdout}{stderr}",
+        out.status
+    );
+
+    let png = std::fs::read(&screenshot)?;
+    assert!(
+        png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG screenshot ({} bytes)",
+        screenshot.display(),
+        png.len()
+    );
+    // The test's directory is removed at the end: keep the screenshots (the
+    // task's page, then each view) in a directory on request.
+    if let Ok(keep) = std::env::var("ORQ_TEST_KEEP_SCREENSHOTS") {
+        std::fs::create_dir_all(&keep)?;
+        for entry in std::fs::read_dir(&env.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "png") {
+                std::fs::copy(
+                    &path,
+                    PathBuf::from(&keep).join(path.file_name().unwrap_or_default()),
+                )?;
+            }
+        }
+    }
+
+    // What the page reported, checked against the API and the database.
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TASK_ID="))
+        .ok_or_else(|| anyhow::anyhow!("the browser test printed no TASK_ID"))?
+        .trim()
+        .to_string();
+    let task: Value = env
+        .client()
+        .get(format!("{gw}/tasks/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(task["status"], "COMPLETE", "{task}");
+    assert_eq!(task["system"], "Vivo360");
+    assert_eq!(task["rows_done"], 5);
+    assert_eq!(task["percent"], 100);
+    let db = env.db().await?;
+    let row = db
+        .query_one(
+            "SELECT status, (SELECT count(*) FROM jobs) FROM jobs WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await?;
+    assert_eq!(row.get::<_, &str>(0), "COMPLETE");
+    assert_eq!(row.get::<_, i64>(1), 1, "the page created one task");
+    env.cleanup().await
+}
