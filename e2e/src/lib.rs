@@ -188,6 +188,23 @@ impl Env {
             .ok_or_else(|| anyhow!("no token in {v}"))
     }
 
+    /// A field worker's token for `email`, from `gateway admin`.
+    pub fn worker_token(&self, email: &str) -> anyhow::Result<String> {
+        let v = self.admin(&[
+            "create-token",
+            "--customer",
+            &self.customer,
+            "--role",
+            "worker",
+            "--name",
+            email,
+        ])?;
+        v["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no token in {v}"))
+    }
+
     /// A command for a workspace binary with this deployment's settings.
     pub fn command(&self, binary: &str) -> Command {
         let mut cmd = Command::new(bin(binary));

@@ -122,18 +122,7 @@ fn fuzz(gw: &str, token: &str, tags: &[&str], dir: &std::path::Path) -> anyhow::
 async fn schemathesis_finds_no_server_error() -> anyhow::Result<()> {
     let env = Env::new("fuzz").await?;
     let (gw_proc, gw) = env.start_gateway(&[]).await?;
-    let worker = env.admin(&[
-        "create-token",
-        "--customer",
-        &env.customer,
-        "--role",
-        "worker",
-        "--name",
-        "fuzz@example.com",
-    ])?["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let worker = env.worker_token("fuzz@example.com")?;
     let (gw2, admin, bot, dir) = (
         gw.clone(),
         env.admin_token.clone(),

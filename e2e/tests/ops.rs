@@ -15,7 +15,10 @@ async fn every_service_serves_metrics_health_and_readiness() -> anyhow::Result<(
     let env = Env::new("ops").await?;
     let ports: Vec<u16> = (0..3).map(|_| orq_e2e::free_port()).collect();
     let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
-    let (_gw, gw) = env.start_gateway(&[]).await?;
+    // Reservations end fast, so the reaper has an expiry to time.
+    let (_gw, gw) = env
+        .start_gateway(&[("ORQ_HUMAN__RESERVATION_MS", "300")])
+        .await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[("ORQ_OPS__LISTEN", &listen(0))])?;
     let mut reaper_cmd = env.command("timeout-reaper");
     reaper_cmd.env("ORQ_OPS__LISTEN", listen(1));
@@ -78,9 +81,35 @@ async fn every_service_serves_metrics_health_and_readiness() -> anyhow::Result<(
     }
     let (_, body) = text(&format!("http://{}/metrics", listen(0))).await?;
     assert!(body.contains("orq_jobs_assigned_total 1"), "{body}");
-    assert!(
-        body.contains("orq_dispatch_latency_seconds_bucket"),
-        "{body}"
-    );
+
+    // A micro-task reserved and left: the reaper expires the reservation
+    // and times how late it did.
+    let worker = env.worker_token("ops@example.com")?;
+    let created = env
+        .client()
+        .post(format!("{gw}/{}/micro_task", env.customer))
+        .json(&json!({"name": "survey", "task_flow": [{"step": 1}]}))
+        .send()
+        .await?;
+    assert_eq!(created.status(), 201);
+    let reserved = orq_e2e::client_with(&worker)
+        .post(format!("{gw}/micro_task/reserve"))
+        .send()
+        .await?;
+    assert_eq!(reserved.status(), 200);
+    let reaper_metrics = format!("http://{}/metrics", listen(1));
+    eventually(
+        Duration::from_secs(30),
+        "an expiry counted and timed",
+        || async {
+            let (_, body) = text(&reaper_metrics).await?;
+            Ok(
+                (body.contains("orq_expiry_lag_seconds_count{kind=\"human\"} 1")
+                    && body.contains("orq_leases_expired_total{kind=\"human\"} 1"))
+                .then_some(()),
+            )
+        },
+    )
+    .await?;
     env.cleanup().await
 }

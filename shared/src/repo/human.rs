@@ -1106,6 +1106,8 @@ pub struct Expired {
     pub task: HumanTaskId,
     pub from: HumanStatus,
     pub to: HumanStatus,
+    /// The deadline that passed.
+    pub deadline: Option<OffsetDateTime>,
 }
 
 /// Applies the deadline rule to up to `limit` human tasks whose deadline
@@ -1157,6 +1159,7 @@ pub async fn expire_due(db: &impl GenericClient, limit: i64) -> Result<Vec<Expir
             task: task.id,
             from: task.status,
             to: after.status,
+            deadline: task.deadline,
         });
     }
     Ok(done)

@@ -1163,6 +1163,8 @@ pub struct Expired {
     pub bot: Option<BotId>,
     /// Its task's retry limit, when it has one.
     pub max_attempts: Option<i32>,
+    /// When its lease ended (none for a silent HTTP bot's job).
+    pub due: Option<OffsetDateTime>,
 }
 
 fn expired_rows(rows: &[Row]) -> Vec<Expired> {
@@ -1173,6 +1175,7 @@ fn expired_rows(rows: &[Row]) -> Vec<Expired> {
             attempt: r.get(2),
             bot: r.get::<_, Option<Uuid>>(3).map(BotId),
             max_attempts: r.get(4),
+            due: r.get(5),
         })
         .collect()
 }
@@ -1187,7 +1190,7 @@ pub async fn claim_expired_leases(
 ) -> Result<Vec<Expired>, RepoError> {
     let rows = query(
         db,
-        "SELECT customer_id, id, attempt, bot_id, max_attempts FROM jobs
+        "SELECT customer_id, id, attempt, bot_id, max_attempts, lease_expires_at FROM jobs
           WHERE status IN ('ASSIGNED', 'RUNNING') AND lease_expires_at IS NOT NULL
             AND lease_expires_at < $1
           ORDER BY lease_expires_at LIMIT $2
@@ -1208,7 +1211,7 @@ pub async fn claim_silent_http_jobs(
 ) -> Result<Vec<Expired>, RepoError> {
     let rows = query(
         db,
-        "SELECT j.customer_id, j.id, j.attempt, j.bot_id, j.max_attempts
+        "SELECT j.customer_id, j.id, j.attempt, j.bot_id, j.max_attempts, NULL::timestamptz
            FROM jobs j JOIN bots b ON b.id = j.bot_id
           WHERE b.delivery = 'http' AND j.status = 'RUNNING' AND j.updated_at < $1
           ORDER BY j.updated_at LIMIT $2
