@@ -1,7 +1,8 @@
 //! The API contract: `/openapi.json` as the running gateway serves it. Every
 //! operation it documents is served (none falls through to the router's
 //! "no such route" or "method not allowed"), and schemathesis, fed the
-//! document, finds no request that makes the gateway answer 5xx.
+//! document, finds no request that makes the gateway answer 5xx, nor an
+//! answer that differs from the document.
 
 use orq_e2e::{Env, test_python};
 use serde_json::Value;
@@ -91,7 +92,13 @@ fn fuzz(gw: &str, token: &str, tags: &[&str], dir: &std::path::Path) -> anyhow::
     cmd.current_dir(dir)
         .env("SCHEMATHESIS_HOOKS", "")
         .args(["run", &format!("{gw}/openapi.json")])
-        .args(["--checks", "not_a_server_error"])
+        // No 5xx, and every answer as documented: status, content type and
+        // body schema (what a generated client relies on).
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_schema_conformance",
+        ])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", "12"])
         // One worker: hypothesis's lambda descriptions are not thread-safe on

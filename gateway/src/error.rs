@@ -77,7 +77,7 @@ pub struct ErrorDetail {
     /// What went wrong, for a person.
     pub message: String,
     /// More about it, e.g. `{"field": "limit"}`; null when there is nothing.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub details: Value,
 }
 
