@@ -25,7 +25,10 @@ fn concrete(path: &str, customer: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_served() -> anyhow::Result<()> {
     let env = Env::new("openapi").await?;
-    let (_gw, gw) = env.start_gateway(&[]).await?;
+    // Debug logs, to check below that no token reaches them.
+    let (gw_proc, gw) = env
+        .start_gateway(&[("ORQ_LOG__LEVEL", "debug,tower_http=debug")])
+        .await?;
     let doc: Value = reqwest::get(format!("{gw}/openapi.json"))
         .await?
         .error_for_status()?
@@ -68,6 +71,16 @@ async fn every_documented_operation_is_served() -> anyhow::Result<()> {
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await?;
     assert_eq!(body["error"]["code"], "no_route");
+    // A token in the query (as the dashboard's event stream sends it) is
+    // used, and not logged.
+    let by_query = reqwest::get(format!("{gw}/me?access_token={}", env.admin_token)).await?;
+    assert_eq!(by_query.status(), 200);
+    let log = gw_proc.log_text();
+    assert!(log.contains("/me"), "no request logged at debug:\n{log}");
+    assert!(
+        !log.contains(&env.admin_token),
+        "the access token is in the log:\n{log}"
+    );
     env.cleanup().await
 }
 

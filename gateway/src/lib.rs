@@ -170,7 +170,17 @@ pub fn router(state: AppState) -> Router {
                 "internal error; it has been logged",
             ))
         }))
-        .layer(TraceLayer::new_for_http())
+        // The span names the path only: a query may carry `?access_token=`
+        // (the dashboard's event stream), which must never reach the logs.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                )
+            }),
+        )
         .route_layer(axum::middleware::from_fn(health::track))
         .layer(axum::Extension(spec))
         .merge(health::routes(&state))
