@@ -150,7 +150,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api.with_state(state.clone()))
         .merge(routes::dashboard::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
