@@ -74,10 +74,10 @@ ensure_rabbitmq() {
 # virtualenv of their own (outside the clone, reused across runs).
 ensure_python_peers() {
   local venv="${ORQ_TEST_VENV:-$HOME/.cache/orquestra-venv}"
-  if ! "$venv/bin/python" -c 'import moto, aiosmtpd, flask, schemathesis' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import moto, aiosmtpd, flask, schemathesis, openapi_python_client' >/dev/null 2>&1; then
     python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
-    say "installing the Python test peers (moto, aiosmtpd, schemathesis) into $venv"
-    "$venv/bin/pip" install -q 'moto[server]' aiosmtpd 'schemathesis>=4,<5'
+    say "installing the Python test peers (moto, aiosmtpd, schemathesis, openapi-python-client) into $venv"
+    "$venv/bin/pip" install -q 'moto[server]' aiosmtpd 'schemathesis>=4,<5' openapi-python-client
   fi
   export ORQ_TEST_PYTHON="$venv/bin/python"
 }

@@ -163,3 +163,64 @@ async fn schemathesis_finds_no_server_error() -> anyhow::Result<()> {
     assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
     env.cleanup().await
 }
+
+/// A client generated from the document by openapi-python-client (from
+/// PyPI) drives the running gateway: typed requests, typed answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_generated_from_the_document_works() -> anyhow::Result<()> {
+    let env = Env::new("client").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let generator = PathBuf::from(test_python()).with_file_name("openapi-python-client");
+    anyhow::ensure!(
+        generator.is_file(),
+        "{} not found: run the tests through deploy/test.sh (it installs \
+         openapi-python-client), or `pip install openapi-python-client` and set ORQ_TEST_PYTHON",
+        generator.display()
+    );
+    let spec = env.dir.join("openapi.json");
+    std::fs::write(
+        &spec,
+        reqwest::get(format!("{gw}/openapi.json"))
+            .await?
+            .bytes()
+            .await?,
+    )?;
+    let out = env.dir.join("client");
+    let generated = Command::new(&generator)
+        .current_dir(&env.dir)
+        .args(["generate", "--meta", "none", "--path"])
+        .arg(&spec)
+        .arg("--output-path")
+        .arg(out.join("orquestra_client"))
+        .output()?;
+    anyhow::ensure!(
+        generated.status.success(),
+        "generation failed:\n{}\n{}",
+        String::from_utf8_lossy(&generated.stdout),
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let script = orq_e2e::repo_root().join("e2e/clients/python_client.py");
+    let run = Command::new(test_python())
+        .arg(script)
+        .arg(&out)
+        .arg(&gw)
+        .arg(&env.admin_token)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    anyhow::ensure!(
+        run.status.success() && stdout.starts_with("ok "),
+        "the generated client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // What it created is really there.
+    let task_id = stdout.split_whitespace().nth(2).unwrap_or_default();
+    let task: serde_json::Value = env
+        .client()
+        .get(format!("{gw}/tasks/{task_id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(task["description"], "from a generated client");
+    env.cleanup().await
+}

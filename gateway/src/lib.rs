@@ -113,7 +113,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::list))
         .routes(routes!(jobs::get))
         .routes(routes!(jobs::events))
-        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::cancel, jobs::cancel_put))
         .routes(routes!(scripts::list, scripts::create))
         .routes(routes!(scripts::get, scripts::update, scripts::delete))
         .routes(routes!(openapi::document))

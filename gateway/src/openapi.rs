@@ -151,8 +151,9 @@ mod tests {
         assert!(missing.is_empty(), "not in the document: {missing:?}");
     }
 
-    /// Every operation names its tag, every path parameter is declared, and
-    /// every `$ref` resolves: what a client generator needs.
+    /// Every operation names its tag and has its own operationId, every path
+    /// parameter is declared, and every `$ref` resolves: what a client
+    /// generator needs.
     #[test]
     fn the_document_is_complete_for_client_generators() {
         let doc = document();
@@ -166,9 +167,15 @@ mod tests {
         }
         let paths = doc["paths"].as_object().expect("paths");
         assert!(paths.len() >= 55, "only {} paths", paths.len());
+        let mut operation_ids = std::collections::HashSet::new();
         for (path, item) in paths {
             for (method, op) in item.as_object().expect("path item") {
                 assert!(op["tags"].is_array(), "{method} {path} has no tag");
+                let id = op["operationId"].as_str().unwrap_or_default();
+                assert!(
+                    operation_ids.insert(id.to_string()),
+                    "{method} {path}: operationId {id:?} is not unique"
+                );
                 let declared: Vec<&str> = op["parameters"]
                     .as_array()
                     .map(|ps| {
