@@ -1167,6 +1167,8 @@ pub struct Expired {
     pub due: Option<OffsetDateTime>,
 }
 
+/// Rows of `customer_id, id, attempt, bot_id, max_attempts, <due>`: every
+/// query feeding this selects those six, in that order.
 fn expired_rows(rows: &[Row]) -> Vec<Expired> {
     rows.iter()
         .map(|r| Expired {
@@ -1227,7 +1229,7 @@ pub async fn held_by(db: &impl GenericClient, bots: &[BotId]) -> Result<Vec<Expi
     let ids: Vec<Uuid> = bots.iter().map(|b| b.0).collect();
     let rows = query(
         db,
-        "SELECT customer_id, id, attempt, bot_id, max_attempts FROM jobs
+        "SELECT customer_id, id, attempt, bot_id, max_attempts, NULL::timestamptz FROM jobs
           WHERE bot_id = ANY($1) AND status IN ('ASSIGNED', 'RUNNING')
           ORDER BY id FOR UPDATE",
         &[&ids],
