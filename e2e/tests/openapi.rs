@@ -78,11 +78,26 @@ async fn every_documented_operation_is_served() -> anyhow::Result<()> {
     // used, and not logged.
     let by_query = reqwest::get(format!("{gw}/me?access_token={}", env.admin_token)).await?;
     assert_eq!(by_query.status(), 200);
+    // Nor a task's secret key, which travels in the path.
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let by_secret = client
+        .post(format!("{gw}/job/secret/{secret}"))
+        .send()
+        .await?;
+    assert!(by_secret.status().is_client_error());
     let log = gw_proc.log_text();
     assert!(log.contains("/me"), "no request logged at debug:\n{log}");
     assert!(
+        log.contains("/job/secret/{key}"),
+        "the secret route not logged by its pattern:\n{log}"
+    );
+    assert!(
         !log.contains(&env.admin_token),
         "the access token is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(&secret),
+        "the secret key is in the log:\n{log}"
     );
     env.cleanup().await
 }

@@ -170,15 +170,15 @@ pub fn router(state: AppState) -> Router {
                 "internal error; it has been logged",
             ))
         }))
-        // The span names the path only: a query may carry `?access_token=`
-        // (the dashboard's event stream), which must never reach the logs.
+        // The span names the route's pattern, never the URI: a query may
+        // carry `?access_token=`, a path a task's secret key.
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
-                tracing::debug_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                )
+                let route = request
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", |p| p.as_str());
+                tracing::debug_span!("request", method = %request.method(), route)
             }),
         )
         .route_layer(axum::middleware::from_fn(health::track))

@@ -135,7 +135,7 @@ fn started(task: &HumanTask, execution: &human::Execution) -> Value {
 /// `POST /micro_task/execution/{task_id}/start?sofier=`: RESERVED ->
 /// EXECUTING for the worker holding the reservation; a second start
 /// returns the same execution.
-#[utoipa::path(post, path = "/micro_task/execution/{id}/start", operation_id = "human_start", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), responses((status = 200, description = "The execution: the seed's five fields", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/execution/{id}/start", operation_id = "human_start", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "The execution: the seed's five fields", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     auth: Auth,
@@ -157,7 +157,7 @@ pub const MAX_FINISH_BYTES: usize = 1 << 20;
 
 /// `POST /micro_task/execution/{task_id}/finish?sofier=`: 202 once the
 /// broker confirmed the submission; no database on this path.
-#[utoipa::path(post, path = "/micro_task/execution/{id}/finish", operation_id = "human_finish", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), request_body = Object, responses((status = 202, description = "Accepted; processed asynchronously", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/execution/{id}/finish", operation_id = "human_finish", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), request_body = Object, responses((status = 202, description = "Accepted; processed asynchronously", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn finish(
     State(state): State<AppState>,
     SignedWorker(claims): SignedWorker,
@@ -201,7 +201,7 @@ pub async fn finish(
 }
 
 /// `GET /micro_task/available?name=`: NEW micro-tasks, oldest first.
-#[utoipa::path(get, path = "/micro_task/available", operation_id = "human_available", tag = "micro_task", params(SofierQuery, super::PageQuery), responses((status = 200, description = "NEW tasks, oldest first", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/micro_task/available", operation_id = "human_available", tag = "micro_task", params(SofierQuery, ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100)")), responses((status = 200, description = "NEW tasks, oldest first", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn available(
     State(state): State<AppState>,
     auth: Auth,
@@ -218,7 +218,7 @@ pub async fn available(
 
 /// `GET /micro_task/mine`: what the worker holds (RESERVED or EXECUTING),
 /// with deadlines.
-#[utoipa::path(get, path = "/micro_task/mine", operation_id = "human_mine", tag = "micro_task", params(SofierQuery), responses((status = 200, description = "The tasks this worker holds", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/micro_task/mine", operation_id = "human_mine", tag = "micro_task", params(("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "The tasks this worker holds", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn mine(
     State(state): State<AppState>,
     auth: Auth,
@@ -277,7 +277,7 @@ pub async fn reserve_next(
 }
 
 /// `POST /micro_task/{task_id}/reserve`.
-#[utoipa::path(post, path = "/micro_task/{id}/reserve", operation_id = "human_reserve", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/{id}/reserve", operation_id = "human_reserve", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn reserve(
     State(state): State<AppState>,
     auth: Auth,
@@ -290,7 +290,7 @@ pub async fn reserve(
 }
 
 /// `POST /micro_task/{task_id}/release`: gives it back (NEW).
-#[utoipa::path(post, path = "/micro_task/{id}/release", operation_id = "human_release", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), SofierQuery), responses((status = 200, description = "NEW again", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/{id}/release", operation_id = "human_release", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "NEW again", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn release(
     State(state): State<AppState>,
     auth: Auth,
@@ -524,7 +524,7 @@ fn contact(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError>
 
 /// `PUT /micro_task/me`: the worker's own phone and device token, for
 /// notifications.
-#[utoipa::path(put, path = "/micro_task/me", operation_id = "human_set_contacts", tag = "micro_task", params(SofierQuery), request_body = ContactsBody, responses((status = 200, description = "The stored contacts", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/micro_task/me", operation_id = "human_set_contacts", tag = "micro_task", params(("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), request_body = ContactsBody, responses((status = 200, description = "The stored contacts", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn set_contacts(
     State(state): State<AppState>,
     auth: Auth,

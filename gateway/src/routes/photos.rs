@@ -33,7 +33,7 @@ pub struct PhotoRequest {
 
 /// `POST /micro_task/execution/{task_id}/photo`: an upload ticket for one
 /// step's photo, for the worker executing the task.
-#[utoipa::path(post, path = "/micro_task/execution/{id}/photo", operation_id = "photos_ticket", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::human::SofierQuery), request_body = PhotoRequest, responses((status = 200, description = "Where and how to upload the photo", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/execution/{id}/photo", operation_id = "photos_ticket", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), request_body = PhotoRequest, responses((status = 201, description = "Where and how to upload the photo: `{method, upload_url, headers, url, expires_at}`", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn ticket(
     State(state): State<AppState>,
     auth: Auth,
@@ -112,7 +112,7 @@ fn local(state: &AppState) -> Result<(&std::path::Path, &[u8; 32]), ApiError> {
 pub struct PhotoBytes(pub Vec<u8>);
 
 /// `PUT /photos/{key}?expires=&sig=`: a local upload, as its ticket allowed.
-#[utoipa::path(put, path = "/photos/{key}", operation_id = "photos_upload", tag = "micro_task", security(()), params(("key" = String, Path, description = "The photo's key, from its upload ticket"), UploadQuery), request_body(content = PhotoBytes, content_type = "image/*", description = "The photo"), responses((status = 201, description = "Stored"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/photos/{key}", operation_id = "photos_upload", tag = "micro_task", security(()), params(("key" = String, Path, description = "The photo's key, from its upload ticket"), UploadQuery), request_body(content = PhotoBytes, content_type = "image/*", description = "The photo"), responses((status = 201, description = "Stored: `{key, size}`", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     Path(key): Path<String>,

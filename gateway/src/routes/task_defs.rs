@@ -247,7 +247,7 @@ async fn insert_task(
 }
 
 /// Changes the fields given; the others keep their values.
-#[utoipa::path(put, path = "/{customer}/task/{id}", operation_id = "task_defs_update", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), request_body = TaskBody, responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/{customer}/task/{id}", operation_id = "task_defs_update", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), request_body(content = Object, description = "Any subset of the fields of `TaskBody`; the others keep their values"), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,

@@ -112,7 +112,9 @@ pub async fn callback(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
+    /// PENDING, DELIVERED or DEAD.
     status: Option<String>,
+    /// Only this job's deliveries.
     job_id: Option<String>,
 }
 
