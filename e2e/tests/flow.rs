@@ -747,31 +747,43 @@ async fn lists_filter_and_page_through_every_item_once() -> anyhow::Result<()> {
         let task = create_task(&client, &gw, system, &rows_csv(t, 1)).await?;
         created.push(task["id"].as_str().unwrap_or_default().to_string());
     }
-    let mut seen = Vec::new();
-    let mut url = format!("{gw}/tasks?limit=3");
-    loop {
-        let r = client.get(&url).send().await?;
-        let cursor = r
-            .headers()
-            .get("x-next-cursor")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let page: Vec<Value> = r.json().await?;
-        assert!(page.len() <= 3);
-        assert!(
-            page.iter().all(|t| t.get("attachment").is_none()),
-            "lists leave the attachment out"
-        );
-        seen.extend(
-            page.iter()
-                .map(|t| t["id"].as_str().unwrap_or_default().to_string()),
-        );
-        match cursor {
-            Some(c) => url = format!("{gw}/tasks?limit=3&after={c}"),
-            None => break,
+    // Every page, oldest first (the default) and newest first.
+    for order in ["asc", "desc"] {
+        let mut seen = Vec::new();
+        let mut url = format!("{gw}/tasks?limit=3&order={order}");
+        loop {
+            let r = client.get(&url).send().await?;
+            let cursor = r
+                .headers()
+                .get("x-next-cursor")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let page: Vec<Value> = r.json().await?;
+            assert!(page.len() <= 3);
+            assert!(
+                page.iter().all(|t| t.get("attachment").is_none()),
+                "lists leave the attachment out"
+            );
+            seen.extend(
+                page.iter()
+                    .map(|t| t["id"].as_str().unwrap_or_default().to_string()),
+            );
+            match cursor {
+                Some(c) => url = format!("{gw}/tasks?limit=3&order={order}&after={c}"),
+                None => break,
+            }
         }
+        let mut expected = created.clone();
+        if order == "desc" {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "every task once, in {order} creation order");
     }
-    assert_eq!(seen, created, "every task once, in creation order");
+    let bad = client
+        .get(format!("{gw}/tasks?order=sideways"))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
     let only_b: Vec<Value> = client
         .get(format!("{gw}/tasks?system=B"))
         .send()

@@ -235,6 +235,7 @@ pub async fn mine(
     let page = orq_shared::repo::Page {
         limit: super::MAX_LIMIT,
         after: None,
+        newest_first: false,
     };
     Ok(axum::Json(
         human::list(&db, who.customer_id, &filter, page).await?,

@@ -58,12 +58,16 @@ pub fn reader(who: &Principal) -> Reader<'_> {
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
-/// `?limit=&after=` on every list.
+/// `?limit=&after=&order=` on every list.
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// At most this many items (1-1000, default 100).
     pub limit: Option<i64>,
+    /// The `X-Next-Cursor` of the previous page.
     pub after: Option<Uuid>,
+    /// `asc` (oldest first, the default) or `desc` (newest first).
+    pub order: Option<String>,
 }
 
 impl PageQuery {
@@ -75,9 +79,20 @@ impl PageQuery {
                 format!("limit must be between 1 and {MAX_LIMIT}"),
             ));
         }
+        let newest_first = match self.order.as_deref() {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(ApiError::invalid_field(
+                    "order",
+                    format!("order must be asc or desc, not {other:?}"),
+                ));
+            }
+        };
         Ok(Page {
             limit,
             after: self.after,
+            newest_first,
         })
     }
 }

@@ -143,14 +143,15 @@ pub async fn list(
     filter: &BotFilter,
     page: Page,
 ) -> Result<Vec<Bot>, RepoError> {
+    let (cmp, dir) = page.order_sql();
     let sql = format!(
         "SELECT {COLUMNS} FROM bots
           WHERE customer_id = $1
             AND ($2::text IS NULL OR ip_address = $2)
             AND ($3::text IS NULL OR name = $3)
             AND ($4::text IS NULL OR status = $4)
-            AND ($5::uuid IS NULL OR id > $5)
-          ORDER BY id LIMIT $6"
+            AND ($5::uuid IS NULL OR id {cmp} $5)
+          ORDER BY id {dir} LIMIT $6"
     );
     let rows = query(
         db,

@@ -299,6 +299,7 @@ pub async fn list(
     filter: &HumanFilter,
     page: Page,
 ) -> Result<Vec<HumanTask>, RepoError> {
+    let (cmp, dir) = page.order_sql();
     let sql = format!(
         "SELECT {COLUMNS} FROM human_tasks
           WHERE customer_id = $1
@@ -306,9 +307,9 @@ pub async fn list(
             AND ($3::text IS NULL OR status = $3)
             AND ($4::text IS NULL OR action = $4)
             AND ($5::text IS NULL OR worker = $5)
-            AND ($6::uuid IS NULL OR id > $6)
+            AND ($6::uuid IS NULL OR id {cmp} $6)
             AND (NOT $8 OR status IN ('RESERVED', 'EXECUTING'))
-          ORDER BY id LIMIT $7"
+          ORDER BY id {dir} LIMIT $7"
     );
     let rows = query(
         db,

@@ -146,14 +146,15 @@ pub async fn list(
     filter: &TaskFilter,
     page: Page,
 ) -> Result<Vec<Task>, RepoError> {
+    let (cmp, dir) = page.order_sql();
     let sql = format!(
         "SELECT {SUMMARY}{} FROM jobs
           WHERE customer_id = $1 AND kind = 'system'
             AND ($2::text IS NULL OR status = $2)
             AND ($3::text IS NULL OR system = $3)
             AND ($4::uuid IS NULL OR bot_id = $4)
-            AND ($5::uuid IS NULL OR id > $5)
-          ORDER BY id LIMIT $6",
+            AND ($5::uuid IS NULL OR id {cmp} $5)
+          ORDER BY id {dir} LIMIT $6",
         if filter.with_attachment {
             ", attachment"
         } else {

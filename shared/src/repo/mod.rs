@@ -58,7 +58,23 @@ pub(crate) fn now() -> OffsetDateTime {
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
     pub limit: i64,
+    /// The last id of the previous page: the page starts after it, in the
+    /// page's order.
     pub after: Option<uuid::Uuid>,
+    /// Newest first (ids are time-ordered v7 UUIDs) instead of oldest first.
+    pub newest_first: bool,
+}
+
+impl Page {
+    /// The comparison that continues after the cursor, and the sort
+    /// direction, to splice into a list statement.
+    pub fn order_sql(&self) -> (&'static str, &'static str) {
+        if self.newest_first {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        }
+    }
 }
 
 // Every statement goes through the connection's statement cache: a cached

@@ -257,14 +257,15 @@ pub async fn list(
         Reader::Admin => (true, None),
         Reader::Named(name) => (false, name),
     };
+    let (cmp, dir) = page.order_sql();
     let sql = format!(
         "SELECT {COLUMNS} FROM jobs
           WHERE customer_id = $1 AND kind = 'script'
             AND ($2::uuid IS NULL OR task_id = $2)
             AND (cardinality($3::text[]) = 0 OR status = ANY($3))
-            AND ($4::uuid IS NULL OR id > $4)
+            AND ($4::uuid IS NULL OR id {cmp} $4)
             AND ($6 OR acls = '{{}}' OR $7::text = ANY(acls))
-          ORDER BY id LIMIT $5"
+          ORDER BY id {dir} LIMIT $5"
     );
     let rows = query(
         db,

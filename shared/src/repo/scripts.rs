@@ -165,10 +165,11 @@ pub async fn list(
     customer: CustomerId,
     page: Page,
 ) -> Result<Vec<Script>, RepoError> {
+    let (cmp, dir) = page.order_sql();
     let sql = format!(
         "SELECT {COLUMNS} FROM scripts
-          WHERE customer_id = $1 AND ($2::uuid IS NULL OR id > $2)
-          ORDER BY id LIMIT $3"
+          WHERE customer_id = $1 AND ($2::uuid IS NULL OR id {cmp} $2)
+          ORDER BY id {dir} LIMIT $3"
     );
     let rows = query(db, &sql, &[&customer.0, &page.after, &page.limit]).await?;
     Ok(rows.iter().map(from_row).collect())

@@ -268,11 +268,12 @@ pub async fn list(
     page: Page,
 ) -> Result<Vec<TaskDef>, RepoError> {
     let (admin, name) = reader.acl_name();
+    let (cmp, dir) = page.order_sql();
     let sql = format!(
         "SELECT {COLUMNS} FROM task_defs
-          WHERE customer_id = $1 AND ($2::uuid IS NULL OR id > $2)
+          WHERE customer_id = $1 AND ($2::uuid IS NULL OR id {cmp} $2)
             AND ($3 OR acls = '{{}}' OR $4::text = ANY(acls))
-          ORDER BY id LIMIT $5"
+          ORDER BY id {dir} LIMIT $5"
     );
     let rows = query(
         db,

@@ -227,14 +227,15 @@ pub async fn deliveries(
     filter: &DeliveryFilter,
     page: Page,
 ) -> Result<Vec<Delivery>, RepoError> {
+    let (cmp, dir) = page.order_sql();
     let sql = format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d
            JOIN webhook_endpoints e ON e.id = d.endpoint_id
           WHERE d.customer_id = $1
             AND ($2::text IS NULL OR d.status = $2)
             AND ($3::uuid IS NULL OR d.job_id = $3)
-            AND ($4::uuid IS NULL OR d.id > $4)
-          ORDER BY d.id LIMIT $5"
+            AND ($4::uuid IS NULL OR d.id {cmp} $4)
+          ORDER BY d.id {dir} LIMIT $5"
     );
     let rows = query(
         db,
