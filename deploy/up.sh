@@ -40,6 +40,11 @@ start() {
   echo "$! $name" >>"$RUN/pids"
 }
 
+if port_open "$PORT"; then
+  echo "port $PORT is already in use (another gateway?): stop it, or choose another with ORQ_DEMO_PORT" >&2
+  exit 1
+fi
+
 say "starting gateway, dispatcher and timeout-reaper (logs in $RUN/)"
 : >"$RUN/pids"
 start gateway "$BIN/gateway"

@@ -1,13 +1,20 @@
 // Drives the gateway's dashboard in the system's headless Chromium: logs in
 // with a token, checks the bots page lists the running agent, uploads a CSV
 // task, and waits on its detail page for COMPLETE and 100% to arrive live
-// (from the event feed: the page is never reloaded). Ends with a full-page
-// screenshot. Any uncaught page error or console error fails the run.
+// (from the event feed, read with fetch and a Bearer header: the page is
+// never reloaded, and no URL it requests carries a token). Then every view
+// renders; the deliveries page lists the task's webhook deliveries and links
+// to the task through the jobs view; after logging out, nothing wipes the
+// login form, a viewer is offered no deliveries, and a token the stream
+// refuses logs out at once instead of reconnecting. Full-page screenshots
+// along the way. Any uncaught page error or console error fails the run.
 //
-// Environment: ORQ_URL (the gateway), ORQ_TOKEN (a user or admin token),
-// ORQ_SCREENSHOT (a .png path), ORQ_AGENT (the running agent's bot name),
-// ORQ_SYSTEM (a system that agent runs; default Vivo360), ORQ_TEST_CHROMIUM
-// (default /usr/bin/chromium). Run by e2e/tests/dashboard.rs.
+// Environment: ORQ_URL (the gateway), ORQ_TOKEN (an admin token),
+// ORQ_VIEWER_TOKEN and ORQ_BOT_TOKEN (a viewer's and a bot's token of the
+// same customer: the stream refuses a bot), ORQ_SCREENSHOT (a
+// .png path), ORQ_AGENT (the running agent's bot name), ORQ_SYSTEM (a system
+// that agent runs; default Vivo360), ORQ_TEST_CHROMIUM (default
+// /usr/bin/chromium). Run by e2e/tests/dashboard.rs.
 
 import { chromium } from 'playwright-core';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -23,6 +30,8 @@ const env = (name, fallback) => {
 const TIMEOUT_MS = 60_000;
 const url = env('ORQ_URL').replace(/\/$/, '');
 const token = env('ORQ_TOKEN');
+const viewerToken = env('ORQ_VIEWER_TOKEN');
+const botToken = env('ORQ_BOT_TOKEN');
 const screenshot = env('ORQ_SCREENSHOT');
 const agent = env('ORQ_AGENT');
 const system = env('ORQ_SYSTEM', 'Vivo360');
@@ -34,9 +43,21 @@ async function run(browser) {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.setDefaultTimeout(TIMEOUT_MS);
   const problems = [];
+  // Set while the page is expected to meet refused requests.
+  let refusalsExpected = false;
   page.on('pageerror', (err) => problems.push(`uncaught page error: ${err.message}`));
   page.on('console', (msg) => {
-    if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
+    if (msg.type() !== 'error') return;
+    if (refusalsExpected && /status of 40[13]/.test(msg.text())) return;
+    problems.push(`console error: ${msg.text()}`);
+  });
+  // No request may carry the token in its URL (logs, history, Referer);
+  // the live stream sends it as a header.
+  const streams = [];
+  page.on('request', (request) => {
+    if (/access_token/i.test(request.url())) problems.push(`a token in a URL: ${request.url()}`);
+    if (token && request.url().includes(token)) problems.push(`the token in a URL: ${request.url()}`);
+    if (new URL(request.url()).pathname === '/events/stream') streams.push(request);
   });
   const check = async () => {
     if (problems.length) throw new Error(problems.join('\n'));
@@ -112,6 +133,13 @@ async function run(browser) {
   if (!(await page.evaluate(() => window.orqSameDocument === true))) {
     throw new Error('the page was reloaded on the way');
   }
+  const percent = await page.getByTestId('job-percent').innerText();
+  if (percent !== '100%') throw new Error(`the task page shows ${percent}, not 100%`);
+  if (!streams.length) throw new Error('the page never opened the event stream');
+  for (const request of streams) {
+    const auth = request.headers().authorization ?? '';
+    if (auth !== `Bearer ${token}`) throw new Error(`the event stream went without the Bearer header: ${request.url()}`);
+  }
   const history = await page.getByTestId('job-events').innerText();
   if (!history.includes('COMPLETE')) throw new Error(`the history misses the COMPLETE change:\n${history}`);
   await page.getByTestId('cancel').waitFor({ state: 'hidden' });
@@ -126,7 +154,7 @@ async function run(browser) {
   const views = [
     ['tasks', `[data-testid="task-row"][data-id="${taskId}"]`],
     ['jobs', '[data-testid="list"] tbody tr'],
-    ['deliveries', '[data-testid="deliveries"] table'],
+    ['deliveries', '[data-testid="deliveries"] tbody tr'],
     ['bots', `[data-testid="bot-row"][data-bot="${agent}"]`],
   ];
   for (const [view, ready] of views) {
@@ -135,10 +163,73 @@ async function run(browser) {
     await page.locator(ready).first().waitFor();
     if (view === 'tasks') {
       const text = await page.locator(ready).innerText();
-      if (!text.includes('COMPLETE')) throw new Error(`the tasks list shows the task as: ${text}`);
+      if (!text.includes('COMPLETE') || !text.includes('100%')) throw new Error(`the tasks list shows the task as: ${text}`);
     }
     await page.screenshot({ path: screenshot.replace(/(\.png)?$/, `-${view}.png`), fullPage: true });
     await check();
+  }
+
+  step('the deliveries page lists the task\'s deliveries and links to its job page');
+  await page.getByTestId('nav-deliveries').click();
+  const delivery = page.locator(`[data-testid="delivery-row"][data-job="${taskId}"]`);
+  const deadline = Date.now() + 30_000;
+  // The reaper delivers within moments: refresh until the task's appear.
+  while (!(await delivery.count())) {
+    if (Date.now() > deadline) throw new Error('no delivery of the task appeared on the deliveries page');
+    await page.waitForTimeout(500);
+    await page.getByRole('button', { name: 'Refresh' }).click();
+  }
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-deliveries.png'), fullPage: true });
+  await delivery.first().getByTestId('delivery-job').click();
+  await page.waitForURL(new RegExp(`#/jobs/${taskId}$`));
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="job-status"]')?.textContent === 'COMPLETE'
+      && document.querySelector('[data-testid="job-progress"]')?.value === 100,
+  );
+  await page.getByTestId('csv-task-link').waitFor();
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-delivery-job.png'), fullPage: true });
+  await check();
+
+  step('log out from the bots page; nothing wipes the login form');
+  await page.getByTestId('nav-bots').click();
+  await botRow.waitFor();
+  await page.getByTestId('logout').click();
+  await page.getByTestId('login-token').fill(viewerToken);
+  // Longer than the bots page's poll: a leaked poller would log out again.
+  await page.waitForTimeout(4000);
+  if ((await page.getByTestId('login-token').inputValue()) !== viewerToken) {
+    throw new Error('the login form was reset after logging out');
+  }
+
+  step('a viewer is offered no deliveries');
+  await page.getByTestId('login-submit').click();
+  await page.getByTestId('logout').waitFor({ state: 'visible' });
+  await page.getByTestId('nav-bots').waitFor({ state: 'visible' });
+  if (await page.getByTestId('nav-deliveries').isVisible()) throw new Error('a viewer sees the deliveries link');
+  await page.evaluate(() => { location.hash = '#/deliveries'; });
+  await page.getByTestId('admins-only').waitFor();
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-viewer-deliveries.png'), fullPage: true });
+  await check();
+
+  step('a token the stream refuses (a bot\'s) logs out instead of reconnecting');
+  await page.getByTestId('logout').click();
+  await page.evaluate(() => { location.hash = '#/tasks'; });
+  refusalsExpected = true;
+  const before = streams.length;
+  await page.getByTestId('login-token').fill(botToken);
+  await page.getByTestId('login-submit').click();
+  await page.getByTestId('login-token').waitFor();
+  const banner = page.getByTestId('error-banner');
+  await banner.waitFor();
+  const said = await banner.innerText();
+  if (!said.includes('403')) throw new Error(`the refusal is not shown: ${said}`);
+  await page.waitForTimeout(3000);
+  if (streams.length - before !== 1) throw new Error(`the refused stream was asked ${streams.length - before} times`);
+  if (await page.getByTestId('logout').isVisible()) throw new Error('still logged in after the stream was refused');
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-refused.png'), fullPage: true });
+  if (problems.length) throw new Error(problems.join('\n'));
+  if (!(await page.evaluate(() => window.orqSameDocument === true))) {
+    throw new Error('the page was reloaded on the way');
   }
 }
 

@@ -1,7 +1,8 @@
 //! The dashboard: its files and `/me` from a real gateway, and a real
 //! browser (the system's headless Chromium, driven by Playwright in
 //! `e2e/browser/dashboard.mjs`) running a CSV task through it to COMPLETE
-//! on a real agent.
+//! on a real agent, with its webhook deliveries (to a loopback receiver,
+//! through the reaper) on the deliveries page.
 
 use orq_e2e::{Env, agent_config, client_with, repo_root};
 use serde_json::Value;
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
-     style-src 'self'; script-src 'self'; frame-ancestors 'none'";
+     style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+     form-action 'none'";
 
 /// The browser run's tools, or why they are missing.
 struct BrowserTools {
@@ -60,7 +62,7 @@ async fn the_dashboard_files_and_me_are_served() -> anyhow::Result<()> {
     assert_eq!(root.headers()["location"], "/dashboard");
     for (path, kind, marker) in [
         ("/dashboard", "text/html", "<!doctype html>"),
-        ("/dashboard/app.js", "text/javascript", "EventSource"),
+        ("/dashboard/app.js", "text/javascript", "text/event-stream"),
         ("/dashboard/app.css", "text/css", "progress"),
     ] {
         let r = anonymous.get(format!("{gw}{path}")).send().await?;
@@ -70,7 +72,13 @@ async fn the_dashboard_files_and_me_are_served() -> anyhow::Result<()> {
         assert_eq!(r.headers()["content-security-policy"], CSP, "{path}");
         assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(r.headers()["cache-control"], "no-cache", "{path}");
-        assert!(r.text().await?.contains(marker), "{path}");
+        let text = r.text().await?;
+        assert!(text.contains(marker), "{path}");
+        // The token goes as a header only, the live stream's included.
+        assert!(
+            !text.contains("access_token"),
+            "{path} puts a token in a URL"
+        );
     }
     let missing = anonymous.get(format!("{gw}/dashboard/nope")).send().await?;
     assert_eq!(missing.status(), 404);
@@ -113,8 +121,36 @@ async fn the_dashboard_files_and_me_are_served() -> anyhow::Result<()> {
 async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow::Result<()> {
     let tools = browser_tools()?;
     let env = Env::new("dash").await?;
-    let (_gw, gw) = env.start_gateway(&[]).await?;
+    // Webhooks may reach the loopback receiver, and go out at once.
+    let hooks: &[(&str, &str)] = &[
+        ("ORQ_WEBHOOKS__DENY_NETWORKS", ""),
+        ("ORQ_REAPER__TICK_MS", "100"),
+    ];
+    let (_gw, gw) = env.start_gateway(hooks).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let mut reaper = env.command("timeout-reaper");
+    for (k, v) in hooks {
+        reaper.env(k, v);
+    }
+    let _reaper = env.spawn("timeout-reaper", reaper)?;
+    // A receiver that accepts every delivery, subscribed to every job.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let hook = format!("http://{}/hook", listener.local_addr()?);
+    let receiver = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+        );
+        let _ = axum::serve(listener, app).await;
+    });
+    let subscribed = env
+        .client()
+        .post(format!("{gw}/webhooks/subscriptions"))
+        .json(&serde_json::json!({ "url": hook }))
+        .send()
+        .await?;
+    assert_eq!(subscribed.status(), 201, "{}", subscribed.text().await?);
+    let viewer = env.token(&env.customer, "viewer")?;
     // The demo's automation, slowed a little so the page sees the task run.
     let config = agent_config(
         &env.dir,
@@ -132,6 +168,8 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
         .current_dir(repo_root().join("e2e/browser"))
         .env("ORQ_URL", &gw)
         .env("ORQ_TOKEN", &env.admin_token)
+        .env("ORQ_VIEWER_TOKEN", &viewer)
+        .env("ORQ_BOT_TOKEN", &env.bot_token)
         .env("ORQ_SCREENSHOT", &screenshot)
         .env("ORQ_AGENT", "dash-agent")
         .env("ORQ_SYSTEM", "Vivo360")
@@ -199,5 +237,6 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
         .await?;
     assert_eq!(row.get::<_, &str>(0), "COMPLETE");
     assert_eq!(row.get::<_, i64>(1), 1, "the page created one task");
+    receiver.abort();
     env.cleanup().await
 }

@@ -2,17 +2,21 @@
 // step and no dependencies. Every value from the API reaches the page as
 // text (textContent / attributes), never as HTML.
 //
-// Auth: the token typed at login lives in sessionStorage and goes out as a
-// Bearer header; only EventSource, which cannot send headers, puts it in
-// the URL (?access_token=).
+// Auth: the token typed at login lives in sessionStorage and goes out only
+// as a Bearer header, the live event stream included (read with fetch, not
+// EventSource, so it never appears in a URL, a log or the history).
 
 const TOKEN_KEY = 'orq.token';
 const FINAL = new Set(['COMPLETE', 'FAILED', 'TIMEOUT', 'CANCELED']);
 const BOTS_REFRESH_MS = 3000;
+// The live stream's reconnection delay: doubles from the first to the last.
+const STREAM_RETRY_MS = [1000, 15000];
 
 const session = { token: sessionStorage.getItem(TOKEN_KEY), me: null };
 // Run when the view changes: timers and event streams of the old view.
 let teardown = [];
+// Counts view changes: work started for a view that is gone stays quiet.
+let viewSerial = 0;
 
 // ---------------------------------------------------------------- helpers
 
@@ -74,11 +78,14 @@ function clearError() {
   $('banner-text').textContent = '';
 }
 
-/** Runs `fn`, showing any failure in the banner. */
+/** Runs `fn`, showing any failure in the banner; a failure of a view
+ * that was left meanwhile is dropped (it must not log out or show). */
 async function guarded(fn) {
+  const serial = viewSerial;
   try {
     return await fn();
   } catch (err) {
+    if (serial !== viewSerial) return undefined;
     if (err instanceof ApiError && err.status === 401) return logout(err);
     showError(err);
   }
@@ -128,26 +135,140 @@ function query(params) {
 
 const customerPath = (rest) => `/${encodeURIComponent(session.me.customer)}${rest}`;
 
+/** A parser of a text/event-stream body, after the SSE spec: lines end
+ * with CRLF, LF or CR; a blank line dispatches the event; `data:` lines are
+ * joined with "\n"; lines starting with ":" are comments; one space after
+ * the colon is dropped; `retry:` is ignored (the backoff is ours). Calls
+ * `onMessage({type, data, id})` for each event with data; `lastId` is the
+ * last event ID as of the last dispatch. */
+function sseParser(onMessage) {
+  const parser = { lastId: '' };
+  let pending = '';
+  let data = null;
+  let type = '';
+  let idBuffer = '';
+  const line = (text) => {
+    if (text === '') {
+      parser.lastId = idBuffer;
+      const event = data === null ? null : { type: type || 'message', data, id: idBuffer };
+      data = null;
+      type = '';
+      if (event) onMessage(event);
+      return;
+    }
+    if (text.startsWith(':')) return;
+    const colon = text.indexOf(':');
+    const name = colon < 0 ? text : text.slice(0, colon);
+    let value = colon < 0 ? '' : text.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (name === 'data') data = data === null ? value : `${data}\n${value}`;
+    else if (name === 'event') type = value;
+    else if (name === 'id' && !value.includes('\0')) idBuffer = value;
+  };
+  /** Takes the next decoded piece of the body. */
+  parser.push = (chunk) => {
+    pending += chunk;
+    let start = 0;
+    for (let i = 0; i < pending.length; i += 1) {
+      const c = pending[i];
+      if (c !== '\n' && c !== '\r') continue;
+      // A CR at the end may be the first half of a CRLF: wait for more.
+      if (c === '\r' && i + 1 === pending.length) break;
+      line(pending.slice(start, i));
+      if (c === '\r' && pending[i + 1] === '\n') i += 1;
+      start = i + 1;
+    }
+    pending = pending.slice(start);
+  };
+  return parser;
+}
+
 /** Follows the live event feed (of one job, or all the caller may see);
- * calls `onEvent` with each event. Returns the EventSource (closed with
- * the view). EventSource reconnects by itself, with Last-Event-ID. */
+ * calls `onEvent` with each event. The token goes as a header (fetch, not
+ * EventSource); when the stream ends or fails it reconnects with backoff
+ * (1 s doubling to 15 s), sending `Last-Event-ID` so nothing is missed; a
+ * refused token (401/403) logs out. Stopped with the view, or by the
+ * `close()` of what it returns. Call it only while its view is current. */
 function follow(jobId, onEvent, indicator) {
-  const params = { access_token: session.token };
-  if (jobId) Object.assign(params, { job_id: jobId, after: 0 });
-  const source = new EventSource(`/events/stream${query(params)}`);
-  source.onmessage = (m) => {
+  const controller = new AbortController();
+  const params = jobId ? { job_id: jobId, after: 0 } : {};
+  let stopped = false;
+  let lastId = '';
+  const show = (state) => {
+    if (!indicator || stopped) return;
+    indicator.className = state ? `live ${state}` : 'live';
+    indicator.textContent = state === 'on' ? 'live' : state === 'off' ? 'reconnecting…' : '';
+  };
+  const close = () => {
+    show('');
+    stopped = true;
+    controller.abort();
+  };
+  const pause = (ms) => new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    controller.signal.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+  const deliver = (message) => {
+    if (stopped || message.type !== 'message') return;
     try {
-      onEvent(JSON.parse(m.data));
+      onEvent(JSON.parse(message.data));
     } catch (err) {
       showError(err);
     }
   };
-  if (indicator) {
-    source.onopen = () => { indicator.className = 'live on'; indicator.textContent = 'live'; };
-    source.onerror = () => { indicator.className = 'live off'; indicator.textContent = 'reconnecting…'; };
-  }
-  teardown.push(() => source.close());
-  return source;
+
+  (async () => {
+    let delay = STREAM_RETRY_MS[0];
+    while (!stopped) {
+      try {
+        const headers = { Authorization: `Bearer ${session.token}`, Accept: 'text/event-stream' };
+        if (lastId) headers['Last-Event-ID'] = lastId;
+        const response = await fetch(`/events/stream${query(params)}`, {
+          headers, cache: 'no-store', signal: controller.signal,
+        });
+        if (stopped) return;
+        if (!response.ok) {
+          const text = await response.text().catch(() => '');
+          let body = text;
+          try { body = JSON.parse(text); } catch { /* keep the text */ }
+          const err = new ApiError(response.status, body);
+          if (stopped) return;
+          if (response.status === 401 || response.status === 403) {
+            // A revoked token: retrying cannot help.
+            close();
+            logout(err);
+            return;
+          }
+          if (response.status < 500 && response.status !== 408 && response.status !== 429) {
+            close();
+            showError(err);
+            return;
+          }
+          throw err;
+        }
+        show('on');
+        const parser = sseParser(deliver);
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done || stopped) break;
+          parser.push(decoder.decode(value, { stream: true }));
+          lastId = parser.lastId || lastId;
+          // Data flows: the next break starts the backoff over.
+          delay = STREAM_RETRY_MS[0];
+        }
+      } catch {
+        // A network error, an abort or a 5xx: retried below unless stopped.
+      }
+      if (stopped) return;
+      show('off');
+      await pause(delay);
+      delay = Math.min(delay * 2, STREAM_RETRY_MS[1]);
+    }
+  })();
+  teardown.push(close);
+  return { close };
 }
 
 /** The percent a PERCENT_CHANGE event carries ("40% (2/5 rows)"). */
@@ -192,88 +313,117 @@ function loginView() {
 
 function botsView() {
   const holder = h('div', { testid: 'bots' });
+  let stopped = false;
+  let timer = null;
   const refresh = async () => {
-    const bots = await get('/bots?limit=1000');
-    // What each bot is running: CSV tasks and task-definition runs.
-    const running = new Map();
-    const add = (botId, link) => running.set(botId, [...(running.get(botId) ?? []), link]);
-    const busy = bots.filter((b) => b.active_jobs > 0);
-    const [tasks, jobs] = await Promise.all([
-      Promise.all(busy.map((b) => get(`/tasks${query({ bot_id: b.id, status: 'RUNNING', limit: 20 })}`))),
-      busy.length ? get(customerPath(`/job${query({ status: 'ASSIGNED,RUNNING', limit: 1000 })}`)) : [],
+    // What each bot has in hand (ASSIGNED or RUNNING): CSV tasks and runs
+    // of task definitions, in a fixed number of requests, grouped here.
+    // `/tasks` takes one status at a time; `/{customer}/job` takes several.
+    const [bots, assigned, running, jobs] = await Promise.all([
+      get(`/bots${query({ limit: 1000 })}`),
+      get(`/tasks${query({ status: 'ASSIGNED', limit: 1000 })}`),
+      get(`/tasks${query({ status: 'RUNNING', limit: 1000 })}`),
+      get(customerPath(`/job${query({ status: 'ASSIGNED,RUNNING', limit: 1000 })}`)),
     ]);
-    for (const t of tasks.flat()) add(t.bot_id, h('a', { href: `#/tasks/${t.id}` }, t.description || t.id.slice(0, 8)));
-    for (const j of jobs) if (j.bot_id) add(j.bot_id, h('a', { href: `#/jobs/${j.id}` }, j.name || j.id.slice(0, 8)));
+    if (stopped) return;
+    const work = new Map();
+    const add = (botId, href, text, status) => {
+      if (!botId) return;
+      const link = h('a', { href, title: status, testid: 'bot-work', 'data-status': status }, text);
+      const item = status === 'ASSIGNED' ? [link, h('span', { class: 'muted' }, ' (assigned)')] : [link];
+      work.set(botId, [...(work.get(botId) ?? []), item]);
+    };
+    for (const t of [...assigned, ...running]) add(t.bot_id, `#/tasks/${t.id}`, t.description || t.id.slice(0, 8), t.status);
+    for (const j of jobs) add(j.bot_id, `#/jobs/${j.id}`, j.name || j.id.slice(0, 8), j.status);
     const rows = bots.map((b) => h('tr', { testid: 'bot-row', 'data-bot': b.name },
       h('td', {}, h('strong', {}, b.name), h('div', { class: 'muted mono' }, `${b.ip_address} · ${b.delivery}`)),
       h('td', {}, badge(b.status), b.draining ? h('span', { class: 'badge st-WARNING' }, 'draining') : null),
       h('td', {}, `${b.active_jobs} / ${b.capacity}`),
       h('td', {}, b.systems.join(', ') || '—'),
       h('td', {}, when(b.last_heartbeat_at)),
-      h('td', {}, (running.get(b.id) ?? []).flatMap((a, i) => (i ? [', ', a] : [a]))),
+      h('td', {}, (work.get(b.id) ?? []).flatMap((item, i) => (i ? [', ', ...item] : item))),
       h('td', { class: 'actions' }, b.draining
         ? h('button', { onclick: () => guarded(async () => { await post(`/bots/${b.id}/resume`); await refresh(); }) }, 'Resume')
         : h('button', { onclick: () => guarded(async () => { await post(`/bots/${b.id}/drain`); await refresh(); }) }, 'Drain'))));
-    holder.replaceChildren(table(['Bot', 'Status', 'Jobs', 'Systems', 'Last heartbeat', 'Running', ''], rows, 'No bots registered.'));
+    holder.replaceChildren(table(['Bot', 'Status', 'Jobs', 'Systems', 'Last heartbeat', 'Current work', ''], rows, 'No bots registered.'));
   };
-  let timer = null;
+  // One poll at a time; none once the view is left (a refresh in flight
+  // then must not schedule the next).
   const tick = async () => {
     await guarded(refresh);
+    if (stopped) return;
     timer = setTimeout(tick, BOTS_REFRESH_MS);
   };
-  teardown.push(() => clearTimeout(timer));
+  teardown.push(() => {
+    stopped = true;
+    clearTimeout(timer);
+  });
   tick();
   return [h('h1', {}, 'Bots'), holder];
 }
 
 // ------------------------------------------------------------------ lists
 
-/** A filtered list that pages with X-Next-Cursor ("Load more") and
- * updates its rows' status and progress from the live feed. */
-function listView({ title, path, filters, headers, row, top = [] }) {
+/** A filtered list, newest first, that pages with X-Next-Cursor ("Load more") and, when
+ * `live`, updates its rows' status and progress from the live feed.
+ * `row(item, reload)` makes an item's row (or rows); `reload()` reads the
+ * list again from its start. */
+function listView({ title, path, filters, headers, row, top = [], live = true, testid = 'list' }) {
   const values = Object.fromEntries(filters.map((f) => [f.name, '']));
   const body = h('tbody');
   const more = h('button', { class: 'more', hidden: true, testid: 'load-more' }, 'Load more');
-  const indicator = h('span', { class: 'live' });
+  const indicator = h('span', { class: 'live', testid: 'live' });
   const rows = new Map();
   let cursor = null;
+  let stopped = false;
+  teardown.push(() => { stopped = true; });
 
   const load = (append) => guarded(async () => {
-    const { data, next } = await api('GET', `${path}${query({ ...values, limit: 50, after: append ? cursor : '' })}`);
+    const { data, next } = await api('GET', `${path}${query({ ...values, order: 'desc', limit: 50, after: append ? cursor : '' })}`);
+    if (stopped) return;
     if (!append) { body.replaceChildren(); rows.clear(); }
     for (const item of data) {
-      const tr = row(item);
+      const tr = row(item, reload);
       rows.set(item.id, { tr, item });
-      body.append(tr);
+      body.append(...[tr].flat());
     }
     if (!body.children.length) body.append(h('tr', {}, h('td', { colSpan: headers.length, class: 'empty' }, 'Nothing matches.')));
     cursor = next;
     more.hidden = !next;
   });
+  const reload = () => load(false);
   more.addEventListener('click', () => load(true));
 
-  follow(null, (e) => {
-    const known = rows.get(e.job_id);
-    if (!known) return;
-    if (e.type === 'STATUS_CHANGE' && e.to_status) known.item.status = e.to_status;
-    else if (e.type === 'PERCENT_CHANGE' && !Number.isNaN(eventPercent(e))) known.item.percent = eventPercent(e);
-    else return;
-    const tr = row(known.item);
-    known.tr.replaceWith(tr);
-    known.tr = tr;
-  }, indicator);
+  if (live) {
+    follow(null, (e) => {
+      const known = rows.get(e.job_id);
+      if (!known) return;
+      if (e.type === 'STATUS_CHANGE' && e.to_status) {
+        known.item.status = e.to_status;
+        // Finishing sets 100% without a PERCENT_CHANGE event.
+        if (e.to_status === 'COMPLETE') known.item.percent = 100;
+      } else if (e.type === 'PERCENT_CHANGE' && !Number.isNaN(eventPercent(e))) {
+        known.item.percent = eventPercent(e);
+      } else {
+        return;
+      }
+      const tr = row(known.item, reload);
+      known.tr.replaceWith(tr);
+      known.tr = tr;
+    }, indicator);
+  }
 
   const controls = filters.map((f) => h('label', {}, f.label, f.options
-    ? h('select', { onchange: (ev) => { values[f.name] = ev.target.value; load(false); }, testid: `filter-${f.name}` },
+    ? h('select', { onchange: (ev) => { values[f.name] = ev.target.value; reload(); }, testid: `filter-${f.name}` },
       f.options.map((o) => h('option', { value: o }, o || 'any')))
-    : h('input', { placeholder: 'any', testid: `filter-${f.name}`, onchange: (ev) => { values[f.name] = ev.target.value.trim(); load(false); } })));
-  load(false);
+    : h('input', { placeholder: 'any', testid: `filter-${f.name}`, onchange: (ev) => { values[f.name] = ev.target.value.trim(); reload(); } })));
+  reload();
   return [
-    h('div', { class: 'head' }, h('h1', {}, title), h('span', { class: 'spacer' }), indicator),
+    h('div', { class: 'head' }, h('h1', {}, title), h('span', { class: 'spacer' }), live ? indicator : null),
     ...top,
-    h('div', { class: 'toolbar' }, controls, h('button', { onclick: () => load(false) }, 'Refresh'),
-      h('span', { class: 'muted' }, 'oldest first')),
-    h('table', { testid: 'list' }, h('thead', {}, h('tr', {}, headers.map((t) => h('th', {}, t)))), body),
+    h('div', { class: 'toolbar' }, controls, h('button', { onclick: reload }, 'Refresh'),
+      h('span', { class: 'muted' }, 'newest first')),
+    h('table', { testid }, h('thead', {}, h('tr', {}, headers.map((t) => h('th', {}, t)))), body),
     more,
   ];
 }
@@ -368,8 +518,10 @@ function jobsView() {
 
 // ----------------------------------------------------------------- detail
 
-/** A CSV task (`kind` "task") or a run of a task definition ("job"), with
- * its history, kept live from the event feed. */
+/** A CSV task (`kind` "task") or a job ("job"), with its history, kept
+ * live from the event feed. A job is read through `/{customer}/job/{id}`,
+ * which serves runs of task definitions and CSV jobs alike (its `kind`:
+ * "script" or "system"); `/tasks/{id}` serves CSV jobs only. */
 function detailView(kind, id) {
   const base = kind === 'task' ? `/tasks/${id}` : customerPath(`/job/${id}`);
   const status = h('span', { class: 'badge', testid: 'job-status' }, '…');
@@ -384,6 +536,8 @@ function detailView(kind, id) {
   const seen = new Set();
   let current = null;
   let source = null;
+  let stopped = false;
+  teardown.push(() => { stopped = true; });
 
   const setStatus = (s) => {
     status.textContent = s;
@@ -397,13 +551,21 @@ function detailView(kind, id) {
   };
   const render = (item) => {
     current = item;
-    title.textContent = (kind === 'task' ? item.description : item.name) || `${kind} ${id}`;
+    const csv = kind === 'task' || item.kind === 'system';
+    title.textContent = (kind === 'task' ? item.description : item.name) || `${csv ? 'task' : 'job'} ${id}`;
     setStatus(item.status);
     setPercent(item.percent);
-    const fields = kind === 'task'
-      ? [['id', item.id], ['system', item.system], ['rows', `${item.rows_done} / ${item.rows_total}`]]
-      : [['id', item.id], ['task', item.task_id], ['arguments', (item.task_arguments ?? []).join(' ')],
+    let fields;
+    if (kind === 'task') {
+      fields = [['id', item.id], ['system', item.system], ['rows', `${item.rows_done} / ${item.rows_total}`]];
+    } else if (item.kind === 'system') {
+      // A CSV job seen as a job: its rows and system are on its task page.
+      fields = [['id', item.id], ['kind', h('span', {}, 'CSV task (', h('a', { href: `#/tasks/${item.id}`, testid: 'csv-task-link' }, 'rows and system'), ')')],
+        ['lifecycle', item.lifecycle]];
+    } else {
+      fields = [['id', item.id], ['task', item.task_id], ['arguments', (item.task_arguments ?? []).join(' ')],
         ['step', item.step], ['exit code', item.exit_code], ['lifecycle', item.lifecycle]];
+    }
     fields.push(['bot', item.bot_id], ['attempt', item.attempt], ['created', item.created_at],
       ['started', item.started_at], ['finished', item.finished_at], ['error', item.error]);
     meta.replaceChildren(...fields.flatMap(([k, v]) => [h('dt', {}, k), h('dd', { class: 'mono' }, v ?? '—')]));
@@ -421,18 +583,20 @@ function detailView(kind, id) {
   };
   // The item itself, re-read after a status change (rows, result, error).
   const reload = () => guarded(async () => {
-    render(await get(base));
+    const item = await get(base);
+    if (stopped) return;
+    render(item);
     if (FINAL.has(current.status) && source) {
       source.close();
-      indicator.className = 'live';
-      indicator.textContent = '';
+      source = null;
     }
   });
 
   cancel.addEventListener('click', () => guarded(async () => {
     cancel.disabled = true;
     try {
-      render(await post(`${base}/cancel`));
+      const item = await post(`${base}/cancel`);
+      if (!stopped) render(item);
     } finally {
       cancel.disabled = false;
     }
@@ -440,6 +604,8 @@ function detailView(kind, id) {
 
   guarded(async () => {
     const [item, history] = await Promise.all([get(base), get(`${base}/events`)]);
+    // Left meanwhile: no render, and above all no stream.
+    if (stopped) return;
     render(item);
     history.forEach(addEvent);
     if (FINAL.has(item.status)) return;
@@ -450,6 +616,8 @@ function detailView(kind, id) {
       if (e.type === 'PERCENT_CHANGE' && !Number.isNaN(eventPercent(e))) setPercent(eventPercent(e));
       if (e.type === 'STATUS_CHANGE' && e.to_status) {
         setStatus(e.to_status);
+        // Finishing sets 100% without a PERCENT_CHANGE event.
+        if (e.to_status === 'COMPLETE') setPercent(100);
         reload();
       }
     }, indicator);
@@ -467,47 +635,48 @@ function detailView(kind, id) {
 
 // ------------------------------------------------------------- deliveries
 
-function deliveriesView() {
-  let status = '';
-  const holder = h('div', { testid: 'deliveries' });
-  const refresh = () => guarded(async () => {
-    const items = await get(`/webhooks/deliveries${query({ status, limit: 200 })}`);
-    const rows = items.flatMap((d) => {
-      const attempts = h('tr', { class: 'sub', hidden: true }, h('td', { colSpan: 7 }));
-      const toggle = () => guarded(async () => {
-        if (attempts.hidden) {
-          const full = await get(`/webhooks/deliveries/${d.id}`);
-          attempts.firstChild.replaceChildren(table(['#', 'At', 'HTTP status', 'Error', 'Duration'],
-            (full.attempt_log ?? []).map((a) => h('tr', {}, h('td', {}, a.n), h('td', {}, when(a.attempted_at)),
-              h('td', {}, a.status_code ?? '—'), h('td', {}, a.error ?? ''), h('td', {}, `${a.duration_ms} ms`))),
-            'No attempts yet.'));
-        }
-        attempts.hidden = !attempts.hidden;
-      });
-      return [h('tr', { testid: 'delivery-row' },
-        h('td', {}, badge(d.status)),
-        h('td', { class: 'mono' }, d.url),
-        h('td', {}, h('a', { href: `#/tasks/${d.job_id}` }, d.job_id.slice(0, 8))),
-        h('td', {}, d.attempts),
-        h('td', {}, d.last_status ?? '—', d.last_error ? h('div', { class: 'muted' }, d.last_error) : null),
-        h('td', {}, when(d.next_attempt_at ?? d.finished_at ?? d.created_at)),
-        h('td', { class: 'actions' },
-          h('button', { onclick: toggle }, 'Attempts'),
-          d.status !== 'PENDING'
-            ? h('button', { testid: 'redeliver', onclick: () => guarded(async () => { await post(`/webhooks/deliveries/${d.id}/redeliver`); refresh(); }) }, 'Redeliver')
-            : null)), attempts];
-    });
-    holder.replaceChildren(table(['Status', 'Endpoint', 'Job', 'Attempts', 'Last result', 'When', ''], rows, 'No deliveries.'));
+/** A delivery's row and its (hidden) attempts row. Its job may be a CSV
+ * task or a run of a task definition: the jobs view shows either. */
+function deliveryRows(d, reload) {
+  const attempts = h('tr', { class: 'sub', hidden: true }, h('td', { colSpan: 7 }));
+  const toggle = () => guarded(async () => {
+    if (attempts.hidden) {
+      const full = await get(`/webhooks/deliveries/${d.id}`);
+      attempts.firstChild.replaceChildren(table(['#', 'At', 'HTTP status', 'Error', 'Duration'],
+        (full.attempt_log ?? []).map((a) => h('tr', {}, h('td', {}, a.n), h('td', {}, when(a.attempted_at)),
+          h('td', {}, a.status_code ?? '—'), h('td', {}, a.error ?? ''), h('td', {}, `${a.duration_ms} ms`))),
+        'No attempts yet.'));
+    }
+    attempts.hidden = !attempts.hidden;
   });
-  refresh();
-  return [
-    h('h1', {}, 'Webhook deliveries'),
-    h('div', { class: 'toolbar' },
-      h('label', {}, 'Status', h('select', { onchange: (ev) => { status = ev.target.value; refresh(); } },
-        ['', 'PENDING', 'DEAD', 'DELIVERED'].map((s) => h('option', { value: s }, s || 'any')))),
-      h('button', { onclick: refresh }, 'Refresh')),
-    holder,
-  ];
+  return [h('tr', { testid: 'delivery-row', 'data-job': d.job_id },
+    h('td', {}, badge(d.status)),
+    h('td', { class: 'mono' }, d.url),
+    h('td', {}, h('a', { href: `#/jobs/${d.job_id}`, testid: 'delivery-job' }, d.job_id.slice(0, 8))),
+    h('td', {}, d.attempts),
+    h('td', {}, d.last_status ?? '—', d.last_error ? h('div', { class: 'muted' }, d.last_error) : null),
+    h('td', {}, when(d.next_attempt_at ?? d.finished_at ?? d.created_at)),
+    h('td', { class: 'actions' },
+      h('button', { onclick: toggle }, 'Attempts'),
+      d.status !== 'PENDING'
+        ? h('button', { testid: 'redeliver', onclick: () => guarded(async () => { await post(`/webhooks/deliveries/${d.id}/redeliver`); reload(); }) }, 'Redeliver')
+        : null)), attempts];
+}
+
+function deliveriesView() {
+  if (session.me.role !== 'admin') {
+    return [h('h1', {}, 'Webhook deliveries'),
+      h('p', { class: 'card', testid: 'admins-only' }, 'Webhook deliveries are shown to admins only.')];
+  }
+  return listView({
+    title: 'Webhook deliveries',
+    path: '/webhooks/deliveries',
+    filters: [{ name: 'status', label: 'Status', options: ['', 'PENDING', 'DEAD', 'DELIVERED'] }],
+    headers: ['Status', 'Endpoint', 'Job', 'Attempts', 'Last result', 'When', ''],
+    row: deliveryRows,
+    live: false,
+    testid: 'deliveries',
+  });
 }
 
 // ----------------------------------------------------------------- router
@@ -522,12 +691,16 @@ const ROUTES = [
 ];
 
 async function route() {
+  viewSerial += 1;
+  const serial = viewSerial;
   teardown.forEach((stop) => stop());
   teardown = [];
   clearError();
   const main = $('main');
   const signedIn = Boolean(session.token);
   $('nav').hidden = !signedIn;
+  // Deliveries are an admin's: the link is not offered to other roles.
+  $('nav-deliveries').hidden = session.me?.role !== 'admin';
   $('logout').hidden = !signedIn;
   $('who').textContent = '';
   if (!signedIn) {
@@ -536,13 +709,17 @@ async function route() {
   }
   if (!session.me) {
     try {
-      session.me = await get('/me');
+      const me = await get('/me');
+      if (serial !== viewSerial) return;
+      session.me = me;
     } catch (err) {
+      if (serial !== viewSerial) return;
       if (err instanceof ApiError && err.status === 401) return logout(err);
       showError(err);
       return;
     }
   }
+  $('nav-deliveries').hidden = session.me.role !== 'admin';
   $('who').textContent = `${session.me.customer} · ${session.me.role}${session.me.name ? ` · ${session.me.name}` : ''}`;
   const hash = location.hash || '#/bots';
   for (const link of $('nav').querySelectorAll('a')) {

@@ -16,7 +16,8 @@ use axum::routing::get;
 use crate::error::ApiError;
 
 pub const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
-     style-src 'self'; script-src 'self'; frame-ancestors 'none'";
+     style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+     form-action 'none'";
 
 /// (name, content type, body) of every file the page is made of.
 const FILES: &[(&str, &str, &str)] = &[
@@ -131,6 +132,35 @@ mod tests {
         let (status, headers, _) = get_path("/").await;
         assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
         assert_eq!(headers["location"], "/dashboard");
+    }
+
+    #[test]
+    fn the_policy_pins_base_and_forms() {
+        // <base> cannot redirect the page's relative URLs, and no form
+        // submits anywhere (the login form is handled by script).
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(
+                CSP.split("; ").any(|d| d == directive),
+                "{directive} is missing from {CSP}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_script_never_puts_the_token_in_a_url() {
+        let (_, _, js) = FILES[1];
+        assert!(!js.contains("access_token"), "app.js mentions access_token");
+        assert!(
+            !js.contains("new EventSource"),
+            "app.js opens an EventSource"
+        );
+        assert!(js.contains("Authorization: `Bearer ${session.token}`"));
     }
 
     #[test]

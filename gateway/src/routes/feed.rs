@@ -1,8 +1,8 @@
 //! `GET /events/stream`: the customer's job events, live, as server-sent
-//! events (for the dashboard; `?access_token=` works where a browser's
-//! EventSource cannot send headers). Each event's SSE `id` is its place in
-//! the order of events: a client that reconnects with `Last-Event-ID` (or
-//! `?after=`) gets what it missed. `?job_id=` follows one job.
+//! events (for the dashboard, which reads it with `fetch` and its token in
+//! the header; `?access_token=` works for clients that cannot send one).
+//! Each event's SSE `id` is its place in the order of events: a client that
+//! reconnects with `Last-Event-ID` (or `?after=`) gets what it missed. `?job_id=` follows one job.
 //!
 //! The feed polls PostgreSQL (every 250 ms) rather than holding a LISTEN
 //! connection per client. Events are numbered when written, and a
