@@ -68,9 +68,11 @@ async fn a_killed_agents_job_waits_again_and_finishes_once_on_another_bot() -> a
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let mut reaper_cmd = env.command("timeout-reaper");
+    let ops = format!("127.0.0.1:{}", orq_e2e::free_port());
     reaper_cmd
         .env("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000")
-        .env("ORQ_REAPER__TICK_MS", "200");
+        .env("ORQ_REAPER__TICK_MS", "200")
+        .env("ORQ_OPS__LISTEN", &ops);
     let _reaper = env.spawn("timeout-reaper", reaper_cmd)?;
     let config = agent_config(&env.dir, "agent.toml", 1, &[])?;
     let mut first = env.start_agent(&gw, "first", &config, &[]).await?;
@@ -133,6 +135,15 @@ async fn a_killed_agents_job_waits_again_and_finishes_once_on_another_bot() -> a
         .json()
         .await?;
     assert_eq!(bot["status"], "UNAVAILABLE");
+    // The reaper timed how late it took the job back.
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("orq_expiry_lag_seconds_count{kind=\"silent_bot\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(bot["active_jobs"], 0);
     env.cleanup().await
 }

@@ -214,6 +214,12 @@ impl App {
             .collect();
         let results = jobs::apply_changes(&tx, &changes).await?;
         tx.commit().await?;
+        // An agent's lease on its jobs ended a silence window after its
+        // last heartbeat.
+        record_lag(
+            "silent_bot",
+            held.iter().map(|h| h.due.map(|beat| beat + silent_for)),
+        );
         reaped.silent_bots += lost.len();
         for (h, result) in held.iter().zip(results) {
             if let jobs::ChangeResult::Done { to, .. } = result {

@@ -1164,7 +1164,8 @@ pub struct Expired {
     pub bot: Option<BotId>,
     /// Its task's retry limit, when it has one.
     pub max_attempts: Option<i32>,
-    /// When its lease ended (none for a silent HTTP bot's job).
+    /// When its lease ended (none for a silent HTTP bot's job); for a job
+    /// of a silent agent (`held_by`), the agent's last heartbeat.
     pub due: Option<OffsetDateTime>,
 }
 
@@ -1230,9 +1231,10 @@ pub async fn held_by(db: &impl GenericClient, bots: &[BotId]) -> Result<Vec<Expi
     let ids: Vec<Uuid> = bots.iter().map(|b| b.0).collect();
     let rows = query(
         db,
-        "SELECT customer_id, id, attempt, bot_id, max_attempts, NULL::timestamptz FROM jobs
-          WHERE bot_id = ANY($1) AND status IN ('ASSIGNED', 'RUNNING')
-          ORDER BY id FOR UPDATE",
+        "SELECT j.customer_id, j.id, j.attempt, j.bot_id, j.max_attempts, b.last_heartbeat_at
+           FROM jobs j JOIN bots b ON b.id = j.bot_id
+          WHERE j.bot_id = ANY($1) AND j.status IN ('ASSIGNED', 'RUNNING')
+          ORDER BY j.id FOR UPDATE OF j",
         &[&ids],
     )
     .await?;
