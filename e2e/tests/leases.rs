@@ -358,7 +358,10 @@ async fn a_legacy_http_bot_silent_on_its_job_times_it_out() -> anyhow::Result<()
                 FROM bots b, (VALUES ('silent', interval '2 hours'), ('busy', interval '1 minute')) AS v(d, age);",
     )
     .await?;
-    let _reaper = env.spawn("timeout-reaper", env.command("timeout-reaper"))?;
+    let ops = format!("127.0.0.1:{}", orq_e2e::free_port());
+    let mut reaper_cmd = env.command("timeout-reaper");
+    reaper_cmd.env("ORQ_OPS__LISTEN", &ops);
+    let _reaper = env.spawn("timeout-reaper", reaper_cmd)?;
     eventually(
         Duration::from_secs(30),
         "the silent job TIMEOUT",
@@ -382,5 +385,21 @@ async fn a_legacy_http_bot_silent_on_its_job_times_it_out() -> anyhow::Result<()
         .await?
         .get(0);
     assert!(error.unwrap_or_default().contains("HTTP bot"));
+    // Its lease ended an hour (the silence window) after its last report,
+    // an hour before the reaper found it: the lag says so.
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("orq_expiry_lag_seconds_count{kind=\"job\"} 1"),
+        "{metrics}"
+    );
+    let sum: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orq_expiry_lag_seconds_sum{kind=\"job\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default();
+    assert!((3500.0..3700.0).contains(&sum), "lag {sum} s:\n{metrics}");
     env.cleanup().await
 }

@@ -272,7 +272,8 @@ impl App {
                 (e, why)
             })
             .collect();
-        for e in jobs::claim_silent_http_jobs(&tx, now - silence, batch).await? {
+        for mut e in jobs::claim_silent_http_jobs(&tx, now - silence, batch).await? {
+            e.due = e.due.map(|report| report + silence);
             let why = format!(
                 "HTTP bot {} reported nothing on the job for {} s",
                 bot_name(&e),

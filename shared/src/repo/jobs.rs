@@ -1164,8 +1164,10 @@ pub struct Expired {
     pub bot: Option<BotId>,
     /// Its task's retry limit, when it has one.
     pub max_attempts: Option<i32>,
-    /// When its lease ended (none for a silent HTTP bot's job); for a job
-    /// of a silent agent (`held_by`), the agent's last heartbeat.
+    /// When its lease ended; for a job of a silent agent (`held_by`), the
+    /// agent's last heartbeat, and for a silent HTTP bot's job
+    /// (`claim_silent_http_jobs`), its last report: their leases end a
+    /// silence window later.
     pub due: Option<OffsetDateTime>,
 }
 
@@ -1215,7 +1217,7 @@ pub async fn claim_silent_http_jobs(
 ) -> Result<Vec<Expired>, RepoError> {
     let rows = query(
         db,
-        "SELECT j.customer_id, j.id, j.attempt, j.bot_id, j.max_attempts, NULL::timestamptz
+        "SELECT j.customer_id, j.id, j.attempt, j.bot_id, j.max_attempts, j.updated_at
            FROM jobs j JOIN bots b ON b.id = j.bot_id
           WHERE b.delivery = 'http' AND j.status = 'RUNNING' AND j.updated_at < $1
           ORDER BY j.updated_at LIMIT $2
