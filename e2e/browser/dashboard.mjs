@@ -4,9 +4,12 @@
 // (from the event feed, read with fetch and a Bearer header: the page is
 // never reloaded, and no URL it requests carries a token). Then every view
 // renders; the deliveries page lists the task's webhook deliveries and links
-// to the task through the jobs view; after logging out, nothing wipes the
-// login form, a viewer is offered no deliveries, and a token the stream
-// refuses logs out at once instead of reconnecting. Full-page screenshots
+// to the task through the jobs view; the People view lists a micro-task
+// (its page: executions, submissions, notifications) and a user task, which
+// the admin expires on its page (COMPLETE, its history arriving live); after
+// logging out, nothing wipes the login form, a viewer is offered no
+// deliveries, and a token the stream refuses logs out at once instead of
+// reconnecting. Full-page screenshots
 // along the way. Any uncaught page error or console error fails the run.
 //
 // Environment: ORQ_URL (the gateway), ORQ_TOKEN (an admin token),
@@ -14,7 +17,8 @@
 // same customer: the stream refuses a bot), ORQ_SCREENSHOT (a
 // .png path), ORQ_AGENT (the running agent's bot name), ORQ_SYSTEM (a system
 // that agent runs; default Vivo360), ORQ_TEST_CHROMIUM (default
-// /usr/bin/chromium). Run by e2e/tests/dashboard.rs.
+// /usr/bin/chromium), ORQ_MICRO_TASK_ID and ORQ_USER_TASK_ID (an open
+// micro-task and user task of the customer). Run by e2e/tests/dashboard.rs.
 
 import { chromium } from 'playwright-core';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -35,6 +39,8 @@ const botToken = env('ORQ_BOT_TOKEN');
 const screenshot = env('ORQ_SCREENSHOT');
 const agent = env('ORQ_AGENT');
 const system = env('ORQ_SYSTEM', 'Vivo360');
+const microTaskId = env('ORQ_MICRO_TASK_ID');
+const userTaskId = env('ORQ_USER_TASK_ID');
 const executablePath = env('ORQ_TEST_CHROMIUM', '/usr/bin/chromium');
 
 const step = (what) => console.log(`dashboard: ${what}`);
@@ -188,6 +194,66 @@ async function run(browser) {
   );
   await page.getByTestId('csv-task-link').waitFor();
   await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-delivery-job.png'), fullPage: true });
+  await check();
+
+  step('the People view lists the micro-task; its page shows executions, submissions, notifications');
+  await page.getByTestId('nav-people').click();
+  const microRow = page.locator(`[data-testid="micro-task-row"][data-id="${microTaskId}"]`);
+  await microRow.waitFor();
+  const microText = await microRow.innerText();
+  if (!microText.includes('survey') || !microText.includes('NEW')) throw new Error(`the micro-task row shows: ${microText}`);
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-people.png'), fullPage: true });
+  await check();
+  await microRow.getByRole('link').first().click();
+  await page.waitForURL(new RegExp(`#/people/micro/${microTaskId}$`));
+  await page.waitForFunction(() => document.querySelector('[data-testid="job-status"]')?.textContent === 'NEW');
+  for (const part of ['executions', 'submissions', 'notifications']) await page.getByTestId(part).waitFor();
+  const flow = await page.getByTestId('human-input').innerText();
+  if (!flow.includes('"step": 1')) throw new Error(`the micro-task page shows no task flow: ${flow}`);
+  if (await page.getByTestId('expire').count()) throw new Error('a micro-task offers Expire');
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-micro-task.png'), fullPage: true });
+  await check();
+
+  step('the user tasks tab lists the user task; the admin expires it on its page, seen live');
+  await page.getByTestId('nav-people').click();
+  await page.getByTestId('people-tab-user').click();
+  const userRow = page.locator(`[data-testid="user-task-row"][data-id="${userTaskId}"]`);
+  await userRow.waitFor();
+  const userText = await userRow.innerText();
+  if (!userText.includes('approve') || !userText.includes('NEW')) throw new Error(`the user task row shows: ${userText}`);
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-user-tasks.png'), fullPage: true });
+  await check();
+  await userRow.getByRole('link').first().click();
+  await page.waitForURL(new RegExp(`#/people/user/${userTaskId}$`));
+  await page.waitForFunction(() => document.querySelector('[data-testid="job-status"]')?.textContent === 'NEW');
+  const input = await page.getByTestId('human-input').innerText();
+  if (!input.includes('"x": 1')) throw new Error(`the user task page shows no input: ${input}`);
+  await page.waitForFunction(() => document.querySelector('[data-testid="live"]')?.textContent === 'live');
+  await page.evaluate(() => {
+    const el = document.querySelector('[data-testid="job-status"]');
+    window.orqStatuses = [el.textContent];
+    new MutationObserver(() => window.orqStatuses.push(el.textContent))
+      .observe(el, { childList: true, characterData: true, subtree: true });
+  });
+  await page.getByTestId('expire').click();
+  await page.waitForFunction(() => document.querySelector('[data-testid="job-status"]')?.textContent === 'COMPLETE', null, { timeout: 10_000 });
+  // The history is filled from the feed alone: both steps arrive live.
+  await page.waitForFunction(() => {
+    const text = document.querySelector('[data-testid="job-events"]')?.innerText ?? '';
+    return text.includes('SUBMITTED') && text.includes('COMPLETE');
+  }, null, { timeout: 10_000 }).catch(async () => {
+    throw new Error(`the history did not show the expiry live:\n${await page.getByTestId('job-events').innerText()}`);
+  });
+  await page.getByTestId('expire').waitFor({ state: 'hidden' });
+  const expiredResult = await page.getByTestId('human-result').innerText();
+  if (!expiredResult.includes('"is_continue": true')) throw new Error(`the expired task's result: ${expiredResult}`);
+  step(`user task statuses shown: ${(await page.evaluate(() => window.orqStatuses)).join(' → ')}`);
+  if (!(await page.evaluate(() => window.orqSameDocument === true))) throw new Error('the page was reloaded on the way');
+  await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-user-task.png'), fullPage: true });
+  await check();
+  await page.getByTestId('nav-people').click();
+  await page.getByTestId('people-tab-user').click();
+  await page.waitForFunction((id) => document.querySelector(`[data-testid="user-task-row"][data-id="${id}"]`)?.innerText.includes('COMPLETE'), userTaskId);
   await check();
 
   step('log out from the bots page; nothing wipes the login form');

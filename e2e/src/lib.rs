@@ -188,6 +188,25 @@ impl Env {
             .ok_or_else(|| anyhow!("no token in {v}"))
     }
 
+    /// `GET url` as this deployment's admin, as JSON.
+    pub async fn get_json(&self, url: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self.client().get(url).send().await?.json().await?)
+    }
+
+    /// `POST url body` as this deployment's admin, which must answer 201;
+    /// the id of what it created.
+    pub async fn create(&self, url: &str, body: &serde_json::Value) -> anyhow::Result<String> {
+        let response = self.client().post(url).json(body).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        anyhow::ensure!(status == 201, "POST {url}: {status} {text}");
+        let created: serde_json::Value = serde_json::from_str(&text)?;
+        created["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no id in {created}"))
+    }
+
     /// A field worker's token for `email`, from `gateway admin`.
     pub fn worker_token(&self, email: &str) -> anyhow::Result<String> {
         let v = self.admin(&[

@@ -2,7 +2,8 @@
 //! browser (the system's headless Chromium, driven by Playwright in
 //! `e2e/browser/dashboard.mjs`) running a CSV task through it to COMPLETE
 //! on a real agent, with its webhook deliveries (to a loopback receiver,
-//! through the reaper) on the deliveries page.
+//! through the reaper) on the deliveries page, and a micro-task and a user
+//! task on the People page (the user task expired there by the admin).
 
 use orq_e2e::{Env, agent_config, client_with, repo_root};
 use serde_json::Value;
@@ -85,13 +86,7 @@ async fn the_dashboard_files_and_me_are_served() -> anyhow::Result<()> {
     let body: Value = missing.json().await?;
     assert_eq!(body["error"]["code"], "not_found");
 
-    let me: Value = env
-        .client()
-        .get(format!("{gw}/me"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let me: Value = env.get_json(&format!("{gw}/me")).await?;
     assert_eq!(me["customer"], env.customer.as_str());
     assert_eq!(me["role"], "admin");
     let viewer = env.token(&env.customer, "viewer")?;
@@ -162,6 +157,21 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
         .start_agent(&gw, "dash-agent", &config, &[("ORQ_DEMO_DELAY", "0.4")])
         .await?;
 
+    // A micro-task and a user task for the People view; the page expires
+    // the user task (as the admin).
+    let micro_id = env
+        .create(
+            &format!("{gw}/{}/micro_task", env.customer),
+            &serde_json::json!({ "name": "survey", "task_flow": [{ "step": 1 }] }),
+        )
+        .await?;
+    let user_task_id = env
+        .create(
+            &format!("{gw}/activity_manager"),
+            &serde_json::json!({ "action": "approve", "input": { "x": 1 } }),
+        )
+        .await?;
+
     let screenshot = env.dir.join("dashboard.png");
     let run = tokio::process::Command::new(&tools.node)
         .arg(&tools.script)
@@ -173,6 +183,8 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
         .env("ORQ_SCREENSHOT", &screenshot)
         .env("ORQ_AGENT", "dash-agent")
         .env("ORQ_SYSTEM", "Vivo360")
+        .env("ORQ_MICRO_TASK_ID", &micro_id)
+        .env("ORQ_USER_TASK_ID", &user_task_id)
         .env("ORQ_TEST_CHROMIUM", &tools.chromium)
         .kill_on_drop(true)
         .output();
@@ -217,13 +229,7 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
         .ok_or_else(|| anyhow::anyhow!("the browser test printed no TASK_ID"))?
         .trim()
         .to_string();
-    let task: Value = env
-        .client()
-        .get(format!("{gw}/tasks/{id}"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let task: Value = env.get_json(&format!("{gw}/tasks/{id}")).await?;
     assert_eq!(task["status"], "COMPLETE", "{task}");
     assert_eq!(task["system"], "Vivo360");
     assert_eq!(task["rows_done"], 5);
@@ -237,6 +243,18 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
         .await?;
     assert_eq!(row.get::<_, &str>(0), "COMPLETE");
     assert_eq!(row.get::<_, i64>(1), 1, "the page created one task");
+    // The page expired the user task: submitted as it stood, with
+    // is_continue, and concluded; the micro-task was only looked at.
+    let expired: Value = env
+        .get_json(&format!("{gw}/activity_manager/{user_task_id}"))
+        .await?;
+    assert_eq!(expired["status"], "COMPLETE", "{expired}");
+    assert_eq!(expired["is_continue"], true, "{expired}");
+    assert_eq!(expired["result"]["is_continue"], true, "{expired}");
+    let micro: Value = env
+        .get_json(&format!("{gw}/{}/micro_task/{micro_id}", env.customer))
+        .await?;
+    assert_eq!(micro["status"], "NEW", "{micro}");
     receiver.abort();
     env.cleanup().await
 }

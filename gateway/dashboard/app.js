@@ -49,7 +49,11 @@ function when(iso) {
   if (!iso) return '—';
   const d = new Date(iso);
   const ago = Math.round((Date.now() - d.getTime()) / 1000);
-  const rel = ago < 60 ? `${Math.max(ago, 0)} s ago` : ago < 3600 ? `${Math.round(ago / 60)} min ago` : d.toLocaleString();
+  // Deadlines and expiries lie ahead; a few seconds of clock skew do not.
+  const ahead = ago < -5;
+  const span = ahead ? -ago : Math.max(ago, 0);
+  const amount = span < 60 ? `${span} s` : span < 3600 ? `${Math.round(span / 60)} min` : null;
+  const rel = amount === null ? d.toLocaleString() : ahead ? `in ${amount}` : `${amount} ago`;
   return h('time', { datetime: iso, title: d.toLocaleString() }, rel);
 }
 
@@ -516,20 +520,164 @@ function jobsView() {
   });
 }
 
+// ----------------------------------------------------------------- people
+
+const HUMAN_STATUSES = ['', 'NEW', 'RESERVED', 'EXECUTING', 'SUBMITTED', 'COMPLETE', 'REJECTED', 'ERROR'];
+const HUMAN_FINAL = new Set(['COMPLETE', 'REJECTED', 'ERROR']);
+// A user task still waiting for a person (it takes commits, or an expiry).
+const HUMAN_OPEN = new Set(['NEW', 'RESERVED', 'EXECUTING']);
+
+/** A JSON value in one short line. */
+function brief(value, max = 60) {
+  if (value === null || value === undefined) return '—';
+  const text = JSON.stringify(value);
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+/** The people view's two kinds, as tabs over one list. */
+function peopleTabs(current) {
+  const tab = (kind, href, text) => h('a', { href, class: kind === current ? 'active' : null, testid: `people-tab-${kind}` }, text);
+  return h('div', { class: 'tabs' }, tab('micro', '#/people', 'Micro-tasks (field workers)'), tab('user', '#/people/user', 'User tasks (activity manager)'));
+}
+
+/** Human tasks: micro-tasks (`kind` "micro") or user tasks ("user"). */
+function peopleView(kind) {
+  const micro = kind === 'micro';
+  return listView({
+    title: 'People',
+    path: micro ? customerPath('/micro_task') : '/activity_manager',
+    filters: micro
+      ? [
+        { name: 'status', label: 'Status', options: HUMAN_STATUSES },
+        { name: 'name', label: 'Name' },
+        { name: 'worker', label: 'Worker' },
+      ]
+      : [
+        { name: 'status', label: 'Status', options: HUMAN_STATUSES },
+        { name: 'action', label: 'Action' },
+      ],
+    headers: micro
+      ? ['Name', 'Status', 'Worker', 'Deadline', 'Created']
+      : ['Action', 'Status', 'Input', 'Expires', 'Created'],
+    row: micro
+      ? (t) => h('tr', { testid: 'micro-task-row', 'data-id': t.id },
+        h('td', {}, h('a', { href: `#/people/micro/${t.id}` }, t.action), h('div', { class: 'muted mono' }, `v${t.version}`)),
+        h('td', {}, badge(t.status)),
+        h('td', {}, t.worker ?? '—'),
+        h('td', {}, when(t.deadline)),
+        h('td', {}, when(t.created_at)))
+      : (t) => h('tr', { testid: 'user-task-row', 'data-id': t.id },
+        h('td', {}, h('a', { href: `#/people/user/${t.id}` }, t.action), h('div', { class: 'muted' }, t.activity_manager)),
+        h('td', {}, badge(t.status)),
+        h('td', { class: 'mono' }, brief(t.input)),
+        h('td', {}, when(t.expires_at)),
+        h('td', {}, when(t.created_at))),
+    top: [peopleTabs(kind)],
+    testid: micro ? 'micro-tasks' : 'user-tasks',
+  });
+}
+
 // ----------------------------------------------------------------- detail
 
-/** A CSV task (`kind` "task") or a job ("job"), with its history, kept
- * live from the event feed. A job is read through `/{customer}/job/{id}`,
- * which serves runs of task definitions and CSV jobs alike (its `kind`:
- * "script" or "system"); `/tasks/{id}` serves CSV jobs only. */
+/** A titled JSON block, or nothing when there is no value. */
+const jsonSection = (title, value, testid) => (value === null || value === undefined
+  ? []
+  : [h('h2', {}, title), h('pre', { testid }, JSON.stringify(value, null, 2))]);
+
+/** What a detail page shows of each kind: where the item is read (its
+ * events at `${base}/events`), which statuses are final, its fields and
+ * sections, and its one action (a button shown while `shown(status)`). */
+const DETAIL = {
+  task: {
+    base: (id) => `/tasks/${id}`,
+    back: ['#/tasks', '← Tasks'],
+    label: 'Task',
+    final: FINAL,
+    progress: true,
+    title: (item) => item.description,
+    fields: (item) => [['id', item.id], ['system', item.system], ['rows', `${item.rows_done} / ${item.rows_total}`]],
+    action: { label: 'Cancel', testid: 'cancel', path: 'cancel', shown: (s) => !FINAL.has(s) },
+  },
+  job: {
+    base: (id) => customerPath(`/job/${id}`),
+    back: ['#/jobs', '← Jobs'],
+    label: 'Job',
+    final: FINAL,
+    progress: true,
+    title: (item) => item.name,
+    // A job is read through `/{customer}/job/{id}`, which serves runs of
+    // task definitions and CSV jobs alike (its `kind`: "script" or
+    // "system"); `/tasks/{id}` serves CSV jobs only.
+    fields: (item) => (item.kind === 'system'
+      // A CSV job seen as a job: its rows and system are on its task page.
+      ? [['id', item.id], ['kind', h('span', {}, 'CSV task (', h('a', { href: `#/tasks/${item.id}`, testid: 'csv-task-link' }, 'rows and system'), ')')],
+        ['lifecycle', item.lifecycle]]
+      : [['id', item.id], ['task', item.task_id], ['arguments', (item.task_arguments ?? []).join(' ')],
+        ['step', item.step], ['exit code', item.exit_code], ['lifecycle', item.lifecycle]]),
+    action: { label: 'Cancel', testid: 'cancel', path: 'cancel', shown: (s) => !FINAL.has(s) },
+  },
+  micro: {
+    base: (id) => customerPath(`/micro_task/${id}`),
+    back: ['#/people', '← Micro-tasks'],
+    label: 'Micro-task',
+    final: HUMAN_FINAL,
+    title: (item) => item.action,
+    fields: (item) => [['id', item.id], ['name', `${item.action} (version ${item.version})`], ['worker', item.worker],
+      ['deadline', item.deadline], ['execution time', `${Math.round(item.execution_ms / 1000)} s`],
+      ['created', item.created_at], ['finished', item.finished_at], ['error', item.error]],
+    sections: (item) => [
+      ...jsonSection('Task flow and variables', item.input, 'human-input'),
+      ...jsonSection('Result', item.result, 'human-result'),
+      h('h2', {}, 'Executions'),
+      h('div', { testid: 'executions' }, table(['Worker', 'Status', 'Started', 'Deadline', 'Ended', 'Reason'],
+        (item.executions ?? []).map((x) => h('tr', {}, h('td', {}, x.worker), h('td', {}, badge(x.status)),
+          h('td', {}, when(x.started_at)), h('td', {}, when(x.deadline)), h('td', {}, when(x.finished_at)),
+          h('td', {}, x.reason ?? ''))),
+        'Nobody started it yet.')),
+      h('h2', {}, 'Submissions'),
+      h('div', { testid: 'submissions' }, table(['Received', 'Worker', 'Outcome', 'Reason'],
+        (item.submissions ?? []).map((s) => h('tr', {}, h('td', {}, when(s.received_at)), h('td', {}, s.worker),
+          h('td', {}, badge(s.outcome)), h('td', {}, s.reason ?? ''))),
+        'No finish received.')),
+      h('h2', {}, 'Notifications'),
+      h('div', { testid: 'notifications' }, table(['Channel', 'Recipient', 'Status', 'Attempts', 'Sent', 'Last error'],
+        (item.notifications ?? []).map((n) => h('tr', {}, h('td', {}, n.channel), h('td', { class: 'mono' }, n.recipient),
+          h('td', {}, badge(n.status)), h('td', {}, n.attempts), h('td', {}, when(n.sent_at)), h('td', {}, n.last_error ?? ''))),
+        'No notifications.')),
+    ],
+  },
+  user: {
+    base: (id) => `/activity_manager/${id}`,
+    back: ['#/people/user', '← User tasks'],
+    label: 'User task',
+    final: HUMAN_FINAL,
+    title: (item) => item.action,
+    fields: (item) => [['id', item.id], ['action', item.action], ['activity manager', item.activity_manager],
+      ['expires', item.expires_at], ['is_continue', String(item.is_continue)],
+      ['created', item.created_at], ['finished', item.finished_at], ['error', item.error]],
+    sections: (item) => [
+      ...jsonSection('Input', item.input, 'human-input'),
+      ...jsonSection('Committed payload', item.committed, 'human-committed'),
+      ...jsonSection('Result', item.result, 'human-result'),
+    ],
+    // Ends it now, as its timeout would: an admin's.
+    action: { label: 'Expire', testid: 'expire', path: 'expire', shown: (s) => session.me?.role === 'admin' && HUMAN_OPEN.has(s) },
+  },
+};
+
+/** One item of `kind` (see DETAIL: a CSV task, a job, a micro-task or a
+ * user task), with its history, kept live from the event feed. */
 function detailView(kind, id) {
-  const base = kind === 'task' ? `/tasks/${id}` : customerPath(`/job/${id}`);
+  const spec = DETAIL[kind];
+  const base = spec.base(id);
   const status = h('span', { class: 'badge', testid: 'job-status' }, '…');
   const bar = progress(0, 'job-progress');
   const percentText = h('span', { testid: 'job-percent' }, '0%');
   const indicator = h('span', { class: 'live', testid: 'live' });
-  const cancel = h('button', { class: 'danger', testid: 'cancel', hidden: true }, 'Cancel');
-  const title = h('h1', {}, kind === 'task' ? 'Task' : 'Job');
+  const action = spec.action
+    ? h('button', { class: 'danger', testid: spec.action.testid, hidden: true }, spec.action.label)
+    : null;
+  const title = h('h1', {}, spec.label);
   const meta = h('dl', { class: 'meta' });
   const result = h('div');
   const events = h('tbody', { testid: 'job-events' });
@@ -542,7 +690,7 @@ function detailView(kind, id) {
   const setStatus = (s) => {
     status.textContent = s;
     status.className = `badge st-${s}`;
-    cancel.hidden = FINAL.has(s);
+    if (action) action.hidden = !spec.action.shown(s);
   };
   const setPercent = (p) => {
     bar.value = p;
@@ -551,26 +699,16 @@ function detailView(kind, id) {
   };
   const render = (item) => {
     current = item;
-    const csv = kind === 'task' || item.kind === 'system';
-    title.textContent = (kind === 'task' ? item.description : item.name) || `${csv ? 'task' : 'job'} ${id}`;
+    title.textContent = spec.title(item) || `${spec.label.toLowerCase()} ${id}`;
     setStatus(item.status);
-    setPercent(item.percent);
-    let fields;
-    if (kind === 'task') {
-      fields = [['id', item.id], ['system', item.system], ['rows', `${item.rows_done} / ${item.rows_total}`]];
-    } else if (item.kind === 'system') {
-      // A CSV job seen as a job: its rows and system are on its task page.
-      fields = [['id', item.id], ['kind', h('span', {}, 'CSV task (', h('a', { href: `#/tasks/${item.id}`, testid: 'csv-task-link' }, 'rows and system'), ')')],
-        ['lifecycle', item.lifecycle]];
-    } else {
-      fields = [['id', item.id], ['task', item.task_id], ['arguments', (item.task_arguments ?? []).join(' ')],
-        ['step', item.step], ['exit code', item.exit_code], ['lifecycle', item.lifecycle]];
+    if (spec.progress) setPercent(item.percent);
+    const fields = spec.fields(item);
+    if (spec.progress) {
+      fields.push(['bot', item.bot_id], ['attempt', item.attempt], ['created', item.created_at],
+        ['started', item.started_at], ['finished', item.finished_at], ['error', item.error]);
     }
-    fields.push(['bot', item.bot_id], ['attempt', item.attempt], ['created', item.created_at],
-      ['started', item.started_at], ['finished', item.finished_at], ['error', item.error]);
     meta.replaceChildren(...fields.flatMap(([k, v]) => [h('dt', {}, k), h('dd', { class: 'mono' }, v ?? '—')]));
-    const shown = item.output ?? item.result;
-    result.replaceChildren(...(shown ? [h('h2', {}, 'Result'), h('pre', {}, JSON.stringify(shown, null, 2))] : []));
+    result.replaceChildren(...(spec.sections ? spec.sections(item) : jsonSection('Result', item.output ?? item.result)));
   };
   const addEvent = (e) => {
     if (seen.has(e.id)) return false;
@@ -586,19 +724,19 @@ function detailView(kind, id) {
     const item = await get(base);
     if (stopped) return;
     render(item);
-    if (FINAL.has(current.status) && source) {
+    if (spec.final.has(current.status) && source) {
       source.close();
       source = null;
     }
   });
 
-  cancel.addEventListener('click', () => guarded(async () => {
-    cancel.disabled = true;
+  action?.addEventListener('click', () => guarded(async () => {
+    action.disabled = true;
     try {
-      const item = await post(`${base}/cancel`);
+      const item = await post(`${base}/${spec.action.path}`);
       if (!stopped) render(item);
     } finally {
-      cancel.disabled = false;
+      action.disabled = false;
     }
   }));
 
@@ -608,8 +746,8 @@ function detailView(kind, id) {
     if (stopped) return;
     render(item);
     history.forEach(addEvent);
-    if (FINAL.has(item.status)) return;
-    // From the job's first event, so nothing between the reads above and
+    if (spec.final.has(item.status)) return;
+    // From the item's first event, so nothing between the reads above and
     // the stream's start is missed; events already shown are skipped.
     source = follow(id, (e) => {
       if (!addEvent(e)) return;
@@ -624,9 +762,9 @@ function detailView(kind, id) {
   });
 
   return h('div', { class: 'detail' },
-    h('p', {}, h('a', { href: kind === 'task' ? '#/tasks' : '#/jobs' }, kind === 'task' ? '← Tasks' : '← Jobs')),
-    h('div', { class: 'head' }, title, status, h('span', { class: 'spacer' }), indicator, cancel),
-    h('div', { class: 'progress-line' }, bar, percentText),
+    h('p', {}, h('a', { href: spec.back[0] }, spec.back[1])),
+    h('div', { class: 'head' }, title, status, h('span', { class: 'spacer' }), indicator, action),
+    spec.progress ? h('div', { class: 'progress-line' }, bar, percentText) : null,
     h('div', { class: 'card' }, meta),
     result,
     h('h2', {}, 'History'),
@@ -687,6 +825,9 @@ const ROUTES = [
   [/^#\/tasks\/([0-9a-f-]{36})$/, (id) => detailView('task', id)],
   [/^#\/jobs$/, jobsView],
   [/^#\/jobs\/([0-9a-f-]{36})$/, (id) => detailView('job', id)],
+  [/^#\/people$/, () => peopleView('micro')],
+  [/^#\/people\/user$/, () => peopleView('user')],
+  [/^#\/people\/(micro|user)\/([0-9a-f-]{36})$/, (kind, id) => detailView(kind, id)],
   [/^#\/deliveries$/, deliveriesView],
 ];
 
