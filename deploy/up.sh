@@ -47,6 +47,11 @@ fi
 
 say "starting gateway, dispatcher and timeout-reaper (logs in $RUN/)"
 : >"$RUN/pids"
+# A demo that fails half-way stops what it started (its logs stay).
+trap 'code=$?; if [ $code -ne 0 ] && [ -s "$RUN/pids" ]; then
+  echo "the demo failed; stopping what it started (logs in $RUN/)" >&2
+  bash deploy/down.sh >/dev/null 2>&1
+fi' EXIT
 start gateway "$BIN/gateway"
 start dispatcher "$BIN/dispatcher"
 start timeout-reaper "$BIN/timeout-reaper"

@@ -9,6 +9,7 @@ use anyhow::{Context, anyhow};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -51,22 +52,39 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// A running binary, killed when dropped.
+/// A running binary, killed when dropped (or when its `Env` is cleaned up).
 pub struct Proc {
     pub name: String,
-    child: Child,
+    child: Arc<Mutex<Child>>,
     pub log: PathBuf,
 }
 
+/// Kills `child` unless it already exited, and reaps it. A child already
+/// reaped is not signalled again, so a recycled pid is never hit.
+fn stop(child: &Mutex<Child>) {
+    let mut child = child
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !matches!(child.try_wait(), Ok(Some(_))) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 impl Proc {
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap_or(0)
+        i32::try_from(self.child().id()).unwrap_or(0)
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&self.child);
     }
 
     /// SIGTERM, then waits up to `bound` for the exit; true when it exited.
@@ -77,7 +95,7 @@ impl Proc {
         );
         let start = Instant::now();
         while start.elapsed() < bound {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if self.exited() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -86,7 +104,7 @@ impl Proc {
     }
 
     pub fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        matches!(self.child().try_wait(), Ok(Some(_)))
     }
 
     pub fn log_text(&self) -> String {
@@ -96,8 +114,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&self.child);
     }
 }
 
@@ -117,6 +134,9 @@ pub struct Env {
     pub secret_key: String,
     /// Extra `ORQ_*` variables given to every process.
     pub vars: Vec<(String, String)>,
+    /// Every process started for it: stopped before its queues and
+    /// database are removed, so none declares them again.
+    children: Mutex<Vec<Arc<Mutex<Child>>>>,
     cleaned: bool,
 }
 
@@ -153,6 +173,7 @@ impl Env {
             customer: format!("acme-{short}"),
             secret_key: Uuid::new_v4().simple().to_string().repeat(2),
             vars: Vec::new(),
+            children: Mutex::new(Vec::new()),
             cleaned: false,
         };
         let created = env.admin(&["create-customer", &env.customer.clone()])?;
@@ -253,6 +274,11 @@ impl Env {
             .stderr(file)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
+        let child = Arc::new(Mutex::new(child));
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(child.clone());
         Ok(Proc {
             name: name.to_string(),
             child,
@@ -365,8 +391,22 @@ impl Env {
     }
 
     /// Drops the database and deletes every queue and exchange of the prefix.
+    /// Stops every process still running for this deployment.
+    fn stop_processes(&self) {
+        let children = std::mem::take(
+            &mut *self
+                .children
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for child in &children {
+            stop(child);
+        }
+    }
+
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.cleaned = true;
+        self.stop_processes();
         let bots = bot_ids(&self.db_url).await;
         teardown_broker(&self.amqp_url, &self.prefix, &bots).await?;
         drop_database(&self.pg_base, &self.db_name).await?;
@@ -383,6 +423,7 @@ impl Drop for Env {
         // A failed test: keep the logs for reading, remove the rest. Drop
         // cannot await, so the cleanup runs on a runtime of its own.
         eprintln!("test logs kept in {}", self.dir.display());
+        self.stop_processes();
         let (pg_base, db_name, db_url, amqp, prefix) = (
             self.pg_base.clone(),
             self.db_name.clone(),
