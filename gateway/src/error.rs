@@ -81,6 +81,19 @@ pub struct ErrorDetail {
     pub details: Value,
 }
 
+/// The answers every API operation may give besides its own, as the
+/// OpenAPI document shows them (`responses(..., crate::error::Refusals)`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Refusals {
+    /// Refused; the body says why
+    #[response(status = "4XX")]
+    Refused(ErrorBody),
+    /// PostgreSQL or RabbitMQ is unavailable; retry
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

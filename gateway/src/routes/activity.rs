@@ -64,7 +64,7 @@ pub struct UserTaskBody {
 }
 
 /// `POST /activity_manager` (user): opens a user task.
-#[utoipa::path(post, path = "/activity_manager", operation_id = "activity_create", tag = "activity_manager", request_body = UserTaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/activity_manager", operation_id = "activity_create", tag = "activity_manager", request_body = UserTaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -125,7 +125,7 @@ pub struct ListQuery {
 }
 
 /// `GET /activity_manager?status=&action=` (viewer).
-#[utoipa::path(get, path = "/activity_manager", operation_id = "activity_list", tag = "activity_manager", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of user tasks", body = [orq_shared::repo::human::HumanTask], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/activity_manager", operation_id = "activity_list", tag = "activity_manager", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of user tasks", body = [orq_shared::repo::human::HumanTask], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -155,7 +155,7 @@ async fn user_task(state: &AppState, auth: &Auth, id: &str) -> Result<HumanTask,
 }
 
 /// `GET /activity_manager/{id}`: the activity with `expires_at`.
-#[utoipa::path(get, path = "/activity_manager/{id}", operation_id = "activity_get", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/activity_manager/{id}", operation_id = "activity_get", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -165,7 +165,7 @@ pub async fn get(
 }
 
 /// `GET /activity_manager/{id}/events`.
-#[utoipa::path(get, path = "/activity_manager/{id}/events", operation_id = "activity_events", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/activity_manager/{id}/events", operation_id = "activity_events", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -181,7 +181,7 @@ pub async fn events(
 /// `POST /activity_manager/{id}/commit` (user): saves a partial answer;
 /// one that fails `activity_schema` is a 400 with the validation errors and
 /// changes nothing.
-#[utoipa::path(post, path = "/activity_manager/{id}/commit", operation_id = "activity_commit", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), request_body = Object, responses((status = 200, description = "Saved", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/activity_manager/{id}/commit", operation_id = "activity_commit", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), request_body = Object, responses((status = 200, description = "Saved", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn commit(
     State(state): State<AppState>,
     auth: Auth,
@@ -201,7 +201,7 @@ pub async fn commit(
 /// `POST /activity_manager/{id}/submit` (user): commits the body, when
 /// there is one, and closes the activity: `202`; `422` when it is no
 /// longer open.
-#[utoipa::path(post, path = "/activity_manager/{id}/submit", operation_id = "activity_submit", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), request_body = Object, responses((status = 202, description = "Submitted", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/activity_manager/{id}/submit", operation_id = "activity_submit", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), request_body = Object, responses((status = 202, description = "Submitted", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn submit(
     State(state): State<AppState>,
     auth: Auth,
@@ -228,7 +228,7 @@ pub async fn submit(
 
 /// `POST /activity_manager/{id}/expire` (admin): ends it now, as its
 /// timeout would (submitted with `is_continue = true`).
-#[utoipa::path(post, path = "/activity_manager/{id}/expire", operation_id = "activity_expire", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "Expired", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/activity_manager/{id}/expire", operation_id = "activity_expire", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "Expired", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn expire(
     State(state): State<AppState>,
     auth: Auth,

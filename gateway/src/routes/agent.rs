@@ -33,7 +33,7 @@ pub struct Registered {
 
 /// Creates the agent's bot (or takes over the bot of that name) and makes
 /// sure its queue exists before any work is sent to it.
-#[utoipa::path(post, path = "/agent/register", operation_id = "agent_register", tag = "agent", request_body = RegisterBody, responses((status = 200, description = "The bot and its queue", body = Registered), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/agent/register", operation_id = "agent_register", tag = "agent", request_body = RegisterBody, responses((status = 200, description = "The bot and its queue", body = Registered), crate::error::Refusals))]
 pub async fn register(
     State(state): State<AppState>,
     auth: Auth,

@@ -24,7 +24,7 @@ pub struct ListQuery {
     status: Option<String>,
 }
 
-#[utoipa::path(get, path = "/bots", operation_id = "bots_list", tag = "bots", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of bots", body = [orq_shared::repo::bots::Bot], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/bots", operation_id = "bots_list", tag = "bots", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of bots", body = [orq_shared::repo::bots::Bot], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -48,7 +48,7 @@ pub async fn list(
     Ok(paged(items, page, last))
 }
 
-#[utoipa::path(get, path = "/bots/{id}", operation_id = "bots_get", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/bots/{id}", operation_id = "bots_get", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -141,7 +141,7 @@ fn apply(body: BotBody, base: BotSpec) -> Result<BotSpec, ApiError> {
     })
 }
 
-#[utoipa::path(post, path = "/bots", operation_id = "bots_create", tag = "bots", request_body = BotBody, responses((status = 201, description = "Created", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/bots", operation_id = "bots_create", tag = "bots", request_body = BotBody, responses((status = 201, description = "Created", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -185,7 +185,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(bot)).into_response())
 }
 
-#[utoipa::path(put, path = "/bots/{id}", operation_id = "bots_update", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), request_body = BotBody, responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/bots/{id}", operation_id = "bots_update", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), request_body = BotBody, responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -218,7 +218,7 @@ pub async fn update(
     Ok(axum::Json(bot))
 }
 
-#[utoipa::path(delete, path = "/bots/{id}", operation_id = "bots_delete", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/bots/{id}", operation_id = "bots_delete", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,
@@ -250,7 +250,7 @@ async fn set_draining(
 }
 
 /// The bot takes no new work and finishes what it has.
-#[utoipa::path(post, path = "/bots/{id}/drain", operation_id = "bots_drain", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/bots/{id}/drain", operation_id = "bots_drain", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn drain(
     State(state): State<AppState>,
     auth: Auth,
@@ -259,7 +259,7 @@ pub async fn drain(
     set_draining(state, auth, id, true).await
 }
 
-#[utoipa::path(post, path = "/bots/{id}/resume", operation_id = "bots_resume", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/bots/{id}/resume", operation_id = "bots_resume", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn resume(
     State(state): State<AppState>,
     auth: Auth,

@@ -135,7 +135,7 @@ fn started(task: &HumanTask, execution: &human::Execution) -> Value {
 /// `POST /micro_task/execution/{task_id}/start?sofier=`: RESERVED ->
 /// EXECUTING for the worker holding the reservation; a second start
 /// returns the same execution.
-#[utoipa::path(post, path = "/micro_task/execution/{id}/start", operation_id = "human_start", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "The execution: the seed's five fields", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/execution/{id}/start", operation_id = "human_start", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), responses((status = 200, description = "The execution: the seed's five fields", body = Object), crate::error::Refusals))]
 pub async fn start(
     State(state): State<AppState>,
     auth: Auth,
@@ -157,7 +157,7 @@ pub const MAX_FINISH_BYTES: usize = 1 << 20;
 
 /// `POST /micro_task/execution/{task_id}/finish?sofier=`: 202 once the
 /// broker confirmed the submission; no database on this path.
-#[utoipa::path(post, path = "/micro_task/execution/{id}/finish", operation_id = "human_finish", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), request_body = Object, responses((status = 202, description = "Accepted; processed asynchronously", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/execution/{id}/finish", operation_id = "human_finish", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), request_body = Object, responses((status = 202, description = "Accepted; processed asynchronously", body = Object), crate::error::Refusals))]
 pub async fn finish(
     State(state): State<AppState>,
     SignedWorker(claims): SignedWorker,
@@ -201,7 +201,7 @@ pub async fn finish(
 }
 
 /// `GET /micro_task/available?name=`: NEW micro-tasks, oldest first.
-#[utoipa::path(get, path = "/micro_task/available", operation_id = "human_available", tag = "micro_task", params(SofierQuery, ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100)")), responses((status = 200, description = "NEW tasks, oldest first", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/micro_task/available", operation_id = "human_available", tag = "micro_task", params(SofierQuery, ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100)")), responses((status = 200, description = "NEW tasks, oldest first", body = [orq_shared::repo::human::HumanTask]), crate::error::Refusals))]
 pub async fn available(
     State(state): State<AppState>,
     auth: Auth,
@@ -218,7 +218,7 @@ pub async fn available(
 
 /// `GET /micro_task/mine`: what the worker holds (RESERVED or EXECUTING),
 /// with deadlines.
-#[utoipa::path(get, path = "/micro_task/mine", operation_id = "human_mine", tag = "micro_task", params(("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "The tasks this worker holds", body = [orq_shared::repo::human::HumanTask]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/micro_task/mine", operation_id = "human_mine", tag = "micro_task", params(super::SofierParam), responses((status = 200, description = "The tasks this worker holds", body = [orq_shared::repo::human::HumanTask]), crate::error::Refusals))]
 pub async fn mine(
     State(state): State<AppState>,
     auth: Auth,
@@ -267,7 +267,7 @@ async fn do_reserve(
 }
 
 /// `POST /micro_task/reserve?name=`: reserves the oldest NEW micro-task.
-#[utoipa::path(post, path = "/micro_task/reserve", operation_id = "human_reserve_next", tag = "micro_task", params(SofierQuery), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/reserve", operation_id = "human_reserve_next", tag = "micro_task", params(SofierQuery), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn reserve_next(
     State(state): State<AppState>,
     auth: Auth,
@@ -278,7 +278,7 @@ pub async fn reserve_next(
 }
 
 /// `POST /micro_task/{task_id}/reserve`.
-#[utoipa::path(post, path = "/micro_task/{id}/reserve", operation_id = "human_reserve", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/{id}/reserve", operation_id = "human_reserve", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn reserve(
     State(state): State<AppState>,
     auth: Auth,
@@ -291,7 +291,7 @@ pub async fn reserve(
 }
 
 /// `POST /micro_task/{task_id}/release`: gives it back (NEW).
-#[utoipa::path(post, path = "/micro_task/{id}/release", operation_id = "human_release", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), responses((status = 200, description = "NEW again", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/{id}/release", operation_id = "human_release", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), responses((status = 200, description = "NEW again", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn release(
     State(state): State<AppState>,
     auth: Auth,
@@ -346,7 +346,7 @@ pub fn schema_field(field: &str, schema: Option<Value>) -> Result<Option<Value>,
 }
 
 /// `POST /{customer}/micro_task`: publishes a micro-task (NEW).
-#[utoipa::path(post, path = "/{customer}/micro_task", operation_id = "human_create", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name")), request_body = MicroTaskBody, responses((status = 201, description = "Published (NEW)", body = orq_shared::repo::human::HumanTask), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/micro_task", operation_id = "human_create", tag = "micro_task", params(super::CustomerPath), request_body = MicroTaskBody, responses((status = 201, description = "Published (NEW)", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -438,7 +438,7 @@ pub struct ListQuery {
 }
 
 /// `GET /{customer}/micro_task?status=&name=&worker=`.
-#[utoipa::path(get, path = "/{customer}/micro_task", operation_id = "human_list", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ListQuery, super::PageQuery), responses((status = 200, description = "A page of micro-tasks", body = [orq_shared::repo::human::HumanTask], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/micro_task", operation_id = "human_list", tag = "micro_task", params(super::CustomerPath, ListQuery, super::PageQuery), responses((status = 200, description = "A page of micro-tasks", body = [orq_shared::repo::human::HumanTask], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -461,7 +461,7 @@ pub async fn list(
 /// `GET /{customer}/micro_task/{id}`: the task with its executions, the
 /// submissions received for it (applied, rejected and why, duplicates) and
 /// the notifications sent about them.
-#[utoipa::path(get, path = "/{customer}/micro_task/{id}", operation_id = "human_get", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "The task with its executions, submissions and notifications", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/micro_task/{id}", operation_id = "human_get", tag = "micro_task", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "The task with its executions, submissions and notifications", body = Object), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -482,7 +482,7 @@ pub async fn get(
 }
 
 /// `GET /{customer}/micro_task/{id}/events`.
-#[utoipa::path(get, path = "/{customer}/micro_task/{id}/events", operation_id = "human_events", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/micro_task/{id}/events", operation_id = "human_events", tag = "micro_task", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -525,7 +525,7 @@ fn contact(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError>
 
 /// `PUT /micro_task/me`: the worker's own phone and device token, for
 /// notifications.
-#[utoipa::path(put, path = "/micro_task/me", operation_id = "human_set_contacts", tag = "micro_task", params(("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), request_body = ContactsBody, responses((status = 200, description = "The stored contacts", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/micro_task/me", operation_id = "human_set_contacts", tag = "micro_task", params(super::SofierParam), request_body = ContactsBody, responses((status = 200, description = "The stored contacts", body = Object), crate::error::Refusals))]
 pub async fn set_contacts(
     State(state): State<AppState>,
     auth: Auth,
@@ -551,7 +551,7 @@ pub async fn set_contacts(
 
 /// `POST /{customer}/workers` (admin): a token for a field worker, bound
 /// to their e-mail, shown this once.
-#[utoipa::path(post, path = "/{customer}/workers", operation_id = "human_create_worker", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name")), request_body = WorkerBody, responses((status = 201, description = "The worker's token, shown once", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/workers", operation_id = "human_create_worker", tag = "micro_task", params(super::CustomerPath), request_body = WorkerBody, responses((status = 201, description = "The worker's token, shown once", body = Object), crate::error::Refusals))]
 pub async fn create_worker(
     State(state): State<AppState>,
     auth: Auth,
@@ -586,7 +586,7 @@ pub async fn create_worker(
 
 /// `DELETE /{customer}/workers/{email}` (admin): revokes the worker's
 /// tokens. Their finishes still in the queue are then rejected.
-#[utoipa::path(delete, path = "/{customer}/workers/{email}", operation_id = "human_revoke_worker", tag = "micro_task", params(("customer" = String, Path, description = "The customer's name"), ("email" = String, Path, description = "The worker's e-mail")), responses((status = 200, description = "Revoked", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/{customer}/workers/{email}", operation_id = "human_revoke_worker", tag = "micro_task", params(super::CustomerPath, ("email" = String, Path, description = "The worker's e-mail")), responses((status = 200, description = "Revoked", body = Object), crate::error::Refusals))]
 pub async fn revoke_worker(
     State(state): State<AppState>,
     auth: Auth,

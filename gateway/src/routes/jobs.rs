@@ -225,7 +225,7 @@ fn task_id(raw: &str) -> Result<TaskId, ApiError> {
 }
 
 /// `POST /{customer}/task/{id}/job` (role user).
-#[utoipa::path(post, path = "/{customer}/task/{id}/job", operation_id = "jobs_create", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/task/{id}/job", operation_id = "jobs_create", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -255,7 +255,7 @@ pub struct TargetQuery {
 
 /// `POST /job?access_token=…&customer=…&task=…` (role user); `customer`
 /// and `task` may come in the body instead.
-#[utoipa::path(post, path = "/job", operation_id = "jobs_create_by_query", tag = "theeye", params(TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/job", operation_id = "jobs_create_by_query", tag = "theeye", params(TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create_by_query(
     State(state): State<AppState>,
     auth: Auth,
@@ -313,7 +313,7 @@ async fn authorize_secret(
 
 /// `POST /{customer}/task/{id}/secret/{key}/job` (no token: the key is the
 /// credential, and runs this task only).
-#[utoipa::path(post, path = "/{customer}/task/{id}/secret/{key}/job", operation_id = "jobs_create_with_secret", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id"), ("key" = String, Path, description = "The task's secret key"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/task/{id}/secret/{key}/job", operation_id = "jobs_create_with_secret", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), ("key" = String, Path, description = "The task's secret key"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create_with_secret(
     State(state): State<AppState>,
     Path((customer, id, key)): Path<(String, String, String)>,
@@ -335,7 +335,7 @@ pub async fn create_with_secret(
 
 /// `POST /job/secret/{key}` with `customer` and `task` in the body (JSON or
 /// a form, as TheEye's examples 4 and 5 send them).
-#[utoipa::path(post, path = "/job/secret/{key}", operation_id = "jobs_create_with_secret_body", tag = "theeye", params(("key" = String, Path, description = "The task's secret key"), TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/job/secret/{key}", operation_id = "jobs_create_with_secret_body", tag = "theeye", params(("key" = String, Path, description = "The task's secret key"), TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create_with_secret_body(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -418,7 +418,7 @@ fn visible(who: &Principal, job: JobView) -> Result<JobView, ApiError> {
 }
 
 /// `GET /{customer}/task/{id}/job?status=&lifecycle[]=`: the task's jobs.
-#[utoipa::path(get, path = "/{customer}/task/{id}/job", operation_id = "jobs_list_for_task", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id"), StatusFilter, super::PageQuery), responses((status = 200, description = "A page of its jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/task/{id}/job", operation_id = "jobs_list_for_task", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), StatusFilter, super::PageQuery), responses((status = 200, description = "A page of its jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list_for_task(
     State(state): State<AppState>,
     auth: Auth,
@@ -437,7 +437,7 @@ pub struct JobListQuery {
 }
 
 /// `GET /{customer}/job?task=&status=&lifecycle[]=`.
-#[utoipa::path(get, path = "/{customer}/job", operation_id = "jobs_list", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), JobListQuery, StatusFilter, super::PageQuery), responses((status = 200, description = "A page of jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/job", operation_id = "jobs_list", tag = "theeye", params(super::CustomerPath, JobListQuery, StatusFilter, super::PageQuery), responses((status = 200, description = "A page of jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -480,7 +480,7 @@ async fn list_jobs(
     Ok(paged(items, page, last))
 }
 
-#[utoipa::path(get, path = "/{customer}/job/{id}", operation_id = "jobs_get", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/job/{id}", operation_id = "jobs_get", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -494,7 +494,7 @@ pub async fn get(
 }
 
 /// The job's history: every status change, percent, step, error, warning.
-#[utoipa::path(get, path = "/{customer}/job/{id}/events", operation_id = "jobs_events", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/job/{id}/events", operation_id = "jobs_events", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -509,7 +509,7 @@ pub async fn events(
 
 /// Cancels a job; a running one is stopped on its bot (SIGTERM, then
 /// SIGKILL, to its whole process group).
-#[utoipa::path(post, path = "/{customer}/job/{id}/cancel", operation_id = "jobs_cancel", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/job/{id}/cancel", operation_id = "jobs_cancel", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn cancel(
     State(state): State<AppState>,
     auth: Auth,
@@ -526,7 +526,7 @@ pub async fn cancel(
 }
 
 /// The same as `POST …/cancel`: TheEye's clients use `PUT`.
-#[utoipa::path(put, path = "/{customer}/job/{id}/cancel", operation_id = "jobs_cancel_put", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::script_jobs::JobView), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/{customer}/job/{id}/cancel", operation_id = "jobs_cancel_put", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn cancel_put(
     state: State<AppState>,
     auth: Auth,
@@ -539,7 +539,7 @@ pub async fn cancel_put(
 /// the finished history (COMPLETE, FAILED, TIMEOUT, CANCELED) goes; waiting
 /// jobs only when asked (`?lifecycle[]=ready` or `?status=WAITING`). Jobs
 /// holding a bot are never removed: cancel them.
-#[utoipa::path(delete, path = "/{customer}/task/{id}/job", operation_id = "jobs_empty_queue", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id"), StatusFilter), responses((status = 200, description = "`{deleted, status}`: how many jobs were removed, of which states (by default the finished ones; waiting ones only when asked)", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/{customer}/task/{id}/job", operation_id = "jobs_empty_queue", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), StatusFilter), responses((status = 200, description = "`{deleted, status}`: how many jobs were removed, of which states (by default the finished ones; waiting ones only when asked)", body = Object), crate::error::Refusals))]
 pub async fn empty_queue(
     State(state): State<AppState>,
     auth: Auth,

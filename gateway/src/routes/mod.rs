@@ -55,6 +55,25 @@ pub fn reader(who: &Principal) -> Reader<'_> {
     }
 }
 
+/// `{customer}` in a path, as the OpenAPI document shows it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct CustomerPath {
+    /// The customer's name
+    customer: String,
+}
+
+/// `?sofier=` where it is only checked, as the OpenAPI document shows it
+/// (`human::SofierQuery` where `name` is read too).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SofierParam {
+    /// The worker's e-mail (the seed's); when given it must be the token's
+    sofier: Option<String>,
+}
+
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 

@@ -33,7 +33,7 @@ pub struct PhotoRequest {
 
 /// `POST /micro_task/execution/{task_id}/photo`: an upload ticket for one
 /// step's photo, for the worker executing the task.
-#[utoipa::path(post, path = "/micro_task/execution/{id}/photo", operation_id = "photos_ticket", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), ("sofier" = Option<String>, Query, description = "The worker's e-mail (the seed's); when given it must be the token's")), request_body = PhotoRequest, responses((status = 201, description = "Where and how to upload the photo: `{method, upload_url, headers, url, expires_at}`", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/micro_task/execution/{id}/photo", operation_id = "photos_ticket", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), request_body = PhotoRequest, responses((status = 201, description = "Where and how to upload the photo: `{method, upload_url, headers, url, expires_at}`", body = Object), crate::error::Refusals))]
 pub async fn ticket(
     State(state): State<AppState>,
     auth: Auth,
@@ -112,7 +112,7 @@ fn local(state: &AppState) -> Result<(&std::path::Path, &[u8; 32]), ApiError> {
 pub struct PhotoBytes(pub Vec<u8>);
 
 /// `PUT /photos/{key}?expires=&sig=`: a local upload, as its ticket allowed.
-#[utoipa::path(put, path = "/photos/{key}", operation_id = "photos_upload", tag = "micro_task", security(()), params(("key" = String, Path, description = "The photo's key, from its upload ticket"), UploadQuery), request_body(content = PhotoBytes, content_type = "image/*", description = "The photo"), responses((status = 201, description = "Stored: `{key, size}`", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/photos/{key}", operation_id = "photos_upload", tag = "micro_task", security(()), params(("key" = String, Path, description = "The photo's key, from its upload ticket"), UploadQuery), request_body(content = PhotoBytes, content_type = "image/*", description = "The photo"), responses((status = 201, description = "Stored: `{key, size}`", body = Object), crate::error::Refusals))]
 pub async fn upload(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -163,7 +163,7 @@ pub async fn upload(
 
 /// `GET /photos/{key}`: the photo, to tokens of its customer — served
 /// from local storage, or a redirect to a presigned GET from S3.
-#[utoipa::path(get, path = "/photos/{key}", operation_id = "photos_download", tag = "micro_task", params(("key" = String, Path, description = "The photo's key")), responses((status = 200, description = "The photo", content_type = "image/*", body = PhotoBytes), (status = 307, description = "Redirect to a presigned URL of the bucket"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/photos/{key}", operation_id = "photos_download", tag = "micro_task", params(("key" = String, Path, description = "The photo's key")), responses((status = 200, description = "The photo", content_type = "image/*", body = PhotoBytes), (status = 307, description = "Redirect to a presigned URL of the bucket"), crate::error::Refusals))]
 pub async fn download(
     State(state): State<AppState>,
     auth: Auth,

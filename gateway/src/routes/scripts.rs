@@ -74,7 +74,7 @@ pub fn script_spec(body: ScriptBody) -> Result<ScriptSpec, ApiError> {
     })
 }
 
-#[utoipa::path(get, path = "/{customer}/script", operation_id = "scripts_list", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), super::PageQuery), responses((status = 200, description = "A page of scripts", body = [orq_shared::repo::scripts::Script], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/script", operation_id = "scripts_list", tag = "theeye", params(super::CustomerPath, super::PageQuery), responses((status = 200, description = "A page of scripts", body = [orq_shared::repo::scripts::Script], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -89,7 +89,7 @@ pub async fn list(
     Ok(paged(items, page, last))
 }
 
-#[utoipa::path(get, path = "/{customer}/script/{id}", operation_id = "scripts_get", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 200, description = "OK", body = orq_shared::repo::scripts::Script), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/script/{id}", operation_id = "scripts_get", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 200, description = "OK", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -101,7 +101,7 @@ pub async fn get(
     Ok(axum::Json(scripts::get(&db, who.customer_id, id).await?))
 }
 
-#[utoipa::path(post, path = "/{customer}/script", operation_id = "scripts_create", tag = "theeye", params(("customer" = String, Path, description = "The customer's name")), request_body = ScriptBody, responses((status = 201, description = "Created", body = orq_shared::repo::scripts::Script), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/script", operation_id = "scripts_create", tag = "theeye", params(super::CustomerPath), request_body = ScriptBody, responses((status = 201, description = "Created", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -115,7 +115,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(script)).into_response())
 }
 
-#[utoipa::path(put, path = "/{customer}/script/{id}", operation_id = "scripts_update", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The script's id")), request_body = ScriptBody, responses((status = 200, description = "OK", body = orq_shared::repo::scripts::Script), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/{customer}/script/{id}", operation_id = "scripts_update", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The script's id")), request_body = ScriptBody, responses((status = 200, description = "OK", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -131,7 +131,7 @@ pub async fn update(
     ))
 }
 
-#[utoipa::path(delete, path = "/{customer}/script/{id}", operation_id = "scripts_delete", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/{customer}/script/{id}", operation_id = "scripts_delete", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,
@@ -145,7 +145,7 @@ pub async fn delete(
 }
 
 /// What an agent downloads: the content in base64 with its checksum.
-#[utoipa::path(get, path = "/agent/scripts/{id}", operation_id = "scripts_agent_fetch", tag = "agent", params(("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 200, description = "The script and its content", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/agent/scripts/{id}", operation_id = "scripts_agent_fetch", tag = "agent", params(("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 200, description = "The script and its content", body = Object), crate::error::Refusals))]
 pub async fn agent_fetch(
     State(state): State<AppState>,
     auth: Auth,

@@ -10,7 +10,7 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 
 /// Any role may ask who it is.
-#[utoipa::path(get, path = "/me", operation_id = "session_me", tag = "ops", responses((status = 200, description = "`{customer, role, name}` of the token", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/me", operation_id = "session_me", tag = "ops", responses((status = 200, description = "`{customer, role, name}` of the token", body = Object), crate::error::Refusals))]
 pub async fn me(auth: Auth) -> Result<Json<Value>, ApiError> {
     let who = auth.require(Role::ALL)?;
     Ok(Json(json!({

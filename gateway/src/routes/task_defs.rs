@@ -186,7 +186,7 @@ fn shown_to(who: &Principal, mut task: TaskDef) -> TaskDef {
     task
 }
 
-#[utoipa::path(get, path = "/{customer}/task", operation_id = "task_defs_list", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::task_defs::TaskDef], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/task", operation_id = "task_defs_list", tag = "theeye", params(super::CustomerPath, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::task_defs::TaskDef], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -205,7 +205,7 @@ pub async fn list(
     Ok(paged(items, page, last))
 }
 
-#[utoipa::path(get, path = "/{customer}/task/{id}", operation_id = "task_defs_get", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/task/{id}", operation_id = "task_defs_get", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -218,7 +218,7 @@ pub async fn get(
     Ok(axum::Json(shown_to(who, task)))
 }
 
-#[utoipa::path(post, path = "/{customer}/task", operation_id = "task_defs_create", tag = "theeye", params(("customer" = String, Path, description = "The customer's name")), request_body = TaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/task", operation_id = "task_defs_create", tag = "theeye", params(super::CustomerPath), request_body = TaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -247,7 +247,7 @@ async fn insert_task(
 }
 
 /// Changes the fields given; the others keep their values.
-#[utoipa::path(put, path = "/{customer}/task/{id}", operation_id = "task_defs_update", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), request_body(content = Object, description = "Any subset of the fields of `TaskBody`; the others keep their values"), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/{customer}/task/{id}", operation_id = "task_defs_update", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), request_body(content = Object, description = "Any subset of the fields of `TaskBody`; the others keep their values"), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -282,7 +282,7 @@ pub async fn update(
     Ok(axum::Json(task))
 }
 
-#[utoipa::path(delete, path = "/{customer}/task/{id}", operation_id = "task_defs_delete", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/{customer}/task/{id}", operation_id = "task_defs_delete", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,
@@ -299,7 +299,7 @@ pub async fn delete(
 
 /// The task and its script, portable: no ids of this deployment (its bot,
 /// its triggers' tasks) travel with it.
-#[utoipa::path(get, path = "/{customer}/task/{id}/recipe", operation_id = "task_defs_recipe", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The task and its script, for import elsewhere", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/task/{id}/recipe", operation_id = "task_defs_recipe", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The task and its script, for import elsewhere", body = Object), crate::error::Refusals))]
 pub async fn recipe(
     State(state): State<AppState>,
     auth: Auth,
@@ -363,7 +363,7 @@ pub struct RecipeFile {
 /// Creates a task (and its script) from a recipe. A script of the same
 /// name and content is reused; one of the same name but other content is
 /// imported under a new name.
-#[utoipa::path(post, path = "/{customer}/task/import", operation_id = "task_defs_import", tag = "theeye", params(("customer" = String, Path, description = "The customer's name")), request_body = Recipe, responses((status = 201, description = "Imported", body = orq_shared::repo::task_defs::TaskDef), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/task/import", operation_id = "task_defs_import", tag = "theeye", params(super::CustomerPath), request_body = Recipe, responses((status = 201, description = "Imported", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn import(
     State(state): State<AppState>,
     auth: Auth,
@@ -450,7 +450,7 @@ pub async fn import(
 
 /// The task's secret key, for admins only: it runs the task without any
 /// other credential.
-#[utoipa::path(get, path = "/{customer}/task/{id}/credentials", operation_id = "task_defs_credentials", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The secret key (admins only)", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/{customer}/task/{id}/credentials", operation_id = "task_defs_credentials", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The secret key (admins only)", body = Object), crate::error::Refusals))]
 pub async fn credentials(
     State(state): State<AppState>,
     auth: Auth,
@@ -467,7 +467,7 @@ pub async fn credentials(
 }
 
 /// A new secret key; the old one stops working at once.
-#[utoipa::path(post, path = "/{customer}/task/{id}/credentials/rotate", operation_id = "task_defs_rotate", tag = "theeye", params(("customer" = String, Path, description = "The customer's name"), ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The new secret key", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/{customer}/task/{id}/credentials/rotate", operation_id = "task_defs_rotate", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The new secret key", body = Object), crate::error::Refusals))]
 pub async fn rotate(
     State(state): State<AppState>,
     auth: Auth,

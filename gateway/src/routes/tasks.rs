@@ -43,7 +43,7 @@ pub struct ListQuery {
     include: Option<String>,
 }
 
-#[utoipa::path(get, path = "/tasks", operation_id = "tasks_list", tag = "tasks", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::jobs::Task], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/tasks", operation_id = "tasks_list", tag = "tasks", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::jobs::Task], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -77,7 +77,7 @@ pub async fn list(
     Ok(paged(items, page, last))
 }
 
-#[utoipa::path(get, path = "/tasks/{id}", operation_id = "tasks_get", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/tasks/{id}", operation_id = "tasks_get", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -90,7 +90,7 @@ pub async fn get(
     Ok(axum::Json(csv_only(task, who, true)?))
 }
 
-#[utoipa::path(get, path = "/tasks/{id}/events", operation_id = "tasks_events", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Its events, oldest first", body = [orq_shared::repo::jobs::Event]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/tasks/{id}/events", operation_id = "tasks_events", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Its events, oldest first", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -158,7 +158,7 @@ async fn validate(
     })
 }
 
-#[utoipa::path(post, path = "/tasks", operation_id = "tasks_create", tag = "tasks", request_body = CreateBody, responses((status = 201, description = "Created (WAITING)", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/tasks", operation_id = "tasks_create", tag = "tasks", request_body = CreateBody, responses((status = 201, description = "Created (WAITING)", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -222,7 +222,7 @@ fn event_for(from: JobStatus, to: JobStatus) -> Result<JobEvent, ApiError> {
     })
 }
 
-#[utoipa::path(put, path = "/tasks/{id}", operation_id = "tasks_update", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), request_body = UpdateBody, responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/tasks/{id}", operation_id = "tasks_update", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), request_body = UpdateBody, responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -302,7 +302,7 @@ pub async fn update(
     Ok(axum::Json(task))
 }
 
-#[utoipa::path(post, path = "/tasks/{id}/cancel", operation_id = "tasks_cancel", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::jobs::Task), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/tasks/{id}/cancel", operation_id = "tasks_cancel", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn cancel(
     State(state): State<AppState>,
     auth: Auth,
@@ -370,7 +370,7 @@ pub async fn cancel_job(
     Ok(*task)
 }
 
-#[utoipa::path(delete, path = "/tasks/{id}", operation_id = "tasks_delete", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/tasks/{id}", operation_id = "tasks_delete", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,

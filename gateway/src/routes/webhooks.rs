@@ -119,7 +119,7 @@ pub struct DeliveryQuery {
 }
 
 /// `GET /webhooks/deliveries?status=&job_id=`.
-#[utoipa::path(get, path = "/webhooks/deliveries", operation_id = "webhooks_deliveries", tag = "webhooks", params(DeliveryQuery, super::PageQuery), responses((status = 200, description = "A page of deliveries", body = [orq_shared::repo::webhooks::Delivery], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/webhooks/deliveries", operation_id = "webhooks_deliveries", tag = "webhooks", params(DeliveryQuery, super::PageQuery), responses((status = 200, description = "A page of deliveries", body = [orq_shared::repo::webhooks::Delivery], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn deliveries(
     State(state): State<AppState>,
     auth: Auth,
@@ -153,7 +153,7 @@ pub async fn deliveries(
 }
 
 /// `GET /webhooks/deliveries/{id}`: with its events and every attempt.
-#[utoipa::path(get, path = "/webhooks/deliveries/{id}", operation_id = "webhooks_delivery", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The delivery's id")), responses((status = 200, description = "The delivery with its attempts", body = orq_shared::repo::webhooks::Delivery), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/webhooks/deliveries/{id}", operation_id = "webhooks_delivery", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The delivery's id")), responses((status = 200, description = "The delivery with its attempts", body = orq_shared::repo::webhooks::Delivery), crate::error::Refusals))]
 pub async fn delivery(
     State(state): State<AppState>,
     auth: Auth,
@@ -169,7 +169,7 @@ pub async fn delivery(
 
 /// `POST /webhooks/deliveries/{id}/redeliver` (admin): the same delivery
 /// (same `webhook-id`) with a fresh schedule.
-#[utoipa::path(post, path = "/webhooks/deliveries/{id}/redeliver", operation_id = "webhooks_redeliver", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The delivery's id")), responses((status = 200, description = "Queued again", body = orq_shared::repo::webhooks::Delivery), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/webhooks/deliveries/{id}/redeliver", operation_id = "webhooks_redeliver", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The delivery's id")), responses((status = 200, description = "Queued again", body = orq_shared::repo::webhooks::Delivery), crate::error::Refusals))]
 pub async fn redeliver(
     State(state): State<AppState>,
     auth: Auth,
@@ -185,7 +185,7 @@ pub async fn redeliver(
 }
 
 /// `GET /webhooks/subscriptions`.
-#[utoipa::path(get, path = "/webhooks/subscriptions", operation_id = "webhooks_subscriptions", tag = "webhooks", responses((status = 200, description = "OK", body = [orq_shared::repo::webhooks::Endpoint]), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/webhooks/subscriptions", operation_id = "webhooks_subscriptions", tag = "webhooks", responses((status = 200, description = "OK", body = [orq_shared::repo::webhooks::Endpoint]), crate::error::Refusals))]
 pub async fn subscriptions(
     State(state): State<AppState>,
     auth: Auth,
@@ -209,7 +209,7 @@ pub struct SubscriptionBody {
 
 /// `POST /webhooks/subscriptions` (admin): `{url, user?, password?}`; every
 /// event of every job of the customer is delivered there from now on.
-#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", request_body = SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", request_body = SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
 pub async fn subscribe(
     State(state): State<AppState>,
     auth: Auth,
@@ -225,7 +225,7 @@ pub async fn subscribe(
 }
 
 /// `DELETE /webhooks/subscriptions/{id}` (admin): disables it.
-#[utoipa::path(delete, path = "/webhooks/subscriptions/{id}", operation_id = "webhooks_unsubscribe", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The subscription's id")), responses((status = 200, description = "Removed", body = orq_shared::repo::webhooks::Endpoint), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/webhooks/subscriptions/{id}", operation_id = "webhooks_unsubscribe", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The subscription's id")), responses((status = 200, description = "Removed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
 pub async fn unsubscribe(
     State(state): State<AppState>,
     auth: Auth,
@@ -240,7 +240,7 @@ pub async fn unsubscribe(
 }
 
 /// `GET /webhooks/secret` (admin): the secret deliveries are signed with.
-#[utoipa::path(get, path = "/webhooks/secret", operation_id = "webhooks_secret", tag = "webhooks", responses((status = 200, description = "The signing secret", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/webhooks/secret", operation_id = "webhooks_secret", tag = "webhooks", responses((status = 200, description = "The signing secret", body = Object), crate::error::Refusals))]
 pub async fn secret(
     State(state): State<AppState>,
     auth: Auth,
@@ -252,7 +252,7 @@ pub async fn secret(
 }
 
 /// `POST /webhooks/secret/rotate` (admin).
-#[utoipa::path(post, path = "/webhooks/secret/rotate", operation_id = "webhooks_rotate_secret", tag = "webhooks", responses((status = 200, description = "The new signing secret", body = Object), (status = "4XX", description = "Refused; the body says why", body = crate::error::ErrorBody), (status = 503, description = "PostgreSQL or RabbitMQ is unavailable; retry", body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/webhooks/secret/rotate", operation_id = "webhooks_rotate_secret", tag = "webhooks", responses((status = 200, description = "The new signing secret", body = Object), crate::error::Refusals))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     auth: Auth,
