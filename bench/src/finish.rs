@@ -212,20 +212,13 @@ async fn prepare(env: &Env, gw: &str, workers: usize, n: usize) -> anyhow::Resul
 }
 
 async fn wait_processed(env: &Env, n: i64) -> anyhow::Result<()> {
-    let db = env.db().await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let done: i64 = db
-            .query_one("SELECT count(*) FROM human_submissions", &[])
-            .await?
-            .get(0);
-        if done >= n {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done} of {n} finishes processed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait_count(
+        env,
+        "SELECT count(*) FROM human_submissions",
+        n,
+        "finishes processed",
+        Duration::from_secs(600),
+        Duration::from_millis(20),
+    )
+    .await
 }

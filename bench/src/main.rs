@@ -310,21 +310,36 @@ async fn post_burst(
 }
 
 async fn wait_complete(env: &Env, n: i64) -> anyhow::Result<()> {
+    wait_count(
+        env,
+        "SELECT count(*) FROM jobs WHERE status = 'COMPLETE'",
+        n,
+        "tasks completed",
+        Duration::from_secs(600),
+        Duration::from_millis(20),
+    )
+    .await
+}
+
+/// Polls `count_sql` (one bigint) `every` so often until it reaches `n`,
+/// for at most `bound`.
+pub(crate) async fn wait_count(
+    env: &Env,
+    count_sql: &str,
+    n: i64,
+    what: &str,
+    bound: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
     let db = env.db().await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + bound;
     loop {
-        let done: i64 = db
-            .query_one("SELECT count(*) FROM jobs WHERE status = 'COMPLETE'", &[])
-            .await?
-            .get(0);
+        let done: i64 = db.query_one(count_sql, &[]).await?.get(0);
         if done >= n {
             return Ok(());
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done} of {n} tasks completed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        anyhow::ensure!(Instant::now() < deadline, "only {done} of {n} {what}");
+        tokio::time::sleep(every).await;
     }
 }
 

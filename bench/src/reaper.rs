@@ -51,21 +51,15 @@ async fn expiry_lag(opts: &Options) -> anyhow::Result<()> {
     let mut cmd = env.command("timeout-reaper");
     cmd.env("ORQ_LOG__LEVEL", "warn");
     let reaper = env.spawn("timeout-reaper", cmd)?;
-    let deadline = Instant::now() + Duration::from_secs(u64::try_from(spread).unwrap_or(60) + 120);
-    loop {
-        let done: i64 = db
-            .query_one("SELECT count(*) FROM jobs WHERE status = 'TIMEOUT'", &[])
-            .await?
-            .get(0);
-        if done >= n {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {done} of {n} leases expired"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::wait_count(
+        &env,
+        "SELECT count(*) FROM jobs WHERE status = 'TIMEOUT'",
+        n,
+        "leases expired",
+        Duration::from_secs(u64::try_from(spread).unwrap_or(60) + 120),
+        Duration::from_millis(200),
+    )
+    .await?;
     let row = db
         .query_one(
             "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag)
@@ -140,21 +134,15 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
         cmd.env(k, v);
     }
     let reaper = env.spawn("timeout-reaper", cmd)?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let done: i64 = db
-            .query_one(
-                "SELECT count(*) FROM webhook_deliveries WHERE status = 'DELIVERED'",
-                &[],
-            )
-            .await?
-            .get(0);
-        if done >= n {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {done} of {n} delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::wait_count(
+        &env,
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'DELIVERED'",
+        n,
+        "delivered",
+        Duration::from_secs(600),
+        Duration::from_millis(100),
+    )
+    .await?;
     let took = started.elapsed().as_secs_f64();
     println!(
         "webhooks: {n} deliveries to a local receiver in {took:.2} s: {:.0} deliveries/s (receiver saw {})",
