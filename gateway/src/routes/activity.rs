@@ -14,7 +14,8 @@ use orq_shared::repo::jobs;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::human::{list_page, publish, schema_field, status_filter};
+use super::human::{list_page, publish, schema_field};
+use super::optional_enum;
 use super::{PageQuery, in_transaction, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
@@ -88,12 +89,7 @@ pub async fn create(
             (ms > 0)
                 .then(|| now + time::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)))
         });
-    let activity_manager = body
-        .activity_manager
-        .as_deref()
-        .map(str::parse::<ActivityManager>)
-        .transpose()
-        .map_err(|e| ApiError::invalid_field("activity_manager", e.to_string()))?
+    let activity_manager = optional_enum("activity_manager", body.activity_manager.as_deref())?
         .unwrap_or(ActivityManager::Commit);
     let events = body.events.unwrap_or(Value::Null);
     let timers = parse_timers(&events, now, expires_at)
@@ -136,7 +132,7 @@ pub async fn list(
     let page = paging.page()?;
     let filter = HumanFilter {
         kind: Some(HumanKind::UserTask),
-        status: status_filter(q.status.as_deref())?,
+        status: optional_enum("status", q.status.as_deref())?,
         action: q.action,
         worker: None,
         held: false,

@@ -8,7 +8,7 @@ use orq_shared::repo::bots::{self, Bot, BotFilter, BotSpec};
 use serde::Deserialize;
 use std::net::IpAddr;
 
-use super::{PageQuery, paged, text_field};
+use super::{PageQuery, optional_enum, paged, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::state::AppState;
@@ -36,11 +36,7 @@ pub async fn list(
     let filter = BotFilter {
         ip_address: q.ip_address,
         name: q.name,
-        status: q
-            .status
-            .map(|s| s.parse::<BotStatus>())
-            .transpose()
-            .map_err(|e| ApiError::invalid_field("status", e.to_string()))?,
+        status: optional_enum("status", q.status.as_deref())?,
     };
     let db = state.db().await?;
     let items = bots::list(&db, who.customer_id, &filter, page).await?;
@@ -96,18 +92,8 @@ fn apply(body: BotBody, base: BotSpec) -> Result<BotSpec, ApiError> {
             "port must be between 1 and 65535",
         ));
     }
-    let status = match body.status {
-        Some(s) => s
-            .parse::<BotStatus>()
-            .map_err(|e| ApiError::invalid_field("status", e.to_string()))?,
-        None => base.status,
-    };
-    let delivery = match body.delivery {
-        Some(d) => d
-            .parse::<Delivery>()
-            .map_err(|e| ApiError::invalid_field("delivery", e.to_string()))?,
-        None => base.delivery,
-    };
+    let status = optional_enum("status", body.status.as_deref())?.unwrap_or(base.status);
+    let delivery = optional_enum("delivery", body.delivery.as_deref())?.unwrap_or(base.delivery);
     let capacity = body.capacity.unwrap_or(base.capacity);
     if !(1..=1000).contains(&capacity) {
         return Err(ApiError::invalid_field(

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use orq_shared::broker::{BrokerError, KEY_FINISH};
 use orq_shared::domain::{HumanTaskId, Role};
 use orq_shared::human::{
-    ActivityManager, FinishBody, HumanKind, HumanStatus, OnTimeout, Schema, WorkerClaims,
-    normalize_email, same_email,
+    ActivityManager, FinishBody, HumanKind, OnTimeout, Schema, WorkerClaims, normalize_email,
+    same_email,
 };
 use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::customers::{self, Principal};
@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::webhooks::callback;
-use super::{PageQuery, in_transaction, paged, scoped, text_field};
+use super::{PageQuery, in_transaction, optional_enum, paged, scoped, text_field};
 use crate::auth::{Auth, presented_token};
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::state::AppState;
@@ -409,13 +409,6 @@ pub async fn publish(
 }
 
 /// `?status=` of the human-task lists.
-pub fn status_filter(status: Option<&str>) -> Result<Option<HumanStatus>, ApiError> {
-    status
-        .map(str::parse::<HumanStatus>)
-        .transpose()
-        .map_err(|e| ApiError::invalid_field("status", e.to_string()))
-}
-
 /// A page of a customer's human tasks.
 pub async fn list_page(
     state: &AppState,
@@ -450,7 +443,7 @@ pub async fn list(
     let page = paging.page()?;
     let filter = HumanFilter {
         kind: Some(HumanKind::MicroTask),
-        status: status_filter(q.status.as_deref())?,
+        status: optional_enum("status", q.status.as_deref())?,
         action: q.name,
         worker: q.worker.map(|w| w.trim().to_ascii_lowercase()),
         held: false,

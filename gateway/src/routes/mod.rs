@@ -146,6 +146,19 @@ where
     Ok(value)
 }
 
+/// An optional field naming one value of a text enum (a status, a mode):
+/// `None` when absent, a 400 naming `field` when it is no such value.
+pub fn optional_enum<T>(field: &str, value: Option<&str>) -> Result<Option<T>, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .map(str::parse::<T>)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field(field, e.to_string()))
+}
+
 /// Reads a non-empty, trimmed text field of bounded length.
 pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let value = value.trim();

@@ -12,7 +12,7 @@ use orq_shared::repo::{RepoError, bots};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{PageQuery, paged, text_field};
+use super::{PageQuery, optional_enum, paged, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::state::AppState;
@@ -53,11 +53,7 @@ pub async fn list(
     let who = auth.require(READERS)?;
     let page = paging.page()?;
     let filter = TaskFilter {
-        status: q
-            .status
-            .map(|s| s.parse::<JobStatus>())
-            .transpose()
-            .map_err(|e| ApiError::invalid_field("status", e.to_string()))?,
+        status: optional_enum("status", q.status.as_deref())?,
         system: q.system,
         bot_id: q.bot_id.map(orq_shared::domain::BotId),
         with_attachment: match q.include.as_deref() {
