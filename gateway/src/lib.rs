@@ -145,7 +145,8 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(photo_limit)),
         )
         .split_for_parts();
-    let spec = Arc::new(spec.to_pretty_json().unwrap_or_default());
+    // Rendered once; each request clones a reference to the same bytes.
+    let spec = axum::body::Bytes::from(spec.to_pretty_json().unwrap_or_default());
     Router::new()
         .merge(api.with_state(state.clone()))
         .merge(routes::dashboard::routes())

@@ -4,7 +4,6 @@
 
 use axum::Extension;
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -67,10 +66,10 @@ pub fn document_json() -> serde_json::Result<String> {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops", security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
-pub async fn document(Extension(spec): Extension<Arc<String>>) -> Response {
+pub async fn document(Extension(spec): Extension<axum::body::Bytes>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        spec.as_str().to_owned(),
+        spec,
     )
         .into_response()
 }
