@@ -8,6 +8,7 @@
 //! * `script` – runs a task's script (fetched, cached, timed, cancelable).
 //! * `Agent`  – registration, the consumer, heartbeats and reports.
 
+pub mod guard;
 pub mod runner;
 pub mod script;
 
@@ -99,9 +100,18 @@ impl Agent {
             &[identity.id],
             broker_stop.clone(),
         );
+        // Runs go through this very binary as their guard (`guard`).
+        let guard = match std::env::current_exe() {
+            Ok(exe) => Some(exe),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the agent's binary: runs are not guarded and may outlive it");
+                None
+            }
+        };
         let limits = Limits {
             row_timeout: Duration::from_millis(settings.agent.row_timeout_ms),
             kill_grace: Duration::from_millis(settings.agent.kill_grace_ms),
+            guard,
         };
         let script_dir = if settings.agent.script_dir.trim().is_empty() {
             std::env::temp_dir()
@@ -237,7 +247,13 @@ impl Agent {
             seen.insert(key, Local::Running);
         }
         let age = (time::OffsetDateTime::now_utc() - a.assigned_at).unsigned_abs();
-        let mut start = 0;
+        // The assignment says where the job stands (rows done by earlier
+        // attempts, on any agent); an old or redelivered one is checked
+        // against the job, which may have moved on since.
+        let mut resume = runner::Resume {
+            rows_done: a.rows_done as usize,
+            failed_rows: a.failed_rows.clone(),
+        };
         if redelivered || age > RECHECK_AFTER {
             match self.check(&a).await {
                 Check::Stale => {
@@ -245,7 +261,8 @@ impl Agent {
                     self.finish(key);
                     return;
                 }
-                Check::Resume(rows_done) => start = rows_done,
+                Check::Resume(Some(now)) if now.rows_done > resume.rows_done => resume = now,
+                Check::Resume(_) => {}
                 Check::StartedBefore => {
                     tracing::warn!(job = %a.job_id, attempt = a.attempt, "a script of this job was started before this agent restarted; not running it again");
                     JobReporter::new(self)
@@ -271,7 +288,7 @@ impl Agent {
         self.inner
             .running
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.run(&a, start).await;
+        self.run(&a, resume).await;
         self.inner
             .running
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -289,7 +306,7 @@ impl Agent {
     }
 
     /// Runs a job while it can be canceled by a control message.
-    async fn run(&self, a: &Assignment, start: usize) {
+    async fn run(&self, a: &Assignment, resume: runner::Resume) {
         let key = (a.job_id, a.attempt);
         let cancel = CancellationToken::new();
         if let Ok(mut c) = self.inner.cancels.lock() {
@@ -298,18 +315,20 @@ impl Agent {
         let reporter = JobReporter::new(self);
         match &a.script {
             Some(spec) => self.run_script(a, spec, reporter, &cancel).await,
-            None => self.run_rows(a, start, reporter, &cancel).await,
+            None => self.run_rows(a, resume, reporter, &cancel).await,
         }
         if let Ok(mut c) = self.inner.cancels.lock() {
             c.running.remove(&key);
         }
     }
 
-    /// Runs a CSV job's rows from `start`.
+    /// Runs a CSV job's rows after those done (`resume`). Each row's
+    /// progress is confirmed by RabbitMQ before the next row starts: the
+    /// agent that gets the job after a crash resumes after it.
     async fn run_rows(
         &self,
         a: &Assignment,
-        start: usize,
+        resume: runner::Resume,
         reporter: JobReporter<'_>,
         cancel: &CancellationToken,
     ) {
@@ -328,40 +347,36 @@ impl Agent {
                     attempt,
                     error: format!("this bot has no automation for system {:?}", a.system),
                     failed_rows: Vec::new(),
+                    rows_done: None,
                 })
                 .await;
             return;
         };
-        let env = vec![
-            ("ORQ_JOB_ID".to_string(), job.to_string()),
-            ("ORQ_SYSTEM".to_string(), a.system.clone()),
-        ];
-        let mut last_percent = 0u8;
+        let mut env = self.run_env(a);
+        env.push(("ORQ_SYSTEM".to_string(), a.system.clone()));
         let outcome = runner::run_job(
             argv,
             &a.attachment,
-            start,
+            job,
+            resume,
             &env,
             &self.inner.limits,
             cancel,
-            |done, total| {
+            |done, total, failure| {
                 let percent =
                     u8::try_from(u64::from(done) * 100 / u64::from(total.max(1))).unwrap_or(100);
-                let changed = percent != last_percent;
-                last_percent = percent;
                 let reporter = &reporter;
                 async move {
-                    if changed {
-                        reporter
-                            .send(ReportBody::Progress {
-                                job_id: job,
-                                attempt,
-                                percent,
-                                rows_done: done,
-                                rows_total: total,
-                            })
-                            .await;
-                    }
+                    reporter
+                        .send_confirmed(ReportBody::Progress {
+                            job_id: job,
+                            attempt,
+                            percent,
+                            rows_done: done,
+                            rows_total: total,
+                            failed_rows: failure.into_iter().collect(),
+                        })
+                        .await;
                 }
             },
         )
@@ -372,11 +387,16 @@ impl Agent {
                 attempt,
                 rows_total,
             },
-            JobOutcome::Failed { error, failed_rows } => ReportBody::Failed {
+            JobOutcome::Failed {
+                error,
+                failed_rows,
+                rows_done,
+            } => ReportBody::Failed {
                 job_id: job,
                 attempt,
                 error,
                 failed_rows,
+                rows_done: Some(rows_done),
             },
         };
         reporter.finish(body).await;
@@ -401,14 +421,14 @@ impl Agent {
                 stderr: String::new(),
             },
             Ok(path) => {
-                let env = vec![
-                    ("ORQ_JOB_ID".to_string(), job.to_string()),
-                    ("ORQ_ATTEMPT".to_string(), attempt.to_string()),
-                ];
+                // A script is one unit: its key is the job's.
+                let mut env = self.run_env(a);
+                env.push(("ORQ_IDEMPOTENCY_KEY".to_string(), job.to_string()));
                 let limits = RunLimits {
                     timeout: Duration::from_secs(u64::from(spec.timeout_secs.max(1))),
                     kill_grace: self.inner.limits.kill_grace,
                     tail_bytes: self.inner.settings.agent.output_tail_bytes.max(256),
+                    guard: self.inner.limits.guard.clone(),
                 };
                 let reporter = &reporter;
                 // RUNNING once the process exists: its timestamp is the
@@ -490,6 +510,17 @@ impl Agent {
         }
     }
 
+    /// What every run of a job finds in its environment, whichever agent
+    /// runs it (rows add `ORQ_ROW_NUMBER` and `ORQ_IDEMPOTENCY_KEY`).
+    fn run_env(&self, a: &Assignment) -> Vec<(String, String)> {
+        vec![
+            ("ORQ_JOB_ID".to_string(), a.job_id.to_string()),
+            ("ORQ_ATTEMPT".to_string(), a.attempt.to_string()),
+            ("ORQ_BOT_ID".to_string(), self.inner.identity.id.to_string()),
+            ("ORQ_BOT_NAME".to_string(), self.inner.identity.name.clone()),
+        ]
+    }
+
     fn new_report(&self, body: ReportBody) -> BotReport {
         BotReport {
             id: Uuid::now_v7(),
@@ -559,6 +590,7 @@ impl Agent {
             attempt: i32,
             bot_id: Option<BotId>,
             rows_done: i32,
+            result: Option<serde_json::Value>,
         }
         let url = format!(
             "{}/tasks/{}",
@@ -578,8 +610,9 @@ impl Agent {
             _ => None,
         };
         match state {
-            // Cannot tell: run it; the dispatcher fences a stale report.
-            None => Check::Resume(0),
+            // Cannot tell: run it from where the assignment says; the
+            // dispatcher fences a stale report.
+            None => Check::Resume(None),
             Some(s)
                 if s.status == JobStatus::Running
                     && a.script.is_some()
@@ -593,7 +626,10 @@ impl Agent {
                     && s.attempt == a.attempt
                     && s.bot_id == Some(self.inner.identity.id) =>
             {
-                Check::Resume(usize::try_from(s.rows_done).unwrap_or(0))
+                Check::Resume(Some(runner::Resume {
+                    rows_done: usize::try_from(s.rows_done).unwrap_or(0),
+                    failed_rows: orq_shared::rows::failed_rows_of(s.result.as_ref()),
+                }))
             }
             Some(_) => Check::Stale,
         }
@@ -631,8 +667,14 @@ impl<'a> JobReporter<'a> {
         }
     }
 
-    async fn finish(self, outcome: ReportBody) {
-        let sent = self.sent.into_inner().unwrap_or_default();
+    /// Waits until every report sent so far is confirmed, publishing again
+    /// (in order) whatever was not.
+    async fn flush(&self) {
+        let sent = self
+            .sent
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
         for (report, pending) in sent {
             let confirmed = match pending {
                 Some(p) => p.confirmed().await.is_ok(),
@@ -642,8 +684,18 @@ impl<'a> JobReporter<'a> {
                 self.agent.publish_reliably(&report).await;
             }
         }
-        let report = self.agent.new_report(outcome);
+    }
+
+    /// Publishes `body` after the reports before it and returns once
+    /// RabbitMQ has it (waiting through an outage).
+    async fn send_confirmed(&self, body: ReportBody) {
+        self.flush().await;
+        let report = self.agent.new_report(body);
         self.agent.publish_reliably(&report).await;
+    }
+
+    async fn finish(self, outcome: ReportBody) {
+        self.send_confirmed(outcome).await;
     }
 }
 
@@ -680,8 +732,8 @@ impl Cancels {
 
 enum Check {
     Stale,
-    /// Still ours: rows before this index were reported done.
-    Resume(usize),
+    /// Still ours: where the job stands now, when the gateway could say.
+    Resume(Option<runner::Resume>),
     /// Still ours, and a script of it was already started here by an agent
     /// that stopped: it may still be running, and a script is not resumable.
     StartedBefore,

@@ -10,8 +10,19 @@ struct Cli {
     config: ConfigArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The agent starts each run through itself (`bot_agent::guard`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == bot_agent::guard::ARG) {
+        std::process::exit(bot_agent::guard::main(&args[2..]));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let Some(settings) = Cli::parse().config.load()? else {
         return Ok(());
     };

@@ -5,7 +5,10 @@
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use orq_shared::attachment;
+use orq_shared::domain::JobId;
 use orq_shared::messages::RowError;
+use orq_shared::rows;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -22,6 +25,9 @@ const TAIL_BYTES: usize = 2048;
 pub struct Limits {
     pub row_timeout: Duration,
     pub kill_grace: Duration,
+    /// The program that guards each run (`guard`: the agent's own binary),
+    /// so no run outlives the agent; `None` runs the program directly.
+    pub guard: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -32,23 +38,38 @@ pub enum JobOutcome {
     Failed {
         error: String,
         failed_rows: Vec<RowError>,
+        /// Rows finished (done or failed), earlier attempts' included.
+        rows_done: u32,
     },
 }
 
-/// Runs rows `start..` of the attachment with `argv`, calling `progress(done,
-/// total)` after each row. `cancel` stops the row running (its process
-/// group) and the rows after it.
+/// Where a job starts: after the rows earlier attempts reported done,
+/// with the failures among them.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub rows_done: usize,
+    pub failed_rows: Vec<RowError>,
+}
+
+/// Runs rows `resume.rows_done..` of the attachment with `argv`. After each
+/// row but the last, `progress(done, total, failure)` is awaited before
+/// the next row starts (the caller records the row as done there, so a
+/// crash re-runs at most the row in flight). Every run gets `env` plus
+/// `ORQ_ROW_NUMBER` and `ORQ_IDEMPOTENCY_KEY` (`rows::row_key`). `cancel`
+/// stops the row running (its process group) and the rows after it.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_job<F, Fut>(
     argv: &[String],
     attachment_b64: &str,
-    start: usize,
+    job: JobId,
+    resume: Resume,
     env: &[(String, String)],
     limits: &Limits,
     cancel: &CancellationToken,
     mut progress: F,
 ) -> JobOutcome
 where
-    F: FnMut(u32, u32) -> Fut,
+    F: FnMut(u32, u32, Option<RowError>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let rows = match attachment::parse(attachment_b64) {
@@ -57,27 +78,42 @@ where
             return JobOutcome::Failed {
                 error: e.to_string(),
                 failed_rows: Vec::new(),
+                rows_done: 0,
             };
         }
     };
     let total = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-    let mut failed = Vec::new();
+    let start = resume.rows_done.min(rows.len());
+    // Failures of earlier attempts count in the outcome; only those among
+    // the rows done (a later row is run again).
+    let mut failed: Vec<RowError> = resume
+        .failed_rows
+        .into_iter()
+        .filter(|r| (r.row as usize) <= start)
+        .collect();
     for (index, row) in rows.iter().enumerate().skip(start) {
         if cancel.is_cancelled() {
             return JobOutcome::Failed {
                 error: "canceled".into(),
                 failed_rows: failed,
+                rows_done: u32::try_from(index).unwrap_or(u32::MAX),
             };
         }
         let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
         let input = serde_json::Value::Object(row.clone()).to_string();
         let mut row_env = env.to_vec();
         row_env.push(("ORQ_ROW_NUMBER".into(), number.to_string()));
-        if let Err(error) = run_row(argv, &input, &row_env, limits, cancel).await {
-            failed.push(RowError { row: number, error });
-        }
+        row_env.push(("ORQ_IDEMPOTENCY_KEY".into(), rows::row_key(job, number)));
+        let failure = match run_row(argv, &input, &row_env, limits, cancel).await {
+            Ok(()) => None,
+            Err(error) => {
+                let f = RowError { row: number, error };
+                failed.push(f.clone());
+                Some(f)
+            }
+        };
         if number < total {
-            progress(number, total).await;
+            progress(number, total, failure).await;
         }
     }
     if failed.is_empty() {
@@ -86,6 +122,7 @@ where
         JobOutcome::Failed {
             error: format!("{} of {} rows failed", failed.len(), total),
             failed_rows: failed,
+            rows_done: total,
         }
     }
 }
@@ -104,22 +141,16 @@ pub async fn run_row(
     if program == BUILTIN_NOOP {
         return Ok(());
     }
-    let mut command = Command::new(program);
-    scrub_env(&mut command);
+    let mut command = group_command(program, args, limits.guard.as_deref(), limits.kill_grace);
     let mut child = command
-        .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
+    let group = Group::of(&child);
+    let pgid = group.0;
     // Writing stdin runs beside the wait: a program that never reads a large
     // row must not hold the runner past its timeout.
     let stdin = child.stdin.take();
@@ -203,6 +234,56 @@ pub fn scrub_env(command: &mut Command) {
     }
 }
 
+/// A command for `program args` in a process group of its own, through
+/// `guard` when there is one, without the agent's secrets in its
+/// environment.
+pub(crate) fn group_command(
+    program: &str,
+    args: &[String],
+    guard: Option<&Path>,
+    grace: Duration,
+) -> Command {
+    let mut command = match guard {
+        Some(guard) => {
+            let mut c = Command::new(guard);
+            c.args(crate::guard::prefix(grace)).arg(program).args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+    };
+    scrub_env(&mut command);
+    command.process_group(0).kill_on_drop(true);
+    command
+}
+
+/// A run's process group; whatever is left of it is killed when the run
+/// is dropped (its task aborted, the agent shutting down), not only when
+/// it ends normally.
+pub(crate) struct Group(pub Option<Pid>);
+
+impl Group {
+    pub fn of(child: &tokio::process::Child) -> Group {
+        Group(
+            child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .map(Pid::from_raw),
+        )
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// SIGTERM to the whole group, then SIGKILL after the grace period.
 pub(crate) async fn stop_group(
     child: &mut tokio::process::Child,
@@ -243,6 +324,7 @@ mod tests {
         Limits {
             row_timeout: Duration::from_secs(10),
             kill_grace: Duration::from_millis(200),
+            guard: None,
         }
     }
 
@@ -261,11 +343,12 @@ mod tests {
         let outcome = run_job(
             &argv,
             &csv,
-            0,
+            JobId::new(),
+            Resume::default(),
             &[],
             &limits(),
             &CancellationToken::new(),
-            |d, t| {
+            |d, t, _| {
                 seen.push((d, t));
                 async {}
             },
@@ -290,11 +373,12 @@ mod tests {
         let outcome = run_job(
             &argv,
             &csv,
-            0,
+            JobId::new(),
+            Resume::default(),
             &[],
             &limits(),
             &CancellationToken::new(),
-            |_, _| async {},
+            |_, _, _| async {},
         )
         .await;
         let JobOutcome::Failed { failed_rows, .. } = outcome else {
@@ -311,6 +395,7 @@ mod tests {
         let limits = Limits {
             row_timeout: Duration::from_millis(300),
             kill_grace: Duration::from_millis(200),
+            guard: None,
         };
         let marker = std::env::temp_dir().join(format!("orq-orphan-{}", std::process::id()));
         let _ = std::fs::remove_file(&marker);
@@ -329,6 +414,7 @@ mod tests {
         let limits = Limits {
             row_timeout: Duration::from_millis(300),
             kill_grace: Duration::from_millis(200),
+            guard: None,
         };
         // Far more than a pipe buffer, to a program that never reads stdin.
         let big = "x".repeat(1 << 20);
@@ -376,16 +462,23 @@ mod tests {
         let outcome = run_job(
             &sh("sleep 30"),
             &csv,
-            0,
+            JobId::new(),
+            Resume::default(),
             &[],
             &limits(),
             &cancel,
-            |_, _| async {},
+            |_, _, _| async {},
         )
         .await;
-        let JobOutcome::Failed { error, failed_rows } = outcome else {
+        let JobOutcome::Failed {
+            error,
+            failed_rows,
+            rows_done,
+        } = outcome
+        else {
             panic!("expected a canceled job");
         };
+        assert_eq!(rows_done, 1, "row 1 finished (stopped), rows 2-3 did not");
         assert_eq!(error, "canceled");
         assert_eq!(
             failed_rows.len(),
@@ -402,11 +495,15 @@ mod tests {
         let outcome = run_job(
             &[BUILTIN_NOOP.to_string()],
             &csv,
-            2,
+            JobId::new(),
+            Resume {
+                rows_done: 2,
+                failed_rows: Vec::new(),
+            },
             &[],
             &limits(),
             &CancellationToken::new(),
-            |d, t| {
+            |d, t, _| {
                 seen.push((d, t));
                 async {}
             },
@@ -417,5 +514,70 @@ mod tests {
             seen.is_empty(),
             "only row 3 ran, and the last row reports no progress"
         );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_job_keeps_earlier_failures_and_gives_each_row_its_key() {
+        let dir = std::env::temp_dir().join(format!("orq-runner-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let out = dir.join("keys.txt");
+        let argv = sh(&format!(
+            "echo \"$ORQ_ROW_NUMBER $ORQ_IDEMPOTENCY_KEY $ORQ_JOB_ID\" >> {}",
+            out.display()
+        ));
+        let job = JobId::new();
+        let csv = attachment::encode("n\n1\n2\n3\n4\n");
+        let mut seen = Vec::new();
+        let outcome = run_job(
+            &argv,
+            &csv,
+            job,
+            Resume {
+                rows_done: 2,
+                // Row 1 failed before; row 3's old failure is not "done":
+                // row 3 runs again and its old error is dropped.
+                failed_rows: vec![
+                    RowError {
+                        row: 1,
+                        error: "exit code 3".into(),
+                    },
+                    RowError {
+                        row: 3,
+                        error: "timed out".into(),
+                    },
+                ],
+            },
+            &[("ORQ_JOB_ID".to_string(), job.to_string())],
+            &limits(),
+            &CancellationToken::new(),
+            |d, t, f| {
+                seen.push((d, t, f.is_some()));
+                async {}
+            },
+        )
+        .await;
+        let JobOutcome::Failed {
+            error,
+            failed_rows,
+            rows_done,
+        } = outcome
+        else {
+            panic!("row 1 failed earlier: the job fails");
+        };
+        assert_eq!(rows_done, 4);
+        assert_eq!(error, "1 of 4 rows failed");
+        assert_eq!(
+            failed_rows.iter().map(|r| r.row).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(seen, vec![(3, 4, false)]);
+        let text = std::fs::read_to_string(&out).expect("written");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            vec![format!("3 {job}:3 {job}"), format!("4 {job}:4 {job}"),],
+            "rows 1-2 were not run again; each run has its row's key"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

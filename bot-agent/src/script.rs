@@ -14,7 +14,6 @@
 
 use base64::Engine;
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use orq_shared::domain::JobStatus;
 use orq_shared::messages::ScriptSpec;
 use orq_shared::task_def::RunAs;
@@ -26,11 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::{scrub_env, stop_group};
+use crate::runner::{Group, group_command, stop_group};
 
 /// Longest stdout line looked at for markers and the last-line JSON; the
 /// rest of a longer line is dropped from that view (not from the tail).
@@ -188,6 +186,8 @@ pub struct RunLimits {
     pub timeout: Duration,
     pub kill_grace: Duration,
     pub tail_bytes: usize,
+    /// As `runner::Limits::guard`.
+    pub guard: Option<PathBuf>,
 }
 
 /// Runs `script` per `spec`; `on_event` is called once the process has
@@ -215,8 +215,7 @@ where
     if cancel.is_cancelled() {
         return ScriptResult::failed("canceled before it started".into());
     }
-    let mut command = Command::new(program);
-    scrub_env(&mut command);
+    let mut command = group_command(program, args, limits.guard.as_deref(), limits.kill_grace);
     let env: BTreeMap<&str, &str> = spec
         .env
         .iter()
@@ -224,23 +223,18 @@ where
         .chain(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .collect();
     let spawned = command
-        .args(args)
         .envs(env)
         .current_dir(script.parent().unwrap_or(Path::new("/")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return ScriptResult::failed(format!("cannot start {program}: {e}")),
     };
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
+    let group = Group::of(&child);
+    let pgid = group.0;
     on_event(ScriptEvent::Started).await;
     let (markers_tx, mut markers) = mpsc::unbounded_channel();
     let stdout = child.stdout.take();
@@ -466,6 +460,7 @@ mod tests {
             timeout,
             kill_grace: Duration::from_millis(300),
             tail_bytes: 1024,
+            guard: None,
         }
     }
 

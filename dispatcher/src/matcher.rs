@@ -198,6 +198,8 @@ impl Matcher {
             created_at: a.created_at,
             assigned_at: a.assigned_at,
             script: a.spec.clone(),
+            rows_done: u32::try_from(a.rows_done).unwrap_or(0),
+            failed_rows: a.failed_rows.clone(),
         };
         // A short broker outage delays the delivery rather than failing it.
         let session = tokio::time::timeout(Duration::from_secs(5), self.inner.broker.session())

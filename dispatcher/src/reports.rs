@@ -9,7 +9,7 @@ use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
 use orq_shared::domain::{CustomerId, JobEvent, JobStatus};
-use orq_shared::messages::{BotReport, ReportBody};
+use orq_shared::messages::{BotReport, ReportBody, RowError};
 use orq_shared::repo::jobs::{self, Actor, Change, ChangeResult, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
 use std::collections::HashSet;
@@ -22,6 +22,13 @@ use crate::matcher::Matcher;
 /// and one refused report must not hold back the ones behind it.
 fn clean(text: &str) -> String {
     text.replace('\0', "\u{fffd}")
+}
+
+fn clean_row(row: &RowError) -> RowError {
+    RowError {
+        row: row.row,
+        error: clean(&row.error),
+    }
 }
 
 /// `clean` for every string in a JSON value (jsonb refuses `\u0000`).
@@ -54,6 +61,7 @@ fn change_for(report: &BotReport) -> Option<Change> {
             percent,
             rows_done,
             rows_total,
+            failed_rows,
         } => (
             *job_id,
             *attempt,
@@ -61,6 +69,7 @@ fn change_for(report: &BotReport) -> Option<Change> {
             Outcome {
                 percent: Some(i16::from((*percent).min(100))),
                 rows_done: Some(i32::try_from(*rows_done).unwrap_or(i32::MAX)),
+                failed_rows: failed_rows.iter().map(clean_row).collect(),
                 ..Outcome::default()
             },
             vec![(
@@ -87,17 +96,16 @@ fn change_for(report: &BotReport) -> Option<Change> {
             attempt,
             error,
             failed_rows,
+            rows_done,
         } => (
             *job_id,
             *attempt,
             JobEvent::Fail,
             Outcome {
                 error: Some(clean(error)),
+                rows_done: rows_done.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
                 result: Some(serde_json::json!({
-                    "failed_rows": failed_rows
-                        .iter()
-                        .map(|r| serde_json::json!({ "row": r.row, "error": clean(&r.error) }))
-                        .collect::<Vec<_>>()
+                    "failed_rows": failed_rows.iter().map(clean_row).collect::<Vec<_>>()
                 })),
                 ..Outcome::default()
             },
@@ -274,7 +282,7 @@ pub async fn apply(
                 ChangeResult::Invalid(why) => {
                     tracing::debug!(job = %change.job, %why, "report not applicable")
                 }
-                ChangeResult::NotFound => {}
+                ChangeResult::NotFound | ChangeResult::LateProgress => {}
             }
         }
         jobs::append_events(&tx, &warnings).await?;

@@ -148,6 +148,195 @@ async fn a_killed_agents_job_waits_again_and_finishes_once_on_another_bot() -> a
     env.cleanup().await
 }
 
+/// An automation that logs each run (agent, row, attempt, key), fails row
+/// 2 and, on the agent named `slow_on`, hangs on row 3.
+fn logging_automation(
+    env: &Env,
+    agent: &str,
+    hang_row3: bool,
+) -> anyhow::Result<std::path::PathBuf> {
+    let log = env.dir.join("runs.log");
+    let hang = if hang_row3 { "sleep 30" } else { ":" };
+    let script = format!(
+        "#!/bin/sh\ncat > /dev/null\necho \"{agent} $ORQ_ROW_NUMBER $ORQ_ATTEMPT $ORQ_IDEMPOTENCY_KEY $ORQ_JOB_ID\" >> {log}\nif [ \"$ORQ_ROW_NUMBER\" = 2 ]; then echo \"cannot create user 2\" >&2; exit 3; fi\nif [ \"$ORQ_ROW_NUMBER\" = 3 ]; then {hang}; fi\nexit 0\n",
+        log = log.display()
+    );
+    let path = env.dir.join(format!("automation-{agent}.sh"));
+    std::fs::write(&path, script)?;
+    let argv = ["sh", path.to_str().unwrap_or_default()];
+    agent_config(&env.dir, &format!("{agent}.toml"), 1, &[("Vivo360", &argv)])
+}
+
+#[tokio::test]
+async fn a_csv_job_moved_to_another_agent_resumes_after_the_rows_done() -> anyhow::Result<()> {
+    let env = Env::new("resume").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let mut reaper_cmd = env.command("timeout-reaper");
+    reaper_cmd
+        .env("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000")
+        .env("ORQ_REAPER__TICK_MS", "200");
+    let _reaper = env.spawn("timeout-reaper", reaper_cmd)?;
+    let mut first = env
+        .start_agent(&gw, "first", &logging_automation(&env, "first", true)?, &[])
+        .await?;
+    let csv = orq_e2e::orq_shared::attachment::encode("n\n1\n2\n3\n4\n5\n");
+    let created: Value = env
+        .client()
+        .post(format!("{gw}/tasks"))
+        .json(&json!({"description": "users", "system": "Vivo360", "attachment": csv}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let job_id = id(&created);
+    let log = env.dir.join("runs.log");
+    env.task_until(
+        &gw,
+        &job_id,
+        Duration::from_secs(30),
+        "rows 1-2 done, row 3 running",
+        |t| {
+            let running3 = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("first 3 ");
+            (t["rows_done"] == 2 && running3).then_some(())
+        },
+    )
+    .await?;
+    first.kill9();
+    let _second = env
+        .start_agent(
+            &gw,
+            "second",
+            &logging_automation(&env, "second", false)?,
+            &[],
+        )
+        .await?;
+    let done = env
+        .task_until(&gw, &job_id, Duration::from_secs(60), "finished", |t| {
+            (t["status"] == "FAILED" || t["status"] == "COMPLETE").then(|| t.clone())
+        })
+        .await?;
+    assert_eq!(
+        done["status"], "FAILED",
+        "row 2 failed in the first attempt: {done}"
+    );
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(done["rows_done"], 5, "{done}");
+    assert_eq!(done["error"], "1 of 5 rows failed", "{done}");
+    let failed = &done["result"]["failed_rows"];
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{done}");
+    assert_eq!(failed[0]["row"], 2, "{done}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot create user 2"),
+        "the first attempt's error is kept: {done}"
+    );
+    let runs: Vec<Vec<String>> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect();
+    let summary: Vec<(String, String, String)> = runs
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("first", "1", "1"),
+        ("first", "2", "1"),
+        ("first", "3", "1"),
+        ("second", "3", "2"),
+        ("second", "4", "2"),
+        ("second", "5", "2"),
+    ]
+    .iter()
+    .map(|(a, r, n)| (a.to_string(), r.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(
+        summary, expected,
+        "rows 1-2 ran once; only row 3, in flight at the kill, ran twice"
+    );
+    for r in &runs {
+        assert_eq!(r[3], format!("{job_id}:{}", r[1]), "the row's key: {r:?}");
+        assert_eq!(r[4], job_id, "{r:?}");
+    }
+    env.cleanup().await
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has no command line left; it is gone for our purpose.
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+#[tokio::test]
+async fn no_script_or_automation_outlives_its_sigkilled_agent() -> anyhow::Result<()> {
+    let env = Env::new("orphans").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let pids = env.dir.join("pids");
+    // A CSV row whose automation sleeps, with a child of its own, and a
+    // script job doing the same.
+    let automation = env.dir.join("slow.sh");
+    std::fs::write(
+        &automation,
+        format!(
+            "#!/bin/sh\necho $$ >> {p}\nsleep 60 &\necho $! >> {p}\nwait\n",
+            p = pids.display()
+        ),
+    )?;
+    let argv = ["sh", automation.to_str().unwrap_or_default()];
+    let config = agent_config(&env.dir, "agent.toml", 2, &[("Slow", &argv)])?;
+    let mut agent = env.start_agent(&gw, "doomed", &config, &[]).await?;
+    let task = task(
+        &env,
+        &gw,
+        &format!(
+            "echo $$ >> {p}\nsleep 60 &\necho $! >> {p}\nwait",
+            p = pids.display()
+        ),
+        json!({}),
+    )
+    .await?;
+    run(&env, &gw, &task).await?;
+    let csv = orq_e2e::orq_shared::attachment::encode("n\n1\n");
+    env.client()
+        .post(format!("{gw}/tasks"))
+        .json(&json!({"description": "slow", "system": "Slow", "attachment": csv}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let started: Vec<i32> = eventually(
+        Duration::from_secs(30),
+        "four processes started",
+        || async {
+            let pids: Vec<i32> = std::fs::read_to_string(&pids)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            Ok((pids.len() == 4).then_some(pids))
+        },
+    )
+    .await?;
+    assert!(started.iter().all(|p| alive(*p)), "{started:?}");
+    agent.kill9();
+    let killed = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "every process of the jobs gone",
+        || async { Ok(started.iter().all(|p| !alive(*p)).then_some(())) },
+    )
+    .await?;
+    eprintln!(
+        "the jobs' processes were gone {:?} after the agent's SIGKILL",
+        killed.elapsed()
+    );
+    env.cleanup().await
+}
+
 #[tokio::test]
 async fn a_job_past_its_deadline_with_no_report_times_out() -> anyhow::Result<()> {
     let env = Env::new("deadline").await?;

@@ -8,6 +8,7 @@
 //! * `messages`   – what travels over RabbitMQ.
 //! * `domain`     – ids, roles, bot and job state machines (pure).
 //! * `attachment` – the base64 CSV of the proof of concept.
+//! * `rows`       – a CSV job's rows across attempts: resume, failed rows, row keys.
 //! * `token`      – access token generation and hashing.
 //! * `secret`     – task secret keys: hashing, sealing at rest.
 //! * `task_def`   – TheEye task definitions: arguments, run_as, env, triggers.
@@ -26,6 +27,7 @@ pub mod human;
 pub mod messages;
 pub mod ops;
 pub mod repo;
+pub mod rows;
 pub mod secret;
 pub mod shutdown;
 pub mod task_def;

@@ -42,6 +42,15 @@ pub struct Assignment {
     /// for the proof of concept's CSV jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<ScriptSpec>,
+    /// Rows of a CSV job reported done by earlier attempts (PostgreSQL's
+    /// `rows_done`): whichever agent receives the assignment starts after
+    /// them, so a job moved to another agent does not run them again.
+    #[serde(default)]
+    pub rows_done: u32,
+    /// Rows among those that failed in earlier attempts: they keep their
+    /// errors in the job's outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_rows: Vec<RowError>,
 }
 
 /// What a bot runs for a script job: copied from the task when the job was
@@ -110,6 +119,10 @@ pub enum ReportBody {
         percent: u8,
         rows_done: u32,
         rows_total: u32,
+        /// Rows that failed since the previous progress report: a job
+        /// resumed elsewhere keeps their errors.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed_rows: Vec<RowError>,
     },
     Complete {
         job_id: JobId,
@@ -121,6 +134,9 @@ pub enum ReportBody {
         attempt: i32,
         error: String,
         failed_rows: Vec<RowError>,
+        /// Rows finished (done or failed) by then, when rows ran at all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows_done: Option<u32>,
     },
     /// A script's progress marker (`::percent::N`).
     Percent {
@@ -193,6 +209,10 @@ mod tests {
                 percent: 50,
                 rows_done: 1,
                 rows_total: 2,
+                failed_rows: vec![RowError {
+                    row: 1,
+                    error: "exit code 3".into(),
+                }],
             },
         };
         let json = serde_json::to_value(&report).expect("serializes");

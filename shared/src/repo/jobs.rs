@@ -17,7 +17,7 @@ use crate::domain::{
     BotEvent, BotId, BotStatus, CustomerId, Delivery, JobEvent, JobId, JobStatus, TaskId,
     bot_transition, job_transition,
 };
-use crate::messages::ScriptSpec;
+use crate::messages::{RowError, ScriptSpec};
 
 /// A job as the `/tasks` API shows it: the proof of concept's fields first.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, PartialEq)]
@@ -388,6 +388,9 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     pub output: Option<serde_json::Value>,
     pub step: Option<String>,
+    /// Rows that failed, merged into `result.failed_rows` by row number
+    /// (a progress report's; `result` itself replaces the whole value).
+    pub failed_rows: Vec<RowError>,
 }
 
 #[derive(Debug)]
@@ -443,6 +446,12 @@ pub async fn transition(
         }),
         ChangeResult::NotFound => Err(RepoError::NotFound("task")),
         ChangeResult::Invalid(why) => Err(RepoError::Conflict(why)),
+        // Only a bot's progress report can be late; to a single caller it
+        // is as stale as any report of a lost attempt.
+        ChangeResult::LateProgress => Ok(Applied::Stale {
+            current_attempt: 0,
+            current_bot: None,
+        }),
     }
 }
 
@@ -477,6 +486,10 @@ pub enum ChangeResult {
         current_attempt: i32,
         current_bot: Option<BotId>,
     },
+    /// A progress report of a lost attempt, arriving while the job waits
+    /// for its next bot: the rows it reports done are kept (the next
+    /// assignment resumes after them); nothing else changes.
+    LateProgress,
     NotFound,
     /// The state machine refuses the event in the job's state.
     Invalid(String),
@@ -581,6 +594,19 @@ pub async fn apply_changes(
         if let Actor::Bot { bot, attempt } = c.actor
             && (attempt != job.from_attempt || job.bot != Some(bot))
         {
+            let rows_done = c.outcome.rows_done.unwrap_or(0);
+            if c.event == JobEvent::Progress
+                && attempt == job.from_attempt
+                && job.status == JobStatus::Waiting
+                && rows_done > job.rows_done
+            {
+                job.changed = true;
+                job.rows_done = rows_done;
+                job.result =
+                    crate::rows::merge_failed_rows(job.result.as_ref(), &c.outcome.failed_rows);
+                results.push(ChangeResult::LateProgress);
+                continue;
+            }
             results.push(ChangeResult::Stale {
                 current_attempt: job.from_attempt,
                 current_bot: job.bot,
@@ -596,6 +622,7 @@ pub async fn apply_changes(
             }
         };
         let bot = job.bot;
+        let percent_before = job.percent;
         job.changed = true;
         job.status = to;
         if to == JobStatus::Complete {
@@ -603,8 +630,14 @@ pub async fn apply_changes(
         } else if let Some(p) = c.outcome.percent {
             job.percent = p;
         }
+        // Rows done only grow: a report overtaken by a later one (or a
+        // redelivery) cannot move the resume position back.
         if let Some(n) = c.outcome.rows_done {
-            job.rows_done = n;
+            job.rows_done = job.rows_done.max(n);
+        }
+        if !c.outcome.failed_rows.is_empty() {
+            job.result =
+                crate::rows::merge_failed_rows(job.result.as_ref(), &c.outcome.failed_rows);
         }
         if c.outcome.error.is_some() {
             job.error.clone_from(&c.outcome.error);
@@ -666,6 +699,11 @@ pub async fn apply_changes(
             ));
         }
         for (kind, description) in &c.notes {
+            // Progress comes per row; a PERCENT_CHANGE only when the
+            // percent did change.
+            if *kind == EventKind::PercentChange && job.percent == percent_before {
+                continue;
+            }
             let id = Uuid::new_v5(&c.event_id, kind.as_str().as_bytes());
             events.push(record(id, *kind, description.clone(), false));
         }
@@ -784,6 +822,10 @@ pub struct Assigned {
     pub assigned_at: OffsetDateTime,
     /// What a script job runs.
     pub spec: Option<ScriptSpec>,
+    /// Rows reported done by earlier attempts, and which of them failed:
+    /// the agent resumes after them.
+    pub rows_done: i32,
+    pub failed_rows: Vec<RowError>,
 }
 
 fn spec_col(value: Option<serde_json::Value>) -> Result<Option<ScriptSpec>, RepoError> {
@@ -1000,7 +1042,7 @@ pub async fn match_waiting(
                FROM unnest($1::uuid[], $2::uuid[]) AS a(job_id, bot_id)
               WHERE j.id = a.job_id AND j.status = 'WAITING'
               RETURNING j.id, j.attempt, a.bot_id, j.description, j.system, j.attachment,
-                        j.created_at, j.spec",
+                        j.created_at, j.spec, j.rows_done, j.result",
         &[&job_ids, &bot_ids, &to.as_str(), &at],
     )
     .await?;
@@ -1074,6 +1116,10 @@ pub async fn match_waiting(
                     created_at: r.get(6),
                     assigned_at: at,
                     spec: spec_col(r.get(7))?,
+                    rows_done: r.get(8),
+                    failed_rows: crate::rows::failed_rows_of(
+                        r.get::<_, Option<serde_json::Value>>(9).as_ref(),
+                    ),
                 })
             })
         })
@@ -1109,7 +1155,7 @@ pub async fn stale_assignments(
         db,
         "SELECT j.customer_id, j.id, j.attempt, b.id, b.delivery, b.ip_address, b.port,
                 j.description, j.system, j.attachment, j.created_at, j.assigned_at,
-                b.last_heartbeat_at, j.spec
+                b.last_heartbeat_at, j.spec, j.rows_done, j.result
            FROM jobs j JOIN bots b ON b.id = j.bot_id
           WHERE j.status = 'ASSIGNED' AND j.assigned_at < $1
           ORDER BY j.assigned_at LIMIT $2",
@@ -1133,6 +1179,10 @@ pub async fn stale_assignments(
                     created_at: r.get(10),
                     assigned_at: r.get(11),
                     spec: spec_col(r.get(13))?,
+                    rows_done: r.get(14),
+                    failed_rows: crate::rows::failed_rows_of(
+                        r.get::<_, Option<serde_json::Value>>(15).as_ref(),
+                    ),
                 },
                 bot_heartbeat_at: r.get(12),
             })
