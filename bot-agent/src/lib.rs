@@ -164,7 +164,10 @@ impl Agent {
     /// reported done.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let heartbeat = tokio::spawn(self.clone().heartbeats(shutdown.clone()));
-        let controls = tokio::spawn(self.clone().controls(shutdown.clone()));
+        // Controls and presence last as long as the broker connection: a
+        // stopping agent is still there (and cancelable) while its running
+        // jobs finish.
+        let controls = tokio::spawn(self.clone().controls(self.inner.broker_stop.clone()));
         // Ready while connected to RabbitMQ (an agent has no database).
         let ops = tokio::spawn(orq_shared::ops::serve(
             self.inner.settings.ops.listen.clone(),
@@ -469,9 +472,10 @@ impl Agent {
             .await;
     }
 
-    /// Consumes this agent's control messages (cancel a running job), on
-    /// every connection.
-    async fn controls(self, shutdown: CancellationToken) {
+    /// Holds this agent's presence queue and consumes its control messages
+    /// (cancel a running job), on every connection, until `stop`.
+    async fn controls(self, stop: CancellationToken) {
+        let shutdown = stop;
         let mut last = None;
         loop {
             let session = tokio::select! {
@@ -479,6 +483,15 @@ impl Agent {
                 _ = shutdown.cancelled() => return,
             };
             last = Some(session.generation());
+            // Held (not read) for as long as this session lasts.
+            let _presence = match session.hold_presence(self.inner.identity.id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hold this agent's presence");
+                    session.report_failure();
+                    continue;
+                }
+            };
             let mut consumer = match session.consume_control(self.inner.identity.id).await {
                 Ok(c) => c,
                 Err(e) => {

@@ -47,7 +47,7 @@ fn clean_json(value: &serde_json::Value) -> serde_json::Value {
 /// The change a job report asks for; `None` for heartbeats.
 fn change_for(report: &BotReport) -> Option<Change> {
     let (job, attempt, event, outcome, notes) = match &report.body {
-        ReportBody::Heartbeat { .. } => return None,
+        ReportBody::Heartbeat { .. } | ReportBody::Canary { .. } => return None,
         ReportBody::Running { job_id, attempt } => (
             *job_id,
             *attempt,
@@ -201,6 +201,7 @@ fn kind_name(body: &ReportBody) -> &'static str {
         ReportBody::Percent { .. } => "percent",
         ReportBody::Step { .. } => "step",
         ReportBody::Finished { .. } => "finished",
+        ReportBody::Canary { .. } => "canary",
     }
 }
 
@@ -305,6 +306,16 @@ pub async fn apply(
             rematch.insert(report.customer_id);
         }
     }
+    // Canaries last: a reaper reading one back knows the heartbeats sent
+    // before it were applied.
+    let canaries: Vec<(Uuid, time::OffsetDateTime)> = reports
+        .iter()
+        .filter_map(|r| match r.body {
+            ReportBody::Canary { reaper_id, sent_at } => Some((reaper_id, sent_at)),
+            _ => None,
+        })
+        .collect();
+    orq_shared::repo::canaries::record(&db, &canaries).await?;
     Ok(Wakes {
         now: rematch,
         later,

@@ -163,3 +163,185 @@ async fn services_ride_out_a_postgres_outage() -> anyhow::Result<()> {
     drop(pg);
     Ok(())
 }
+
+/// Three agents mid-job through an outage: a reaper with a 3 s silence
+/// window (1 s heartbeats) must not call any of them lost.
+struct Busy {
+    log: std::path::PathBuf,
+    jobs: Vec<String>,
+    _procs: Vec<orq_e2e::Proc>,
+}
+
+const ROWS: usize = 16;
+
+async fn three_busy_agents(env: &Env) -> anyhow::Result<(String, Busy)> {
+    let (gw_proc, gw) = env.start_gateway(&[]).await?;
+    let mut procs = vec![gw_proc];
+    procs.push(env.start_dispatcher(
+        "dispatcher",
+        &[("ORQ_DISPATCHER__SWEEP_INTERVAL_MS", "500")],
+    )?);
+    let mut reaper = env.command("timeout-reaper");
+    reaper
+        .env("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000")
+        .env("ORQ_REAPER__TICK_MS", "200");
+    procs.push(env.spawn("timeout-reaper", reaper)?);
+    let log = env.dir.join("runs.log");
+    let automation = env.dir.join("row.sh");
+    std::fs::write(
+        &automation,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho \"$ORQ_IDEMPOTENCY_KEY $ORQ_ATTEMPT\" >> {}\nsleep 0.5\n",
+            log.display()
+        ),
+    )?;
+    let argv = ["sh", automation.to_str().unwrap_or_default()];
+    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", &argv)])?;
+    for name in ["a1", "a2", "a3"] {
+        procs.push(env.start_agent(&gw, name, &config, &[]).await?);
+    }
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let t: Value = post_task(env, &gw, "Slow", ROWS).await?.json().await?;
+        jobs.push(t["id"].as_str().unwrap_or_default().to_string());
+    }
+    for id in &jobs {
+        env.task_until(&gw, id, Duration::from_secs(30), "two rows done", |t| {
+            (t["rows_done"].as_i64().unwrap_or(0) >= 2).then_some(())
+        })
+        .await?;
+    }
+    Ok((
+        gw,
+        Busy {
+            log,
+            jobs,
+            _procs: procs,
+        },
+    ))
+}
+
+/// Counts, every 100 ms until stopped, the times a bot was seen UNAVAILABLE.
+fn watch_unavailable(
+    env: &Env,
+) -> (
+    tokio::task::JoinHandle<usize>,
+    tokio_util::sync::CancellationToken,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (url, s) = (env.db_url.clone(), stop.clone());
+    let handle = tokio::spawn(async move {
+        let mut seen = 0;
+        while !s.is_cancelled() {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                while !s.is_cancelled() {
+                    match client
+                        .query_one(
+                            "SELECT count(*) FROM bots WHERE status = 'UNAVAILABLE'",
+                            &[],
+                        )
+                        .await
+                    {
+                        Ok(r) => seen += usize::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                        Err(_) => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    });
+    (handle, stop)
+}
+
+/// All COMPLETE on their first attempt, each row run once, no agent lost.
+async fn all_done_once(env: &Env, gw: &str, busy: &Busy, unavailable: usize) -> anyhow::Result<()> {
+    for id in &busy.jobs {
+        let t = env
+            .task_until(gw, id, Duration::from_secs(120), "COMPLETE", |t| {
+                (t["status"] == "COMPLETE").then(|| t.clone())
+            })
+            .await?;
+        assert_eq!(t["attempt"], 1, "no job was requeued: {t}");
+    }
+    assert_eq!(unavailable, 0, "no agent was ever UNAVAILABLE");
+    let db = env.db().await?;
+    let lost: i64 = db
+        .query_one(
+            "SELECT count(*) FROM job_events WHERE type = 'WARNING'
+                AND (description LIKE '%went silent%' OR description LIKE '%left RabbitMQ%')",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(lost, 0, "no agent was declared lost");
+    let runs = std::fs::read_to_string(&busy.log)?;
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for line in runs.lines() {
+        let key = line.split(' ').next().unwrap_or_default().to_string();
+        *counts.entry(key).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3 * ROWS, "every row ran: {runs}");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "rows run twice: {twice:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_agent_is_declared_lost_through_a_ten_second_rabbitmq_outage() -> anyhow::Result<()> {
+    let rabbit = PrivateRabbit::start()?;
+    let env = Env::on("falsedeath-mq", &orq_e2e::pg_admin_url(), &rabbit.url()).await?;
+    let (gw, busy) = three_busy_agents(&env).await?;
+    let (watch, stop) = watch_unavailable(&env);
+    rabbit.stop_app()?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    rabbit.start_app()?;
+    let outcome = async {
+        // The silence window is 3 s: let well over one pass after the return.
+        for id in &busy.jobs {
+            env.task_until(&gw, id, Duration::from_secs(120), "COMPLETE", |t| {
+                (t["status"] == "COMPLETE").then_some(())
+            })
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stop.cancel();
+        let unavailable = watch.await?;
+        all_done_once(&env, &gw, &busy, unavailable).await
+    }
+    .await;
+    drop(busy);
+    env.cleanup().await?;
+    drop(rabbit);
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_agent_is_declared_lost_through_a_ten_second_postgres_outage() -> anyhow::Result<()> {
+    let pg = PrivatePg::start()?;
+    let env = Env::on("falsedeath-pg", &pg.base_url(), &orq_e2e::amqp_url()).await?;
+    let (gw, busy) = three_busy_agents(&env).await?;
+    let (watch, stop) = watch_unavailable(&env);
+    pg.down()?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    pg.up()?;
+    let outcome = async {
+        for id in &busy.jobs {
+            env.task_until(&gw, id, Duration::from_secs(120), "COMPLETE", |t| {
+                (t["status"] == "COMPLETE").then_some(())
+            })
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stop.cancel();
+        let unavailable = watch.await?;
+        all_done_once(&env, &gw, &busy, unavailable).await
+    }
+    .await;
+    drop(busy);
+    env.cleanup().await?;
+    drop(pg);
+    outcome
+}

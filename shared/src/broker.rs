@@ -87,6 +87,15 @@ impl Topology {
         format!("bot.{bot}")
     }
 
+    /// A queue an agent consumes on every connection, for as long as the
+    /// agent lives: it has a consumer exactly while that agent is connected
+    /// (RabbitMQ drops a consumer the moment its connection closes, and
+    /// sees a vanished machine within two AMQP heartbeats). The reaper
+    /// reads its consumer count as evidence.
+    pub fn presence_queue(&self, bot: BotId) -> String {
+        format!("{}.presence.{}", self.prefix, bot)
+    }
+
     /// Routing key of an agent's control messages (cancel a running job).
     pub fn control_key(bot: BotId) -> String {
         format!("control.{bot}")
@@ -177,6 +186,30 @@ impl Topology {
             .await
     }
 
+    /// Declares a bot's presence queue (a quorum queue, so it outlives a
+    /// broker node; no binding, nothing is published to it).
+    async fn presence_declare(&self, ch: &Channel, bot: BotId) -> lapin::Result<lapin::Queue> {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(
+            self.presence_queue(bot).into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+    }
+
+    pub async fn declare_presence_queue(&self, ch: &Channel, bot: BotId) -> lapin::Result<String> {
+        self.presence_declare(ch, bot).await?;
+        Ok(self.presence_queue(bot))
+    }
+
     /// A bot's own queue. Declared by whoever registers the bot and by the
     /// agent itself, so work can wait for an agent that is not up yet.
     pub async fn declare_bot_queue(&self, ch: &Channel, bot: BotId) -> lapin::Result<()> {
@@ -194,6 +227,7 @@ impl Topology {
             self.dead_letter_queue(),
         ];
         queues.extend(bots.iter().map(|b| self.bot_queue(*b)));
+        queues.extend(bots.iter().map(|b| self.presence_queue(*b)));
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default())
                 .await?;
@@ -302,6 +336,39 @@ impl Session {
                 FieldTable::default(),
             )
             .await?)
+    }
+
+    /// Consumes this bot's presence queue on this connection (see
+    /// `Topology::presence_queue`); nothing is ever sent there: the
+    /// consumer itself is the signal, and it lasts as long as the channel.
+    pub async fn hold_presence(&self, bot: BotId) -> Result<Consumer, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        let queue = self.topology.declare_presence_queue(&ch, bot).await?;
+        Ok(ch
+            .basic_consume(
+                queue.into(),
+                format!("presence-{bot}").into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?)
+    }
+
+    /// Whether each bot's agent is connected now (its presence queue has a
+    /// consumer). Declares a missing queue rather than looking for it
+    /// passively: a refusal would close the channel.
+    pub async fn presence(&self, bots: &[BotId]) -> Result<Vec<(BotId, bool)>, BrokerError> {
+        let ch = self.connection.create_channel().await?;
+        let mut out = Vec::with_capacity(bots.len());
+        for bot in bots {
+            let q = self.topology.presence_declare(&ch, *bot).await?;
+            out.push((*bot, q.consumer_count() > 0));
+        }
+        let _ = ch.close(200, "done".into()).await;
+        Ok(out)
     }
 
     /// Messages ready in `queue` (a passive declare: it must exist).
@@ -614,6 +681,12 @@ async fn watch_connection(session: &Session, shutdown: &CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = session.lost.cancelled() => return,
             event = events.next() => match event {
+                // A channel's refusal (a passive declare of a queue that
+                // is not there) closes that channel only; the publisher's
+                // is checked below.
+                Some(lapin::Event::Error(e)) if e.is_amqp_soft_error() => {
+                    tracing::debug!(error = %e, "RabbitMQ channel error");
+                }
                 Some(lapin::Event::Error(e)) => {
                     tracing::warn!(error = %e, "RabbitMQ connection error");
                     return;

@@ -216,6 +216,11 @@ pub struct ReaperSettings {
     /// A job RUNNING on a legacy HTTP bot that has reported nothing for
     /// this long times out (such bots do not heartbeat).
     pub http_silence_ms: u64,
+    /// An agent seen connected to RabbitMQ and then gone from it (its
+    /// presence queue) for this long is lost: its jobs wait again.
+    pub absence_ms: u64,
+    /// How often the reaper asks RabbitMQ which agents are connected.
+    pub presence_interval_ms: u64,
 }
 
 const DEFAULTS: &str = r#"
@@ -271,6 +276,8 @@ heartbeat_interval_ms = 4000
 max_attempts = 3
 batch_size = 500
 http_silence_ms = 3600000
+absence_ms = 2000
+presence_interval_ms = 250
 
 [security]
 secret_key = ""

@@ -164,6 +164,13 @@ pub enum ReportBody {
         stdout: String,
         stderr: String,
     },
+    /// A reaper's canary (its `bot_id` and `customer_id` are nil): the
+    /// dispatcher records it after the heartbeats before it.
+    Canary {
+        reaper_id: Uuid,
+        #[serde(with = "time::serde::rfc3339")]
+        sent_at: OffsetDateTime,
+    },
 }
 
 /// Gateway -> dispatcher: a micro-task finish, as the worker posted it.

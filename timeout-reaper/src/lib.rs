@@ -4,10 +4,13 @@
 //! transaction whose rows are claimed with `SKIP LOCKED` (so any number of
 //! reapers split the work and none expires a lease twice):
 //!
-//! * an agent silent for `missed_heartbeats` heartbeats becomes UNAVAILABLE
-//!   and the jobs it holds go back to WAITING — or FAIL once they have had
-//!   `max_attempts` attempts — to be matched again (a late report from the
-//!   lost attempt is refused by its attempt number);
+//! * a lost agent becomes UNAVAILABLE and the jobs it holds go back to
+//!   WAITING — or FAIL once they have had `max_attempts` attempts — to be
+//!   matched again (a late report from the lost attempt is refused by its
+//!   attempt number). Lost means, on evidence only (`vigil`): gone from
+//!   RabbitMQ for `absence_ms` (its connection closed: seconds after a
+//!   SIGKILL), or silent for `missed_heartbeats` heartbeats while the
+//!   reaper's own canaries travelled the heartbeats' path;
 //! * a running job past its lease (its timeout plus `jobs::LEASE_SLACK`)
 //!   that its bot never reported on becomes TIMEOUT;
 //! * a human task past its deadline: a reservation, or a micro-task
@@ -23,6 +26,7 @@
 //! workers their finish was processed (e-mail, SMS, push).
 
 pub mod notify;
+pub mod vigil;
 pub mod webhooks;
 
 use orq_shared::CancellationToken;
@@ -33,17 +37,35 @@ use orq_shared::messages::Wake;
 use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
 use orq_shared::repo::{RepoError, bots, human};
 use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 use uuid::Uuid;
+
+use crate::vigil::{Absences, Sight};
 
 pub struct App {
     settings: Settings,
     sender: webhooks::Sender,
     notifier: notify::Notifier,
     pool: deadpool_postgres::Pool,
-    /// Wakes the dispatchers when jobs wait again.
+    /// Wakes the dispatchers when jobs wait again; carries the canaries and
+    /// tells which agents are connected.
     broker: Broker,
     shutdown: CancellationToken,
+    /// This reaper's canaries' id.
+    id: Uuid,
+    /// What this reaper can see (links up, canaries back): silence is no
+    /// evidence while it is blind.
+    sight: Mutex<Sight>,
+}
+
+/// Why an agent was declared lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evidence {
+    /// No heartbeat for a silence window.
+    Silence,
+    /// Gone from RabbitMQ.
+    Absence,
 }
 
 /// What one pass did.
@@ -77,6 +99,8 @@ impl App {
             pool,
             broker,
             shutdown,
+            id: Uuid::now_v7(),
+            sight: Mutex::new(Sight::default()),
         })
     }
 
@@ -105,6 +129,71 @@ impl App {
     }
 
     async fn expire_until_stopped(&self) {
+        if let Ok(db) = self.pool.get().await {
+            let _ = orq_shared::repo::canaries::prune(&db).await;
+        }
+        tokio::join!(self.reap_until_stopped(), self.watch_presence());
+    }
+
+    /// The silence window: `missed_heartbeats` heartbeat intervals.
+    fn window(&self) -> Duration {
+        let r = &self.settings.reaper;
+        Duration::from_millis(r.heartbeat_interval_ms * u64::from(r.missed_heartbeats))
+    }
+
+    /// The window, and the grace after an outage (agents reconnect with the
+    /// same backoff as this reaper).
+    fn rules(&self) -> vigil::Rules {
+        let ms = |v: u64| time::Duration::milliseconds(i64::try_from(v).unwrap_or(i64::MAX));
+        vigil::Rules::new(
+            time::Duration::try_from(self.window()).unwrap_or_default(),
+            ms(self.settings.amqp.reconnect_max_ms),
+            ms(self.settings.reaper.heartbeat_interval_ms),
+        )
+    }
+
+    fn see_broker(&self) {
+        let generation = self
+            .broker
+            .current()
+            .filter(|_| self.broker.is_connected())
+            .map(|s| s.generation());
+        if let Ok(mut sight) = self.sight.lock() {
+            sight.broker(time::OffsetDateTime::now_utc(), generation);
+        }
+    }
+
+    fn see_database(&self, ok: bool) {
+        if let Ok(mut sight) = self.sight.lock() {
+            sight.database(time::OffsetDateTime::now_utc(), ok);
+        }
+    }
+
+    /// Sends a canary along the heartbeats' path (agent's broker ->
+    /// dispatcher -> PostgreSQL); `silent_bots` reads it back.
+    async fn send_canary(&self) {
+        let report = orq_shared::messages::BotReport {
+            id: Uuid::now_v7(),
+            bot_id: BotId(Uuid::nil()),
+            customer_id: CustomerId(Uuid::nil()),
+            at: time::OffsetDateTime::now_utc(),
+            body: orq_shared::messages::ReportBody::Canary {
+                reaper_id: self.id,
+                sent_at: time::OffsetDateTime::now_utc(),
+            },
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.broker
+                .publish_json(orq_shared::broker::KEY_REPORTS, report.id, &report),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!("canary not sent");
+        }
+    }
+
+    async fn reap_until_stopped(&self) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.reaper.tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -112,9 +201,13 @@ impl App {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
+            self.see_broker();
+            self.send_canary().await;
             // Batch after batch until a pass finds nothing more to expire.
             loop {
-                match self.reap_once().await {
+                let outcome = self.reap_once().await;
+                self.see_database(outcome.is_ok());
+                match outcome {
                     Ok(r) if r.total() > 0 => {
                         for (kind, n) in [
                             ("silent_bot", r.silent_bots),
@@ -155,7 +248,13 @@ impl App {
         self.silent_bots(&mut reaped, &mut wake).await?;
         self.job_timeouts(&mut reaped, &mut wake).await?;
         self.human_deadlines(&mut reaped).await?;
-        for customer in wake {
+        self.wake(wake).await;
+        Ok(reaped)
+    }
+
+    /// Wakes the dispatchers for customers whose work waits again.
+    async fn wake(&self, customers: HashSet<CustomerId>) {
+        for customer in customers {
             let message = Wake {
                 id: Uuid::now_v7(),
                 customer_id: customer,
@@ -170,26 +269,78 @@ impl App {
                 tracing::warn!(error = %e, %customer, "wake-up not published");
             }
         }
-        Ok(reaped)
     }
 
-    /// Silent agents: UNAVAILABLE, and their jobs taken back.
+    /// Silent agents: UNAVAILABLE, and their jobs taken back — judged only
+    /// while the reaper can see (`vigil::Sight::silence_cutoff`).
     async fn silent_bots(
         &self,
         reaped: &mut Reaped,
         wake: &mut HashSet<CustomerId>,
     ) -> Result<(), RepoError> {
-        let r = &self.settings.reaper;
-        let silent_for =
-            Duration::from_millis(r.heartbeat_interval_ms * u64::from(r.missed_heartbeats));
-        let before = time::OffsetDateTime::now_utc() - silent_for;
+        let window = self.window();
+        let tick = Duration::from_millis(self.settings.reaper.tick_ms);
+        let stall = (tick * 3).max(Duration::from_secs(2));
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
-        let lost: Vec<BotId> = bots::expire_silent(&tx, before, r.batch_size).await?;
+        let back = orq_shared::repo::canaries::back(&tx, self.id).await?;
+        let now = time::OffsetDateTime::now_utc();
+        let cutoff = match self.sight.lock() {
+            Ok(mut sight) => {
+                sight.canary(
+                    now,
+                    back,
+                    time::Duration::try_from(stall).unwrap_or_default(),
+                );
+                sight.silence_cutoff(now, self.rules())
+            }
+            Err(_) => return Ok(()),
+        };
+        let before = match cutoff {
+            Ok(before) => {
+                metrics::gauge!("orq_reaper_blind").set(0.0);
+                before
+            }
+            Err(why) => {
+                metrics::gauge!("orq_reaper_blind").set(1.0);
+                tracing::debug!(reason = why.as_str(), "not judging silence");
+                return Ok(());
+            }
+        };
+        let lost: Vec<BotId> =
+            bots::expire_silent(&tx, before, self.settings.reaper.batch_size).await?;
+        let held = self
+            .take_back(&tx, &lost, Evidence::Silence, reaped, wake)
+            .await?;
+        tx.commit().await?;
+        // An agent's lease on its jobs ended a silence window after its
+        // last heartbeat.
+        record_lag(
+            "silent_bot",
+            held.iter().map(|h| h.due.map(|beat| beat + window)),
+        );
+        Ok(())
+    }
+
+    /// Takes back the jobs of agents just marked lost (in the caller's
+    /// transaction): WAITING again, or FAILED after their last attempt.
+    async fn take_back(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        lost: &[BotId],
+        evidence: Evidence,
+        reaped: &mut Reaped,
+        wake: &mut HashSet<CustomerId>,
+    ) -> Result<Vec<Expired>, RepoError> {
         if lost.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let held = jobs::held_by(&tx, &lost).await?;
+        let r = &self.settings.reaper;
+        let held = jobs::held_by(tx, lost).await?;
+        let why = match evidence {
+            Evidence::Silence => "went silent",
+            Evidence::Absence => "left RabbitMQ (its connection closed)",
+        };
         let changes: Vec<Change> = held
             .iter()
             .map(|h| {
@@ -197,14 +348,14 @@ impl App {
                 let retry = h.attempt < max_attempts;
                 let note = if retry {
                     format!(
-                        "bot {} went silent; the job waits for another bot (attempt {} of {})",
+                        "bot {} {why}; the job waits for another bot (attempt {} of {})",
                         bot_name(h),
                         h.attempt,
                         max_attempts
                     )
                 } else {
                     format!(
-                        "bot {} went silent; the job had {} attempts and fails",
+                        "bot {} {why}; the job had {} attempts and fails",
                         bot_name(h),
                         h.attempt
                     )
@@ -212,14 +363,13 @@ impl App {
                 change(h, JobEvent::BotLost { retry }, EventKind::Warning, note)
             })
             .collect();
-        let results = jobs::apply_changes(&tx, &changes).await?;
-        tx.commit().await?;
-        // An agent's lease on its jobs ended a silence window after its
-        // last heartbeat.
-        record_lag(
-            "silent_bot",
-            held.iter().map(|h| h.due.map(|beat| beat + silent_for)),
-        );
+        let results = jobs::apply_changes(tx, &changes).await?;
+        let kind = match evidence {
+            Evidence::Silence => "silence",
+            Evidence::Absence => "absence",
+        };
+        metrics::counter!("orq_bots_lost_total", "evidence" => kind).increment(lost.len() as u64);
+        tracing::info!(bots = lost.len(), evidence = kind, "agents lost");
         reaped.silent_bots += lost.len();
         for (h, result) in held.iter().zip(results) {
             if let jobs::ChangeResult::Done { to, .. } = result {
@@ -231,6 +381,86 @@ impl App {
                 }
             }
         }
+        Ok(held)
+    }
+
+    /// Watches which agents are connected to RabbitMQ; one seen connected
+    /// and then absent for `absence_ms` is lost at once, without waiting
+    /// for its heartbeats to fall silent.
+    async fn watch_presence(&self) {
+        let r = &self.settings.reaper;
+        let absence = time::Duration::milliseconds(i64::try_from(r.absence_ms).unwrap_or(i64::MAX));
+        let rules = self.rules();
+        let mut tick = tokio::time::interval(Duration::from_millis(r.presence_interval_ms.max(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut absences = Absences::default();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            self.see_broker();
+            let counts = self
+                .sight
+                .lock()
+                .map(|s| s.absence_counts(time::OffsetDateTime::now_utc(), rules))
+                .unwrap_or(Err(vigil::Blind::BrokerDown));
+            let Some(session) = self.broker.current().filter(|_| counts.is_ok()) else {
+                absences.clear();
+                continue;
+            };
+            let watched = match self.pool.get().await {
+                Ok(db) => bots::watched_agents(&db).await,
+                Err(e) => Err(e.into()),
+            };
+            let watched = match watched {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::debug!(error = %e, "agents not watched this round");
+                    continue;
+                }
+            };
+            absences.retain(&watched.iter().copied().collect());
+            let looks = match session.presence(&watched).await {
+                Ok(looks) => looks,
+                Err(e) => {
+                    tracing::debug!(error = %e, "presence unknown this round");
+                    continue;
+                }
+            };
+            let now = time::OffsetDateTime::now_utc();
+            for (bot, present) in looks {
+                absences.observe(bot, present, now);
+            }
+            let lost = absences.lost(now, absence);
+            if lost.is_empty() {
+                continue;
+            }
+            match self.take_back_absent(&lost).await {
+                Ok(()) => lost.iter().for_each(|b| absences.forget(*b)),
+                Err(e) => tracing::warn!(error = %e, "absent agents not taken back; will retry"),
+            }
+        }
+    }
+
+    async fn take_back_absent(&self, lost: &[BotId]) -> Result<(), RepoError> {
+        let mut reaped = Reaped::default();
+        let mut wake = HashSet::new();
+        let mut db = self.pool.get().await?;
+        let tx = db.transaction().await?;
+        let marked = bots::expire_absent(&tx, lost).await?;
+        let held = self
+            .take_back(&tx, &marked, Evidence::Absence, &mut reaped, &mut wake)
+            .await?;
+        tx.commit().await?;
+        let absence = time::Duration::milliseconds(
+            i64::try_from(self.settings.reaper.absence_ms).unwrap_or(i64::MAX),
+        );
+        // Measured from when the agent was judged lost minus the absence
+        // bound: when its connection went.
+        let gone = time::OffsetDateTime::now_utc() - absence;
+        record_lag("absent_bot", held.iter().map(|_| Some(gone)));
+        self.wake(wake).await;
         Ok(())
     }
 

@@ -436,14 +436,54 @@ pub async fn expire_silent(
         &[&before, &limit],
     )
     .await?;
+    mark_lost(db, &rows).await
+}
+
+/// Agent bots the reaper watches on the broker: those that may be running
+/// or take work.
+pub async fn watched_agents(db: &impl GenericClient) -> Result<Vec<BotId>, RepoError> {
+    let rows = query(
+        db,
+        "SELECT id FROM bots
+          WHERE delivery = 'agent' AND (status <> 'UNAVAILABLE' OR active_jobs > 0)
+          ORDER BY id",
+        &[],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| BotId(r.get(0))).collect())
+}
+
+/// Marks the given agent bots UNAVAILABLE (they left the broker), claimed
+/// with `SKIP LOCKED` like `expire_silent`; returns those it marked or that
+/// still hold jobs.
+pub async fn expire_absent(
+    db: &impl GenericClient,
+    ids: &[BotId],
+) -> Result<Vec<BotId>, RepoError> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|b| b.0).collect();
+    let rows = query(
+        db,
+        "SELECT id, status FROM bots
+              WHERE id = ANY($1) AND delivery = 'agent'
+                AND (status <> 'UNAVAILABLE' OR active_jobs > 0)
+              ORDER BY id
+              FOR UPDATE SKIP LOCKED",
+        &[&ids],
+    )
+    .await?;
+    mark_lost(db, &rows).await
+}
+
+/// Rows of `id, status`, locked: each becomes UNAVAILABLE.
+async fn mark_lost(db: &impl GenericClient, rows: &[Row]) -> Result<Vec<BotId>, RepoError> {
     let mut expired = Vec::new();
-    for r in &rows {
+    for r in rows {
         let status: BotStatus = parse_col(r.get::<_, &str>(1))?;
         let next = bot_transition(status, BotEvent::Silent);
         execute(
             db,
-            "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1",
-            &[&r.get::<_, uuid::Uuid>(0), &next.as_str()],
+            "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1 AND status = $3",
+            &[&r.get::<_, uuid::Uuid>(0), &next.as_str(), &status.as_str()],
         )
         .await?;
         expired.push(BotId(r.get(0)));

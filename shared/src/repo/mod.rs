@@ -2,6 +2,7 @@
 //! or outside a transaction. All SQL of the project lives under this module.
 
 pub mod bots;
+pub mod canaries;
 pub mod customers;
 pub mod human;
 pub mod jobs;
