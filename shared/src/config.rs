@@ -216,6 +216,9 @@ pub struct ReaperSettings {
     /// A job RUNNING on a legacy HTTP bot that has reported nothing for
     /// this long times out (such bots do not heartbeat).
     pub http_silence_ms: u64,
+    /// Idempotency keys are kept at least this long (24 h by default), then
+    /// pruned; a key used again after that creates anew.
+    pub idempotency_retention_ms: u64,
 }
 
 const DEFAULTS: &str = r#"
@@ -271,6 +274,7 @@ heartbeat_interval_ms = 4000
 max_attempts = 3
 batch_size = 500
 http_silence_ms = 3600000
+idempotency_retention_ms = 86400000
 
 [security]
 secret_key = ""
