@@ -776,11 +776,11 @@ async fn an_idempotency_key_returns_the_first_job() -> anyhow::Result<()> {
     let first = post("k-1", "a").await?;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await?;
-    // Concurrent repeats all get the first job.
+    // Concurrent repeats all get the first answer, its status included.
     let repeats = futures::future::join_all((0..10).map(|_| post("k-1", "a"))).await;
     for r in repeats {
         let r = r?;
-        assert_eq!(r.status(), 200);
+        assert_eq!(r.status(), 201);
         assert_eq!(
             r.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
             Some(&b"true"[..])
@@ -788,7 +788,11 @@ async fn an_idempotency_key_returns_the_first_job() -> anyhow::Result<()> {
         assert_eq!(id(&r.json::<Value>().await?), id(&first));
     }
     let other = post("k-1", "b").await?;
-    assert_eq!(other.status(), 409, "same key, another request");
+    assert_eq!(other.status(), 422, "same key, another request");
+    assert_eq!(
+        other.json::<Value>().await?["error"]["code"],
+        "idempotency_key_reused"
+    );
     assert_eq!(post("k-2", "a").await?.status(), 201);
     assert_eq!(s.count_jobs().await?, 2);
     s.finish().await

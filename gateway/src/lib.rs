@@ -5,12 +5,14 @@
 //!
 //! * `error`  – the JSON error type and extractors that reject with it.
 //! * `auth`   – token extraction and role checks.
+//! * `idempotency` – `Idempotency-Key` on every create (`create_once`).
 //! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
 //! * `admin`  – the command-line administration.
 
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod openapi;
 pub mod photos;
 pub mod routes;

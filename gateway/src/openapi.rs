@@ -200,4 +200,44 @@ mod tests {
             }
         }
     }
+
+    /// POST operations that answer 201 but create nothing a retry could
+    /// duplicate, and why.
+    const CREATES_NOTHING_DURABLE: &[(&str, &str)] = &[(
+        "/micro_task/execution/{id}/photo",
+        "an upload ticket: nothing is stored; a retry gets a fresh ticket",
+    )];
+
+    /// Every POST that creates something (answers 201) takes an
+    /// `Idempotency-Key` header, and says so.
+    #[test]
+    fn every_create_declares_the_idempotency_key_header() {
+        let doc = document();
+        let mut creates = 0;
+        let mut missing = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let op = &item["post"];
+            if op["responses"]["201"].is_null()
+                || CREATES_NOTHING_DURABLE.iter().any(|(p, _)| p == path)
+            {
+                continue;
+            }
+            creates += 1;
+            let declared = op["parameters"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["in"] == "header"
+                        && p["name"] == "Idempotency-Key"
+                        && p["required"] != true
+                        && p["schema"]["type"].to_string().contains("string")
+                })
+            });
+            if !declared {
+                missing.push(path.clone());
+            }
+        }
+        assert!(missing.is_empty(), "no Idempotency-Key header: {missing:?}");
+        // tasks, bots, scripts, task definitions (create, import), four job
+        // routes, micro-tasks, user tasks, workers, subscriptions.
+        assert!(creates >= 13, "only {creates} creating operations found");
+    }
 }

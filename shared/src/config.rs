@@ -221,6 +221,9 @@ pub struct ReaperSettings {
     pub absence_ms: u64,
     /// How often the reaper asks RabbitMQ which agents are connected.
     pub presence_interval_ms: u64,
+    /// Idempotency keys are kept at least this long (24 h by default), then
+    /// pruned; a key used again after that creates anew.
+    pub idempotency_retention_ms: u64,
 }
 
 const DEFAULTS: &str = r#"
@@ -278,6 +281,7 @@ batch_size = 500
 http_silence_ms = 3600000
 absence_ms = 2000
 presence_interval_ms = 250
+idempotency_retention_ms = 86400000
 
 [security]
 secret_key = ""

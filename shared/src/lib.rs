@@ -13,6 +13,7 @@
 //! * `secret`     – task secret keys: hashing, sealing at rest.
 //! * `task_def`   – TheEye task definitions: arguments, run_as, env, triggers.
 //! * `human`      – human tasks: state machine, finish body, worker tokens.
+//! * `idempotency` – Idempotency-Key: key rules, request fingerprints.
 //! * `webhook`    – the seed's event shape, signatures, retries, URL checks.
 //! * `repo`       – every SQL statement, as functions over a client.
 //! * `ops`        – Prometheus metrics and the `/metrics` `/healthz` `/readyz` routes.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod human;
+pub mod idempotency;
 pub mod messages;
 pub mod ops;
 pub mod repo;

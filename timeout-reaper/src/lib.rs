@@ -23,7 +23,8 @@
 //! triggers), and the dispatchers are woken for requeued work.
 //!
 //! Beside it, `webhooks` delivers the outbox and `notify` tells field
-//! workers their finish was processed (e-mail, SMS, push).
+//! workers their finish was processed (e-mail, SMS, push). Once a minute
+//! it also prunes idempotency keys older than `idempotency_retention_ms`.
 
 pub mod notify;
 pub mod vigil;
@@ -35,13 +36,17 @@ use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobEvent};
 use orq_shared::messages::Wake;
 use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
-use orq_shared::repo::{RepoError, bots, human};
+use orq_shared::repo::{RepoError, bots, human, idempotency};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 use uuid::Uuid;
 
 use crate::vigil::{Absences, Sight};
+
+/// How often old idempotency keys are pruned, and how many per statement.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: i64 = 1000;
 
 pub struct App {
     settings: Settings,
@@ -196,6 +201,7 @@ impl App {
     async fn reap_until_stopped(&self) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.reaper.tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_prune = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -203,6 +209,17 @@ impl App {
             }
             self.see_broker();
             self.send_canary().await;
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                match self
+                    .prune_idempotency_keys(time::OffsetDateTime::now_utc())
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "old idempotency keys pruned"),
+                    Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
+                }
+            }
             // Batch after batch until a pass finds nothing more to expire.
             loop {
                 let outcome = self.reap_once().await;
@@ -237,6 +254,25 @@ impl App {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// Removes the idempotency keys older than the retention, in batches;
+    /// returns how many. Safe with several reapers (`SKIP LOCKED`).
+    pub async fn prune_idempotency_keys(
+        &self,
+        now: time::OffsetDateTime,
+    ) -> Result<u64, RepoError> {
+        let keep = Duration::from_millis(self.settings.reaper.idempotency_retention_ms);
+        let before = now - keep;
+        let db = self.pool.get().await?;
+        let mut total = 0;
+        loop {
+            let n = idempotency::prune(&db, before, PRUNE_BATCH).await?;
+            total += n;
+            if n < PRUNE_BATCH as u64 || self.shutdown.is_cancelled() {
+                return Ok(total);
             }
         }
     }

@@ -11,7 +11,7 @@ use orq_shared::domain::{HumanTaskId, Role};
 use orq_shared::human::{ActivityManager, HumanKind, OnTimeout, deadline_from, parse_timers};
 use orq_shared::repo::human::{self, ActivityRefusal, HumanFilter, HumanTask, NewHumanTask};
 use orq_shared::repo::jobs;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::human::{list_page, publish, schema_field};
@@ -19,6 +19,7 @@ use super::optional_enum;
 use super::{PageQuery, in_transaction, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
+use crate::idempotency::{Caller, CreateRequest, IdemKey};
 use crate::state::AppState;
 
 impl From<ActivityRefusal> for ApiError {
@@ -40,7 +41,7 @@ impl From<ActivityRefusal> for ApiError {
 }
 
 /// A user task as a process opens it (flowBuild's userTask parameters).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserTaskBody {
     action: String,
@@ -65,13 +66,15 @@ pub struct UserTaskBody {
 }
 
 /// `POST /activity_manager` (user): opens a user task.
-#[utoipa::path(post, path = "/activity_manager", operation_id = "activity_create", tag = "activity_manager", request_body = UserTaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
+#[utoipa::path(post, path = "/activity_manager", operation_id = "activity_create", tag = "activity_manager", params(super::IdempotencyHeader), request_body = UserTaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
+    key: IdemKey,
     Json(body): Json<UserTaskBody>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::User])?;
+    let request = CreateRequest::of("user_tasks.create", &[], &body);
     let action = text_field("action", &body.action, 200)?;
     if body.input.is_null() {
         return Err(ApiError::invalid_field("input", "input is required"));
@@ -110,7 +113,15 @@ pub async fn create(
         timers,
         callback_id: None,
     };
-    publish(&state, new, body.callback.as_ref()).await
+    publish(
+        &state,
+        Caller::token(who),
+        &key,
+        request,
+        new,
+        body.callback.as_ref(),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]

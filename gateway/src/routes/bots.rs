@@ -2,15 +2,16 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use orq_shared::domain::{BotId, BotStatus, Delivery, Role};
 use orq_shared::repo::bots::{self, Bot, BotFilter, BotSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 use super::{PageQuery, optional_enum, paged, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
 
 const READERS: &[Role] = &[Role::Viewer, Role::Bot];
@@ -58,7 +59,7 @@ pub async fn get(
 
 /// Every field optional: `POST` fills defaults, `PUT` keeps current values
 /// (a legacy bot sends just `{"status": "BUSY"}`).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct BotBody {
     name: Option<String>,
     ip_address: Option<String>,
@@ -127,13 +128,15 @@ fn apply(body: BotBody, base: BotSpec) -> Result<BotSpec, ApiError> {
     })
 }
 
-#[utoipa::path(post, path = "/bots", operation_id = "bots_create", tag = "bots", request_body = BotBody, responses((status = 201, description = "Created", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
+#[utoipa::path(post, path = "/bots", operation_id = "bots_create", tag = "bots", params(super::IdempotencyHeader), request_body = BotBody, responses((status = 201, description = "Created", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
+    key: IdemKey,
     Json(body): Json<BotBody>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::Admin])?;
+    let request = CreateRequest::of("bots.create", &[], &body);
     if body.name.is_none() {
         return Err(ApiError::invalid_field("name", "name is required"));
     }
@@ -157,18 +160,22 @@ pub async fn create(
             tags: Vec::new(),
         },
     )?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let bot = bots::insert(&tx, who.customer_id, &spec).await?;
-    if bot.delivery == Delivery::Agent && !crate::routes::agent::declare_queue(&state, bot.id).await
-    {
-        return Err(ApiError::unavailable(
-            "RabbitMQ is unavailable; retry shortly",
-        ));
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        let bot = bots::insert(tx, who.customer_id, &spec).await?;
+        if bot.delivery == Delivery::Agent
+            && !crate::routes::agent::declare_queue(&state, bot.id).await
+        {
+            return Err(ApiError::unavailable(
+                "RabbitMQ is unavailable; retry shortly",
+            ));
+        }
+        Ok(bot)
+    })
+    .await?;
+    if created.fresh().is_some() {
+        wake(&state, who.customer_id);
     }
-    tx.commit().await?;
-    wake(&state, who.customer_id);
-    Ok((StatusCode::CREATED, axum::Json(bot)).into_response())
+    Ok(created.respond())
 }
 
 #[utoipa::path(put, path = "/bots/{id}", operation_id = "bots_update", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), request_body = BotBody, responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]

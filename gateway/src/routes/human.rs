@@ -23,7 +23,7 @@ use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::customers::{self, Principal};
 use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask, Refusal};
 use orq_shared::repo::{jobs, notifications};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -31,6 +31,7 @@ use super::webhooks::callback;
 use super::{PageQuery, in_transaction, optional_enum, paged, scoped, text_field};
 use crate::auth::{Auth, presented_token};
 use crate::error::{ApiError, Json, Query, parse_id};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
 
 impl From<Refusal> for ApiError {
@@ -308,7 +309,7 @@ pub async fn release(
 }
 
 /// A micro-task as the back office publishes it.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MicroTaskBody {
     /// `task_info.name`.
@@ -346,14 +347,16 @@ pub fn schema_field(field: &str, schema: Option<Value>) -> Result<Option<Value>,
 }
 
 /// `POST /{customer}/micro_task`: publishes a micro-task (NEW).
-#[utoipa::path(post, path = "/{customer}/micro_task", operation_id = "human_create", tag = "micro_task", params(super::CustomerPath), request_body = MicroTaskBody, responses((status = 201, description = "Published (NEW)", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
+#[utoipa::path(post, path = "/{customer}/micro_task", operation_id = "human_create", tag = "micro_task", params(super::CustomerPath, super::IdempotencyHeader), request_body = MicroTaskBody, responses((status = 201, description = "Published (NEW)", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     Path(customer): Path<String>,
+    key: IdemKey,
     Json(body): Json<MicroTaskBody>,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::User])?;
+    let request = CreateRequest::of("micro_tasks.create", &[], &body);
     let name = text_field("name", &body.name, 200)?;
     let version = body.version.unwrap_or(1);
     if version < 1 {
@@ -391,21 +394,33 @@ pub async fn create(
         timers: Vec::new(),
         callback_id: None,
     };
-    publish(&state, new, body.callback.as_ref()).await
+    publish(
+        &state,
+        Caller::token(who),
+        &key,
+        request,
+        new,
+        body.callback.as_ref(),
+    )
+    .await
 }
 
-/// Creates a human task (and its callback, when given): `201` with it.
+/// Creates a human task (and its callback, when given): `201` with it, or
+/// the answer an earlier request with this key got.
 pub async fn publish(
     state: &AppState,
+    caller: Caller,
+    key: &IdemKey,
+    request: CreateRequest<'_>,
     mut new: NewHumanTask,
     callback_body: Option<&Value>,
 ) -> Result<Response, ApiError> {
-    let task = in_transaction(state, async |tx| {
+    let created = create_once(state, &caller, key, request, async |tx| {
         new.callback_id = callback(state, tx, new.customer, callback_body).await?;
-        Ok::<_, ApiError>(human::create(tx, &new).await?)
+        Ok(human::create(tx, &new).await?)
     })
     .await?;
-    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+    Ok(created.respond())
 }
 
 /// `?status=` of the human-task lists.
@@ -490,7 +505,7 @@ pub async fn events(
     ))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerBody {
     email: String,
@@ -544,19 +559,23 @@ pub async fn set_contacts(
 
 /// `POST /{customer}/workers` (admin): a token for a field worker, bound
 /// to their e-mail, shown this once.
-#[utoipa::path(post, path = "/{customer}/workers", operation_id = "human_create_worker", tag = "micro_task", params(super::CustomerPath), request_body = WorkerBody, responses((status = 201, description = "The worker's token, shown once", body = Object), crate::error::Refusals))]
+#[utoipa::path(post, path = "/{customer}/workers", operation_id = "human_create_worker", tag = "micro_task", params(super::CustomerPath, super::IdempotencyHeader), request_body = WorkerBody, responses((status = 201, description = "The worker's token, shown once", body = Object), crate::error::Refusals))]
 pub async fn create_worker(
     State(state): State<AppState>,
     auth: Auth,
     Path(customer): Path<String>,
+    key: IdemKey,
     Json(body): Json<WorkerBody>,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let request = CreateRequest::of("workers.create", &[], &body);
     let email = normalize_email(&body.email).map_err(|e| ApiError::invalid_field("email", e))?;
     let phone = contact("phone", body.phone.as_deref())?;
     let push = contact("push_token", body.push_token.as_deref())?;
-    let (id, token) = in_transaction(&state, async |tx| {
-        let issued =
+    // The answer holds the token: the key's copy of it is stored sealed
+    // (see `repo::idempotency`), and only this caller's token replays it.
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        let (id, token) =
             customers::issue_worker_token(tx, who.customer_id, &email, &state.worker_tokens)
                 .await?;
         notifications::set_contacts(
@@ -567,14 +586,10 @@ pub async fn create_worker(
             push.as_deref(),
         )
         .await?;
-        Ok::<_, ApiError>(issued)
+        Ok(json!({ "id": id, "email": email, "role": "worker", "access_token": token }))
     })
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({ "id": id, "email": email, "role": "worker", "access_token": token })),
-    )
-        .into_response())
+    Ok(created.respond())
 }
 
 /// `DELETE /{customer}/workers/{email}` (admin): revokes the worker's

@@ -6,9 +6,9 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use orq_shared::domain::{CustomerId, JobId, JobStatus, Role, TaskId};
 use orq_shared::repo::customers::{self, Principal};
 use orq_shared::repo::jobs;
@@ -17,12 +17,12 @@ use orq_shared::repo::task_defs::{self, Reader};
 use orq_shared::secret;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::tasks::{cancel_job, publish_wake};
 use super::{PageQuery, paged, reader, scoped};
 use crate::auth::Auth;
 use crate::error::{ApiError, Query, parse_id};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
 
 /// What a run request carries, from a JSON object or a form
@@ -153,71 +153,42 @@ fn from_form(text: &str) -> Result<JobInput, ApiError> {
     Ok(input)
 }
 
-/// `Idempotency-Key`: printable ASCII, at most 255 characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(raw) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = raw.to_str().ok().map(str::trim).unwrap_or_default();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-    {
-        return Err(ApiError::invalid_field(
-            "Idempotency-Key",
-            "Idempotency-Key must be 1-255 printable ASCII characters",
-        ));
-    }
-    Ok(Some(key.to_string()))
-}
-
 /// Creates a run of `task`; the caller has been authorized for it. With an
-/// idempotency key used before for the same request, the first job comes
-/// back (200) instead of a new one (201).
+/// idempotency key used before by this caller for the same run (task,
+/// arguments, callback), the first answer comes back instead, whichever of
+/// the four run routes either request came through.
 async fn run(
     state: &AppState,
-    customer: CustomerId,
+    caller: Caller,
     reader: Reader<'_>,
     task: TaskId,
     input: &JobInput,
-    idempotency: Option<String>,
+    key: &IdemKey,
 ) -> Result<Response, ApiError> {
+    let customer = caller.customer;
     let callback = super::webhooks::parse_callback(state, input.callback.as_ref())?;
-    let mut db = state.db().await?;
-    let def = task_defs::get_runnable(&db, customer, task, reader).await?;
-    let mut new = script_jobs::new_run(&def, &input.task_arguments)?;
-    if let Some(key) = idempotency {
-        let mut hash = Sha256::new();
-        hash.update(task.0.as_bytes());
-        for arg in &new.spec.args {
-            hash.update((arg.len() as u64).to_be_bytes());
-            hash.update(arg.as_bytes());
-        }
-        new.idempotency = Some((key, hash.finalize().to_vec()));
-    }
-    let (job, created) = match callback {
-        None => script_jobs::create(&db, customer, &new).await?,
-        Some(callback) => {
-            // The endpoint and the job commit together (a replayed key
-            // creates neither).
-            let tx = db.transaction().await?;
-            new.callback_id =
-                super::webhooks::create_callback(state, &tx, customer, Some(&callback)).await?;
-            let outcome = script_jobs::create(&tx, customer, &new).await?;
-            if outcome.1 {
-                tx.commit().await?;
-            }
-            outcome
-        }
+    let task_param = task.to_string();
+    let params = [task_param.as_str()];
+    let request = CreateRequest {
+        operation: "jobs.create",
+        params: &params,
+        body: json!({ "task_arguments": input.task_arguments, "callback": input.callback }),
     };
-    if created {
+    let created = create_once(state, &caller, key, request, async |tx| {
+        let def = task_defs::get_runnable(tx, customer, task, reader).await?;
+        let mut new = script_jobs::new_run(&def, &input.task_arguments)?;
+        if callback.is_some() {
+            // Its own callback instead of its task's.
+            new.callback_id =
+                super::webhooks::create_callback(state, tx, customer, callback.as_ref()).await?;
+        }
+        Ok(script_jobs::create(tx, customer, &new).await?.0)
+    })
+    .await?;
+    if let Some(job) = created.fresh() {
         publish_wake(state, customer, Some(job.id));
-        Ok((StatusCode::CREATED, axum::Json(job)).into_response())
-    } else {
-        let mut response = (StatusCode::OK, axum::Json(job)).into_response();
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        Ok(response)
     }
+    Ok(created.respond())
 }
 
 fn task_id(raw: &str) -> Result<TaskId, ApiError> {
@@ -225,25 +196,17 @@ fn task_id(raw: &str) -> Result<TaskId, ApiError> {
 }
 
 /// `POST /{customer}/task/{id}/job` (role user).
-#[utoipa::path(post, path = "/{customer}/task/{id}/job", operation_id = "jobs_create", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
+#[utoipa::path(post, path = "/{customer}/task/{id}/job", operation_id = "jobs_create", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), super::IdempotencyHeader), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created (also the answer to a repeat with the same Idempotency-Key, with `idempotent-replayed: true`)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     Path((customer, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    key: IdemKey,
     input: JobInput,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::User])?;
     let task = task_id(&id)?;
-    run(
-        &state,
-        who.customer_id,
-        reader(who),
-        task,
-        &input,
-        idempotency_key(&headers)?,
-    )
-    .await
+    run(&state, Caller::token(who), reader(who), task, &input, &key).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -255,26 +218,18 @@ pub struct TargetQuery {
 
 /// `POST /job?access_token=…&customer=…&task=…` (role user); `customer`
 /// and `task` may come in the body instead.
-#[utoipa::path(post, path = "/job", operation_id = "jobs_create_by_query", tag = "theeye", params(TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
+#[utoipa::path(post, path = "/job", operation_id = "jobs_create_by_query", tag = "theeye", params(TargetQuery, super::IdempotencyHeader), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created (also the answer to a repeat with the same Idempotency-Key, with `idempotent-replayed: true`)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create_by_query(
     State(state): State<AppState>,
     auth: Auth,
     Query(q): Query<TargetQuery>,
-    headers: HeaderMap,
+    key: IdemKey,
     input: JobInput,
 ) -> Result<Response, ApiError> {
     let customer = required("customer", q.customer.or(input.customer.clone()))?;
     let who = scoped(&auth, &customer, &[Role::User])?;
     let task = task_id(&required("task", q.task.or(input.task.clone()))?)?;
-    run(
-        &state,
-        who.customer_id,
-        reader(who),
-        task,
-        &input,
-        idempotency_key(&headers)?,
-    )
-    .await
+    run(&state, Caller::token(who), reader(who), task, &input, &key).await
 }
 
 fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
@@ -313,48 +268,34 @@ async fn authorize_secret(
 
 /// `POST /{customer}/task/{id}/secret/{key}/job` (no token: the key is the
 /// credential, and runs this task only).
-#[utoipa::path(post, path = "/{customer}/task/{id}/secret/{key}/job", operation_id = "jobs_create_with_secret", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), ("key" = String, Path, description = "The task's secret key"), ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
+#[utoipa::path(post, path = "/{customer}/task/{id}/secret/{key}/job", operation_id = "jobs_create_with_secret", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), ("key" = String, Path, description = "The task's secret key"), super::IdempotencyHeader), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created (also the answer to a repeat with the same Idempotency-Key, with `idempotent-replayed: true`)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create_with_secret(
     State(state): State<AppState>,
-    Path((customer, id, key)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Path((customer, id, secret)): Path<(String, String, String)>,
+    key: IdemKey,
     input: JobInput,
 ) -> Result<Response, ApiError> {
     let task = task_id(&id)?;
-    let customer = authorize_secret(&state, &customer, task, &key).await?;
-    run(
-        &state,
-        customer,
-        Reader::Admin,
-        task,
-        &input,
-        idempotency_key(&headers)?,
-    )
-    .await
+    let customer = authorize_secret(&state, &customer, task, &secret).await?;
+    let caller = Caller::secret(customer, task);
+    run(&state, caller, Reader::Admin, task, &input, &key).await
 }
 
 /// `POST /job/secret/{key}` with `customer` and `task` in the body (JSON or
 /// a form, as TheEye's examples 4 and 5 send them).
-#[utoipa::path(post, path = "/job/secret/{key}", operation_id = "jobs_create_with_secret_body", tag = "theeye", params(("key" = String, Path, description = "The task's secret key"), TargetQuery, ("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely")), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created", body = orq_shared::repo::script_jobs::JobView), (status = 200, description = "The job an earlier request with this Idempotency-Key created", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
+#[utoipa::path(post, path = "/job/secret/{key}", operation_id = "jobs_create_with_secret_body", tag = "theeye", params(("key" = String, Path, description = "The task's secret key"), TargetQuery, super::IdempotencyHeader), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created (also the answer to a repeat with the same Idempotency-Key, with `idempotent-replayed: true`)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create_with_secret_body(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    Path(secret): Path<String>,
     Query(q): Query<TargetQuery>,
-    headers: HeaderMap,
+    key: IdemKey,
     input: JobInput,
 ) -> Result<Response, ApiError> {
     let customer = required("customer", input.customer.clone().or(q.customer))?;
     let task = task_id(&required("task", input.task.clone().or(q.task))?)?;
-    let customer = authorize_secret(&state, &customer, task, &key).await?;
-    run(
-        &state,
-        customer,
-        Reader::Admin,
-        task,
-        &input,
-        idempotency_key(&headers)?,
-    )
-    .await
+    let customer = authorize_secret(&state, &customer, task, &secret).await?;
+    let caller = Caller::secret(customer, task);
+    run(&state, caller, Reader::Admin, task, &input, &key).await
 }
 
 /// The status filters `statuses` reads, as the OpenAPI document shows them.

@@ -64,6 +64,17 @@ pub struct CustomerPath {
     customer: String,
 }
 
+/// `Idempotency-Key` on every create, as the OpenAPI document shows it
+/// (see `crate::idempotency`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyHeader {
+    /// Repeat a request safely
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
 /// `?sofier=` where it is only checked, as the OpenAPI document shows it
 /// (`human::SofierQuery` where `name` is read too).
 #[derive(utoipa::IntoParams)]

@@ -4,19 +4,20 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
 use orq_shared::domain::{Role, ScriptId};
 use orq_shared::repo::scripts::{self, Script, ScriptSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{PageQuery, paged, scoped, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptBody {
     name: String,
@@ -101,18 +102,22 @@ pub async fn get(
     Ok(axum::Json(scripts::get(&db, who.customer_id, id).await?))
 }
 
-#[utoipa::path(post, path = "/{customer}/script", operation_id = "scripts_create", tag = "theeye", params(super::CustomerPath), request_body = ScriptBody, responses((status = 201, description = "Created", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
+#[utoipa::path(post, path = "/{customer}/script", operation_id = "scripts_create", tag = "theeye", params(super::CustomerPath, super::IdempotencyHeader), request_body = ScriptBody, responses((status = 201, description = "Created", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     Path(customer): Path<String>,
+    key: IdemKey,
     Json(body): Json<ScriptBody>,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let request = CreateRequest::of("scripts.create", &[], &body);
     let spec = script_spec(body)?;
-    let db = state.db().await?;
-    let script = scripts::insert(&db, who.customer_id, &spec).await?;
-    Ok((StatusCode::CREATED, axum::Json(script)).into_response())
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        Ok(scripts::insert(tx, who.customer_id, &spec).await?)
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 #[utoipa::path(put, path = "/{customer}/script/{id}", operation_id = "scripts_update", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The script's id")), request_body = ScriptBody, responses((status = 200, description = "OK", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]

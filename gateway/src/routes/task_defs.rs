@@ -4,13 +4,13 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
 use orq_shared::domain::{BotId, Role, ScriptId, TaskId};
 use orq_shared::repo::task_defs::{self, Reader, TaskDef, TaskSpec};
 use orq_shared::repo::{RepoError, scripts};
 use orq_shared::task_def::{RunAs, parse_argument_defs, parse_env, parse_triggers};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::scripts::check_filename;
@@ -18,6 +18,7 @@ use super::webhooks::callback;
 use super::{PageQuery, paged, reader, scoped, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
 use orq_shared::repo::customers::Principal;
 
@@ -27,7 +28,7 @@ pub const DEFAULT_TIMEOUT: i32 = 600;
 
 /// A task definition as written by a client. The read-only fields a GET
 /// returns are accepted and ignored, so a read can be edited and sent back.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBody {
     name: String,
@@ -218,32 +219,34 @@ pub async fn get(
     Ok(axum::Json(shown_to(who, task)))
 }
 
-#[utoipa::path(post, path = "/{customer}/task", operation_id = "task_defs_create", tag = "theeye", params(super::CustomerPath), request_body = TaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
+#[utoipa::path(post, path = "/{customer}/task", operation_id = "task_defs_create", tag = "theeye", params(super::CustomerPath, super::IdempotencyHeader), request_body = TaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     Path(customer): Path<String>,
+    key: IdemKey,
     Json(body): Json<TaskBody>,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    insert_task(&state, tx, who, body).await
+    let request = CreateRequest::of("task_defs.create", &[], &body);
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        insert_task(&state, tx, who, body).await
+    })
+    .await?;
+    Ok(created.respond())
 }
 
-/// Creates a task from a checked body (its callback endpoint too) in `tx`,
-/// commits, and answers `201` with it.
+/// Creates a task from a checked body (its callback endpoint too) in `tx`.
 async fn insert_task(
     state: &AppState,
-    tx: deadpool_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     who: &Principal,
     mut body: TaskBody,
-) -> Result<Response, ApiError> {
-    let callback = callback(state, &tx, who.customer_id, body.callback.take().as_ref()).await?;
-    let spec = task_spec(&tx, who, body, None, callback).await?;
-    let (task, _secret) = task_defs::insert(&tx, who.customer_id, &spec, &state.sealer).await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+) -> Result<TaskDef, ApiError> {
+    let callback = callback(state, tx, who.customer_id, body.callback.take().as_ref()).await?;
+    let spec = task_spec(tx, who, body, None, callback).await?;
+    let (task, _secret) = task_defs::insert(tx, who.customer_id, &spec, &state.sealer).await?;
+    Ok(task)
 }
 
 /// Changes the fields given; the others keep their values.
@@ -334,7 +337,7 @@ pub async fn recipe(
     })))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Recipe {
     #[serde(default)]
     #[allow(dead_code)]
@@ -348,7 +351,7 @@ pub struct Recipe {
     host_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeFile {
     name: String,
@@ -363,14 +366,16 @@ pub struct RecipeFile {
 /// Creates a task (and its script) from a recipe. A script of the same
 /// name and content is reused; one of the same name but other content is
 /// imported under a new name.
-#[utoipa::path(post, path = "/{customer}/task/import", operation_id = "task_defs_import", tag = "theeye", params(super::CustomerPath), request_body = Recipe, responses((status = 201, description = "Imported", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
+#[utoipa::path(post, path = "/{customer}/task/import", operation_id = "task_defs_import", tag = "theeye", params(super::CustomerPath, super::IdempotencyHeader), request_body = Recipe, responses((status = 201, description = "Imported", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn import(
     State(state): State<AppState>,
     auth: Auth,
     Path(customer): Path<String>,
+    key: IdemKey,
     Json(recipe): Json<Recipe>,
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
+    let request = CreateRequest::of("task_defs.import", &[], &recipe);
     let content = base64::engine::general_purpose::STANDARD
         .decode(
             recipe
@@ -401,51 +406,53 @@ pub async fn import(
         description: recipe.file.description.trim().to_string(),
         content,
     };
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let existing = scripts::find_by_name(&tx, who.customer_id, &script_spec.name).await?;
-    let script_id = match existing {
-        Some((id, sum)) if sum == checksum => id,
-        Some(_) => {
-            script_spec.name = format!("{} (imported {})", script_spec.name, &checksum[..12]);
-            match scripts::find_by_name(&tx, who.customer_id, &script_spec.name).await? {
-                Some((id, sum)) if sum == checksum => id,
-                Some(_) => {
-                    return Err(RepoError::Conflict(format!(
-                        "a script named {:?} exists with other content; rename it",
-                        script_spec.name
-                    ))
-                    .into());
-                }
-                None => {
-                    scripts::insert(&tx, who.customer_id, &script_spec)
-                        .await?
-                        .id
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        let existing = scripts::find_by_name(tx, who.customer_id, &script_spec.name).await?;
+        let script_id = match existing {
+            Some((id, sum)) if sum == checksum => id,
+            Some(_) => {
+                script_spec.name = format!("{} (imported {})", script_spec.name, &checksum[..12]);
+                match scripts::find_by_name(tx, who.customer_id, &script_spec.name).await? {
+                    Some((id, sum)) if sum == checksum => id,
+                    Some(_) => {
+                        return Err(RepoError::Conflict(format!(
+                            "a script named {:?} exists with other content; rename it",
+                            script_spec.name
+                        ))
+                        .into());
+                    }
+                    None => {
+                        scripts::insert(tx, who.customer_id, &script_spec)
+                            .await?
+                            .id
+                    }
                 }
             }
+            None => {
+                scripts::insert(tx, who.customer_id, &script_spec)
+                    .await?
+                    .id
+            }
+        };
+        let mut task = recipe.task;
+        for field in ["script_id", "host_id", "triggers"] {
+            if task.contains_key(field) {
+                return Err(ApiError::invalid_field(
+                    &format!("task.{field}"),
+                    format!(
+                        "a recipe's task does not carry {field} (it names things of another deployment)"
+                    ),
+                ));
+            }
         }
-        None => {
-            scripts::insert(&tx, who.customer_id, &script_spec)
-                .await?
-                .id
-        }
-    };
-    let mut task = recipe.task;
-    for field in ["script_id", "host_id", "triggers"] {
-        if task.contains_key(field) {
-            return Err(ApiError::invalid_field(
-                &format!("task.{field}"),
-                format!(
-                    "a recipe's task does not carry {field} (it names things of another deployment)"
-                ),
-            ));
-        }
-    }
-    task.insert("script_id".into(), json!(script_id));
-    task.insert("host_id".into(), json!(recipe.host_id));
-    let body: TaskBody = serde_json::from_value(Value::Object(task))
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("task: {e}")))?;
-    insert_task(&state, tx, who, body).await
+        task.insert("script_id".into(), json!(script_id));
+        task.insert("host_id".into(), json!(recipe.host_id));
+        let body: TaskBody = serde_json::from_value(Value::Object(task))
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("task: {e}")))?;
+        insert_task(&state, tx, who, body).await
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 /// The task's secret key, for admins only: it runs the task without any

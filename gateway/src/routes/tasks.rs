@@ -2,19 +2,20 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use orq_shared::attachment;
 use orq_shared::broker::{KEY_INTAKE, Topology};
 use orq_shared::domain::{CustomerId, Delivery, JobEvent, JobId, JobStatus, Role};
 use orq_shared::messages::{Control, Wake};
 use orq_shared::repo::jobs::{self, Actor, Applied, NewTask, Outcome, Task, TaskFilter};
 use orq_shared::repo::{RepoError, bots};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{PageQuery, optional_enum, paged, text_field};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
+use crate::idempotency::{self, Caller, IdemKey, create_once};
 use crate::state::AppState;
 use orq_shared::repo::customers::Principal;
 
@@ -99,7 +100,7 @@ pub async fn events(
     Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CreateBody {
     description: String,
     system: String,
@@ -113,7 +114,7 @@ pub struct CreateBody {
 /// Checks a task definition; returns it with its row count.
 async fn validate(
     state: &AppState,
-    db: &deadpool_postgres::Object,
+    db: &impl deadpool_postgres::GenericClient,
     customer: CustomerId,
     description: &str,
     system: &str,
@@ -154,40 +155,36 @@ async fn validate(
     })
 }
 
-#[utoipa::path(post, path = "/tasks", operation_id = "tasks_create", tag = "tasks", request_body = CreateBody, responses((status = 201, description = "Created (WAITING)", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
+#[utoipa::path(post, path = "/tasks", operation_id = "tasks_create", tag = "tasks", params(super::IdempotencyHeader), request_body = CreateBody, responses((status = 201, description = "Created (WAITING)", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
+    key: IdemKey,
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::User])?;
     let callback = super::webhooks::parse_callback(&state, body.callback.as_ref())?;
-    let db = state.db().await?;
-    let new = validate(
-        &state,
-        &db,
-        who.customer_id,
-        &body.description,
-        &body.system,
-        &body.attachment,
-    )
+    let request = idempotency::CreateRequest::of("tasks.create", &[], &body);
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        let mut new = validate(
+            &state,
+            tx,
+            who.customer_id,
+            &body.description,
+            &body.system,
+            &body.attachment,
+        )
+        .await?;
+        new.callback_id =
+            super::webhooks::create_callback(&state, tx, who.customer_id, callback.as_ref())
+                .await?;
+        Ok(jobs::create(tx, who.customer_id, &new).await?)
+    })
     .await?;
-    let task = match callback {
-        None => jobs::create(&db, who.customer_id, &new).await?,
-        Some(callback) => {
-            let mut db = db;
-            let tx = db.transaction().await?;
-            let mut new = new;
-            new.callback_id =
-                super::webhooks::create_callback(&state, &tx, who.customer_id, Some(&callback))
-                    .await?;
-            let task = jobs::create(&tx, who.customer_id, &new).await?;
-            tx.commit().await?;
-            task
-        }
-    };
-    publish_wake(&state, who.customer_id, Some(task.id));
-    Ok((StatusCode::CREATED, axum::Json(task)).into_response())
+    if let Some(task) = created.fresh() {
+        publish_wake(&state, who.customer_id, Some(task.id));
+    }
+    Ok(created.respond())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -4,8 +4,7 @@
 //! Passwords are never returned; the secret only to admins.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use deadpool_postgres::GenericClient;
 use orq_shared::domain::{CustomerId, JobId, Role};
 use orq_shared::repo::webhooks::{self, Delivery, DeliveryFilter, Endpoint, NewEndpoint};
@@ -16,6 +15,7 @@ use uuid::Uuid;
 use super::{PageQuery, paged};
 use crate::auth::Auth;
 use crate::error::{ApiError, Json, Query, parse_id};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
 
 /// Reads `{url, user?, password?}` at `field`: the URL must be http(s),
@@ -209,19 +209,24 @@ pub struct SubscriptionBody {
 
 /// `POST /webhooks/subscriptions` (admin): `{url, user?, password?}`; every
 /// event of every job of the customer is delivered there from now on.
-#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", request_body = SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
+#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", params(super::IdempotencyHeader), request_body = SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
 pub async fn subscribe(
     State(state): State<AppState>,
     auth: Auth,
+    key: IdemKey,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::Admin])?;
     let new = parse_endpoint(&state, "subscription", &body)?;
-    let db = state.db().await?;
-    let endpoint =
-        webhooks::create_endpoint(&db, who.customer_id, "subscription", &new, &state.sealer)
-            .await?;
-    Ok((StatusCode::CREATED, axum::Json(endpoint)).into_response())
+    let request = CreateRequest::of("webhooks.subscribe", &[], &body);
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        Ok(
+            webhooks::create_endpoint(tx, who.customer_id, "subscription", &new, &state.sealer)
+                .await?,
+        )
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 /// `DELETE /webhooks/subscriptions/{id}` (admin): disables it.

@@ -14,6 +14,8 @@ pub struct Principal {
     pub role: Role,
     /// Who holds the token (e.g. an e-mail), matched against a task's `acls`.
     pub name: Option<String>,
+    /// The token's row: what scopes the caller's idempotency keys.
+    pub token_id: Uuid,
 }
 
 pub async fn create(db: &impl GenericClient, name: &str) -> Result<CustomerId, RepoError> {
@@ -103,7 +105,7 @@ pub async fn authenticate(
 ) -> Result<Option<Principal>, RepoError> {
     let row = query_opt(
         db,
-        "SELECT t.customer_id, c.name, t.role, t.name FROM tokens t
+        "SELECT t.customer_id, c.name, t.role, t.name, t.id FROM tokens t
                JOIN customers c ON c.id = t.customer_id
               WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
         &[&token::hash(presented)],
@@ -115,6 +117,7 @@ pub async fn authenticate(
             customer: r.get(1),
             role: parse_col(r.get::<_, &str>(2))?,
             name: r.get(3),
+            token_id: r.get(4),
         })
     })
     .transpose()

@@ -5,6 +5,7 @@ pub mod bots;
 pub mod canaries;
 pub mod customers;
 pub mod human;
+pub mod idempotency;
 pub mod jobs;
 pub mod notifications;
 pub mod script_jobs;

@@ -1,5 +1,5 @@
 //! Jobs as TheEye's API shows them: runs of task definitions (kind
-//! `script`), created with an optional idempotency key, read, listed by task
+//! `script`), created (at most once per triggering job), read, listed by task
 //! and status, and emptied from a task's queue. Their transitions are the
 //! jobs' own (`jobs::transition`, `jobs::apply_changes`).
 
@@ -121,39 +121,33 @@ pub struct NewScriptJob {
     pub callback_id: Option<Uuid>,
     pub max_attempts: Option<i32>,
     pub spec: ScriptSpec,
-    /// With the hash of what was asked: a repeated key returns the first job.
-    pub idempotency: Option<(String, Vec<u8>)>,
     pub not_before: Option<OffsetDateTime>,
     pub triggered_by: Option<JobId>,
 }
 
 /// Inserts a WAITING script job and its first event in one statement.
-/// Returns the job and whether it is new: with an idempotency key already
-/// used for the same request, the first job comes back instead; for another
-/// request, a conflict.
+/// Returns the job and whether it is new: a trigger that already created
+/// its run (a redelivered report) gets that run back. (Clients' retries are
+/// made safe by their `Idempotency-Key`, see `repo::idempotency`; the
+/// `idempotency_key` columns of `jobs` are no longer written.)
 pub async fn create(
     db: &impl GenericClient,
     customer: CustomerId,
     new: &NewScriptJob,
 ) -> Result<(JobView, bool), RepoError> {
     let spec = serde_json::to_value(&new.spec).map_err(|e| RepoError::Corrupt(e.to_string()))?;
-    let (key, hash) = match &new.idempotency {
-        Some((k, h)) => (Some(k.as_str()), Some(h.as_slice())),
-        None => (None, None),
-    };
     let sql = format!(
         "WITH j AS (
              INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status,
-                               task_id, host_id, tags, multitasking, spec, idempotency_key,
-                               request_hash, not_before, triggered_by, acls, callback_id,
-                               max_attempts)
-             VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                     $15, $16, $17)
+                               task_id, host_id, tags, multitasking, spec, not_before,
+                               triggered_by, acls, callback_id, max_attempts)
+             VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10,
+                     $13, $14, $15)
              ON CONFLICT DO NOTHING
              RETURNING {COLUMNS}),
          e AS (
              INSERT INTO job_events (id, job_id, customer_id, type, description, to_status, attempt)
-             SELECT $13, j.id, $2, 'STATUS_CHANGE', $14, 'WAITING', 0 FROM j)
+             SELECT $11, j.id, $2, 'STATUS_CHANGE', $12, 'WAITING', 0 FROM j)
          SELECT * FROM j"
     );
     let created = if new.triggered_by.is_some() {
@@ -173,8 +167,6 @@ pub async fn create(
             &new.tags,
             &new.multitasking,
             &spec,
-            &key,
-            &hash,
             &new.not_before,
             &new.triggered_by.map(|j| j.0),
             &Uuid::now_v7(),
@@ -188,30 +180,18 @@ pub async fn create(
     if let Some(row) = row {
         return Ok((from_row(&row)?, true));
     }
-    // Nothing inserted: the key (or the trigger) was used already.
+    // Nothing inserted: the trigger created its run already.
     let sql = format!(
-        "SELECT {COLUMNS}, request_hash FROM jobs
-          WHERE customer_id = $1
-            AND (($2::text IS NOT NULL AND idempotency_key = $2)
-                 OR ($3::uuid IS NOT NULL AND triggered_by = $3 AND task_id = $4))"
+        "SELECT {COLUMNS} FROM jobs
+          WHERE customer_id = $1 AND $2::uuid IS NOT NULL AND triggered_by = $2 AND task_id = $3"
     );
     let row = query_opt(
         db,
         &sql,
-        &[
-            &customer.0,
-            &key,
-            &new.triggered_by.map(|j| j.0),
-            &new.task_id.0,
-        ],
+        &[&customer.0, &new.triggered_by.map(|j| j.0), &new.task_id.0],
     )
     .await?
     .ok_or_else(|| RepoError::Conflict("the job was removed meanwhile; retry".into()))?;
-    if hash.is_some() && row.get::<_, Option<&[u8]>>("request_hash") != hash {
-        return Err(RepoError::Conflict(
-            "this Idempotency-Key was used for a different request".into(),
-        ));
-    }
     Ok((from_row(&row)?, false))
 }
 
@@ -331,7 +311,6 @@ pub fn new_run(task: &Runnable, supplied: &[Value]) -> Result<NewScriptJob, Fiel
             env: parse_env(&def.env)?,
             timeout_secs: u32::try_from(def.timeout).unwrap_or(600),
         },
-        idempotency: None,
         not_before: None,
         triggered_by: None,
     })
