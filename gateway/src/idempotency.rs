@@ -145,6 +145,15 @@ pub async fn create_once<T: Serialize>(
             Claim::New => {}
             Claim::Replay { status, body } => return Ok(Created::Replayed(replay(status, body))),
             Claim::Mismatch => return Err(reused(request.operation)),
+            Claim::Unreadable => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_unreadable",
+                    "this Idempotency-Key's first answer can no longer be read (the server's secret key changed); the request was done once already: check before retrying with a new key",
+                );
+                e.details = json!({ "field": "Idempotency-Key", "operation": request.operation });
+                return Err(e);
+            }
         }
     }
     let value = create(&tx).await?;

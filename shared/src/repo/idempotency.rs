@@ -26,6 +26,9 @@ pub enum Claim {
     Replay { status: u16, body: Value },
     /// The key was used for another request.
     Mismatch,
+    /// The same request was answered, but its stored answer cannot be
+    /// opened (the secret key changed since): the client must use a new key.
+    Unreadable,
 }
 
 /// One key's row: whose (customer and credential), for what operation.
@@ -100,11 +103,16 @@ pub async fn claim(
                 "an idempotency key was committed without its answer".into(),
             ));
         };
-        let text = sealer
+        let body = sealer
             .open(&sealed, &at.context())
-            .map_err(|e| RepoError::Corrupt(format!("idempotency answer: {e}")))?;
-        let body = serde_json::from_str(&text)
-            .map_err(|e| RepoError::Corrupt(format!("idempotency answer: {e}")))?;
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        let Some(body) = body else {
+            tracing::warn!(
+                "a stored idempotent answer cannot be opened (was the secret key changed?)"
+            );
+            return Ok(Claim::Unreadable);
+        };
         return Ok(Claim::Replay {
             status: u16::try_from(status).unwrap_or(200),
             body,
