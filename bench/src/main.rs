@@ -71,6 +71,10 @@ struct Args {
     /// With --reaper: webhook deliveries to send.
     #[arg(long, default_value_t = 10_000)]
     webhooks: i64,
+    /// With --reaper: agents SIGKILLed mid-job, one after another, each
+    /// timed until its job waits again (0: none).
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
     /// Measure micro-task finish submissions instead: accepted/s, 202
     /// latency at a fixed rate, processed/s.
     #[arg(long)]
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
             leases: args.leases,
             spread_secs: args.spread_secs,
             webhooks: args.webhooks,
+            kills: args.kills,
         })
         .await;
     }
@@ -252,7 +257,7 @@ async fn breakdown(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pct(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
