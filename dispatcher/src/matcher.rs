@@ -7,7 +7,7 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
 use orq_shared::broker::{Broker, BrokerError, Topology};
 use orq_shared::config::Settings;
-use orq_shared::domain::{BotEvent, CustomerId, Delivery, JobEvent};
+use orq_shared::domain::{CustomerId, Delivery, JobEvent};
 use orq_shared::messages::{Assignment, Wake};
 use orq_shared::repo::jobs::{self, Actor, Assigned, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
@@ -301,7 +301,7 @@ impl Matcher {
         )
         .await?;
         if blame_bot {
-            bots::apply_event(&tx, a.bot_id, BotEvent::Silent).await?;
+            bots::lose(&tx, a.bot_id, "a delivery to it failed").await?;
         }
         tx.commit().await?;
         Ok(())

@@ -136,6 +136,20 @@ async fn a_killed_agents_job_waits_again_and_finishes_once_on_another_bot() -> a
         .json()
         .await?;
     assert_eq!(bot["status"], "UNAVAILABLE");
+    // The bot's history says when and why.
+    let causes: Vec<String> = env
+        .db()
+        .await?
+        .query(
+            "SELECT cause FROM bot_events WHERE bot_id = $1::text::uuid AND to_status = 'UNAVAILABLE'",
+            &[&lost_bot],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(causes.len(), 1, "{causes:?}");
+    assert!(causes[0].starts_with("lost: "), "{causes:?}");
     // The reaper timed how late it took the job back.
     let metrics = reqwest::get(format!("http://{ops}/metrics"))
         .await?

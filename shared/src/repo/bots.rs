@@ -1,11 +1,16 @@
 //! Bots: the proof of concept's `/bots` entity plus what matching needs.
+//!
+//! A bot's status and load change in one place, `apply`: every row locked in
+//! id order, the next status from the pure state machine, one update guarded
+//! by the status and load it was computed from, and the history
+//! (`bot_events`) of every status change that is not a load flip.
 
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::{Page, RepoError, execute, now, parse_col, query, query_one, query_opt};
+use super::{Page, RepoError, execute, parse_col, query, query_one, query_opt};
 use crate::domain::{BotEvent, BotId, BotStatus, CustomerId, Delivery, bot_transition};
 
 /// A bot as the API shows it.
@@ -38,6 +43,10 @@ impl Bot {
 
 pub(crate) const COLUMNS: &str = "id, name, ip_address, port, status, delivery, capacity, \
      active_jobs, systems, tags, draining, last_heartbeat_at, created_at, updated_at";
+
+/// `COLUMNS` of the `b` in `UPDATE bots b … FROM …`.
+const B_COLUMNS: &str = "b.id, b.name, b.ip_address, b.port, b.status, b.delivery, b.capacity, \
+     b.active_jobs, b.systems, b.tags, b.draining, b.last_heartbeat_at, b.created_at, b.updated_at";
 
 pub(crate) fn from_row(r: &Row) -> Result<Bot, RepoError> {
     Ok(Bot {
@@ -177,23 +186,18 @@ pub async fn update(
     id: BotId,
     spec: &BotSpec,
 ) -> Result<Bot, RepoError> {
-    let current = lock(db, customer, id).await?;
-    let status = bot_transition(current.status, BotEvent::Declared(spec.status));
-    let sql = format!(
-        "UPDATE bots SET name = $3, ip_address = $4, port = $5, status = $6, delivery = $7,
-                capacity = $8, systems = $9, tags = $10, updated_at = now()
-          WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
-    );
-    let row = query_one(
+    lock(db, customer, id).await?;
+    execute(
         db,
-        &sql,
+        "UPDATE bots SET name = $3, ip_address = $4, port = $5, delivery = $6,
+                capacity = $7, systems = $8, tags = $9, updated_at = now()
+          WHERE id = $1 AND customer_id = $2",
         &[
             &id.0,
             &customer.0,
             &spec.name,
             &spec.ip_address,
             &spec.port,
-            &status.as_str(),
             &spec.delivery.as_str(),
             &spec.capacity,
             &spec.systems,
@@ -202,7 +206,12 @@ pub async fn update(
     )
     .await
     .map_err(|e| name_taken(e, &spec.name))?;
-    from_row(&row)
+    one(apply(db, &[BotChange::new(id, BotCause::Declared(spec.status))]).await?)
+}
+
+/// The one bot `apply` changed.
+fn one(bots: Vec<Bot>) -> Result<Bot, RepoError> {
+    bots.into_iter().next().ok_or(RepoError::NotFound("bot"))
 }
 
 /// Deletes an idle bot; one with work in hand must be drained first.
@@ -314,19 +323,8 @@ pub async fn heartbeat(
     customer: CustomerId,
     id: BotId,
 ) -> Result<Bot, RepoError> {
-    let bot = lock(db, customer, id).await?;
-    let status = bot_transition(
-        bot.status,
-        BotEvent::Heartbeat {
-            full: bot.is_full(),
-        },
-    );
-    let sql = format!(
-        "UPDATE bots SET last_heartbeat_at = $2, status = $3, updated_at = now()
-          WHERE id = $1 RETURNING {COLUMNS}"
-    );
-    let row = query_one(db, &sql, &[&id.0, &now(), &status.as_str()]).await?;
-    from_row(&row)
+    lock(db, customer, id).await?;
+    one(apply(db, &[BotChange::new(id, BotCause::Heartbeat)]).await?)
 }
 
 /// Whether any bot of the customer declares it can run `system`.
@@ -344,77 +342,184 @@ pub async fn system_known(
     Ok(row.get(0))
 }
 
-/// Moves bots' loads by the given deltas and recomputes their statuses;
-/// bots are locked in id order.
-pub(crate) async fn change_loads(
-    db: &impl GenericClient,
-    deltas: &std::collections::HashMap<BotId, i32>,
-) -> Result<(), RepoError> {
-    if deltas.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<uuid::Uuid> = deltas.keys().map(|b| b.0).collect();
-    let rows = query(
-        db,
-        "SELECT id, status, capacity, active_jobs FROM bots WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        &[&ids],
-    )
-    .await?;
-    let mut upd_ids = Vec::with_capacity(rows.len());
-    let mut upd_active = Vec::with_capacity(rows.len());
-    let mut upd_status = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id = BotId(r.get(0));
-        let status: BotStatus = parse_col(r.get::<_, &str>(1))?;
-        let capacity: i32 = r.get(2);
-        let active = (r.get::<_, i32>(3) + deltas.get(&id).copied().unwrap_or(0)).max(0);
-        let next = bot_transition(
-            status,
-            BotEvent::LoadChanged {
-                full: active >= capacity,
-            },
-        );
-        upd_ids.push(id.0);
-        upd_active.push(active);
-        upd_status.push(next.as_str());
-    }
-    execute(
-        db,
-        "UPDATE bots b SET active_jobs = u.active, status = u.status, updated_at = now()
-           FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, active, status)
-          WHERE b.id = u.id",
-        &[&upd_ids, &upd_active, &upd_status],
-    )
-    .await?;
+/// A bot is lost (`why`: a delivery to it failed, it went silent, it left
+/// the broker): UNAVAILABLE until heard from. Whoever owns it.
+pub async fn lose(db: &impl GenericClient, id: BotId, why: &'static str) -> Result<(), RepoError> {
+    apply(db, &[BotChange::new(id, BotCause::Lost(why))]).await?;
     Ok(())
 }
 
-/// Applies a system event (e.g. `Silent`) to a bot, whoever owns it.
-pub async fn apply_event(
+/// What happens to a bot, for `apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotCause {
+    /// It heartbeated or registered: alive, and heard from now.
+    Heartbeat,
+    /// Its load moved by `delta` jobs; `assigned` when the matcher gave it work.
+    Load { delta: i32, assigned: bool },
+    /// Lost, and why.
+    Lost(&'static str),
+    /// An admin, or a legacy bot itself, declared its status.
+    Declared(BotStatus),
+}
+
+impl BotCause {
+    fn describe(self) -> String {
+        match self {
+            BotCause::Heartbeat => "heard from".into(),
+            BotCause::Load { .. } => "load".into(),
+            BotCause::Lost(why) => format!("lost: {why}"),
+            BotCause::Declared(s) => format!("declared {s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BotChange {
+    pub bot: BotId,
+    pub cause: BotCause,
+}
+
+impl BotChange {
+    pub fn new(bot: BotId, cause: BotCause) -> BotChange {
+        BotChange { bot, cause }
+    }
+}
+
+/// A locked bot while changes are applied to it.
+struct LockedBot {
+    from_status: BotStatus,
+    from_active: i32,
+    status: BotStatus,
+    active: i32,
+    capacity: i32,
+    heard: bool,
+    assigned: bool,
+}
+
+/// The one write path of bots' status and load (see the module's head):
+/// returns the changed bots as they are now. Unknown bots are skipped.
+pub(crate) async fn apply(
     db: &impl GenericClient,
-    id: BotId,
-    event: BotEvent,
-) -> Result<(), RepoError> {
-    let row = query_opt(
+    changes: &[BotChange],
+) -> Result<Vec<Bot>, RepoError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<uuid::Uuid> = changes.iter().map(|c| c.bot.0).collect();
+    ids.sort();
+    ids.dedup();
+    let rows = query(
         db,
-        "SELECT status FROM bots WHERE id = $1 FOR UPDATE",
-        &[&id.0],
+        "SELECT id, status, active_jobs, capacity FROM bots WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
     )
     .await?;
-    let Some(row) = row else {
-        return Ok(());
-    };
-    let status: BotStatus = parse_col(row.get::<_, &str>(0))?;
-    let next = bot_transition(status, event);
-    if next != status {
+    let mut bots: std::collections::BTreeMap<uuid::Uuid, LockedBot> = Default::default();
+    for r in &rows {
+        let status: BotStatus = parse_col(r.get::<_, &str>(1))?;
+        let active: i32 = r.get(2);
+        bots.insert(
+            r.get(0),
+            LockedBot {
+                from_status: status,
+                from_active: active,
+                status,
+                active,
+                capacity: r.get(3),
+                heard: false,
+                assigned: false,
+            },
+        );
+    }
+    let mut history: Vec<(uuid::Uuid, BotStatus, BotStatus, String)> = Vec::new();
+    for c in changes {
+        let Some(b) = bots.get_mut(&c.bot.0) else {
+            continue;
+        };
+        let event = match c.cause {
+            BotCause::Heartbeat => {
+                b.heard = true;
+                BotEvent::Heartbeat {
+                    full: b.active >= b.capacity,
+                }
+            }
+            BotCause::Load { delta, assigned } => {
+                b.active = (b.active + delta).max(0);
+                b.assigned |= assigned;
+                BotEvent::LoadChanged {
+                    full: b.active >= b.capacity,
+                }
+            }
+            BotCause::Lost(_) => BotEvent::Silent,
+            BotCause::Declared(s) => BotEvent::Declared(s),
+        };
+        let next = bot_transition(b.status, event);
+        if next != b.status && !matches!(c.cause, BotCause::Load { .. }) {
+            history.push((c.bot.0, b.status, next, c.cause.describe()));
+        }
+        b.status = next;
+    }
+    let ids: Vec<uuid::Uuid> = bots.keys().copied().collect();
+    let status: Vec<&str> = bots.values().map(|b| b.status.as_str()).collect();
+    let active: Vec<i32> = bots.values().map(|b| b.active).collect();
+    let heard: Vec<bool> = bots.values().map(|b| b.heard).collect();
+    let assigned: Vec<bool> = bots.values().map(|b| b.assigned).collect();
+    let from_status: Vec<&str> = bots.values().map(|b| b.from_status.as_str()).collect();
+    let from_active: Vec<i32> = bots.values().map(|b| b.from_active).collect();
+    let sql = format!(
+        "UPDATE bots b SET status = u.status, active_jobs = u.active,
+                last_heartbeat_at = CASE WHEN u.heard THEN now() ELSE b.last_heartbeat_at END,
+                last_assigned_at = CASE WHEN u.assigned THEN now() ELSE b.last_assigned_at END,
+                updated_at = now()
+           FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::bool[], $5::bool[], $6::text[],
+                       $7::int4[]) AS u(id, status, active, heard, assigned, from_status, from_active)
+          WHERE b.id = u.id AND b.status = u.from_status AND b.active_jobs = u.from_active
+          RETURNING {B_COLUMNS}"
+    );
+    let updated = query(
+        db,
+        &sql,
+        &[
+            &ids,
+            &status,
+            &active,
+            &heard,
+            &assigned,
+            &from_status,
+            &from_active,
+        ],
+    )
+    .await?;
+    if updated.len() != ids.len() {
+        // Impossible while the rows are locked; refuse rather than half-apply.
+        return Err(RepoError::Conflict("a bot changed concurrently".into()));
+    }
+    if !history.is_empty() {
+        let ev_ids: Vec<uuid::Uuid> = history.iter().map(|_| uuid::Uuid::now_v7()).collect();
+        let bots: Vec<uuid::Uuid> = history.iter().map(|h| h.0).collect();
+        let from: Vec<&str> = history.iter().map(|h| h.1.as_str()).collect();
+        let to: Vec<&str> = history.iter().map(|h| h.2.as_str()).collect();
+        let cause: Vec<&str> = history.iter().map(|h| h.3.as_str()).collect();
         execute(
             db,
-            "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1",
-            &[&id.0, &next.as_str()],
+            "INSERT INTO bot_events (id, bot_id, from_status, to_status, cause)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])",
+            &[&ev_ids, &bots, &from, &to, &cause],
         )
         .await?;
     }
-    Ok(())
+    // In the order the changes named them.
+    let mut by_id: std::collections::HashMap<uuid::Uuid, Bot> = updated
+        .iter()
+        .map(|r| from_row(r).map(|b| (b.id.0, b)))
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(by_id.len());
+    for c in changes {
+        if let Some(b) = by_id.remove(&c.bot.0) {
+            out.push(b);
+        }
+    }
+    Ok(out)
 }
 
 /// Marks agent bots silent since `before` UNAVAILABLE, in batches claimed
@@ -436,7 +541,7 @@ pub async fn expire_silent(
         &[&before, &limit],
     )
     .await?;
-    mark_lost(db, &rows).await
+    mark_lost(db, &rows, "no heartbeat for the silence window").await
 }
 
 /// Agent bots the reaper watches on the broker: those that may be running
@@ -471,22 +576,19 @@ pub async fn expire_absent(
         &[&ids],
     )
     .await?;
-    mark_lost(db, &rows).await
+    mark_lost(db, &rows, "gone from RabbitMQ").await
 }
 
-/// Rows of `id, status`, locked: each becomes UNAVAILABLE.
-async fn mark_lost(db: &impl GenericClient, rows: &[Row]) -> Result<Vec<BotId>, RepoError> {
-    let mut expired = Vec::new();
-    for r in rows {
-        let status: BotStatus = parse_col(r.get::<_, &str>(1))?;
-        let next = bot_transition(status, BotEvent::Silent);
-        execute(
-            db,
-            "UPDATE bots SET status = $2, updated_at = now() WHERE id = $1 AND status = $3",
-            &[&r.get::<_, uuid::Uuid>(0), &next.as_str(), &status.as_str()],
-        )
-        .await?;
-        expired.push(BotId(r.get(0)));
-    }
-    Ok(expired)
+/// Rows of `id, …`, locked: each becomes UNAVAILABLE.
+async fn mark_lost(
+    db: &impl GenericClient,
+    rows: &[Row],
+    why: &'static str,
+) -> Result<Vec<BotId>, RepoError> {
+    let changes: Vec<BotChange> = rows
+        .iter()
+        .map(|r| BotChange::new(BotId(r.get(0)), BotCause::Lost(why)))
+        .collect();
+    apply(db, &changes).await?;
+    Ok(changes.iter().map(|c| c.bot).collect())
 }

@@ -14,8 +14,7 @@ use uuid::Uuid;
 
 use super::{Page, RepoError, bots, execute, now, parse_col, query, query_one, query_opt};
 use crate::domain::{
-    BotEvent, BotId, BotStatus, CustomerId, Delivery, JobEvent, JobId, JobStatus, TaskId,
-    bot_transition, job_transition,
+    BotId, CustomerId, Delivery, JobEvent, JobId, JobStatus, TaskId, job_transition,
 };
 use crate::messages::{RowError, ScriptSpec};
 
@@ -391,6 +390,8 @@ pub struct Outcome {
     /// Rows that failed, merged into `result.failed_rows` by row number
     /// (a progress report's; `result` itself replaces the whole value).
     pub failed_rows: Vec<RowError>,
+    /// The bot an `Assign` hands the job to (its next attempt).
+    pub assign_to: Option<BotId>,
 }
 
 #[derive(Debug)]
@@ -518,6 +519,9 @@ struct Locked {
     from: JobStatus,
     from_attempt: i32,
     status: JobStatus,
+    /// The attempt now: one more once assigned.
+    attempt: i32,
+    assigned_at: Option<OffsetDateTime>,
     bot: Option<BotId>,
     percent: i16,
     rows_done: i32,
@@ -550,7 +554,7 @@ pub async fn apply_changes(
         db,
         "SELECT id, customer_id, status, attempt, bot_id, percent, rows_done, error, result,
                 started_at, finished_at, exit_code, output, step, task_id,
-                (spec->>'timeout_secs')::int8, lease_expires_at
+                (spec->>'timeout_secs')::int8, lease_expires_at, assigned_at
            FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         &[&ids],
     )
@@ -565,6 +569,8 @@ pub async fn apply_changes(
                 from: status,
                 from_attempt: r.get(3),
                 status,
+                attempt: r.get(3),
+                assigned_at: r.get(17),
                 bot: r.get::<_, Option<Uuid>>(4).map(BotId),
                 percent: r.get(5),
                 rows_done: r.get(6),
@@ -584,7 +590,7 @@ pub async fn apply_changes(
     }
     let mut results = Vec::with_capacity(changes.len());
     let mut events = Vec::new();
-    let mut loads: HashMap<BotId, i32> = HashMap::new();
+    let mut loads: HashMap<BotId, (i32, bool)> = HashMap::new();
     let mut ended: Vec<Ended> = Vec::new();
     for c in changes {
         let Some(job) = jobs.get_mut(&c.job.0).filter(|j| j.customer == c.customer) else {
@@ -621,6 +627,18 @@ pub async fn apply_changes(
                 continue;
             }
         };
+        if to == JobStatus::Assigned && from != JobStatus::Assigned {
+            let Some(bot) = c.outcome.assign_to else {
+                results.push(ChangeResult::Invalid("an assignment names no bot".into()));
+                continue;
+            };
+            job.bot = Some(bot);
+            job.attempt += 1;
+            job.assigned_at = Some(c.at);
+            let load = loads.entry(bot).or_insert((0, false));
+            load.0 += 1;
+            load.1 = true;
+        }
         let bot = job.bot;
         let percent_before = job.percent;
         job.changed = true;
@@ -684,7 +702,7 @@ pub async fn apply_changes(
                 from: status_change.then_some(from.as_str()),
                 to: status_change.then_some(to.as_str()),
                 bot,
-                attempt: Some(job.from_attempt),
+                attempt: Some(job.attempt),
             };
         if from != to {
             let description = match &c.outcome.error {
@@ -711,7 +729,7 @@ pub async fn apply_changes(
             && !to.is_active()
             && let Some(bot) = bot
         {
-            *loads.entry(bot).or_insert(0) -= 1;
+            loads.entry(bot).or_insert((0, false)).0 -= 1;
         }
         if to.is_terminal()
             && to != JobStatus::Canceled
@@ -734,7 +752,19 @@ pub async fn apply_changes(
     }
     write_jobs(db, &jobs).await?;
     append_events(db, &events).await?;
-    bots::change_loads(db, &loads).await?;
+    let load_changes: Vec<bots::BotChange> = loads
+        .iter()
+        .map(|(bot, (delta, assigned))| {
+            bots::BotChange::new(
+                *bot,
+                bots::BotCause::Load {
+                    delta: *delta,
+                    assigned: *assigned,
+                },
+            )
+        })
+        .collect();
+    bots::apply(db, &load_changes).await?;
     for e in &ended {
         let wake_at = super::script_jobs::fire_triggers(
             db,
@@ -778,22 +808,42 @@ async fn write_jobs(
         changed.iter().map(|(_, j)| j.output.as_ref()).collect();
     let step: Vec<Option<&str>> = changed.iter().map(|(_, j)| j.step.as_deref()).collect();
     let lease: Vec<Option<OffsetDateTime>> = changed.iter().map(|(_, j)| j.lease).collect();
+    let new_attempt: Vec<i32> = changed.iter().map(|(_, j)| j.attempt).collect();
+    let assigned_at: Vec<Option<OffsetDateTime>> =
+        changed.iter().map(|(_, j)| j.assigned_at).collect();
     let n = execute(
         db,
         "UPDATE jobs j SET status = u.status, percent = u.percent, rows_done = u.rows_done,
                 error = u.error, result = u.result, started_at = u.started_at,
                 finished_at = u.finished_at, bot_id = u.bot_id, exit_code = u.exit_code,
                 output = u.output, step = u.step, lease_expires_at = u.lease,
-                updated_at = now()
+                attempt = u.new_attempt, assigned_at = u.assigned_at, updated_at = now()
            FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::text[], $6::jsonb[],
                        $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::int4[],
-                       $12::int4[], $13::jsonb[], $14::text[], $15::timestamptz[])
+                       $12::int4[], $13::jsonb[], $14::text[], $15::timestamptz[], $16::int4[],
+                       $17::timestamptz[])
                 AS u(id, status, percent, rows_done, error, result, started_at, finished_at,
-                     bot_id, from_status, attempt, exit_code, output, step, lease)
+                     bot_id, from_status, attempt, exit_code, output, step, lease, new_attempt,
+                     assigned_at)
           WHERE j.id = u.id AND j.status = u.from_status AND j.attempt = u.attempt",
         &[
-            &ids, &status, &percent, &rows_done, &error, &result, &started, &finished, &bot, &from,
-            &attempt, &exit_code, &output, &step, &lease,
+            &ids,
+            &status,
+            &percent,
+            &rows_done,
+            &error,
+            &result,
+            &started,
+            &finished,
+            &bot,
+            &from,
+            &attempt,
+            &exit_code,
+            &output,
+            &step,
+            &lease,
+            &new_attempt,
+            &assigned_at,
         ],
     )
     .await?;
@@ -837,7 +887,6 @@ fn spec_col(value: Option<serde_json::Value>) -> Result<Option<ScriptSpec>, Repo
 
 struct FreeBot {
     id: BotId,
-    status: BotStatus,
     capacity: i32,
     active: i32,
     delivery: Delivery,
@@ -902,7 +951,6 @@ pub async fn match_waiting(
         .map(|r| {
             Ok(FreeBot {
                 id: BotId(r.get(0)),
-                status: parse_col(r.get::<_, &str>(1))?,
                 capacity: r.get(2),
                 active: r.get(3),
                 delivery: parse_col(r.get::<_, &str>(4))?,
@@ -1029,80 +1077,45 @@ pub async fn match_waiting(
     if picks.is_empty() {
         return Ok(Vec::new());
     }
-    // The state machine stays the authority even for this fixed step.
-    let to = job_transition(JobStatus::Waiting, JobEvent::Assign)
-        .map_err(|e| RepoError::Corrupt(e.to_string()))?;
-    let job_ids: Vec<Uuid> = picks.iter().map(|(j, _)| *j).collect();
-    let bot_ids: Vec<Uuid> = picks.iter().map(|(_, i)| free[*i].id.0).collect();
+    // Through the jobs' one transition path: guarded, history kept, the
+    // bots' loads moved.
     let at = now();
-    let updated = query(
-        db,
-        "UPDATE jobs j SET status = $3, bot_id = a.bot_id, attempt = j.attempt + 1,
-                    assigned_at = $4, updated_at = $4
-               FROM unnest($1::uuid[], $2::uuid[]) AS a(job_id, bot_id)
-              WHERE j.id = a.job_id AND j.status = 'WAITING'
-              RETURNING j.id, j.attempt, a.bot_id, j.description, j.system, j.attachment,
-                        j.created_at, j.spec, j.rows_done, j.result",
-        &[&job_ids, &bot_ids, &to.as_str(), &at],
-    )
-    .await?;
-    let mut claimed: HashMap<Uuid, &Row> = HashMap::new();
-    for r in &updated {
-        claimed.insert(r.get(0), r);
-    }
-    let event_ids: Vec<Uuid> = updated.iter().map(|_| Uuid::now_v7()).collect();
-    let ev_jobs: Vec<Uuid> = updated.iter().map(|r| r.get(0)).collect();
-    let ev_bots: Vec<Uuid> = updated.iter().map(|r| r.get(2)).collect();
-    let ev_attempts: Vec<i32> = updated.iter().map(|r| r.get(1)).collect();
-    let description = format!("{} -> {}", JobStatus::Waiting, to);
-    execute(
-        db,
-        "INSERT INTO job_events (id, job_id, customer_id, type, description, from_status,
-                                 to_status, bot_id, attempt, created_at)
-         SELECT e.id, e.job_id, $5, 'STATUS_CHANGE', $6, 'WAITING', $7, e.bot_id, e.attempt, $8
-           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[])
-                AS e(id, job_id, bot_id, attempt)",
-        &[
-            &event_ids,
-            &ev_jobs,
-            &ev_bots,
-            &ev_attempts,
-            &customer.0,
-            &description,
-            &to.as_str(),
-            &at,
-        ],
-    )
-    .await?;
-    let mut bot_rows: Vec<Uuid> = Vec::new();
-    let mut bot_active: Vec<i32> = Vec::new();
-    let mut bot_status: Vec<String> = Vec::new();
-    for b in free.iter().filter(|b| b.taken > 0) {
-        let active = b.active + b.taken;
-        let status = bot_transition(
-            b.status,
-            BotEvent::LoadChanged {
-                full: active >= b.capacity,
+    let changes: Vec<Change> = picks
+        .iter()
+        .map(|(job, i)| Change {
+            customer,
+            job: JobId(*job),
+            actor: Actor::System,
+            event: JobEvent::Assign,
+            outcome: Outcome {
+                assign_to: Some(free[*i].id),
+                ..Outcome::default()
             },
-        );
-        bot_rows.push(b.id.0);
-        bot_active.push(active);
-        bot_status.push(status.as_str().to_string());
-    }
-    execute(
+            event_id: Uuid::now_v7(),
+            at,
+            notes: Vec::new(),
+        })
+        .collect();
+    let results = apply_changes(db, &changes).await?;
+    let assigned: Vec<Uuid> = picks
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, ChangeResult::Done { .. }))
+        .map(|((job, _), _)| *job)
+        .collect();
+    let rows = query(
         db,
-        "UPDATE bots b SET active_jobs = u.active, status = u.status, last_assigned_at = $4,
-                updated_at = $4
-           FROM unnest($1::uuid[], $2::int[], $3::text[]) AS u(id, active, status)
-          WHERE b.id = u.id",
-        &[&bot_rows, &bot_active, &bot_status, &at],
+        "SELECT id, attempt, description, system, attachment, created_at, spec, rows_done, result
+           FROM jobs WHERE id = ANY($1)",
+        &[&assigned],
     )
     .await?;
+    let by_id: HashMap<Uuid, &Row> = rows.iter().map(|r| (r.get(0), r)).collect();
     picks
         .iter()
         .filter_map(|(job, i)| {
             let b = &free[*i];
-            claimed.get(job).map(|r| {
+            by_id.get(job).map(|r| {
                 Ok(Assigned {
                     job_id: JobId(*job),
                     attempt: r.get(1),
@@ -1110,15 +1123,15 @@ pub async fn match_waiting(
                     delivery: b.delivery,
                     bot_address: b.ip.clone(),
                     bot_port: b.port,
-                    description: r.get(3),
-                    system: r.get(4),
-                    attachment: r.get(5),
-                    created_at: r.get(6),
+                    description: r.get(2),
+                    system: r.get(3),
+                    attachment: r.get(4),
+                    created_at: r.get(5),
                     assigned_at: at,
-                    spec: spec_col(r.get(7))?,
-                    rows_done: r.get(8),
+                    spec: spec_col(r.get(6))?,
+                    rows_done: r.get(7),
                     failed_rows: crate::rows::failed_rows_of(
-                        r.get::<_, Option<serde_json::Value>>(9).as_ref(),
+                        r.get::<_, Option<serde_json::Value>>(8).as_ref(),
                     ),
                 })
             })
