@@ -519,7 +519,17 @@ pub async fn teardown_broker(
     prefix: &str,
     bots: &[orq_shared::domain::BotId],
 ) -> anyhow::Result<()> {
-    let conn = lapin::Connection::connect(amqp, lapin::ConnectionProperties::default()).await?;
+    // `amqp` may list several nodes of a cluster: any live one will do.
+    let mut conn = Err(anyhow!("no broker URL in {amqp:?}"));
+    for url in orq_shared::config::split_urls(amqp) {
+        conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(Into::into);
+        if conn.is_ok() {
+            break;
+        }
+    }
+    let conn = conn?;
     let ch = conn.create_channel().await?;
     orq_shared::broker::Topology::new(prefix)
         .teardown(&ch, bots)
@@ -699,27 +709,29 @@ impl Drop for PrivatePg {
     }
 }
 
-/// A private RabbitMQ node (its own node name, port and data directory), for
-/// tests that stop the broker. Never the shared one.
-pub struct PrivateRabbit {
+/// One private RabbitMQ node: its own node name, AMQP port, distribution
+/// port and data directory (the recipe in `shared/recipes/rabbitmq-cluster.md`).
+/// Never the shared broker. The pieces `PrivateRabbit` and `RabbitCluster`
+/// both use.
+pub struct RabbitNode {
     pub node: String,
     pub port: u16,
     pub dir: PathBuf,
-    server: Child,
+    dist_port: u16,
+    server: Option<Child>,
 }
 
-impl PrivateRabbit {
-    pub fn start() -> anyhow::Result<PrivateRabbit> {
+impl RabbitNode {
+    /// Prepares the node's directory and configuration (nothing runs yet).
+    fn new(node: String, dir: PathBuf) -> anyhow::Result<RabbitNode> {
         let port = free_port();
-        let short = &Uuid::new_v4().simple().to_string()[..8];
-        let node = format!("orqtest{short}@localhost");
-        let dir = std::env::temp_dir().join(format!("orq-rabbit-{short}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("rabbit.conf"),
             format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
         )?;
         std::fs::write(dir.join("plugins"), "[].\n")?;
+        // Debian's server script drops to the rabbitmq user when run as root.
         if nix::unistd::Uid::effective().is_root() {
             run_ok(
                 {
@@ -730,33 +742,50 @@ impl PrivateRabbit {
                 "chown",
             )?;
         }
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("orq-rabbit-{short}.log")))?;
+        Ok(RabbitNode {
+            node,
+            port,
+            dir,
+            dist_port: free_port(),
+            server: None,
+        })
+    }
+
+    /// Starts `rabbitmq-server` (again, after a kill: same name, ports and
+    /// data) and waits until the node has booted.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if let Some(mut old) = self.server.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))?;
         let server = Command::new("rabbitmq-server")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbit.conf"))
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
-            .env("RABBITMQ_DIST_PORT", free_port().to_string())
-            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbit.conf"))
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("plugins"))
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting a private rabbitmq-server")?;
-        let rabbit = PrivateRabbit {
-            node,
-            port,
-            dir,
-            server,
-        };
-        // The node takes a few seconds to boot; `await_startup` fails at once
-        // until its Erlang VM answers.
+        self.server = Some(server);
+        self.await_startup()
+    }
+
+    /// Waits for the node to boot; `await_startup` fails at once until its
+    /// Erlang VM answers.
+    fn await_startup(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            match rabbit.ctl(&["await_startup", "--timeout", "60"]) {
-                Ok(()) => return Ok(rabbit),
+            match self.ctl(&["await_startup", "--timeout", "60"]) {
+                Ok(()) => return Ok(()),
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
@@ -768,9 +797,100 @@ impl PrivateRabbit {
     }
 
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        run_ok(self.ctl_command(args), &format!("rabbitmqctl {args:?}"))
+    }
+
+    /// `rabbitmqctl -n <node> ARGS`, its standard output.
+    pub fn ctl_output(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .ctl_command(args)
+            .output()
+            .context("running rabbitmqctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn ctl_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("rabbitmqctl");
         c.args(["-n", &self.node]).args(args);
-        run_ok(c, &format!("rabbitmqctl {args:?}"))
+        c
+    }
+
+    /// SIGKILLs the node's Erlang VM (`beam.smp`, from its pid file), as a
+    /// crash or a power cut would, and waits until its port is closed.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        let text =
+            std::fs::read_to_string(self.dir.join("pid")).context("reading the node's pid file")?;
+        let pid: i32 = text.trim().parse().context("parsing the node's pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .context("killing the node")?;
+        // The script that started it exits with it; reap it.
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            anyhow::ensure!(Instant::now() < deadline, "{} still listens", self.node);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stops the node if it runs (Drop).
+    fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = self.ctl_command(&["stop"]).output();
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.stop();
+        // The server's own output (`<dir>.log`) stays for reading.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private RabbitMQ node, for tests that stop the broker.
+pub struct PrivateRabbit {
+    pub node: String,
+    pub port: u16,
+    inner: RabbitNode,
+}
+
+impl PrivateRabbit {
+    pub fn start() -> anyhow::Result<PrivateRabbit> {
+        let short = &Uuid::new_v4().simple().to_string()[..8];
+        let mut inner = RabbitNode::new(
+            format!("orqtest{short}@localhost"),
+            std::env::temp_dir().join(format!("orq-rabbit-{short}")),
+        )?;
+        inner.start()?;
+        Ok(PrivateRabbit {
+            node: inner.node.clone(),
+            port: inner.port,
+            inner,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        self.inner.ctl(args)
     }
 
     /// Stops the broker application: every connection drops, the port closes.
@@ -784,13 +904,92 @@ impl PrivateRabbit {
     }
 }
 
-impl Drop for PrivateRabbit {
+/// Three private RabbitMQ nodes joined in one cluster (quorum queues
+/// declared on it get three replicas), for tests that kill a node.
+pub struct RabbitCluster {
+    pub nodes: Vec<RabbitNode>,
+    base: PathBuf,
+}
+
+impl RabbitCluster {
+    pub fn start() -> anyhow::Result<RabbitCluster> {
+        let short = &Uuid::new_v4().simple().to_string()[..8];
+        let base = std::env::temp_dir().join(format!("orq-cluster-{short}"));
+        std::fs::create_dir_all(&base)?;
+        let mut cluster = RabbitCluster {
+            nodes: Vec::new(),
+            base,
+        };
+        for n in 1..=3 {
+            let node = RabbitNode::new(
+                format!("orqc{short}{n}@localhost"),
+                cluster.base.join(format!("n{n}")),
+            )?;
+            cluster.nodes.push(node);
+        }
+        // Boot them side by side (each takes seconds), then wait for all.
+        let booted: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = cluster
+                .nodes
+                .iter_mut()
+                .map(|node| s.spawn(move || node.start()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("boot panicked"))))
+                .collect()
+        });
+        for b in booted {
+            b?;
+        }
+        let first = cluster.nodes[0].node.clone();
+        for node in &cluster.nodes[1..] {
+            node.ctl(&["stop_app"])?;
+            node.ctl(&["join_cluster", &first])?;
+            node.ctl(&["start_app"])?;
+            node.ctl(&["await_startup", "--timeout", "60"])?;
+        }
+        let status = cluster.nodes[0].ctl_output(&["cluster_status", "--formatter", "json"])?;
+        let status: serde_json::Value = serde_json::from_str(&status)?;
+        let running = status["running_nodes"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(running == 3, "cluster not formed: {status}");
+        Ok(cluster)
+    }
+
+    /// Every node's URL, comma-separated (the services' `amqp.url`).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RabbitNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `n` (1, 2 or 3).
+    pub fn node(&self, n: usize) -> &RabbitNode {
+        &self.nodes[n - 1]
+    }
+
+    /// SIGKILLs node `n` (1, 2 or 3).
+    pub fn kill9(&mut self, n: usize) -> anyhow::Result<()> {
+        self.nodes[n - 1].kill9()
+    }
+
+    /// Starts node `n` again (same name, ports and data); it rejoins the
+    /// cluster by itself. (`start()` is taken by the constructor.)
+    pub fn start_node(&mut self, n: usize) -> anyhow::Result<()> {
+        self.nodes[n - 1].start()
+    }
+}
+
+impl Drop for RabbitCluster {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .output();
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Stop the other nodes first: the last one stopping does not wait
+        // for peers that are gone.
+        for node in self.nodes.iter_mut().rev() {
+            node.stop();
+        }
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }

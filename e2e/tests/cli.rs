@@ -13,9 +13,10 @@ const SECRETS: &[(&str, &str)] = &[
         "ORQ_DATABASE__URL",
         "postgres://orq:pg-Secret-1@127.0.0.1:5432/orq",
     ),
+    // Two nodes of a cluster: each URL keeps its user, loses its password.
     (
         "ORQ_AMQP__URL",
-        "amqp://orq:amqp-Secret-2@127.0.0.1:5672/%2f",
+        "amqp://orq:amqp-Secret-2@127.0.0.1:5672/%2f,amqp://orq2:amqp-Secret-2b@127.0.0.1:5673/%2f",
     ),
     (
         "ORQ_SECURITY__SECRET_KEY",
@@ -65,6 +66,11 @@ fn every_binary_prints_its_config_with_secrets_redacted() -> anyhow::Result<()> 
         // What was set is there...
         assert_eq!(
             config["database"]["url"], "postgres://orq:<redacted>@127.0.0.1:5432/orq",
+            "{binary}"
+        );
+        assert_eq!(
+            config["amqp"]["url"],
+            "amqp://orq:<redacted>@127.0.0.1:5672/%2f,amqp://orq2:<redacted>@127.0.0.1:5673/%2f",
             "{binary}"
         );
         assert_eq!(config["security"]["secret_key"], "<redacted>", "{binary}");

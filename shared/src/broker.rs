@@ -6,6 +6,10 @@
 //! the session on a `watch` channel, and when the connection dies, withdraw it
 //! and start over. Consumers take a fresh session from `Broker::session()` each
 //! time their stream ends, which rebuilds them after every reconnect.
+//!
+//! `amqp.url` may list several nodes of a cluster: each process starts at a
+//! node of its own (so the copies of a service spread over the cluster) and
+//! moves to the next node whenever a connection fails or is lost.
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{
@@ -26,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, redact_url};
 use crate::domain::BotId;
 
 /// Names of every exchange and queue, derived from one prefix.
@@ -590,14 +594,63 @@ impl Broker {
     }
 }
 
+/// The broker nodes a supervisor connects to, and which one it tries next.
+/// Pure bookkeeping, so the order is tested without a broker.
+#[derive(Debug)]
+struct Nodes {
+    urls: Vec<String>,
+    next: usize,
+    /// Connection attempts failed in a row.
+    failures: usize,
+}
+
+impl Nodes {
+    /// Starts at `start` (modulo the count); an empty list keeps the one
+    /// (unusable) empty URL, so the connect error says what is wrong.
+    fn new(mut urls: Vec<String>, start: usize) -> Nodes {
+        if urls.is_empty() {
+            urls.push(String::new());
+        }
+        let next = start % urls.len();
+        Nodes {
+            urls,
+            next,
+            failures: 0,
+        }
+    }
+
+    fn current(&self) -> &str {
+        &self.urls[self.next]
+    }
+
+    /// A connection to the current node could not be made. Moves to the
+    /// next node; true when every node failed once since the last success,
+    /// the moment to back off (with one node: after every failure).
+    fn failed(&mut self) -> bool {
+        self.next = (self.next + 1) % self.urls.len();
+        self.failures += 1;
+        self.failures.is_multiple_of(self.urls.len())
+    }
+
+    fn connected(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The connection was lost: its node may be the one that died, so the
+    /// next attempt goes to the next node.
+    fn lost(&mut self) {
+        self.next = (self.next + 1) % self.urls.len();
+    }
+}
+
 async fn connect(
-    settings: &AmqpSettings,
+    url: &str,
     name: &str,
     topology: &Topology,
     bots: &[BotId],
 ) -> Result<(Connection, Channel), lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let connection = Connection::connect(&settings.url, props).await?;
+    let connection = Connection::connect(url, props).await?;
     let ch = connection.create_channel().await?;
     topology.declare(&ch).await?;
     for bot in bots {
@@ -624,22 +677,30 @@ async fn supervise(
             .build()
     };
     let mut delays = backoff();
+    let mut nodes = Nodes::new(settings.urls(), usize::from(rand::random::<u16>()));
     while !shutdown.is_cancelled() {
+        let url = nodes.current().to_string();
+        let node = redact_url(&url);
         let attempt = tokio::select! {
-            r = connect(&settings, &name, &topology, &bots) => r,
+            r = connect(&url, &name, &topology, &bots) => r,
             _ = shutdown.cancelled() => break,
         };
         let (connection, publisher) = match attempt {
             Ok(ok) => ok,
             Err(e) => {
+                if !nodes.failed() {
+                    tracing::warn!(error = %e, %node, "RabbitMQ connect failed, trying the next node");
+                    continue;
+                }
                 let wait = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(error = %e, ?wait, "RabbitMQ connect failed, retrying");
+                tracing::warn!(error = %e, %node, ?wait, "RabbitMQ connect failed, retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue,
                     _ = shutdown.cancelled() => break,
                 }
             }
         };
+        nodes.connected();
         delays = backoff();
         let session = Session {
             connection: Arc::new(connection),
@@ -648,7 +709,7 @@ async fn supervise(
             topology: topology.clone(),
             lost: shutdown.child_token(),
         };
-        tracing::info!(generation = session.generation, "connected to RabbitMQ");
+        tracing::info!(generation = session.generation, %node, "connected to RabbitMQ");
         tx.send_replace(Some(session.clone()));
         watch_connection(&session, &shutdown).await;
         session.lost.cancel();
@@ -665,7 +726,8 @@ async fn supervise(
             let _ = close(200, "shutdown").await;
             break;
         }
-        tracing::warn!(generation = session.generation, "RabbitMQ connection lost");
+        tracing::warn!(generation = session.generation, %node, "RabbitMQ connection lost");
+        nodes.lost();
         let _ = close(320, "reconnecting").await;
     }
     tx.send_replace(None);
@@ -702,5 +764,57 @@ async fn watch_connection(session: &Session, shutdown: &CancellationToken) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Vec<String> {
+        ["amqp://n1", "amqp://n2", "amqp://n3"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn one_node_is_retried_after_a_backoff_each_time() {
+        let mut nodes = Nodes::new(vec!["amqp://only".into()], 7);
+        assert_eq!(nodes.current(), "amqp://only");
+        assert!(nodes.failed(), "back off after every failure");
+        assert!(nodes.failed());
+        nodes.lost();
+        assert_eq!(nodes.current(), "amqp://only");
+    }
+
+    #[test]
+    fn nodes_are_tried_in_turn_from_the_start_given() {
+        let mut nodes = Nodes::new(three(), 4);
+        assert_eq!(nodes.current(), "amqp://n2");
+        assert!(!nodes.failed());
+        assert_eq!(nodes.current(), "amqp://n3");
+        assert!(!nodes.failed());
+        assert_eq!(nodes.current(), "amqp://n1");
+        assert!(nodes.failed(), "a full round failed: back off");
+        assert_eq!(nodes.current(), "amqp://n2");
+    }
+
+    #[test]
+    fn a_lost_connection_moves_to_the_next_node_and_a_success_starts_a_new_round() {
+        let mut nodes = Nodes::new(three(), 0);
+        assert!(!nodes.failed());
+        nodes.connected();
+        assert_eq!(nodes.current(), "amqp://n2");
+        nodes.lost();
+        assert_eq!(nodes.current(), "amqp://n3");
+        assert!(!nodes.failed());
+        assert!(!nodes.failed());
+        assert!(nodes.failed());
+    }
+
+    #[test]
+    fn an_empty_list_still_gives_an_address_to_fail_on() {
+        let nodes = Nodes::new(Vec::new(), 3);
+        assert_eq!(nodes.current(), "");
     }
 }

@@ -136,12 +136,32 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
+    /// One broker URL, or several separated by commas (the nodes of a
+    /// cluster): the connection supervisor tries them in turn.
     pub url: String,
     /// Prefix of every exchange and queue name: lets several deployments (or
     /// test runs) share one broker without seeing each other's messages.
     pub prefix: String,
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+}
+
+impl AmqpSettings {
+    /// The broker URLs `url` lists, in the order given.
+    pub fn urls(&self) -> Vec<String> {
+        split_urls(&self.url)
+    }
+}
+
+/// Splits a comma-separated list of URLs, trimming spaces and dropping
+/// empty items. A comma inside a URL (a password) must be percent-encoded,
+/// as the AMQP URI spec asks anyway.
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -368,7 +388,11 @@ impl Settings {
     pub fn redacted_json(&self) -> String {
         let mut copy = self.clone();
         copy.database.url = redact_url(&copy.database.url);
-        copy.amqp.url = redact_url(&copy.amqp.url);
+        copy.amqp.url = split_urls(&copy.amqp.url)
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
         if !copy.agent.token.is_empty() {
             copy.agent.token = "<redacted>".into();
         }
@@ -471,5 +495,36 @@ mod tests {
             "amqp://guest:<redacted>@localhost:5672/%2f"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn one_broker_url_is_a_list_of_one() {
+        let one = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&connection_timeout=5000";
+        assert_eq!(split_urls(one), vec![one.to_string()]);
+    }
+
+    #[test]
+    fn several_broker_urls_are_split_on_commas_and_trimmed() {
+        assert_eq!(
+            split_urls("amqp://a:1@n1:5672/%2f, amqp://a:1@n2:5672/%2f,,amqp://n3/ "),
+            vec![
+                "amqp://a:1@n1:5672/%2f".to_string(),
+                "amqp://a:1@n2:5672/%2f".to_string(),
+                "amqp://n3/".to_string(),
+            ]
+        );
+        assert!(split_urls(" , ").is_empty());
+    }
+
+    #[test]
+    fn every_broker_url_has_its_password_redacted() {
+        let mut s = Settings::load(None).expect("defaults parse");
+        s.amqp.url = "amqp://u:s3cret@n1:5672/%2f,amqp://v:t0p@n2:5673/%2f".into();
+        let json: serde_json::Value =
+            serde_json::from_str(&s.redacted_json()).expect("redacted JSON");
+        assert_eq!(
+            json["amqp"]["url"],
+            "amqp://u:<redacted>@n1:5672/%2f,amqp://v:<redacted>@n2:5673/%2f"
+        );
     }
 }
