@@ -62,6 +62,11 @@ pub struct App {
     /// What this reaper can see (links up, canaries back): silence is no
     /// evidence while it is blind.
     sight: Mutex<Sight>,
+    /// Agents RabbitMQ showed connected at the last look: their silence
+    /// must last twice the window to count (a reconnected agent's reports
+    /// can be refused for seconds while a queue's new leader is elected,
+    /// seen in the cluster test, though its canaries and connection are fine).
+    present: Mutex<Vec<BotId>>,
 }
 
 /// Why an agent was declared lost.
@@ -106,6 +111,7 @@ impl App {
             shutdown,
             id: Uuid::now_v7(),
             sight: Mutex::new(Sight::default()),
+            present: Mutex::new(Vec::new()),
         })
     }
 
@@ -343,8 +349,16 @@ impl App {
                 return Ok(());
             }
         };
-        let lost: Vec<BotId> =
-            bots::expire_silent(&tx, before, self.settings.reaper.batch_size).await?;
+        let present = self.present.lock().map(|p| p.clone()).unwrap_or_default();
+        let silent_for = time::Duration::try_from(window).unwrap_or_default();
+        let lost: Vec<BotId> = bots::expire_silent(
+            &tx,
+            before,
+            &present,
+            before - silent_for,
+            self.settings.reaper.batch_size,
+        )
+        .await?;
         let held = self
             .take_back(&tx, &lost, Evidence::Silence, reaped, wake)
             .await?;
@@ -443,6 +457,9 @@ impl App {
                 .unwrap_or(Err(vigil::Blind::BrokerDown));
             let Some(session) = self.broker.current().filter(|_| counts.is_ok()) else {
                 absences.clear();
+                if let Ok(mut p) = self.present.lock() {
+                    p.clear();
+                }
                 continue;
             };
             let watched = match self.pool.get().await {
@@ -465,6 +482,9 @@ impl App {
                 }
             };
             let now = time::OffsetDateTime::now_utc();
+            if let Ok(mut p) = self.present.lock() {
+                *p = looks.iter().filter(|(_, here)| *here).map(|(b, _)| *b).collect();
+            }
             for (bot, present) in looks {
                 absences.observe(bot, present, now);
             }

@@ -522,23 +522,29 @@ pub(crate) async fn apply(
     Ok(out)
 }
 
-/// Marks agent bots silent since `before` UNAVAILABLE, in batches claimed
-/// with `SKIP LOCKED` so concurrent reapers split the work. Returns the ids,
-/// including bots already UNAVAILABLE that still hold jobs (marked so by a
-/// failed delivery, say): the caller takes those jobs back.
+/// Marks agent bots silent since `before` UNAVAILABLE — those in `present`
+/// (connected to RabbitMQ now) only when silent since `present_before` —
+/// in batches claimed with `SKIP LOCKED` so concurrent reapers split the
+/// work. Returns the ids, including bots already UNAVAILABLE that still
+/// hold jobs (marked so by a failed delivery, say): the caller takes those
+/// jobs back.
 pub async fn expire_silent(
     db: &impl GenericClient,
     before: OffsetDateTime,
+    present: &[BotId],
+    present_before: OffsetDateTime,
     limit: i64,
 ) -> Result<Vec<BotId>, RepoError> {
+    let present: Vec<uuid::Uuid> = present.iter().map(|b| b.0).collect();
     let rows = query(
         db,
         "SELECT id, status FROM bots
               WHERE delivery = 'agent' AND last_heartbeat_at < $1
+                AND (NOT id = ANY($3) OR last_heartbeat_at < $4)
                 AND (status <> 'UNAVAILABLE' OR active_jobs > 0)
               ORDER BY last_heartbeat_at LIMIT $2
               FOR UPDATE SKIP LOCKED",
-        &[&before, &limit],
+        &[&before, &limit, &present, &present_before],
     )
     .await?;
     mark_lost(db, &rows, "no heartbeat for the silence window").await
