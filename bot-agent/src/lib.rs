@@ -288,6 +288,14 @@ impl Agent {
                 }
             }
         }
+        tracing::debug!(
+            job = %a.job_id,
+            attempt = a.attempt,
+            redelivered,
+            age_ms = age.as_millis(),
+            from_row = resume.rows_done + 1,
+            "running"
+        );
         self.inner
             .running
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
