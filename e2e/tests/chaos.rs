@@ -249,18 +249,24 @@ async fn kill_9_loop_under_load_loses_and_duplicates_nothing() -> anyhow::Result
     };
 
     // The chaos: a kill every 1.5-3 s, the victim started again after a
-    // pause inside that interval (agents: sometimes within the reaper's 2 s
-    // absence rule, so they resume their own jobs, sometimes after it, so
-    // their jobs move).
+    // pause inside that interval; an agent's pause is up to 3.5 s, so it
+    // comes back sometimes within the reaper's 2 s absence rule (it resumes
+    // its own jobs) and sometimes after it (its jobs move).
     let mut timeline = String::new();
     let chaos = async {
         let mut kills: Vec<(Kind, usize)> = Vec::new();
         while !(posted.load(Ordering::SeqCst) && start.elapsed() >= CHAOS) {
             let spacing = rng.random_range(1500..=3000u64);
-            let pause = rng.random_range(100..=spacing - 300);
             let victim = rng.random_range(0..cast.victims());
-            tokio::time::sleep(Duration::from_millis(spacing - pause)).await;
             let kind = cast.kind(victim);
+            let pause = match kind {
+                Kind::Agent => rng.random_range(100..=3500),
+                _ => rng.random_range(100..=spacing - 300),
+            };
+            tokio::time::sleep(Duration::from_millis(
+                spacing.saturating_sub(pause).max(300),
+            ))
+            .await;
             let name = cast.proc(victim).name.clone();
             cast.proc(victim).kill9();
             kills.push((kind, victim));
