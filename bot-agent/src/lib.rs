@@ -227,25 +227,34 @@ impl Agent {
                     }
                 };
                 let agent = self.clone();
+                let shutdown = shutdown.clone();
                 tracker.spawn(async move {
-                    agent.handle(assignment, delivery.redelivered).await;
                     // Acked only once the outcome is reported (or the
-                    // assignment was found to be a duplicate).
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    // assignment was found to be a duplicate or stale); one
+                    // left unanswered at shutdown is handed back by RabbitMQ.
+                    if agent
+                        .handle(assignment, delivery.redelivered, &shutdown)
+                        .await
+                    {
+                        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    }
                 });
             }
         }
     }
 
-    async fn handle(&self, a: Assignment, redelivered: bool) {
+    /// Runs an assignment unless it is a duplicate or stale; false when
+    /// the agent stopped before it could tell (the assignment is not to be
+    /// acknowledged).
+    async fn handle(&self, a: Assignment, redelivered: bool, shutdown: &CancellationToken) -> bool {
         let key = (a.job_id, a.attempt);
         {
             let Ok(mut seen) = self.inner.attempts.lock() else {
-                return;
+                return false;
             };
             if seen.contains_key(&key) {
                 tracing::info!(job = %a.job_id, attempt = a.attempt, "duplicate assignment dropped");
-                return;
+                return true;
             }
             seen.insert(key, Local::Running);
         }
@@ -258,13 +267,19 @@ impl Agent {
             failed_rows: a.failed_rows.clone(),
         };
         if redelivered || age > RECHECK_AFTER {
-            match self.check(&a).await {
+            match self.check(&a, shutdown).await {
                 Check::Stale => {
                     tracing::info!(job = %a.job_id, attempt = a.attempt, "assignment no longer ours; skipped");
                     self.finish(key);
-                    return;
+                    return true;
                 }
-                Check::Resume(Some(now)) if now.rows_done > resume.rows_done => resume = now,
+                Check::Unknown => {
+                    if let Ok(mut seen) = self.inner.attempts.lock() {
+                        seen.remove(&key);
+                    }
+                    return false;
+                }
+                Check::Resume(now) if now.rows_done > resume.rows_done => resume = now,
                 Check::Resume(_) => {}
                 Check::StartedBefore => {
                     tracing::warn!(job = %a.job_id, attempt = a.attempt, "a script of this job was started before this agent restarted; not running it again");
@@ -284,10 +299,18 @@ impl Agent {
                         })
                         .await;
                     self.finish(key);
-                    return;
+                    return true;
                 }
             }
         }
+        tracing::debug!(
+            job = %a.job_id,
+            attempt = a.attempt,
+            redelivered,
+            age_ms = age.as_millis(),
+            from_row = resume.rows_done + 1,
+            "running"
+        );
         self.inner
             .running
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -296,6 +319,7 @@ impl Agent {
             .running
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.finish(key);
+        true
     }
 
     fn finish(&self, key: (JobId, i32)) {
@@ -595,8 +619,29 @@ impl Agent {
     }
 
     /// Asks the gateway whether an old or redelivered assignment is still
-    /// this bot's, and from which row to resume.
-    async fn check(&self, a: &Assignment) -> Check {
+    /// this bot's, and from which row to resume. It waits for an answer
+    /// (retrying while the gateway is unreachable or failing, until
+    /// `shutdown`): run blind, the assignment's own resume position may be
+    /// behind rows done since, and the job may have moved to another agent.
+    async fn check(&self, a: &Assignment, shutdown: &CancellationToken) -> Check {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.job_state(a).await {
+                Ok(check) => return check,
+                Err(e) => {
+                    tracing::warn!(job = %a.job_id, error = %e, "cannot check an old assignment with the gateway; retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return Check::Unknown,
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One look at the job through the gateway.
+    async fn job_state(&self, a: &Assignment) -> Result<Check, String> {
         #[derive(Deserialize)]
         struct TaskState {
             status: JobStatus,
@@ -616,36 +661,38 @@ impl Agent {
             .get(&url)
             .bearer_auth(&self.inner.settings.agent.token)
             .send()
-            .await;
-        let state = match response {
-            Ok(r) if r.status().is_success() => r.json::<TaskState>().await.ok(),
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Check::Stale,
-            _ => None,
-        };
-        match state {
-            // Cannot tell: run it from where the assignment says; the
-            // dispatcher fences a stale report.
-            None => Check::Resume(None),
-            Some(s)
-                if s.status == JobStatus::Running
-                    && a.script.is_some()
-                    && s.attempt == a.attempt
-                    && s.bot_id == Some(self.inner.identity.id) =>
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Check::Stale);
+        }
+        if !status.is_success() {
+            return Err(format!("the gateway answered {status}"));
+        }
+        let s = response
+            .json::<TaskState>()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(match s {
+            s if s.status == JobStatus::Running
+                && a.script.is_some()
+                && s.attempt == a.attempt
+                && s.bot_id == Some(self.inner.identity.id) =>
             {
                 Check::StartedBefore
             }
-            Some(s)
-                if s.status.is_active()
-                    && s.attempt == a.attempt
-                    && s.bot_id == Some(self.inner.identity.id) =>
+            s if s.status.is_active()
+                && s.attempt == a.attempt
+                && s.bot_id == Some(self.inner.identity.id) =>
             {
-                Check::Resume(Some(runner::Resume {
+                Check::Resume(runner::Resume {
                     rows_done: usize::try_from(s.rows_done).unwrap_or(0),
                     failed_rows: orq_shared::rows::failed_rows_of(s.result.as_ref()),
-                }))
+                })
             }
-            Some(_) => Check::Stale,
-        }
+            _ => Check::Stale,
+        })
     }
 }
 
@@ -745,8 +792,10 @@ impl Cancels {
 
 enum Check {
     Stale,
-    /// Still ours: where the job stands now, when the gateway could say.
-    Resume(Option<runner::Resume>),
+    /// Still ours: where the job stands now.
+    Resume(runner::Resume),
+    /// The agent is stopping before the gateway answered.
+    Unknown,
     /// Still ours, and a script of it was already started here by an agent
     /// that stopped: it may still be running, and a script is not resumable.
     StartedBefore,

@@ -288,7 +288,17 @@ impl Env {
 
     /// Starts a gateway on a free port and waits until it is ready.
     pub async fn start_gateway(&self, extra: &[(&str, &str)]) -> anyhow::Result<(Proc, String)> {
-        let port = free_port();
+        self.start_gateway_on(free_port(), extra).await
+    }
+
+    /// Starts a gateway on `port` and waits until it is ready: a gateway
+    /// restarted after a kill keeps its clients' URL (its log goes on in
+    /// the same file).
+    pub async fn start_gateway_on(
+        &self,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(Proc, String)> {
         let mut cmd = self.command("gateway");
         cmd.env("ORQ_GATEWAY__LISTEN", format!("127.0.0.1:{port}"));
         for (k, v) in extra {

@@ -3,7 +3,7 @@
 //! once — and a gateway SIGKILLed between its commit and its answer costs a
 //! retrying client nothing (no duplicate, the same id).
 
-use orq_e2e::{Env, client_with, free_port, wait_ready};
+use orq_e2e::{Env, client_with, free_port};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -274,15 +274,6 @@ async fn every_create_replays_its_first_answer_and_refuses_another_body() -> any
     env.cleanup().await
 }
 
-/// Starts a gateway on `port` (the same one after every kill).
-async fn gateway_on(env: &Env, port: u16) -> anyhow::Result<orq_e2e::Proc> {
-    let mut cmd = env.command("gateway");
-    cmd.env("ORQ_GATEWAY__LISTEN", format!("127.0.0.1:{port}"));
-    let mut proc = env.spawn(&format!("gateway-{port}"), cmd)?;
-    wait_ready(&format!("http://127.0.0.1:{port}/readyz"), &mut proc).await?;
-    Ok(proc)
-}
-
 /// Posts one CSV task under its key until an answer comes back, through
 /// gateway deaths; returns the answer and how many attempts failed.
 async fn post_until_answered(
@@ -325,7 +316,7 @@ async fn post_until_answered(
 async fn a_gateway_killed_mid_request_never_duplicates_a_retried_create() -> anyhow::Result<()> {
     let env = Env::new("idemkill").await?;
     let port = free_port();
-    let gateway = gateway_on(&env, port).await?;
+    let (gateway, _) = env.start_gateway_on(port, &[]).await?;
     let gw = format!("http://127.0.0.1:{port}");
     env.create(
         &format!("{gw}/bots"),
@@ -347,7 +338,7 @@ async fn a_gateway_killed_mid_request_never_duplicates_a_retried_create() -> any
                 tokio::time::sleep(Duration::from_millis(150 + (i as u64 * 97) % 250)).await;
                 gateway.kill9();
                 kills.fetch_add(1, Ordering::SeqCst);
-                gateway = gateway_on(env, port).await?;
+                gateway = env.start_gateway_on(port, &[]).await?.0;
             }
             // Some load after the last restart too.
             tokio::time::sleep(Duration::from_millis(200)).await;
