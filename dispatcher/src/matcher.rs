@@ -7,8 +7,8 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
 use orq_shared::broker::{Broker, BrokerError, Topology};
 use orq_shared::config::Settings;
-use orq_shared::domain::{CustomerId, Delivery, JobEvent};
-use orq_shared::messages::{Assignment, Wake};
+use orq_shared::domain::{BotId, CustomerId, Delivery, JobEvent, JobId};
+use orq_shared::messages::{Assignment, Control, Wake};
 use orq_shared::repo::jobs::{self, Actor, Assigned, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
 use std::collections::HashSet;
@@ -76,6 +76,29 @@ impl Matcher {
         tokio::spawn(async move {
             tokio::time::sleep(wait + Duration::from_millis(5)).await;
             this.wake(customer);
+        });
+    }
+
+    /// Tells an agent to stop an attempt the job no longer is (a control
+    /// message, as for a cancel; lost if the agent is not connected, which
+    /// is then moot).
+    pub fn stop_stale(&self, bot: BotId, job: JobId, attempt: i32) {
+        let broker = self.inner.broker.clone();
+        tokio::spawn(async move {
+            let message = Control::Cancel {
+                id: Uuid::now_v7(),
+                job_id: job,
+                attempt,
+            };
+            match broker
+                .publish_json(&Topology::control_key(bot), message.id(), &message)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%bot, %job, attempt, "told the agent to stop a stale attempt")
+                }
+                Err(e) => tracing::debug!(error = %e, %bot, %job, "stale attempt not stopped"),
+            }
         });
     }
 

@@ -8,7 +8,7 @@
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
-use orq_shared::domain::{CustomerId, JobEvent, JobStatus};
+use orq_shared::domain::{BotId, CustomerId, JobEvent, JobId, JobStatus};
 use orq_shared::messages::{BotReport, ReportBody, RowError};
 use orq_shared::repo::jobs::{self, Actor, Change, ChangeResult, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
@@ -212,12 +212,17 @@ fn kind_name(body: &ReportBody) -> &'static str {
 pub struct Wakes {
     pub now: HashSet<CustomerId>,
     pub later: Vec<(CustomerId, time::OffsetDateTime)>,
+    /// Agents still running an attempt the job no longer is (their report
+    /// was refused): told to stop it, so a job taken from an agent that
+    /// was in fact alive runs on one agent only (but for the row in flight).
+    pub stop: HashSet<(BotId, JobId, i32)>,
 }
 
 impl crate::batch::Merge for Wakes {
     fn merge(&mut self, other: Wakes) {
         self.now.extend(other.now);
         self.later.extend(other.later);
+        self.stop.extend(other.stop);
     }
 }
 
@@ -229,6 +234,9 @@ impl Wakes {
         for (customer, at) in self.later {
             matcher.wake_at(customer, at);
         }
+        for (bot, job, attempt) in self.stop {
+            matcher.stop_stale(bot, job, attempt);
+        }
     }
 }
 
@@ -239,6 +247,7 @@ pub async fn apply(
 ) -> Result<Wakes, RepoError> {
     let mut rematch = HashSet::new();
     let mut later = Vec::new();
+    let mut stop = HashSet::new();
     let mut db = pool.get().await?;
     let (with_jobs, changes): (Vec<&BotReport>, Vec<Change>) = reports
         .iter()
@@ -260,7 +269,11 @@ pub async fn apply(
                 }
                 ChangeResult::Stale {
                     current_attempt, ..
-                } => warnings.push(EventRecord {
+                } => warnings.push({
+                    if let Actor::Bot { attempt, .. } = change.actor {
+                        stop.insert((report.bot_id, change.job, attempt));
+                    }
+                    EventRecord {
                     id: Uuid::new_v5(&report.id, b"stale"),
                     job_id: change.job,
                     customer: report.customer_id,
@@ -278,12 +291,20 @@ pub async fn apply(
                     to: None,
                     bot: Some(report.bot_id),
                     attempt: None,
+                    }
                 }),
                 // Late reports for finished jobs, unknown jobs: nothing to apply.
                 ChangeResult::Invalid(why) => {
                     tracing::debug!(job = %change.job, %why, "report not applicable")
                 }
-                ChangeResult::NotFound | ChangeResult::LateProgress => {}
+                // Its rows are kept; the job waits for its next agent, and
+                // this one stops.
+                ChangeResult::LateProgress => {
+                    if let Actor::Bot { attempt, .. } = change.actor {
+                        stop.insert((report.bot_id, change.job, attempt));
+                    }
+                }
+                ChangeResult::NotFound => {}
             }
         }
         jobs::append_events(&tx, &warnings).await?;
@@ -319,6 +340,7 @@ pub async fn apply(
     Ok(Wakes {
         now: rematch,
         later,
+        stop,
     })
 }
 

@@ -354,6 +354,80 @@ async fn no_script_or_automation_outlives_its_sigkilled_agent() -> anyhow::Resul
 }
 
 #[tokio::test]
+async fn an_agent_whose_attempt_was_taken_back_stops_running_it() -> anyhow::Result<()> {
+    let env = Env::new("stalestop").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
+    let log = env.dir.join("rows.log");
+    let automation = env.dir.join("row.sh");
+    std::fs::write(
+        &automation,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho \"$ORQ_ROW_NUMBER\" >> {}\nsleep 0.5\n",
+            log.display()
+        ),
+    )?;
+    let argv = ["sh", automation.to_str().unwrap_or_default()];
+    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", &argv)])?;
+    let agent = env.start_agent(&gw, "alive", &config, &[]).await?;
+    let csv = orq_e2e::orq_shared::attachment::encode("n\n1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n");
+    let created: Value = env
+        .client()
+        .post(format!("{gw}/tasks"))
+        .json(&json!({"description": "long", "system": "Slow", "attachment": csv}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let job_id = id(&created);
+    env.task_until(&gw, &job_id, Duration::from_secs(30), "a row done", |t| {
+        (t["rows_done"].as_i64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await?;
+    // The job is taken back as if its agent had been declared lost, while
+    // the agent is alive and running it.
+    env.db()
+        .await?
+        .execute(
+            "UPDATE jobs SET status = 'WAITING', bot_id = NULL WHERE id = $1::text::uuid",
+            &[&job_id],
+        )
+        .await?;
+    // Its next report is refused (its rows kept) and the agent told to stop.
+    let stopped = eventually(
+        Duration::from_secs(20),
+        "the agent stops the attempt",
+        || async {
+            Ok(agent
+                .log_text()
+                .contains("job canceled; stopping it")
+                .then_some(()))
+        },
+    )
+    .await;
+    let ran_then = std::fs::read_to_string(&log)?.lines().count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ran_later = std::fs::read_to_string(&log)?.lines().count();
+    stopped?;
+    assert!(
+        ran_later < 10,
+        "the agent went on with every row: {ran_later}"
+    );
+    assert!(
+        ran_later <= ran_then + 1,
+        "no row started after the stop but the one in flight: {ran_then} then {ran_later}"
+    );
+    let t = env.get_json(&format!("{gw}/tasks/{job_id}")).await?;
+    assert_eq!(t["status"], "WAITING", "{t}");
+    assert!(
+        t["rows_done"].as_i64().unwrap_or(0) >= 2,
+        "its rows are kept: {t}"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test]
 async fn a_job_past_its_deadline_with_no_report_times_out() -> anyhow::Result<()> {
     let env = Env::new("deadline").await?;
     let db = env.db().await?;

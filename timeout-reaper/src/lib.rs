@@ -483,7 +483,11 @@ impl App {
             };
             let now = time::OffsetDateTime::now_utc();
             if let Ok(mut p) = self.present.lock() {
-                *p = looks.iter().filter(|(_, here)| *here).map(|(b, _)| *b).collect();
+                *p = looks
+                    .iter()
+                    .filter(|(_, here)| *here)
+                    .map(|(b, _)| *b)
+                    .collect();
             }
             for (bot, present) in looks {
                 absences.observe(bot, present, now);
