@@ -564,6 +564,71 @@ where
     }
 }
 
+/// Posts `body` under the `Idempotency-Key` `key` until it is answered
+/// `201`, through refused connections, answers cut off by a gateway's death
+/// and `503`s; returns the answer, whether it was a replay, and how many
+/// attempts failed. Any other answer is an error.
+pub async fn post_until_answered(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(serde_json::Value, bool, usize)> {
+    let mut failures = 0;
+    loop {
+        let sent = client
+            .post(url)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            match r.status().as_u16() {
+                201 => {
+                    let replayed = r.headers().contains_key("idempotent-replayed");
+                    // A body cut off by the kill is retried like a refused
+                    // connection.
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        return Ok((v, replayed, failures));
+                    }
+                }
+                // A gateway starting while PostgreSQL is busy may say 503;
+                // anything else is a bug.
+                503 => {}
+                other => anyhow::bail!("{key}: {other}"),
+            }
+        }
+        failures += 1;
+        anyhow::ensure!(failures < 3000, "{key}: never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `<file>.sh`, a shell automation that reads its row, appends
+/// `line` (shell words: `$ORQ_IDEMPOTENCY_KEY $ORQ_ATTEMPT`, say) to `log`
+/// and then runs `then` (`sleep 0.5`, say), and an agent configuration
+/// `<file>.toml` whose system `system` runs it.
+pub fn logging_agent(
+    dir: &Path,
+    file: &str,
+    capacity: u16,
+    system: &str,
+    log: &Path,
+    line: &str,
+    then: &str,
+) -> anyhow::Result<PathBuf> {
+    let automation = dir.join(format!("{file}.sh"));
+    std::fs::write(
+        &automation,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho \"{line}\" >> {}\n{then}\n",
+            log.display()
+        ),
+    )?;
+    let argv = ["sh", automation.to_str().unwrap_or_default()];
+    agent_config(dir, &format!("{file}.toml"), capacity, &[(system, &argv)])
+}
+
 /// Writes an agent configuration whose systems are given as (name, argv).
 pub fn agent_config(
     dir: &Path,

@@ -11,7 +11,7 @@
 
 use orq_e2e::{Env, Proc, agent_config, free_port};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -139,45 +139,6 @@ fn automation(env: &Env, name: &str, capacity: u16, log: &Path) -> anyhow::Resul
     )
 }
 
-/// Posts one task under `key` until it is answered `201`, through refused
-/// connections, cut-off answers and `5xx`; the task's id, how many attempts
-/// failed, and whether the answer was a replay.
-async fn post_until_answered(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: &Value,
-) -> anyhow::Result<(String, usize, bool)> {
-    let mut failures = 0;
-    loop {
-        let sent = client
-            .post(url)
-            .header("Idempotency-Key", key)
-            .json(body)
-            .send()
-            .await;
-        if let Ok(r) = sent {
-            let status = r.status();
-            let replayed = r
-                .headers()
-                .get("idempotent-replayed")
-                .is_some_and(|v| v == "true");
-            if status == 201 {
-                if let Ok(v) = r.json::<Value>().await
-                    && let Some(id) = v["id"].as_str()
-                {
-                    return Ok((id.to_string(), failures, replayed));
-                }
-            } else if !status.is_server_error() {
-                anyhow::bail!("{key}: {status} {}", r.text().await.unwrap_or_default());
-            }
-        }
-        failures += 1;
-        anyhow::ensure!(failures < 1500, "{key}: never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_loop_under_load_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let seed = std::env::var("ORQ_TEST_SEED")
@@ -237,7 +198,13 @@ async fn kill_9_loop_under_load_loses_and_duplicates_nothing() -> anyhow::Result
                 async move {
                     tokio::time::sleep(POSTING.mul_f64(i as f64 / TASKS as f64)).await;
                     let key = format!("chaos-{i}");
-                    let answer = post_until_answered(&client, &url, &key, &body).await?;
+                    let (v, replayed, failures) =
+                        orq_e2e::post_until_answered(&client, &url, &key, &body).await?;
+                    let answer = (
+                        v["id"].as_str().unwrap_or_default().to_string(),
+                        failures,
+                        replayed,
+                    );
                     answered_count.fetch_add(1, Ordering::SeqCst);
                     anyhow::Ok((key, answer))
                 }

@@ -3,7 +3,7 @@
 //! given all three URLs), the quorum queues keep every confirmed message,
 //! and nothing accepted is lost or done twice.
 
-use orq_e2e::{Env, Proc, RabbitCluster, agent_config};
+use orq_e2e::{Env, Proc, RabbitCluster};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -191,16 +191,15 @@ async fn run(env: &Env, cluster: &mut RabbitCluster) -> anyhow::Result<()> {
     procs.push(env.spawn("timeout-reaper", reaper)?);
     // Every row run is logged with its stable key and attempt.
     let log = env.dir.join("runs.log");
-    let automation = env.dir.join("row.sh");
-    std::fs::write(
-        &automation,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\necho \"$ORQ_IDEMPOTENCY_KEY $ORQ_ATTEMPT\" >> {}\nsleep 0.05\n",
-            log.display()
-        ),
+    let config = orq_e2e::logging_agent(
+        &env.dir,
+        "agent",
+        2,
+        "Log",
+        &log,
+        "$ORQ_IDEMPOTENCY_KEY $ORQ_ATTEMPT",
+        "sleep 0.05",
     )?;
-    let argv = ["sh", automation.to_str().unwrap_or_default()];
-    let config = agent_config(&env.dir, "agent.toml", 2, &[("Log", &argv)])?;
     for name in ["a1", "a2", "a3"] {
         procs.push(
             env.start_agent(

@@ -274,44 +274,6 @@ async fn every_create_replays_its_first_answer_and_refuses_another_body() -> any
     env.cleanup().await
 }
 
-/// Posts one CSV task under its key until an answer comes back, through
-/// gateway deaths; returns the answer and how many attempts failed.
-async fn post_until_answered(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: &Value,
-) -> anyhow::Result<(Value, bool, usize)> {
-    let mut failures = 0;
-    loop {
-        let sent = client
-            .post(url)
-            .header("Idempotency-Key", key)
-            .json(body)
-            .send()
-            .await;
-        if let Ok(r) = sent {
-            match r.status().as_u16() {
-                201 => {
-                    let replayed = r.headers().contains_key("idempotent-replayed");
-                    // A body cut off by the kill is retried like a refused
-                    // connection.
-                    if let Ok(v) = r.json::<Value>().await {
-                        return Ok((v, replayed, failures));
-                    }
-                }
-                // A gateway starting while PostgreSQL is busy may say 503;
-                // anything else is a bug.
-                503 => {}
-                other => anyhow::bail!("{key}: {other}"),
-            }
-        }
-        failures += 1;
-        anyhow::ensure!(failures < 2000, "{key}: never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_killed_mid_request_never_duplicates_a_retried_create() -> anyhow::Result<()> {
     let env = Env::new("idemkill").await?;
@@ -362,7 +324,7 @@ async fn a_gateway_killed_mid_request_never_duplicates_a_retried_create() -> any
                 let body = json!({"description": key, "system": "Idem",
                                   "attachment": orq_e2e::orq_shared::attachment::encode("n\n1\n")});
                 let (answer, replayed, failures) =
-                    post_until_answered(&client, &url, &key, &body).await?;
+                    orq_e2e::post_until_answered(&client, &url, &key, &body).await?;
                 retries += failures;
                 replays += usize::from(replayed);
                 answered.push((key, answer["id"].as_str().unwrap_or_default().to_string()));

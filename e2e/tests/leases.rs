@@ -359,16 +359,15 @@ async fn an_agent_whose_attempt_was_taken_back_stops_running_it() -> anyhow::Res
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let log = env.dir.join("rows.log");
-    let automation = env.dir.join("row.sh");
-    std::fs::write(
-        &automation,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\necho \"$ORQ_ROW_NUMBER\" >> {}\nsleep 0.5\n",
-            log.display()
-        ),
+    let config = orq_e2e::logging_agent(
+        &env.dir,
+        "agent",
+        1,
+        "Slow",
+        &log,
+        "$ORQ_ROW_NUMBER",
+        "sleep 0.5",
     )?;
-    let argv = ["sh", automation.to_str().unwrap_or_default()];
-    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", &argv)])?;
     let agent = env.start_agent(&gw, "alive", &config, &[]).await?;
     let csv = orq_e2e::orq_shared::attachment::encode("n\n1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n");
     let created: Value = env

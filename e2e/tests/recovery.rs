@@ -187,16 +187,15 @@ async fn three_busy_agents(env: &Env) -> anyhow::Result<(String, Busy)> {
         .env("ORQ_REAPER__TICK_MS", "200");
     procs.push(env.spawn("timeout-reaper", reaper)?);
     let log = env.dir.join("runs.log");
-    let automation = env.dir.join("row.sh");
-    std::fs::write(
-        &automation,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\necho \"$ORQ_IDEMPOTENCY_KEY $ORQ_ATTEMPT\" >> {}\nsleep 0.5\n",
-            log.display()
-        ),
+    let config = orq_e2e::logging_agent(
+        &env.dir,
+        "agent",
+        1,
+        "Slow",
+        &log,
+        "$ORQ_IDEMPOTENCY_KEY $ORQ_ATTEMPT",
+        "sleep 0.5",
     )?;
-    let argv = ["sh", automation.to_str().unwrap_or_default()];
-    let config = agent_config(&env.dir, "agent.toml", 1, &[("Slow", &argv)])?;
     for name in ["a1", "a2", "a3"] {
         procs.push(env.start_agent(&gw, name, &config, &[]).await?);
     }
