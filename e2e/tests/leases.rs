@@ -197,16 +197,12 @@ async fn a_csv_job_moved_to_another_agent_resumes_after_the_rows_done() -> anyho
         .start_agent(&gw, "first", &logging_automation(&env, "first", true)?, &[])
         .await?;
     let csv = orq_e2e::orq_shared::attachment::encode("n\n1\n2\n3\n4\n5\n");
-    let created: Value = env
-        .client()
-        .post(format!("{gw}/tasks"))
-        .json(&json!({"description": "users", "system": "Vivo360", "attachment": csv}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let job_id = env
+        .create(
+            &format!("{gw}/tasks"),
+            &json!({"description": "users", "system": "Vivo360", "attachment": csv}),
+        )
         .await?;
-    let job_id = id(&created);
     let log = env.dir.join("runs.log");
     env.task_until(
         &gw,
@@ -370,16 +366,12 @@ async fn an_agent_whose_attempt_was_taken_back_stops_running_it() -> anyhow::Res
     )?;
     let agent = env.start_agent(&gw, "alive", &config, &[]).await?;
     let csv = orq_e2e::orq_shared::attachment::encode("n\n1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n");
-    let created: Value = env
-        .client()
-        .post(format!("{gw}/tasks"))
-        .json(&json!({"description": "long", "system": "Slow", "attachment": csv}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let job_id = env
+        .create(
+            &format!("{gw}/tasks"),
+            &json!({"description": "long", "system": "Slow", "attachment": csv}),
+        )
         .await?;
-    let job_id = id(&created);
     env.task_until(&gw, &job_id, Duration::from_secs(30), "a row done", |t| {
         (t["rows_done"].as_i64().unwrap_or(0) >= 1).then_some(())
     })
