@@ -318,8 +318,13 @@ impl Env {
         self.spawn(name, cmd)
     }
 
-    pub fn start_reaper(&self) -> anyhow::Result<Proc> {
-        let cmd = self.command("timeout-reaper");
+    /// Starts a timeout-reaper with `extra` environment (e.g.
+    /// `REAPER_MATCHING_AGENTS`).
+    pub fn start_reaper(&self, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let mut cmd = self.command("timeout-reaper");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
         self.spawn("timeout-reaper", cmd)
     }
 
@@ -628,6 +633,13 @@ pub fn logging_agent(
     let argv = ["sh", automation.to_str().unwrap_or_default()];
     agent_config(dir, &format!("{file}.toml"), capacity, &[(system, &argv)])
 }
+
+/// Reaper settings that match `agent_config`'s 1 s heartbeats (a 3 s
+/// silence window), with a 200 ms tick.
+pub const REAPER_MATCHING_AGENTS: &[(&str, &str)] = &[
+    ("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000"),
+    ("ORQ_REAPER__TICK_MS", "200"),
+];
 
 /// Writes an agent configuration whose systems are given as (name, argv).
 pub fn agent_config(

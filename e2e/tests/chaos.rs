@@ -96,11 +96,9 @@ impl Cast<'_> {
     /// One reaper, at the agents' 1 s heartbeats, and a retry limit no job
     /// reaches here: a job moved off several killed agents must still finish.
     fn start_reaper(env: &Env) -> anyhow::Result<Proc> {
-        let mut cmd = env.command("timeout-reaper");
-        cmd.env("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000")
-            .env("ORQ_REAPER__TICK_MS", "200")
-            .env("ORQ_REAPER__MAX_ATTEMPTS", "1000");
-        env.spawn("timeout-reaper", cmd)
+        let mut extra = orq_e2e::REAPER_MATCHING_AGENTS.to_vec();
+        extra.push(("ORQ_REAPER__MAX_ATTEMPTS", "1000"));
+        env.start_reaper(&extra)
     }
 
     async fn restart(&mut self, victim: usize) -> anyhow::Result<()> {

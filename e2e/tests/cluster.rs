@@ -186,9 +186,7 @@ async fn run(env: &Env, cluster: &mut RabbitCluster) -> anyhow::Result<()> {
     // heartbeats (a 3 s window) agents that moved to another node were
     // declared lost by silence in one run of six: their reports were nacked
     // for about 5.5 s after the node died (see the README's "Not done yet").
-    let mut reaper = env.command("timeout-reaper");
-    reaper.env("ORQ_REAPER__TICK_MS", "200");
-    procs.push(env.spawn("timeout-reaper", reaper)?);
+    procs.push(env.start_reaper(&[("ORQ_REAPER__TICK_MS", "200")])?);
     // Every row run is logged with its stable key and attempt.
     let log = env.dir.join("runs.log");
     let config = orq_e2e::logging_agent(

@@ -708,7 +708,7 @@ async fn every_service_stops_promptly_on_sigterm() -> anyhow::Result<()> {
     let env = Env::new("sigterm").await?;
     let (mut gw_proc, gw) = env.start_gateway(&[]).await?;
     let mut dispatcher = env.start_dispatcher("dispatcher", &[])?;
-    let mut reaper = env.start_reaper()?;
+    let mut reaper = env.start_reaper(&[])?;
     let config = agent_config(&env.dir, "agent.toml", 1, &[("Count", RECORD)])?;
     let mut agent = env
         .start_agent(&gw, "bot", &config, &[("ORQ_ROWS_OUT", "/dev/null")])

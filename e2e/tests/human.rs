@@ -435,7 +435,7 @@ async fn reservations_and_executions_expire_back_to_new() -> anyhow::Result<()> 
     ]);
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
-    let _reaper = env.start_reaper()?;
+    let _reaper = env.start_reaper(&[])?;
     let email = "dora@mysofie.com";
     let w = worker(&env, &gw, email).await?;
     let a = id(&publish(&env, &gw, json!({ "execution_timeout": 2 })).await?);
@@ -660,7 +660,7 @@ async fn user_tasks_commit_submit_and_expire_with_is_continue() -> anyhow::Resul
     let mut env = Env::new("usertask").await?;
     env.vars.push(("ORQ_REAPER__TICK_MS".into(), "200".into()));
     let (_gw, gw) = env.start_gateway(&[]).await?;
-    let _reaper = env.start_reaper()?;
+    let _reaper = env.start_reaper(&[])?;
     let admin = env.client();
     let open = |body: Value| {
         let admin = admin.clone();
@@ -1190,7 +1190,7 @@ async fn the_worker_is_told_by_email_sms_and_push_and_a_failing_sender_blocks_no
     .await?;
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
-    let _reaper = env.start_reaper()?;
+    let _reaper = env.start_reaper(&[])?;
 
     let email = "hana@mysofie.com";
     let r: Value = env

@@ -395,7 +395,7 @@ async fn the_reaper_prunes_keys_past_their_retention() -> anyhow::Result<()> {
         &[],
     )
     .await?;
-    let _reaper = env.start_reaper()?;
+    let _reaper = env.start_reaper(&[])?;
     orq_e2e::eventually(Duration::from_secs(20), "the old key pruned", || {
         let db = &db;
         async move {

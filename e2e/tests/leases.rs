@@ -188,11 +188,7 @@ async fn a_csv_job_moved_to_another_agent_resumes_after_the_rows_done() -> anyho
     let env = Env::new("resume").await?;
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
-    let mut reaper_cmd = env.command("timeout-reaper");
-    reaper_cmd
-        .env("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000")
-        .env("ORQ_REAPER__TICK_MS", "200");
-    let _reaper = env.spawn("timeout-reaper", reaper_cmd)?;
+    let _reaper = env.start_reaper(orq_e2e::REAPER_MATCHING_AGENTS)?;
     let mut first = env
         .start_agent(&gw, "first", &logging_automation(&env, "first", true)?, &[])
         .await?;
@@ -433,7 +429,7 @@ async fn a_job_past_its_deadline_with_no_report_times_out() -> anyhow::Result<()
                      now() - interval '40 seconds', now() - interval '1 second' FROM bots b;",
     )
     .await?;
-    let _reaper = env.spawn("timeout-reaper", env.command("timeout-reaper"))?;
+    let _reaper = env.start_reaper(&[])?;
     eventually(Duration::from_secs(30), "TIMEOUT", || async {
         let n: i64 = db
             .query_one("SELECT count(*) FROM jobs WHERE status = 'TIMEOUT'", &[])
@@ -585,7 +581,7 @@ async fn a_lost_bots_jobs_wait_again_until_their_tasks_retry_limit() -> anyhow::
     // Silence is judged only while heartbeats can be recorded: a dispatcher
     // carries the reaper's canaries.
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
-    let _reaper = env.spawn("timeout-reaper", env.command("timeout-reaper"))?;
+    let _reaper = env.start_reaper(&[])?;
     let statuses = eventually(
         Duration::from_secs(30),
         "the bot's jobs handled",

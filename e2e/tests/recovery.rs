@@ -181,11 +181,7 @@ async fn three_busy_agents(env: &Env) -> anyhow::Result<(String, Busy)> {
         "dispatcher",
         &[("ORQ_DISPATCHER__SWEEP_INTERVAL_MS", "500")],
     )?);
-    let mut reaper = env.command("timeout-reaper");
-    reaper
-        .env("ORQ_REAPER__HEARTBEAT_INTERVAL_MS", "1000")
-        .env("ORQ_REAPER__TICK_MS", "200");
-    procs.push(env.spawn("timeout-reaper", reaper)?);
+    procs.push(env.start_reaper(orq_e2e::REAPER_MATCHING_AGENTS)?);
     let log = env.dir.join("runs.log");
     let config = orq_e2e::logging_agent(
         &env.dir,
