@@ -42,7 +42,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<()> {
 
 async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
     let quiet = [("ORQ_LOG__LEVEL", "warn")];
-    let (_gw, gw) = env.start_gateway(&quiet).await?;
+    let (_gw, gw) = env
+        .start_gateway(&[&quiet[..], orq_e2e::NO_RATE_LIMITS].concat())
+        .await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &quiet)?;
     let workers = opts.workers.max(1);
     let mut clients = Vec::with_capacity(workers);

@@ -125,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     let quiet = [("ORQ_LOG__LEVEL", "warn")];
-    let (_gw, gw) = env.start_gateway(&quiet).await?;
+    let (_gw, gw) = env
+        .start_gateway(&[&quiet[..], orq_e2e::NO_RATE_LIMITS].concat())
+        .await?;
     let mut procs = Vec::new();
     for i in 0..args.dispatchers {
         procs.push(env.start_dispatcher(&format!("dispatcher-{i}"), &quiet)?);

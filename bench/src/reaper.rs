@@ -119,7 +119,9 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
         ("ORQ_WEBHOOKS__DENY_NETWORKS", ""),
         ("ORQ_LOG__LEVEL", "warn"),
     ];
-    let (gw_proc, gw) = env.start_gateway(&open).await?;
+    let (gw_proc, gw) = env
+        .start_gateway(&[&open[..], orq_e2e::NO_RATE_LIMITS].concat())
+        .await?;
     let r = env
         .client()
         .post(format!("{gw}/webhooks/subscriptions"))
@@ -173,7 +175,9 @@ async fn job_status(db: &tokio_postgres::Client, id: &str) -> anyhow::Result<Str
 async fn dead_bots(kills: usize) -> anyhow::Result<()> {
     let env = Env::new("benchdead").await?;
     let quiet = [("ORQ_LOG__LEVEL", "warn")];
-    let (_gw, gw) = env.start_gateway(&quiet).await?;
+    let (_gw, gw) = env
+        .start_gateway(&[&quiet[..], orq_e2e::NO_RATE_LIMITS].concat())
+        .await?;
     let _dispatcher = env.start_dispatcher("dispatcher", &quiet)?;
     let mut cmd = env.command("timeout-reaper");
     cmd.env("ORQ_LOG__LEVEL", "warn");

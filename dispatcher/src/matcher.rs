@@ -27,6 +27,8 @@ struct Inner {
     broker: Broker,
     settings: Arc<Settings>,
     http: reqwest::Client,
+    /// Where legacy bots may not be (`security.bot_deny_networks`).
+    bot_deny: orq_shared::deny::DenyList,
     /// Customers that may have work to match, and the wake-up messages to
     /// acknowledge once a round that covers them has committed.
     pending: Mutex<Pending>,
@@ -49,13 +51,23 @@ impl Matcher {
             .timeout(Duration::from_millis(
                 settings.dispatcher.http_delivery_timeout_ms,
             ))
+            // A bot's answer must not send the task elsewhere (SSRF past
+            // the deny list), nor may a proxy from the environment.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()?;
+        let bot_deny = orq_shared::deny::DenyList::parse(
+            "security.bot_deny_networks",
+            &settings.security.bot_deny_networks,
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(Matcher {
             inner: Arc::new(Inner {
                 pool,
                 broker,
                 settings,
                 http,
+                bot_deny,
                 pending: Mutex::new(Pending::default()),
                 notify: Notify::new(),
             }),
@@ -255,9 +267,20 @@ impl Matcher {
                 .map_err(ours)?;
             jobs::get(&db, customer, a.job_id).await.map_err(ours)?
         };
-        let host = match a.bot_address.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-            _ => a.bot_address.clone(),
+        // Checked again here: the list may have changed since the address
+        // was set, or the row was written by hand.
+        let ip = a
+            .bot_address
+            .trim()
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| Failure::Bot(format!("{:?} is not an IP address", a.bot_address)))?;
+        self.inner
+            .bot_deny
+            .check(ip)
+            .map_err(|e| Failure::Bot(e.to_string()))?;
+        let host = match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
         };
         let url = format!("http://{host}:{}/tasks", a.bot_port);
         let response = self
@@ -270,6 +293,11 @@ impl Matcher {
             .map_err(|e| Failure::Bot(format!("POST {url}: {e}")))?;
         if response.status().is_success() {
             Ok(())
+        } else if response.status().is_redirection() {
+            Err(Failure::Bot(format!(
+                "POST {url}: HTTP {} (redirects are not followed)",
+                response.status()
+            )))
         } else {
             Err(Failure::Bot(format!(
                 "POST {url}: HTTP {}",

@@ -44,6 +44,17 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Gateway settings with every rate limit off: load generators measure
+/// the system, not the limiter (`[limits]`).
+pub const NO_RATE_LIMITS: &[(&str, &str)] = &[
+    ("ORQ_LIMITS__FINISH__PER_TOKEN", "0"),
+    ("ORQ_LIMITS__FINISH__PER_ADDRESS", "0"),
+    ("ORQ_LIMITS__CREATE__PER_TOKEN", "0"),
+    ("ORQ_LIMITS__CREATE__PER_ADDRESS", "0"),
+    ("ORQ_LIMITS__READ__PER_TOKEN", "0"),
+    ("ORQ_LIMITS__READ__PER_ADDRESS", "0"),
+];
+
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

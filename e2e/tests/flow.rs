@@ -127,27 +127,49 @@ impl SlowAgent {
 /// A stand-in for the proof of concept's Flask bot: accepts `POST /tasks`,
 /// then uses only the seed's REST calls (`GET /bots?ip_address=`,
 /// `PUT /tasks/{id}`, `PUT /bots/{id}`), authenticating with
-/// `?access_token=`.
+/// `?access_token=` — the token an admin issued for it once it was
+/// created (`POST /bots/{id}/token`), set in `token`.
 /// (gateway URL, token, the bot's IP, rows it ran).
-type BotState = (String, String, String, Arc<Mutex<Vec<String>>>);
+type BotState = (String, Arc<Mutex<String>>, String, Arc<Mutex<Vec<String>>>);
 
 struct HttpBot {
     rows: Arc<Mutex<Vec<String>>>,
     port: u16,
+    token: Arc<Mutex<String>>,
 }
 
-async fn start_http_bot(gateway: String, token: String, ip: &str) -> anyhow::Result<HttpBot> {
+impl HttpBot {
+    /// Issues the bot `id` its own token (as an admin does) and gives it to
+    /// this stand-in.
+    async fn hold(&self, client: &reqwest::Client, gw: &str, id: &str) -> anyhow::Result<()> {
+        let r = client.post(format!("{gw}/bots/{id}/token")).send().await?;
+        anyhow::ensure!(r.status() == 201, "bot token: {}", r.text().await?);
+        let issued: Value = r.json().await?;
+        let token = issued["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Ok(mut t) = self.token.lock() {
+            *t = token;
+        }
+        Ok(())
+    }
+}
+
+async fn start_http_bot(gateway: String, ip: &str) -> anyhow::Result<HttpBot> {
     use axum::routing::post;
     let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await?;
     let port = listener.local_addr()?.port();
     let rows = Arc::new(Mutex::new(Vec::new()));
-    let state = (gateway, token, ip.to_string(), rows.clone());
+    let token = Arc::new(Mutex::new(String::new()));
+    let state = (gateway, token.clone(), ip.to_string(), rows.clone());
     let app = axum::Router::new()
         .route(
             "/tasks",
             post(
                 |axum::extract::State((gw, token, ip, rows)): axum::extract::State<BotState>,
                  axum::Json(task): axum::Json<Value>| async move {
+                    let token = token.lock().map(|t| t.clone()).unwrap_or_default();
                     tokio::spawn(async move {
                         if let Err(e) = work(&gw, &token, &ip, &task, &rows).await {
                             eprintln!("http bot failed: {e:#}");
@@ -161,7 +183,7 @@ async fn start_http_bot(gateway: String, token: String, ip: &str) -> anyhow::Res
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok(HttpBot { rows, port })
+    Ok(HttpBot { rows, port, token })
 }
 
 async fn work(
@@ -233,13 +255,17 @@ async fn two_hundred_tasks_through_three_agents_and_an_http_bot_oldest_first() -
     let config = agent_config(&env.dir, "agent.toml", 2, &[("Count", RECORD)])?;
     let (agents, files) = start_recording_agents(&env, &gw, &config, 3).await?;
     let client = env.client();
-    let http_bot = start_http_bot(gw.clone(), env.bot_token.clone(), "127.0.0.2").await?;
+    let http_bot = start_http_bot(gw.clone(), "127.0.0.2").await?;
     let r = client
         .post(format!("{gw}/bots"))
         .json(&json!({"name": "flask", "ip_address": "127.0.0.2", "port": http_bot.port, "systems": ["Count"]}))
         .send()
         .await?;
     anyhow::ensure!(r.status() == 201, "create http bot: {}", r.text().await?);
+    let created: Value = r.json().await?;
+    http_bot
+        .hold(&client, &gw, created["id"].as_str().unwrap_or_default())
+        .await?;
 
     // Drain every bot, queue the work, and check nothing moved.
     let bots: Vec<Value> = client

@@ -17,7 +17,7 @@ pub async fn create_customer(settings: &Settings, name: &str) -> anyhow::Result<
         anyhow::bail!("customer {name:?} exists already; use `gateway admin create-token`");
     }
     let id = customers::create(&tx, name).await?;
-    let token = customers::issue_token(&tx, id, Role::Admin, None).await?;
+    let (_, token) = customers::issue_token(&tx, id, Role::Admin, None).await?;
     tx.commit().await?;
     Ok(json!({ "customer": name, "role": "admin", "access_token": token }))
 }
@@ -27,6 +27,7 @@ pub async fn create_token(
     customer: &str,
     role: Role,
     name: Option<&str>,
+    bot: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
     orq_shared::db::migrate(&settings.database).await?;
     let pool = orq_shared::db::pool(&settings.database)?;
@@ -44,6 +45,22 @@ pub async fn create_token(
             json!({ "customer": customer, "role": "worker", "name": email, "access_token": token }),
         );
     }
-    let token = customers::issue_token(&db, id, role, name).await?;
+    if let Some(bot) = bot {
+        anyhow::ensure!(role == Role::Bot, "--bot goes with --role bot");
+        let mut db = db;
+        let tx = db.transaction().await?;
+        let found = orq_shared::repo::bots::find_by_name_or_id(&tx, id, bot.trim())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("customer {customer:?} has no bot {bot:?}"))?;
+        let (token_id, token) =
+            customers::issue_token(&tx, id, Role::Bot, Some(name.unwrap_or(&found.name))).await?;
+        orq_shared::repo::bots::hold(&tx, id, found.id, token_id).await?;
+        tx.commit().await?;
+        return Ok(json!({
+            "customer": customer, "role": "bot", "name": name.unwrap_or(&found.name),
+            "bot_id": found.id, "access_token": token,
+        }));
+    }
+    let (_, token) = customers::issue_token(&db, id, role, name).await?;
     Ok(json!({ "customer": customer, "role": role.as_str(), "name": name, "access_token": token }))
 }

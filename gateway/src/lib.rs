@@ -6,6 +6,8 @@
 //! * `error`  – the JSON error type and extractors that reject with it.
 //! * `auth`   – token extraction and role checks.
 //! * `idempotency` – `Idempotency-Key` on every create (`create_once`).
+//! * `limits` – rate limits per token and per address, by route class.
+//! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
 //! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
 //! * `admin`  – the command-line administration.
 
@@ -13,9 +15,11 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod idempotency;
+pub mod limits;
 pub mod openapi;
 pub mod photos;
 pub mod routes;
+pub mod serve;
 pub mod state;
 
 use axum::Router;
@@ -38,6 +42,7 @@ use crate::state::AppState;
 
 pub struct App {
     listener: TcpListener,
+    bounds: serve::Bounds,
     router: Router,
     shutdown: CancellationToken,
 }
@@ -54,6 +59,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::register))
         .routes(routes!(bots::list, bots::create))
         .routes(routes!(bots::get, bots::update, bots::delete))
+        .routes(routes!(bots::issue_token))
         .routes(routes!(bots::drain))
         .routes(routes!(bots::resume))
         .routes(routes!(tasks::list, tasks::create))
@@ -161,6 +167,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 within(timeout, request, next)
@@ -184,6 +191,10 @@ pub fn router(state: AppState) -> Router {
                 tracing::debug_span!("request", method = %request.method(), route)
             }),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::limit,
+        ))
         .route_layer(axum::middleware::from_fn(health::track))
         .layer(axum::Extension(spec))
         .merge(health::routes(&state))
@@ -219,9 +230,21 @@ impl App {
             orq_shared::human::WorkerTokens::from_config(&settings.security.secret_key)?;
         let storage = crate::photos::Storage::from_settings(&settings)?;
         let deny_networks = Arc::new(
-            orq_shared::webhook::parse_networks(&settings.webhooks.deny_networks)
-                .map_err(anyhow::Error::msg)?,
+            orq_shared::deny::DenyList::parse(
+                "webhooks.deny_networks",
+                &settings.webhooks.deny_networks,
+            )
+            .map_err(anyhow::Error::msg)?,
         );
+        let bot_deny_networks = Arc::new(
+            orq_shared::deny::DenyList::parse(
+                "security.bot_deny_networks",
+                &settings.security.bot_deny_networks,
+            )
+            .map_err(anyhow::Error::msg)?,
+        );
+        let limits = Arc::new(limits::Limits::new(&settings.limits).map_err(anyhow::Error::msg)?);
+        limits::spawn_janitor(limits.clone(), shutdown.clone());
         orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
@@ -236,10 +259,13 @@ impl App {
             worker_tokens,
             storage,
             deny_networks,
+            bot_deny_networks,
+            limits,
             shutdown: shutdown.clone(),
         };
         Ok(App {
             listener,
+            bounds: serve::Bounds::from_settings(&state.settings.gateway),
             router: router(state),
             shutdown,
         })
@@ -250,12 +276,9 @@ impl App {
     }
 
     /// Serves until the shutdown token is cancelled, then finishes in-flight
-    /// requests.
+    /// requests within `gateway.shutdown_grace_ms`.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        serve::serve(self.listener, self.router, self.bounds, self.shutdown).await?;
         Ok(())
     }
 }

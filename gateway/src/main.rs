@@ -40,6 +40,12 @@ enum Admin {
         /// shows only to those names (and to admins).
         #[arg(long)]
         name: Option<String>,
+        /// With --role bot: the bot (name or id) this token holds. It may
+        /// then set that bot's status, and nothing else of it; a bot token
+        /// without --bot may not change any bot (an agent's holds the bot
+        /// it registers).
+        #[arg(long)]
+        bot: Option<String>,
     },
 }
 
@@ -72,10 +78,18 @@ async fn main() -> anyhow::Result<()> {
             customer,
             role,
             name,
+            bot,
         }) => {
             println!(
                 "{}",
-                gateway::admin::create_token(&settings, &customer, role, name.as_deref()).await?
+                gateway::admin::create_token(
+                    &settings,
+                    &customer,
+                    role,
+                    name.as_deref(),
+                    bot.as_deref()
+                )
+                .await?
             );
             Ok(())
         }

@@ -26,7 +26,11 @@ pub struct AppState {
     /// Signs and checks field workers' tokens (offline, for `finish`).
     pub worker_tokens: orq_shared::human::WorkerTokens,
     /// Networks webhook URLs may not point into (`webhooks.deny_networks`).
-    pub deny_networks: Arc<Vec<ipnet::IpNet>>,
+    pub deny_networks: Arc<orq_shared::deny::DenyList>,
+    /// Networks legacy bots' addresses may not be in (`security.bot_deny_networks`).
+    pub bot_deny_networks: Arc<orq_shared::deny::DenyList>,
+    /// The rate limits (`[limits]`), counted in this process.
+    pub limits: Arc<crate::limits::Limits>,
     /// Cancelled on SIGTERM: ends the live event streams, which would
     /// otherwise hold the graceful shutdown open.
     pub shutdown: orq_shared::CancellationToken,

@@ -17,6 +17,7 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub reaper: ReaperSettings,
     pub security: SecuritySettings,
+    pub limits: LimitSettings,
     pub webhooks: WebhookSettings,
     pub human: HumanSettings,
     pub storage: StorageSettings,
@@ -120,6 +121,40 @@ pub struct SecuritySettings {
     /// rest. The gateway refuses to start without it; keep it with the
     /// database's backups, since sealed secrets cannot be shown without it.
     pub secret_key: String,
+    /// Networks a legacy HTTP bot's delivery address (`ip_address`) may not
+    /// be in (SSRF): checked when an admin sets it and before every
+    /// delivery. Loopback and private networks stay allowed by default,
+    /// because legacy bots often run beside the gateway or on its LAN.
+    pub bot_deny_networks: Vec<String>,
+}
+
+/// Request rates on the public edge, by route class. Each copy of the
+/// gateway counts on its own.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LimitSettings {
+    /// `POST /micro_task/{id}/finish`, the mobile apps' finishes.
+    pub finish: RouteLimit,
+    /// Every other write: POST, PUT, PATCH, DELETE.
+    pub create: RouteLimit,
+    /// GET and HEAD.
+    pub read: RouteLimit,
+    /// Client addresses the per-address limits do not count (by default
+    /// loopback: the agents beside the gateway, a reverse proxy on the
+    /// same host, for which every client has the proxy's address).
+    pub address_exempt: Vec<String>,
+}
+
+/// Requests per minute (0: no limit), each with bursts of up to `burst`
+/// requests at once.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+pub struct RouteLimit {
+    /// Per access token (or task secret key, or worker token).
+    pub per_token: u32,
+    /// Per client address, whatever token it sends.
+    pub per_address: u32,
+    /// The burst a key may spend at once, as a multiple of one second's
+    /// worth of its rate (at least 1 request).
+    pub burst_seconds: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -178,6 +213,16 @@ pub struct GatewaySettings {
     /// Largest accepted request body; a base64 CSV attachment must fit in it.
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
+    /// A request's headers must arrive within this, counted from when the
+    /// connection is ready for a request: it also closes idle keep-alive
+    /// connections (slow-header clients, "slowloris").
+    pub header_read_timeout_ms: u64,
+    /// Most connections open at once; one more is answered `503` and
+    /// closed. Keep it under the process's open-file limit.
+    pub max_connections: usize,
+    /// On SIGTERM, how long requests in flight get to finish before the
+    /// connections still open are closed.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -268,6 +313,9 @@ level = "info"
 listen = "127.0.0.1:8080"
 body_limit_bytes = 10485760
 request_timeout_ms = 30000
+header_read_timeout_ms = 10000
+max_connections = 768
+shutdown_grace_ms = 5000
 
 [dispatcher]
 sweep_interval_ms = 10000
@@ -305,6 +353,26 @@ idempotency_retention_ms = 86400000
 
 [security]
 secret_key = ""
+bot_deny_networks = ["0.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "192.0.0.0/24",
+                     "224.0.0.0/3", "::/128", "fe80::/10", "fd00:ec2::254/128", "ff00::/8"]
+
+[limits]
+address_exempt = ["127.0.0.0/8", "::1/128"]
+
+[limits.finish]
+per_token = 6000
+per_address = 12000
+burst_seconds = 10
+
+[limits.create]
+per_token = 300000
+per_address = 300000
+burst_seconds = 2
+
+[limits.read]
+per_token = 60000
+per_address = 120000
+burst_seconds = 2
 
 [webhooks]
 timeout_ms = 15000
@@ -374,6 +442,8 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("agent.tags")
                     .with_list_parse_key("webhooks.deny_networks")
+                    .with_list_parse_key("security.bot_deny_networks")
+                    .with_list_parse_key("limits.address_exempt")
                     .with_list_parse_key("webhooks.retry_schedule_ms")
                     .with_list_parse_key("storage.photo_content_types")
                     .with_list_parse_key("notify.retry_schedule_ms")

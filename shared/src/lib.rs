@@ -4,6 +4,7 @@
 //! * `config`     – layered settings (defaults < file < `ORQ_*` env).
 //! * `telemetry`  – tracing setup.
 //! * `db`         – PostgreSQL pool and embedded migrations under an advisory lock.
+//! * `deny`       – deny lists of networks (SSRF), IPv4-in-IPv6 forms included.
 //! * `broker`     – RabbitMQ topology and the reconnecting supervisor.
 //! * `messages`   – what travels over RabbitMQ.
 //! * `domain`     – ids, roles, bot and job state machines (pure).
@@ -23,6 +24,7 @@ pub mod attachment;
 pub mod broker;
 pub mod config;
 pub mod db;
+pub mod deny;
 pub mod domain;
 pub mod human;
 pub mod idempotency;

@@ -2,9 +2,9 @@
 //! signatures, the retry schedule, and which URLs and addresses a delivery
 //! may go to.
 
+use crate::deny::DenyList;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use ipnet::IpNet;
 use serde::Serialize;
 use sha2::Sha256;
 use std::net::IpAddr;
@@ -137,7 +137,7 @@ pub struct BadUrl(pub String);
 /// Checks a webhook URL: http or https, a host, no credentials in it (the
 /// callback's `user`/`password` travel as headers), and, when the host is
 /// an address, not a denied one.
-pub fn check_url(raw: &str, deny: &[IpNet]) -> Result<url::Url, BadUrl> {
+pub fn check_url(raw: &str, deny: &DenyList) -> Result<url::Url, BadUrl> {
     let url = url::Url::parse(raw.trim()).map_err(|e| BadUrl(format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(BadUrl("the URL must be http or https".into()));
@@ -149,39 +149,15 @@ pub fn check_url(raw: &str, deny: &[IpNet]) -> Result<url::Url, BadUrl> {
     }
     match url.host() {
         None => return Err(BadUrl("the URL has no host".into())),
-        Some(url::Host::Ipv4(ip)) => allowed(IpAddr::V4(ip), deny)?,
-        Some(url::Host::Ipv6(ip)) => allowed(IpAddr::V6(ip), deny)?,
+        Some(url::Host::Ipv4(ip)) => deny
+            .check(IpAddr::V4(ip))
+            .map_err(|e| BadUrl(e.to_string()))?,
+        Some(url::Host::Ipv6(ip)) => deny
+            .check(IpAddr::V6(ip))
+            .map_err(|e| BadUrl(e.to_string()))?,
         Some(url::Host::Domain(_)) => {}
     }
     Ok(url)
-}
-
-/// Refuses an address inside a denied network.
-pub fn allowed(ip: IpAddr, deny: &[IpNet]) -> Result<(), BadUrl> {
-    let ip = match ip {
-        // An IPv4 address written as IPv6 is the IPv4 address.
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    match deny.iter().find(|net| net.contains(&ip)) {
-        Some(net) => Err(BadUrl(format!(
-            "address {ip} is in a denied network ({net}); see webhooks.deny_networks"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Parses `webhooks.deny_networks`.
-pub fn parse_networks(items: &[String]) -> Result<Vec<IpNet>, String> {
-    items
-        .iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.trim()
-                .parse::<IpNet>()
-                .map_err(|e| format!("webhooks.deny_networks: {s:?}: {e}"))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -272,8 +248,11 @@ mod tests {
 
     #[test]
     fn urls_and_addresses_are_checked() {
-        let deny = parse_networks(&["127.0.0.0/8".into(), "10.0.0.0/8".into(), "::1/128".into()])
-            .expect("nets");
+        let deny = DenyList::parse(
+            "webhooks.deny_networks",
+            &["127.0.0.0/8".into(), "10.0.0.0/8".into(), "::1/128".into()],
+        )
+        .expect("nets");
         assert!(check_url("https://example.com/hook", &deny).is_ok());
         assert!(check_url("ftp://example.com/", &deny).is_err());
         assert!(check_url("https://u:p@example.com/", &deny).is_err());
@@ -281,7 +260,8 @@ mod tests {
         assert!(check_url("http://[::1]/x", &deny).is_err());
         assert!(check_url("http://[::ffff:10.1.2.3]/x", &deny).is_err());
         assert!(check_url("not a url", &deny).is_err());
-        assert!(check_url("http://127.0.0.1:9/x", &[]).is_ok());
-        assert!(parse_networks(&["300.0.0.0/8".into()]).is_err());
+        assert!(check_url("http://[::127.0.0.1]/x", &deny).is_err());
+        assert!(check_url("http://[::ffff:0:127.0.0.1]/x", &deny).is_err());
+        assert!(check_url("http://127.0.0.1:9/x", &DenyList::default()).is_ok());
     }
 }

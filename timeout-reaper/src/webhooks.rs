@@ -15,6 +15,7 @@
 use anyhow::Context;
 use orq_shared::CancellationToken;
 use orq_shared::config::Settings;
+use orq_shared::deny::DenyList;
 use orq_shared::domain::CustomerId;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::webhooks::{self, AttemptOutcome, Due};
@@ -30,7 +31,7 @@ use uuid::Uuid;
 /// Resolves host names, leaving out addresses in denied networks: a host
 /// that resolves only to those cannot be reached (SSRF, DNS rebinding).
 struct DenyResolver {
-    deny: Arc<Vec<ipnet::IpNet>>,
+    deny: Arc<DenyList>,
 }
 
 impl reqwest::dns::Resolve for DenyResolver {
@@ -40,7 +41,7 @@ impl reqwest::dns::Resolve for DenyResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| webhook::allowed(a.ip(), &deny).is_ok())
+                .filter(|a| deny.check(a.ip()).is_ok())
                 .collect();
             if addrs.is_empty() {
                 return Err(format!("{host} resolves to no address webhooks may go to").into());
@@ -60,7 +61,7 @@ struct Inner {
     settings: Arc<Settings>,
     sealer: Sealer,
     http: reqwest::Client,
-    deny: Arc<Vec<ipnet::IpNet>>,
+    deny: Arc<DenyList>,
     schedule: Vec<Duration>,
     /// Attempts in flight per endpoint, from this reaper.
     in_flight: Mutex<HashMap<Uuid, usize>>,
@@ -77,7 +78,7 @@ impl Sender {
     pub fn new(pool: deadpool_postgres::Pool, settings: Arc<Settings>) -> anyhow::Result<Sender> {
         let sealer = Sealer::from_config(&settings.security.secret_key)?;
         let deny = Arc::new(
-            webhook::parse_networks(&settings.webhooks.deny_networks)
+            DenyList::parse("webhooks.deny_networks", &settings.webhooks.deny_networks)
                 .map_err(anyhow::Error::msg)?,
         );
         let mut http = reqwest::Client::builder()

@@ -4,7 +4,7 @@
 //! learns of commits, the submission and expiry through the activity's
 //! events (`GET …/events`, the live stream, webhooks).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orq_shared::domain::{HumanTaskId, Role};
@@ -18,6 +18,7 @@ use super::human::{list_page, publish, schema_field};
 use super::optional_enum;
 use super::{PageQuery, in_transaction, text_field};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey};
 use crate::state::AppState;

@@ -64,7 +64,7 @@ pub async fn register(
     };
     let mut db = state.db().await?;
     let tx = db.transaction().await?;
-    let bot = bots::register_agent(&tx, who.customer_id, &reg).await?;
+    let bot = bots::register_agent(&tx, who.customer_id, &reg, who.token_id).await?;
     // The queue exists before the bot can be matched: a job assigned to it
     // the moment the registration commits has somewhere to go.
     if !declare_queue(&state, bot.id).await {

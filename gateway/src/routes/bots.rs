@@ -1,15 +1,17 @@
 //! The proof of concept's `/bots` CRUD, plus drain/resume.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use orq_shared::domain::{BotId, BotStatus, Delivery, Role};
 use orq_shared::repo::bots::{self, Bot, BotFilter, BotSpec};
+use orq_shared::repo::customers;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 use super::{PageQuery, optional_enum, paged, text_field};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
@@ -128,6 +130,52 @@ fn apply(body: BotBody, base: BotSpec) -> Result<BotSpec, ApiError> {
     })
 }
 
+/// An HTTP bot's delivery address must be outside `security.bot_deny_networks`.
+fn check_address(state: &AppState, spec: &BotSpec) -> Result<(), ApiError> {
+    if spec.delivery != Delivery::Http {
+        return Ok(());
+    }
+    let ip: IpAddr = spec.ip_address.parse().map_err(|_| {
+        ApiError::invalid_field("ip_address", "ip_address must be an IPv4 or IPv6 address")
+    })?;
+    state
+        .bot_deny_networks
+        .check(ip)
+        .map_err(|e| ApiError::invalid_field("ip_address", format!("ip_address: {e}")))
+}
+
+/// What a `bot` token may change of the bot it holds: the status. The
+/// other fields may be sent (a bot that echoes the object back) but not
+/// changed: `403 field_not_allowed` names the first that would.
+fn bot_may_change(current: &BotSpec, wanted: &BotSpec) -> Result<(), ApiError> {
+    let changed = [
+        ("name", current.name != wanted.name),
+        (
+            "ip_address",
+            current.ip_address.parse::<IpAddr>().ok() != wanted.ip_address.parse::<IpAddr>().ok(),
+        ),
+        ("port", current.port != wanted.port),
+        ("delivery", current.delivery != wanted.delivery),
+        ("capacity", current.capacity != wanted.capacity),
+        ("systems", current.systems != wanted.systems),
+        ("tags", current.tags != wanted.tags),
+    ];
+    match changed.iter().find(|(_, differs)| *differs) {
+        None => Ok(()),
+        Some((field, _)) => {
+            let mut e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "field_not_allowed",
+                format!(
+                    "a bot token may change only its bot's status, not {field}; an admin sets the rest"
+                ),
+            );
+            e.details = serde_json::json!({ "field": field });
+            Err(e)
+        }
+    }
+}
+
 #[utoipa::path(post, path = "/bots", operation_id = "bots_create", tag = "bots", params(super::IdempotencyHeader), request_body = BotBody, responses((status = 201, description = "Created", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
@@ -160,6 +208,7 @@ pub async fn create(
             tags: Vec::new(),
         },
     )?;
+    check_address(&state, &spec)?;
     let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
         let bot = bots::insert(tx, who.customer_id, &spec).await?;
         if bot.delivery == Delivery::Agent
@@ -190,19 +239,33 @@ pub async fn update(
     let mut db = state.db().await?;
     let tx = db.transaction().await?;
     let current = bots::get(&tx, who.customer_id, id).await?;
-    let spec = apply(
-        body,
-        BotSpec {
-            name: current.name,
-            ip_address: current.ip_address,
-            port: current.port,
-            status: current.status,
-            delivery: current.delivery,
-            capacity: current.capacity,
-            systems: current.systems,
-            tags: current.tags,
-        },
-    )?;
+    let current = BotSpec {
+        name: current.name,
+        ip_address: current.ip_address,
+        port: current.port,
+        status: current.status,
+        delivery: current.delivery,
+        capacity: current.capacity,
+        systems: current.systems,
+        tags: current.tags,
+    };
+    if who.role == Role::Bot && bots::holder(&tx, who.customer_id, id).await? != Some(who.token_id)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_your_bot",
+            format!(
+                "this bot token does not hold bot {id}; an admin issues a bot its own token \
+                 (POST /bots/{id}/token, or `gateway admin create-token --role bot --bot <name>`)"
+            ),
+        ));
+    }
+    let spec = apply(body, current.clone())?;
+    if who.role == Role::Bot {
+        bot_may_change(&current, &spec)?;
+    } else if spec.ip_address != current.ip_address || spec.delivery != current.delivery {
+        check_address(&state, &spec)?;
+    }
     let bot = bots::update(&tx, who.customer_id, id, &spec).await?;
     tx.commit().await?;
     if bot.status == BotStatus::Available {
@@ -224,6 +287,36 @@ pub async fn delete(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /bots/{id}/token` (admin): a `bot` token that holds this bot,
+/// shown this once. With it a legacy bot sets its own status (`PUT
+/// /bots/{id}`), and nothing else; the token that held the bot before no
+/// longer does.
+#[utoipa::path(post, path = "/bots/{id}/token", operation_id = "bots_issue_token", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id"), super::IdempotencyHeader), responses((status = 201, description = "The bot's token, shown once: `{bot_id, name, role, access_token}`", body = Object), crate::error::Refusals))]
+pub async fn issue_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    key: IdemKey,
+) -> Result<Response, ApiError> {
+    let who = auth.require(&[Role::Admin])?;
+    let id: BotId = parse_id(&id, "bot")?;
+    let path = id.to_string();
+    let params = [path.as_str()];
+    let request = CreateRequest::of("bots.issue_token", &params, &serde_json::Value::Null);
+    // The answer holds the token: stored sealed, replayed only to this caller.
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        let bot = bots::get(tx, who.customer_id, id).await?;
+        let (token_id, token) =
+            customers::issue_token(tx, who.customer_id, Role::Bot, Some(&bot.name)).await?;
+        bots::hold(tx, who.customer_id, id, token_id).await?;
+        Ok(serde_json::json!({
+            "bot_id": id, "name": bot.name, "role": "bot", "access_token": token,
+        }))
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 async fn set_draining(

@@ -8,12 +8,12 @@
 //! customer name (`orq_shared::repo::customers::RESERVED_NAMES`).
 
 use axum::Router;
-use axum::extract::Path;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
 use crate::error::ApiError;
+use crate::error::Path;
 
 pub const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
      style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; \

@@ -69,23 +69,52 @@ impl Feed {
             1000,
         )
         .await?;
-        // The floor moves up to the last event before the first recent one:
-        // below that, nothing can still appear.
-        let mut settled = self.floor;
-        let mut open = false;
-        for e in events {
-            open |= e.recent;
-            if !open {
-                settled = e.seq;
-            }
-            if self.sent.insert(e.seq) {
-                self.ready.push_back(e);
-            }
-        }
-        self.floor = settled;
-        self.sent = self.sent.split_off(&(settled + 1));
+        let (floor, ready) = settle(self.floor, &mut self.sent, events, |e| (e.seq, e.recent));
+        self.floor = floor;
+        self.ready.extend(ready);
         Ok(())
     }
+}
+
+/// Where a stream starts: after `Last-Event-ID` when it is a number, else
+/// after `?after=`, else (None) after the newest event. Negative values
+/// mean "from the start".
+fn resume_after(last_event_id: Option<&str>, after: Option<i64>) -> Option<i64> {
+    last_event_id
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .or(after)
+        .map(|a| a.max(0))
+}
+
+/// One poll's events (in order) against what was sent: the events not sent
+/// yet, and the new floor — the last event before the first recent one,
+/// below which nothing can still appear. `sent` keeps only events above it.
+/// `place` gives an event's `(seq, recent)`.
+fn settle<E>(
+    floor: i64,
+    sent: &mut BTreeSet<i64>,
+    events: Vec<E>,
+    place: impl Fn(&E) -> (i64, bool),
+) -> (i64, Vec<E>) {
+    let mut settled = floor;
+    let mut open = false;
+    let mut ready = Vec::new();
+    for e in events {
+        let (seq, recent) = place(&e);
+        open |= recent;
+        if !open {
+            settled = settled.max(seq);
+        }
+        if seq > floor && sent.insert(seq) {
+            ready.push(e);
+        }
+    }
+    *sent = match settled.checked_add(1) {
+        Some(above) => sent.split_off(&above),
+        // Nothing can be numbered above i64::MAX.
+        None => BTreeSet::new(),
+    };
+    (settled, ready)
 }
 
 #[utoipa::path(get, path = "/events/stream", operation_id = "feed_stream", tag = "events", params(FeedQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")), responses((status = 200, description = "Server-sent events, one per job event; each `id` is its place in the order of events", body = String, content_type = "text/event-stream"), crate::error::Refusals))]
@@ -105,10 +134,9 @@ pub async fn stream(
         .transpose()?;
     let last_event_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    let floor = match last_event_id.or(q.after) {
-        Some(after) => after.max(0),
+        .map(|v| v.to_str().unwrap_or_default());
+    let floor = match resume_after(last_event_id, q.after) {
+        Some(after) => after,
         None => jobs::last_event_seq(&state.db().await?, who.customer_id).await?,
     };
     let feed = Feed {
@@ -141,4 +169,76 @@ pub async fn stream(
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_largest_event_id_resumes_without_overflow() {
+        let max = i64::MAX.to_string();
+        assert_eq!(resume_after(Some(&max), None), Some(i64::MAX));
+        assert_eq!(resume_after(None, Some(i64::MAX)), Some(i64::MAX));
+        let mut sent = BTreeSet::new();
+        let (floor, ready) = settle(i64::MAX, &mut sent, vec![(i64::MAX, false)], |e| *e);
+        assert_eq!((floor, ready.len(), sent.len()), (i64::MAX, 0, 0));
+    }
+
+    #[test]
+    fn a_header_that_is_not_a_number_falls_back_to_after() {
+        assert_eq!(resume_after(Some("x"), Some(7)), Some(7));
+        assert_eq!(resume_after(Some(" 12 "), Some(7)), Some(12));
+        assert_eq!(resume_after(Some("-5"), None), Some(0));
+        assert_eq!(resume_after(Some("99999999999999999999"), None), None);
+        assert_eq!(resume_after(None, None), None);
+    }
+
+    proptest! {
+        /// Any `Last-Event-ID` and `after`: a start at or above zero, the
+        /// header winning when it parses.
+        #[test]
+        fn any_resume_parameters_give_a_start_at_or_above_zero(
+            header in proptest::option::of(any::<String>()),
+            number in proptest::option::of(any::<i64>()),
+            after in proptest::option::of(any::<i64>()),
+        ) {
+            let header = number.map(|n| n.to_string()).or(header);
+            let start = resume_after(header.as_deref(), after);
+            prop_assert!(start.is_none_or(|s| s >= 0));
+            if let Some(n) = header.as_deref().and_then(|h| h.trim().parse::<i64>().ok()) {
+                prop_assert_eq!(start, Some(n.max(0)));
+            }
+        }
+
+        /// Polls of arbitrary, overlapping event numbers (up to i64::MAX):
+        /// no event is sent twice or at or below the floor, and the floor
+        /// never goes down.
+        #[test]
+        fn polls_of_any_event_numbers_send_each_event_once(
+            start in any::<i64>().prop_map(|s| s.max(0)),
+            polls in proptest::collection::vec(
+                proptest::collection::vec((prop_oneof![any::<i64>(), Just(i64::MAX), Just(i64::MAX - 1)], any::<bool>()), 0..20),
+                1..6,
+            ),
+        ) {
+            let mut floor = start;
+            let mut sent = BTreeSet::new();
+            let mut delivered = BTreeSet::new();
+            for mut events in polls {
+                events.sort_by_key(|e| e.0);
+                events.dedup_by_key(|e| e.0);
+                let before = floor;
+                let (next, ready) = settle(floor, &mut sent, events, |e| *e);
+                prop_assert!(next >= before);
+                for (seq, _) in ready {
+                    prop_assert!(seq > before);
+                    prop_assert!(delivered.insert(seq), "{} sent twice", seq);
+                }
+                prop_assert!(sent.iter().all(|s| *s > next));
+                floor = next;
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@
 //! checked against the execution by the dispatcher.
 
 use axum::extract::FromRequestParts;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,7 @@ use uuid::Uuid;
 use super::webhooks::callback;
 use super::{PageQuery, in_transaction, optional_enum, paged, scoped, text_field};
 use crate::auth::{Auth, presented_token};
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;

@@ -5,7 +5,7 @@
 //! then read, listed, canceled, and emptied from a task's queue.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::tasks::{cancel_job, publish_wake};
 use super::{PageQuery, paged, reader, scoped};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;

@@ -5,7 +5,7 @@
 //! (`GET /photos/{key}`, to tokens of its customer).
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::human::{SofierQuery, worker};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::photos::{self, Storage, Ticket};
 use crate::state::AppState;

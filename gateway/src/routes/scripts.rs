@@ -2,7 +2,7 @@
 //! content; viewers list), and `/agent/scripts/{id}` where an agent fetches
 //! the script a job runs.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::{PageQuery, paged, scoped, text_field};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;

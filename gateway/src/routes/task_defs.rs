@@ -2,7 +2,7 @@
 //! (viewer), write, delete, export as a recipe, import one, and read or
 //! rotate the secret key (admin).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
@@ -17,6 +17,7 @@ use super::scripts::check_filename;
 use super::webhooks::callback;
 use super::{PageQuery, paged, reader, scoped, text_field};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;

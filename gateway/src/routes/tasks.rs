@@ -1,6 +1,6 @@
 //! The proof of concept's `/tasks` CRUD: a view on jobs of kind `system`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use orq_shared::attachment;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{PageQuery, optional_enum, paged, text_field};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{self, Caller, IdemKey, create_once};
 use crate::state::AppState;

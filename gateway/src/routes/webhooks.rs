@@ -3,7 +3,7 @@
 //! their attempts, and redelivery), and the customer's signing secret.
 //! Passwords are never returned; the secret only to admins.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use deadpool_postgres::GenericClient;
 use orq_shared::domain::{CustomerId, JobId, Role};
@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{PageQuery, paged};
 use crate::auth::Auth;
+use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;

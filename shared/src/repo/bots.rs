@@ -271,10 +271,13 @@ pub struct Registration {
 
 /// Creates the agent's bot, or takes over the bot of the same name (an agent
 /// restarting keeps its id, its queue and its jobs).
+/// Registers (or takes over) the agent bot named in `reg`, held from now on
+/// by the token `holder` that registered it.
 pub async fn register_agent(
     db: &impl GenericClient,
     customer: CustomerId,
     reg: &Registration,
+    holder: uuid::Uuid,
 ) -> Result<Bot, RepoError> {
     // Insert-or-keep, then lock: two agents registering one name at once
     // both end up with the same bot instead of one failing.
@@ -309,12 +312,77 @@ pub async fn register_agent(
     }
     execute(
         db,
-        "UPDATE bots SET ip_address = $2, capacity = $3, systems = $4, tags = $5, updated_at = now()
+        "UPDATE bots SET ip_address = $2, capacity = $3, systems = $4, tags = $5, token_id = $6,
+                updated_at = now()
           WHERE id = $1",
-        &[&id, &reg.ip_address, &reg.capacity, &reg.systems, &reg.tags],
+        &[
+            &id,
+            &reg.ip_address,
+            &reg.capacity,
+            &reg.systems,
+            &reg.tags,
+            &holder,
+        ],
     )
     .await?;
     heartbeat(db, customer, BotId(id)).await
+}
+
+/// A bot by its id or, failing that, its name.
+pub async fn find_by_name_or_id(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    key: &str,
+) -> Result<Option<Bot>, RepoError> {
+    if let Ok(id) = key.parse::<uuid::Uuid>() {
+        match get(db, customer, BotId(id)).await {
+            Ok(bot) => return Ok(Some(bot)),
+            Err(RepoError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let sql = format!("SELECT {COLUMNS} FROM bots WHERE customer_id = $1 AND name = $2");
+    query_opt(db, &sql, &[&customer.0, &key])
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+/// The token that holds the bot (`None`: no token does; only admins may
+/// change it).
+pub async fn holder(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: BotId,
+) -> Result<Option<uuid::Uuid>, RepoError> {
+    query_opt(
+        db,
+        "SELECT token_id FROM bots WHERE id = $1 AND customer_id = $2",
+        &[&id.0, &customer.0],
+    )
+    .await?
+    .map(|r| r.get(0))
+    .ok_or(RepoError::NotFound("bot"))
+}
+
+/// Makes `token` the one that holds the bot (the previous holder, if any,
+/// no longer does).
+pub async fn hold(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    id: BotId,
+    token: uuid::Uuid,
+) -> Result<(), RepoError> {
+    let n = execute(
+        db,
+        "UPDATE bots SET token_id = $3, updated_at = now() WHERE id = $1 AND customer_id = $2",
+        &[&id.0, &customer.0, &token],
+    )
+    .await?;
+    if n == 0 {
+        return Err(RepoError::NotFound("bot"));
+    }
+    Ok(())
 }
 
 /// Records that the bot is alive and recomputes its status from its load.

@@ -43,13 +43,14 @@ pub async fn issue_token(
     customer: CustomerId,
     role: Role,
     name: Option<&str>,
-) -> Result<String, RepoError> {
+) -> Result<(Uuid, String), RepoError> {
     let token = token::generate();
+    let id = Uuid::now_v7();
     execute(
         db,
         "INSERT INTO tokens (id, customer_id, role, token_hash, name) VALUES ($1, $2, $3, $4, $5)",
         &[
-            &Uuid::now_v7(),
+            &id,
             &customer.0,
             &role.as_str(),
             &token::hash(&token),
@@ -57,7 +58,7 @@ pub async fn issue_token(
         ],
     )
     .await?;
-    Ok(token)
+    Ok((id, token))
 }
 
 /// Issues a field worker's token, bound to their e-mail: it is signed (see
