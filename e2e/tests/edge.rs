@@ -55,7 +55,7 @@ async fn a_bot_token_changes_only_the_status_of_the_bot_it_holds() -> anyhow::Re
     let a = create_bot(
         &admin,
         &gw,
-        json!({"name": "a", "ip_address": "127.0.0.1", "port": 5001}),
+        json!({"name": "a", "ip_address": "127.0.0.1", "port": 5001, "systems": ["S"]}),
     )
     .await?;
     let b = create_bot(
@@ -131,6 +131,22 @@ async fn a_bot_token_changes_only_the_status_of_the_bot_it_holds() -> anyhow::Re
     )
     .await?;
     assert_eq!((status, code.as_str()), (403, "not_your_bot"));
+
+    // It reports on tasks on its bot only, and by status only: this one
+    // waits, on no bot.
+    let task = env
+        .create(
+            &format!("{gw}/tasks"),
+            &json!({"description": "d", "system": "S", "attachment": base64_csv("x\n1\n")}),
+        )
+        .await?;
+    for (body, code) in [
+        (json!({"status": "COMPLETE"}), "not_your_task"),
+        (json!({"description": "mine now"}), "field_not_allowed"),
+    ] {
+        let (status, got, _) = answer(own.put(format!("{gw}/tasks/{task}")).json(&body)).await?;
+        assert_eq!((status, got.as_str()), (403, code), "{body}");
+    }
 
     // A new token for a takes it from the old one.
     let newer = client_with(&issue_bot_token(&admin, &gw, &a).await?);

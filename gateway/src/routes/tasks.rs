@@ -216,6 +216,42 @@ fn event_for(from: JobStatus, to: JobStatus) -> Result<JobEvent, ApiError> {
     })
 }
 
+/// A `bot` token reports on the tasks of the bots it holds, by status:
+/// it neither redefines a task nor touches another bot's.
+async fn bot_may_update(
+    db: &deadpool_postgres::Object,
+    who: &orq_shared::repo::customers::Principal,
+    task: &Task,
+    body: &UpdateBody,
+) -> Result<(), ApiError> {
+    let redefined = [
+        ("description", body.description.is_some()),
+        ("system", body.system.is_some()),
+        ("attachment", body.attachment.is_some()),
+    ];
+    if let Some((field, _)) = redefined.iter().find(|(_, sent)| *sent) {
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "field_not_allowed",
+            format!("a bot token may change only a task's status, not {field}"),
+        );
+        e.details = serde_json::json!({ "field": field });
+        return Err(e);
+    }
+    let holder = match task.bot_id {
+        Some(bot) => bots::holder(db, who.customer_id, bot).await?,
+        None => None,
+    };
+    if holder != Some(who.token_id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_your_task",
+            "this bot token holds no bot that this task is on",
+        ));
+    }
+    Ok(())
+}
+
 #[utoipa::path(put, path = "/tasks/{id}", operation_id = "tasks_update", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), request_body = UpdateBody, responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
@@ -234,6 +270,9 @@ pub async fn update(
     let mut db = state.db().await?;
     let current = csv_only(jobs::get(&db, who.customer_id, id).await?, &who, false)?;
     let redefine = body.description.is_some() || body.system.is_some() || body.attachment.is_some();
+    if who.role == Role::Bot {
+        bot_may_update(&db, &who, &current, &body).await?;
+    }
     let new = if redefine {
         let attachment = body
             .attachment
