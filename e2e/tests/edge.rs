@@ -469,6 +469,17 @@ async fn slow_and_idle_clients_are_cut_and_connections_are_capped() -> anyhow::R
         );
     }
 
+    // Connections that never send a byte are closed after it too.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(&addr).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    for s in &mut silent {
+        let got = read_until_closed(s, deadline).await?;
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
+
     // An idle keep-alive connection is closed too, after its request.
     let mut idle = TcpStream::connect(&addr).await?;
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -1,7 +1,8 @@
 //! The accept loop, with the bounds `axum::serve` does not set:
 //! * a header-read timeout (`gateway.header_read_timeout_ms`): a request's
 //!   headers must arrive within it, counted from when the connection is
-//!   ready for a request, so it also closes idle keep-alive connections;
+//!   ready for a request, so it also closes idle keep-alive connections and
+//!   connections that never send a byte;
 //! * a cap on open connections (`gateway.max_connections`): one over it is
 //!   answered `503` with the JSON error and closed;
 //! * a shutdown budget (`gateway.shutdown_grace_ms`): on shutdown the loop
@@ -96,12 +97,19 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().call(request.map(axum::body::Body::new))
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_byte = bounds.header_read_timeout;
         connections.spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's header timer starts once it knows the protocol, which
+            // takes a first byte: a client that sends none is cut here.
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return drop(permit),
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, %peer, "connection ended");
             }
             drop(permit);
