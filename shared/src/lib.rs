@@ -9,6 +9,7 @@
 //! * `messages`   – what travels over RabbitMQ.
 //! * `domain`     – ids, roles, bot and job state machines (pure).
 //! * `attachment` – the base64 CSV of the proof of concept.
+//! * `placement`  – which free bot takes which waiting job (pure).
 //! * `rows`       – a CSV job's rows across attempts: resume, failed rows, row keys.
 //! * `token`      – access token generation and hashing.
 //! * `secret`     – task secret keys: hashing, sealing at rest.
@@ -30,6 +31,7 @@ pub mod human;
 pub mod idempotency;
 pub mod messages;
 pub mod ops;
+pub mod placement;
 pub mod repo;
 pub mod rows;
 pub mod secret;
