@@ -8,13 +8,15 @@
 //! * `broker`     – RabbitMQ topology and the reconnecting supervisor.
 //! * `messages`   – what travels over RabbitMQ.
 //! * `domain`     – ids, roles, bot and job state machines (pure).
+//! * `field`      – `FieldError`, the one error of every input parser.
 //! * `attachment` – the base64 CSV of the proof of concept.
 //! * `placement`  – which free bot takes which waiting job (pure).
 //! * `rows`       – a CSV job's rows across attempts: resume, failed rows, row keys.
 //! * `token`      – access token generation and hashing.
 //! * `secret`     – task secret keys: hashing, sealing at rest.
 //! * `task_def`   – TheEye task definitions: arguments, run_as, env, triggers.
-//! * `human`      – human tasks: state machine, finish body, worker tokens.
+//! * `human`      – human tasks, pure: state machine, finish body and verdict,
+//!   e-mails, worker tokens, timers, JSON Schema.
 //! * `idempotency` – Idempotency-Key: key rules, request fingerprints.
 //! * `webhook`    – the seed's event shape, signatures, retries, URL checks.
 //! * `repo`       – every SQL statement, as functions over a client.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod db;
 pub mod deny;
 pub mod domain;
+pub mod field;
 pub mod human;
 pub mod idempotency;
 pub mod messages;

@@ -9,14 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::domain::TaskId;
 
-/// Why a definition or a run's input was refused; `field` names the part
-/// (`task_arguments[1]`, `run_as`, ...) for the API's `details.field`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::field::FieldError;
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
