@@ -9,6 +9,7 @@
 //! * `limits` – rate limits per token and per address, by route class.
 //! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
 //! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
+//! * `service` – the logic several routes share (jobs, human tasks, callbacks).
 //! * `admin`  – the command-line administration.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod photos;
 pub mod routes;
 pub mod serve;
+pub mod service;
 pub mod state;
 
 use axum::Router;
@@ -42,6 +44,8 @@ use crate::state::AppState;
 
 pub struct App {
     listener: TcpListener,
+    /// Requests' background work, waited for at shutdown.
+    background: tokio_util::task::TaskTracker,
     bounds: serve::Bounds,
     router: Router,
     shutdown: CancellationToken,
@@ -261,10 +265,12 @@ impl App {
             deny_networks,
             bot_deny_networks,
             limits,
+            background: tokio_util::task::TaskTracker::new(),
             shutdown: shutdown.clone(),
         };
         Ok(App {
             listener,
+            background: state.background.clone(),
             bounds: serve::Bounds::from_settings(&state.settings.gateway),
             router: router(state),
             shutdown,
@@ -279,6 +285,19 @@ impl App {
     /// requests within `gateway.shutdown_grace_ms`.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         serve::serve(self.listener, self.router, self.bounds, self.shutdown).await?;
+        // What requests left running (publishes, each bounded by the
+        // broker's own timeouts) gets a short wait of its own.
+        self.background.close();
+        let wait = self.bounds.shutdown_grace.min(Duration::from_secs(2));
+        if tokio::time::timeout(wait, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.background.len(),
+                "background work still running after the shutdown budget"
+            );
+        }
         Ok(())
     }
 }

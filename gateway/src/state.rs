@@ -31,6 +31,9 @@ pub struct AppState {
     pub bot_deny_networks: Arc<orq_shared::deny::DenyList>,
     /// The rate limits (`[limits]`), counted in this process.
     pub limits: Arc<crate::limits::Limits>,
+    /// Background work requests start (wake-up publishes): shutdown waits
+    /// for it, within its budget.
+    pub background: tokio_util::task::TaskTracker,
     /// Cancelled on SIGTERM: ends the live event streams, which would
     /// otherwise hold the graceful shutdown open.
     pub shutdown: orq_shared::CancellationToken,

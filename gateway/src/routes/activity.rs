@@ -14,13 +14,13 @@ use orq_shared::repo::jobs;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::human::{list_page, publish, schema_field};
 use super::optional_enum;
 use super::{PageQuery, in_transaction, text_field};
 use crate::auth::Auth;
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey};
+use crate::service::human::{list_page, schema_field};
 use crate::state::AppState;
 
 impl From<ActivityRefusal> for ApiError {
@@ -114,7 +114,7 @@ pub async fn create(
         timers,
         callback_id: None,
     };
-    publish(
+    crate::service::human::create(
         &state,
         Caller::token(who),
         &key,

@@ -357,5 +357,5 @@ pub async fn resume(
 /// Tells the dispatchers the customer may have work to match (a bot freed
 /// up, a task arrived). Fire and forget: the sweep covers a lost wake-up.
 pub fn wake(state: &AppState, customer: orq_shared::domain::CustomerId) {
-    crate::routes::tasks::publish_wake(state, customer, None);
+    crate::service::jobs::wake(state, customer, None);
 }

@@ -16,8 +16,7 @@ use axum::response::{IntoResponse, Response};
 use orq_shared::broker::{BrokerError, KEY_FINISH};
 use orq_shared::domain::{HumanTaskId, Role};
 use orq_shared::human::{
-    ActivityManager, FinishBody, HumanKind, OnTimeout, Schema, WorkerClaims, normalize_email,
-    same_email,
+    ActivityManager, FinishBody, HumanKind, OnTimeout, WorkerClaims, normalize_email, same_email,
 };
 use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::customers::{self, Principal};
@@ -27,8 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::webhooks::callback;
-use super::{PageQuery, in_transaction, optional_enum, paged, scoped, text_field};
+use super::{PageQuery, in_transaction, optional_enum, scoped, text_field};
 use crate::auth::{Auth, presented_token};
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
@@ -335,18 +333,6 @@ pub struct MicroTaskBody {
     callback: Option<Value>,
 }
 
-/// A JSON Schema given for a task, checked to be one.
-pub fn schema_field(field: &str, schema: Option<Value>) -> Result<Option<Value>, ApiError> {
-    match schema {
-        None | Some(Value::Null) => Ok(None),
-        Some(s) => {
-            Schema::compile(&s)
-                .map_err(|e| ApiError::invalid_field(field, format!("{field}: {e}")))?;
-            Ok(Some(s))
-        }
-    }
-}
-
 /// `POST /{customer}/micro_task`: publishes a micro-task (NEW).
 #[utoipa::path(post, path = "/{customer}/micro_task", operation_id = "human_create", tag = "micro_task", params(super::CustomerPath, super::IdempotencyHeader), request_body = MicroTaskBody, responses((status = 201, description = "Published (NEW)", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn create(
@@ -385,8 +371,11 @@ pub async fn create(
             "task_flow": body.task_flow,
             "variables": body.variables.unwrap_or_default(),
         }),
-        activity_schema: schema_field("activity_schema", body.activity_schema)?,
-        result_schema: schema_field("result_schema", body.result_schema)?,
+        activity_schema: crate::service::human::schema_field(
+            "activity_schema",
+            body.activity_schema,
+        )?,
+        result_schema: crate::service::human::schema_field("result_schema", body.result_schema)?,
         activity_manager: ActivityManager::Commit,
         on_timeout: OnTimeout::Requeue,
         execution_ms,
@@ -395,7 +384,7 @@ pub async fn create(
         timers: Vec::new(),
         callback_id: None,
     };
-    publish(
+    crate::service::human::create(
         &state,
         Caller::token(who),
         &key,
@@ -406,38 +395,7 @@ pub async fn create(
     .await
 }
 
-/// Creates a human task (and its callback, when given): `201` with it, or
-/// the answer an earlier request with this key got.
-pub async fn publish(
-    state: &AppState,
-    caller: Caller,
-    key: &IdemKey,
-    request: CreateRequest<'_>,
-    mut new: NewHumanTask,
-    callback_body: Option<&Value>,
-) -> Result<Response, ApiError> {
-    let created = create_once(state, &caller, key, request, async |tx| {
-        new.callback_id = callback(state, tx, new.customer, callback_body).await?;
-        Ok(human::create(tx, &new).await?)
-    })
-    .await?;
-    Ok(created.respond())
-}
-
 /// `?status=` of the human-task lists.
-/// A page of a customer's human tasks.
-pub async fn list_page(
-    state: &AppState,
-    customer: orq_shared::domain::CustomerId,
-    filter: &HumanFilter,
-    page: orq_shared::repo::Page,
-) -> Result<Response, ApiError> {
-    let db = state.db().await?;
-    let tasks = human::list(&db, customer, filter, page).await?;
-    let last = tasks.last().map(|t| t.id.to_string());
-    Ok(paged(tasks, page, last))
-}
-
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -464,7 +422,7 @@ pub async fn list(
         worker: q.worker.map(|w| w.trim().to_ascii_lowercase()),
         held: false,
     };
-    list_page(&state, who.customer_id, &filter, page).await
+    crate::service::human::list_page(&state, who.customer_id, &filter, page).await
 }
 
 /// `GET /{customer}/micro_task/{id}`: the task with its executions, the

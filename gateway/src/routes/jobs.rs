@@ -18,12 +18,12 @@ use orq_shared::secret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::tasks::{cancel_job, publish_wake};
 use super::{PageQuery, paged, reader, scoped};
 use crate::auth::Auth;
 use crate::error::Path;
 use crate::error::{ApiError, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::service;
 use crate::state::AppState;
 
 /// What a run request carries, from a JSON object or a form
@@ -167,7 +167,7 @@ async fn run(
     key: &IdemKey,
 ) -> Result<Response, ApiError> {
     let customer = caller.customer;
-    let callback = super::webhooks::parse_callback(state, input.callback.as_ref())?;
+    let callback = crate::service::webhooks::parse_callback(state, input.callback.as_ref())?;
     let task_param = task.to_string();
     let params = [task_param.as_str()];
     let request = CreateRequest {
@@ -181,13 +181,14 @@ async fn run(
         if callback.is_some() {
             // Its own callback instead of its task's.
             new.callback_id =
-                super::webhooks::create_callback(state, tx, customer, callback.as_ref()).await?;
+                crate::service::webhooks::create_callback(state, tx, customer, callback.as_ref())
+                    .await?;
         }
         Ok(script_jobs::create(tx, customer, &new).await?.0)
     })
     .await?;
     if let Some(job) = created.fresh() {
-        publish_wake(state, customer, Some(job.id));
+        service::jobs::wake(state, customer, Some(job.id));
     }
     Ok(created.respond())
 }
@@ -461,7 +462,7 @@ pub async fn cancel(
     let id: JobId = parse_id(&id, "job")?;
     let db = state.db().await?;
     visible(who, script_jobs::get(&db, who.customer_id, id).await?)?;
-    cancel_job(&state, who.customer_id, id).await?;
+    service::jobs::cancel(&state, who.customer_id, id).await?;
     Ok(axum::Json(
         script_jobs::get(&db, who.customer_id, id).await?,
     ))

@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::scripts::check_filename;
-use super::webhooks::callback;
 use super::{PageQuery, paged, reader, scoped, text_field};
 use crate::auth::Auth;
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::service::webhooks::callback;
 use crate::state::AppState;
 use orq_shared::repo::customers::Principal;
 

@@ -4,9 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use orq_shared::attachment;
-use orq_shared::broker::{KEY_INTAKE, Topology};
-use orq_shared::domain::{CustomerId, Delivery, JobEvent, JobId, JobStatus, Role};
-use orq_shared::messages::{Control, Wake};
+use orq_shared::domain::{CustomerId, JobEvent, JobId, JobStatus, Role};
 use orq_shared::repo::jobs::{self, Actor, Applied, NewTask, Outcome, Task, TaskFilter};
 use orq_shared::repo::{RepoError, bots};
 use serde::{Deserialize, Serialize};
@@ -164,7 +162,7 @@ pub async fn create(
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::User])?;
-    let callback = super::webhooks::parse_callback(&state, body.callback.as_ref())?;
+    let callback = crate::service::webhooks::parse_callback(&state, body.callback.as_ref())?;
     let request = idempotency::CreateRequest::of("tasks.create", &[], &body);
     let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
         let mut new = validate(
@@ -176,14 +174,18 @@ pub async fn create(
             &body.attachment,
         )
         .await?;
-        new.callback_id =
-            super::webhooks::create_callback(&state, tx, who.customer_id, callback.as_ref())
-                .await?;
+        new.callback_id = crate::service::webhooks::create_callback(
+            &state,
+            tx,
+            who.customer_id,
+            callback.as_ref(),
+        )
+        .await?;
         Ok(jobs::create(tx, who.customer_id, &new).await?)
     })
     .await?;
     if let Some(task) = created.fresh() {
-        publish_wake(&state, who.customer_id, Some(task.id));
+        crate::service::jobs::wake(&state, who.customer_id, Some(task.id));
     }
     Ok(created.respond())
 }
@@ -330,7 +332,7 @@ pub async fn update(
     }
     tx.commit().await?;
     if released || task.status == JobStatus::Waiting {
-        publish_wake(&state, who.customer_id, Some(id));
+        crate::service::jobs::wake(&state, who.customer_id, Some(id));
     }
     Ok(axum::Json(task))
 }
@@ -348,59 +350,9 @@ pub async fn cancel(
         &who,
         false,
     )?;
-    Ok(axum::Json(cancel_job(&state, who.customer_id, id).await?))
-}
-
-/// Cancels a job of any kind. One that held a bot frees its slot (the
-/// dispatchers are woken) and, on an agent, is told to stop: a script job's
-/// process group gets SIGTERM, then SIGKILL. The agent is told best effort:
-/// one that is not connected finds its later reports refused.
-pub async fn cancel_job(
-    state: &AppState,
-    customer: CustomerId,
-    id: JobId,
-) -> Result<Task, ApiError> {
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let applied = jobs::transition(
-        &tx,
-        customer,
-        id,
-        Actor::Api,
-        JobEvent::Cancel,
-        &Outcome::default(),
-        Uuid::now_v7(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .await?;
-    tx.commit().await?;
-    let Applied::Done { from, task } = applied else {
-        return Err(RepoError::Conflict("job changed concurrently".into()).into());
-    };
-    if from.is_active()
-        && let Some(bot) = task.bot_id
-    {
-        let is_agent = bots::get(&db, customer, bot)
-            .await
-            .is_ok_and(|b| b.delivery == Delivery::Agent);
-        if is_agent {
-            let message = Control::Cancel {
-                id: Uuid::now_v7(),
-                job_id: id,
-                attempt: task.attempt,
-            };
-            let key = Topology::control_key(bot);
-            if let Err(e) = state
-                .broker
-                .publish_json(&key, message.id(), &message)
-                .await
-            {
-                tracing::warn!(error = %e, job = %id, %bot, "cancel not delivered to the agent");
-            }
-        }
-        publish_wake(state, customer, Some(id));
-    }
-    Ok(*task)
+    Ok(axum::Json(
+        crate::service::jobs::cancel(&state, who.customer_id, id).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/tasks/{id}", operation_id = "tasks_delete", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
@@ -415,20 +367,4 @@ pub async fn delete(
     csv_only(jobs::get(&db, who.customer_id, id).await?, who, false)?;
     jobs::delete(&db, who.customer_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Wakes the dispatchers for `customer`. Runs in the background: the job is
-/// already committed, so a lost or slow publish only costs the sweep interval.
-pub fn publish_wake(state: &AppState, customer: CustomerId, job: Option<JobId>) {
-    let broker = state.broker.clone();
-    tokio::spawn(async move {
-        let wake = Wake {
-            id: Uuid::now_v7(),
-            customer_id: customer,
-            job_id: job,
-        };
-        if let Err(e) = broker.publish_json(KEY_INTAKE, wake.id, &wake).await {
-            tracing::warn!(error = %e, %customer, "wake-up not published; the sweep will pick the work up");
-        }
-    });
 }

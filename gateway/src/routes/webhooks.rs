@@ -5,9 +5,8 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use deadpool_postgres::GenericClient;
-use orq_shared::domain::{CustomerId, JobId, Role};
-use orq_shared::repo::webhooks::{self, Delivery, DeliveryFilter, Endpoint, NewEndpoint};
+use orq_shared::domain::{JobId, Role};
+use orq_shared::repo::webhooks::{self, Delivery, DeliveryFilter, Endpoint};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -18,97 +17,6 @@ use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::state::AppState;
-
-/// Reads `{url, user?, password?}` at `field`: the URL must be http(s),
-/// carry no credentials, and not point into a denied network.
-pub fn parse_endpoint(
-    state: &AppState,
-    field: &str,
-    value: &Value,
-) -> Result<NewEndpoint, ApiError> {
-    let Value::Object(map) = value else {
-        return Err(ApiError::invalid_field(
-            field,
-            format!("{field} must be an object {{\"url\", \"user\", \"password\"}}"),
-        ));
-    };
-    // `user` and `password` travel as HTTP headers: visible ASCII (and
-    // spaces) only, or no attempt could ever carry them.
-    let text = |name: &str| -> Result<Option<String>, ApiError> {
-        match map.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s))
-                if s.len() <= 2000 && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) =>
-            {
-                Ok(Some(s.clone()))
-            }
-            Some(_) => Err(ApiError::invalid_field(
-                &format!("{field}.{name}"),
-                format!(
-                    "{field}.{name} must be a string of at most 2000 printable ASCII characters"
-                ),
-            )),
-        }
-    };
-    for key in map.keys() {
-        if !matches!(key.as_str(), "url" | "user" | "password") {
-            return Err(ApiError::invalid_field(
-                &format!("{field}.{key}"),
-                format!("{field} takes url, user and password; not {key:?}"),
-            ));
-        }
-    }
-    let url = text("url")?.ok_or_else(|| {
-        ApiError::invalid_field(&format!("{field}.url"), format!("{field}.url is required"))
-    })?;
-    let url = orq_shared::webhook::check_url(&url, &state.deny_networks).map_err(|e| {
-        ApiError::invalid_field(&format!("{field}.url"), format!("{field}.url: {e}"))
-    })?;
-    Ok(NewEndpoint {
-        url: url.to_string(),
-        user: text("user")?,
-        password: text("password")?,
-    })
-}
-
-/// Reads a `callback` field: `None` for absent or `null`.
-pub fn parse_callback(
-    state: &AppState,
-    value: Option<&Value>,
-) -> Result<Option<NewEndpoint>, ApiError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => parse_endpoint(state, "callback", v).map(Some),
-    }
-}
-
-/// Creates a callback endpoint in the caller's transaction.
-pub async fn create_callback(
-    state: &AppState,
-    db: &impl GenericClient,
-    customer: CustomerId,
-    new: Option<&NewEndpoint>,
-) -> Result<Option<Uuid>, ApiError> {
-    match new {
-        None => Ok(None),
-        Some(new) => {
-            let endpoint =
-                webhooks::create_endpoint(db, customer, "callback", new, &state.sealer).await?;
-            Ok(Some(endpoint.id))
-        }
-    }
-}
-
-/// Reads and creates a callback endpoint (`None` for absent or `null`).
-pub async fn callback(
-    state: &AppState,
-    db: &impl GenericClient,
-    customer: CustomerId,
-    value: Option<&Value>,
-) -> Result<Option<Uuid>, ApiError> {
-    let new = parse_callback(state, value)?;
-    create_callback(state, db, customer, new.as_ref()).await
-}
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -218,7 +126,7 @@ pub async fn subscribe(
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     let who = auth.require(&[Role::Admin])?;
-    let new = parse_endpoint(&state, "subscription", &body)?;
+    let new = crate::service::webhooks::parse_endpoint(&state, "subscription", &body)?;
     let request = CreateRequest::of("webhooks.subscribe", &[], &body);
     let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
         Ok(
