@@ -55,12 +55,60 @@ pub const NO_RATE_LIMITS: &[(&str, &str)] = &[
     ("ORQ_LIMITS__READ__PER_ADDRESS", "0"),
 ];
 
-/// A port free right now on 127.0.0.1.
+/// A port free right now on 127.0.0.1, for a server that must be told its
+/// port before it starts (a restarted gateway, RabbitMQ, the Python peers).
+/// It is taken below the kernel's ephemeral range, so no outgoing
+/// connection (of this or any test) can be given it between this check
+/// and the server's bind; the gateway itself binds port 0 (`start_gateway`).
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_start.saturating_sub(1));
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(low..ephemeral_start.max(low + 1));
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// Builds the workspace's binaries (once per test process) with the cargo
+/// and profile running this test, so a test never starts stale code (`cargo
+/// test -p orq-e2e` alone used to run whatever was in the target dir).
+/// `ORQ_E2E_SKIP_BUILD=1` skips it (binaries built by other means).
+fn ensure_built() -> anyhow::Result<()> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        if std::env::var_os("ORQ_E2E_SKIP_BUILD").is_some() {
+            return Ok(());
+        }
+        let dir = bin_dir();
+        let Some(target) = dir.parent() else {
+            return Err(format!("no target directory above {}", dir.display()));
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bins", "--quiet"])
+            .current_dir(repo_root())
+            .env("CARGO_TARGET_DIR", target);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("building the binaries failed: {status}")),
+            Err(e) => Err(format!("running cargo to build the binaries: {e}")),
+        }
+    });
+    result.clone().map_err(anyhow::Error::msg)
 }
 
 /// A running binary, killed when dropped (or when its `Env` is cleaned up).
@@ -159,6 +207,7 @@ impl Env {
 
     /// On the given servers (a private instance for tests that stop one).
     pub async fn on(label: &str, pg_base: &str, amqp: &str) -> anyhow::Result<Env> {
+        ensure_built()?;
         let short = Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("orq_t_{label}_{short}");
         let prefix = format!("orqt.{label}.{short}");
@@ -297,9 +346,33 @@ impl Env {
         })
     }
 
-    /// Starts a gateway on a free port and waits until it is ready.
+    /// Starts a gateway on a port it picks itself (`127.0.0.1:0`, read back
+    /// from its log) and waits until it is ready.
     pub async fn start_gateway(&self, extra: &[(&str, &str)]) -> anyhow::Result<(Proc, String)> {
-        self.start_gateway_on(free_port(), extra).await
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut cmd = self.command("gateway");
+        cmd.env("ORQ_GATEWAY__LISTEN", "127.0.0.1:0");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut proc = self.spawn(&format!("gateway-{n}"), cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Some(addr) = listening_addr(&proc.log_text()) {
+                break addr;
+            }
+            anyhow::ensure!(!proc.exited(), "gateway exited:\n{}", proc.log_text());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "gateway did not say where it listens:\n{}",
+                proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let url = format!("http://{addr}");
+        wait_ready(&format!("{url}/readyz"), &mut proc).await?;
+        Ok((proc, url))
     }
 
     /// Starts a gateway on `port` and waits until it is ready: a gateway
@@ -509,6 +582,28 @@ pub fn client_with(token: &str) -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_default()
+}
+
+/// The address in a gateway's `gateway listening addr=…` log line (its
+/// log may be coloured).
+fn listening_addr(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("gateway listening"))?;
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An ANSI sequence: ESC [ ... letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let addr = plain.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(addr.to_string())
 }
 
 pub async fn wait_ready(url: &str, proc: &mut Proc) -> anyhow::Result<()> {
@@ -1089,5 +1184,20 @@ impl Drop for RabbitCluster {
         }
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gateways_address_is_read_from_a_plain_or_coloured_log() {
+        let coloured = "\u{1b}[2m2026-11-30T17:05:41Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m gateway listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:34625\n";
+        assert_eq!(
+            super::listening_addr(coloured).as_deref(),
+            Some("127.0.0.1:34625")
+        );
+        let plain = "x\n2026 INFO gateway: gateway listening addr=[::1]:80\n";
+        assert_eq!(super::listening_addr(plain).as_deref(), Some("[::1]:80"));
+        assert_eq!(super::listening_addr("starting\n"), None);
     }
 }
