@@ -228,7 +228,7 @@ impl App {
             }
             // Batch after batch until a pass finds nothing more to expire.
             loop {
-                let outcome = self.reap_once().await;
+                let outcome = self.reap_once(time::OffsetDateTime::now_utc()).await;
                 self.see_database(outcome.is_ok());
                 match outcome {
                     Ok(r) if r.total() > 0 => {
@@ -283,13 +283,15 @@ impl App {
         }
     }
 
-    /// One batch of each rule, each in its own transaction.
-    pub async fn reap_once(&self) -> Result<Reaped, RepoError> {
+    /// One batch of each rule, each in its own transaction, as of `now`
+    /// (the loop passes the wall clock; a test passes any time it likes and
+    /// sees what the rules do then).
+    pub async fn reap_once(&self, now: time::OffsetDateTime) -> Result<Reaped, RepoError> {
         let mut reaped = Reaped::default();
         let mut wake: HashSet<CustomerId> = HashSet::new();
-        self.silent_bots(&mut reaped, &mut wake).await?;
-        self.job_timeouts(&mut reaped, &mut wake).await?;
-        self.human_deadlines(&mut reaped).await?;
+        self.silent_bots(now, &mut reaped, &mut wake).await?;
+        self.job_timeouts(now, &mut reaped, &mut wake).await?;
+        self.human_deadlines(now, &mut reaped).await?;
         self.wake(wake).await;
         Ok(reaped)
     }
@@ -317,6 +319,7 @@ impl App {
     /// while the reaper can see (`vigil::Sight::silence_cutoff`).
     async fn silent_bots(
         &self,
+        now: time::OffsetDateTime,
         reaped: &mut Reaped,
         wake: &mut HashSet<CustomerId>,
     ) -> Result<(), RepoError> {
@@ -326,7 +329,6 @@ impl App {
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
         let back = orq_shared::repo::canaries::back(&tx, self.id).await?;
-        let now = time::OffsetDateTime::now_utc();
         let cutoff = match self.sight.lock() {
             Ok(mut sight) => {
                 sight.canary(
@@ -525,11 +527,16 @@ impl App {
     }
 
     /// Human tasks past their deadline (`human::expire_due`).
-    async fn human_deadlines(&self, reaped: &mut Reaped) -> Result<(), RepoError> {
+    async fn human_deadlines(
+        &self,
+        now: time::OffsetDateTime,
+        reaped: &mut Reaped,
+    ) -> Result<(), RepoError> {
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
-        let expired = human::expire_due(&tx, self.settings.reaper.batch_size).await?;
-        let fired = human::fire_timers(&tx, self.settings.reaper.batch_size).await?;
+        let batch = self.settings.reaper.batch_size;
+        let expired = human::expire_due(&tx, now, batch).await?;
+        let fired = human::fire_timers(&tx, now, batch).await?;
         tx.commit().await?;
         record_lag("human", expired.iter().map(|e| e.deadline));
         reaped.human += expired.len() + fired;
@@ -542,12 +549,12 @@ impl App {
     /// run.
     async fn job_timeouts(
         &self,
+        now: time::OffsetDateTime,
         reaped: &mut Reaped,
         wake: &mut HashSet<CustomerId>,
     ) -> Result<(), RepoError> {
         let mut db = self.pool.get().await?;
         let tx = db.transaction().await?;
-        let now = time::OffsetDateTime::now_utc();
         let batch = self.settings.reaper.batch_size;
         let silence = Duration::from_millis(self.settings.reaper.http_silence_ms);
         let mut expired: Vec<(Expired, String)> = jobs::claim_expired_leases(&tx, now, batch)

@@ -15,16 +15,20 @@ pub struct Expired {
 }
 
 /// Applies the deadline rule to up to `limit` human tasks whose deadline
-/// passed, in the caller's transaction; rows another reaper holds are
+/// passed by `now`, in the caller's transaction; rows another reaper holds are
 /// skipped. A reservation or a `requeue` execution goes back to NEW; a
 /// `continue` task is submitted as it stands with `is_continue = true`.
-pub async fn expire_due(db: &impl GenericClient, limit: i64) -> Result<Vec<Expired>, RepoError> {
+pub async fn expire_due(
+    db: &impl GenericClient,
+    now: OffsetDateTime,
+    limit: i64,
+) -> Result<Vec<Expired>, RepoError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM human_tasks
-          WHERE deadline <= now()
+          WHERE deadline <= $2
           ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED"
     );
-    let rows = query(db, &sql, &[&limit]).await?;
+    let rows = query(db, &sql, &[&limit, &now]).await?;
     let mut done = Vec::with_capacity(rows.len());
     for row in &rows {
         let task = task_from(row)?;
@@ -72,15 +76,19 @@ pub async fn expire_due(db: &impl GenericClient, limit: i64) -> Result<Vec<Expir
 /// Fires up to `limit` due timers (an event on their task while it is
 /// open), in the caller's transaction; timers another reaper holds are
 /// skipped. Returns how many fired.
-pub async fn fire_timers(db: &impl GenericClient, limit: i64) -> Result<usize, RepoError> {
+pub async fn fire_timers(
+    db: &impl GenericClient,
+    now: OffsetDateTime,
+    limit: i64,
+) -> Result<usize, RepoError> {
     let rows = query(
         db,
         "SELECT t.id, t.description, h.id, h.customer_id, h.status
            FROM human_timers t JOIN human_tasks h ON h.id = t.task_id
-          WHERE t.fired_at IS NULL AND t.fire_at <= now()
+          WHERE t.fired_at IS NULL AND t.fire_at <= $2
           ORDER BY t.fire_at LIMIT $1
             FOR UPDATE OF t SKIP LOCKED",
-        &[&limit],
+        &[&limit, &now],
     )
     .await?;
     if rows.is_empty() {
