@@ -16,7 +16,7 @@ async fn reaper(env: &Env) -> anyhow::Result<App> {
     settings.amqp.url = env.amqp_url.clone();
     settings.amqp.prefix = env.prefix.clone();
     settings.security.secret_key = env.secret_key.clone();
-    Ok(App::build(settings, orq_shared::CancellationToken::new()).await?)
+    App::build(settings, orq_shared::CancellationToken::new()).await
 }
 
 async fn status(
