@@ -208,6 +208,24 @@ impl Env {
     /// On the given servers (a private instance for tests that stop one).
     pub async fn on(label: &str, pg_base: &str, amqp: &str) -> anyhow::Result<Env> {
         ensure_built()?;
+        let mut env = Env::bare_on(label, pg_base, amqp).await?;
+        let created = env.admin(&["create-customer", &env.customer.clone()])?;
+        env.admin_token = created["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        env.bot_token = env.token(&env.customer.clone(), "bot")?;
+        Ok(env)
+    }
+
+    /// A database (empty: not even migrated) and a prefix of its own on the
+    /// shared servers, and no customer: for services run in process, which
+    /// migrate and make their own customers. Needs no binaries.
+    pub async fn bare(label: &str) -> anyhow::Result<Env> {
+        Env::bare_on(label, &pg_admin_url(), &amqp_url()).await
+    }
+
+    async fn bare_on(label: &str, pg_base: &str, amqp: &str) -> anyhow::Result<Env> {
         let short = Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("orq_t_{label}_{short}");
         let prefix = format!("orqt.{label}.{short}");
@@ -221,7 +239,7 @@ impl Env {
             .await?;
         let dir = std::env::temp_dir().join(format!("orq-e2e-{label}-{short}"));
         std::fs::create_dir_all(&dir)?;
-        let mut env = Env {
+        Ok(Env {
             pg_base: pg_base.to_string(),
             amqp_url: amqp.to_string(),
             db_url: format!("{pg_base}/{db_name}"),
@@ -235,14 +253,18 @@ impl Env {
             vars: Vec::new(),
             children: Mutex::new(Vec::new()),
             cleaned: false,
-        };
-        let created = env.admin(&["create-customer", &env.customer.clone()])?;
-        env.admin_token = created["access_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        env.bot_token = env.token(&env.customer.clone(), "bot")?;
-        Ok(env)
+        })
+    }
+
+    /// Settings for a service run in process against this deployment (the
+    /// defaults, then its database, broker, prefix and secret key).
+    pub fn settings(&self) -> anyhow::Result<orq_shared::config::Settings> {
+        let mut settings = orq_shared::config::Settings::load(None)?;
+        settings.database.url = self.db_url.clone();
+        settings.amqp.url = self.amqp_url.clone();
+        settings.amqp.prefix = self.prefix.clone();
+        settings.security.secret_key = self.secret_key.clone();
+        Ok(settings)
     }
 
     /// Runs `gateway admin ARGS` and parses its JSON line.

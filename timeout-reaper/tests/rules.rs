@@ -11,12 +11,7 @@ use timeout_reaper::App;
 const T: OffsetDateTime = datetime!(2031-03-01 12:00 UTC);
 
 async fn reaper(env: &Env) -> anyhow::Result<App> {
-    let mut settings = orq_shared::config::Settings::load(None)?;
-    settings.database.url = env.db_url.clone();
-    settings.amqp.url = env.amqp_url.clone();
-    settings.amqp.prefix = env.prefix.clone();
-    settings.security.secret_key = env.secret_key.clone();
-    App::build(settings, orq_shared::CancellationToken::new()).await
+    App::build(env.settings()?, orq_shared::CancellationToken::new()).await
 }
 
 async fn status(

@@ -1,0 +1,111 @@
+//! `spawn_app`: a gateway in this process, on its own database and prefix.
+
+use orq_e2e::{Env, client_with};
+use orq_shared::CancellationToken;
+use orq_shared::config::Settings;
+use orq_shared::domain::Role;
+use serde_json::Value;
+
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub customer: String,
+    pub admin_token: String,
+    env: Env,
+    shutdown: CancellationToken,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    settings: Settings,
+}
+
+/// A gateway with the default settings.
+pub async fn spawn_app(label: &str) -> anyhow::Result<TestApp> {
+    spawn_app_with(label, |_| {}).await
+}
+
+/// A gateway whose settings `adjust` changes first (limits, deny lists).
+pub async fn spawn_app_with(
+    label: &str,
+    adjust: impl FnOnce(&mut Settings),
+) -> anyhow::Result<TestApp> {
+    let env = Env::bare(label).await?;
+    let mut settings = env.settings()?;
+    settings.gateway.listen = "127.0.0.1:0".into();
+    adjust(&mut settings);
+    let shutdown = CancellationToken::new();
+    let app = gateway::App::build(settings.clone(), shutdown.clone()).await?;
+    let url = format!("http://{}", app.local_addr()?);
+    let served = tokio::spawn(app.run_until_stopped());
+    let customer = env.customer.clone();
+    let created = gateway::admin::create_customer(&settings, &customer).await?;
+    let admin_token = token_of(&created);
+    Ok(TestApp {
+        url,
+        customer,
+        admin_token,
+        env,
+        shutdown,
+        served,
+        settings,
+    })
+}
+
+fn token_of(v: &Value) -> String {
+    v["access_token"].as_str().unwrap_or_default().to_string()
+}
+
+impl TestApp {
+    /// A client sending the admin token.
+    pub fn admin(&self) -> reqwest::Client {
+        client_with(&self.admin_token)
+    }
+
+    /// A new token of `role` for the customer.
+    pub async fn token(&self, role: Role) -> anyhow::Result<String> {
+        let v =
+            gateway::admin::create_token(&self.settings, &self.customer, role, None, None).await?;
+        Ok(token_of(&v))
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// `POST path body` as admin, which must answer 201: the id made.
+    pub async fn create(&self, path: &str, body: &Value) -> anyhow::Result<String> {
+        let r = self.admin().post(self.at(path)).json(body).send().await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        anyhow::ensure!(status == 201, "POST {path}: {status} {v}");
+        Ok(v["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Stops the gateway and removes the database and queues.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.served.await??;
+        self.env.cleanup().await
+    }
+}
+
+/// `(status, error code, details.field)` of a request.
+pub async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, String, String)> {
+    let r = request.send().await?;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    Ok((
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        body["error"]["details"]["field"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+pub fn base64_csv(csv: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(csv)
+}
