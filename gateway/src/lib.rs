@@ -232,7 +232,6 @@ impl App {
         orq_shared::ops::metrics();
         let worker_tokens =
             orq_shared::human::WorkerTokens::from_config(&settings.security.secret_key)?;
-        let storage = crate::photos::Storage::from_settings(&settings)?;
         let deny_networks = Arc::new(
             orq_shared::deny::DenyList::parse(
                 "webhooks.deny_networks",
@@ -253,6 +252,7 @@ impl App {
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
         let listener = TcpListener::bind(&settings.gateway.listen).await?;
+        let storage = crate::photos::Storage::from_settings(&settings, listener.local_addr()?)?;
         let state = AppState {
             pool,
             broker,

@@ -61,11 +61,17 @@ pub enum StorageError {
 }
 
 impl Storage {
-    pub fn from_settings(settings: &Settings) -> Result<Storage, StorageError> {
+    /// `listening` is where the gateway is bound: the photo URLs' base
+    /// when `storage.public_url` is empty (with `listen` on port 0, the
+    /// port the system gave).
+    pub fn from_settings(
+        settings: &Settings,
+        listening: std::net::SocketAddr,
+    ) -> Result<Storage, StorageError> {
         let s = &settings.storage;
         let ttl = Duration::from_secs(s.url_ttl_secs.max(1));
         let public_url = if s.public_url.is_empty() {
-            format!("http://{}", settings.gateway.listen)
+            format!("http://{listening}")
         } else {
             s.public_url.trim_end_matches('/').to_string()
         };

@@ -63,7 +63,8 @@ pub struct StorageSettings {
     /// `local`: the directory photos are written to.
     pub local_dir: String,
     /// `local`: the gateway's address as the apps reach it, the base of
-    /// upload and photo URLs; empty: `http://` + `gateway.listen`.
+    /// upload and photo URLs; empty: `http://` + the address the gateway is
+    /// bound to (`gateway.listen`, with the port the system gave for port 0).
     pub public_url: String,
     /// How long an upload URL is valid.
     pub url_ttl_secs: u64,
