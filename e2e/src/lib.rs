@@ -375,9 +375,15 @@ impl Env {
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut cmd = self.command("gateway");
         cmd.env("ORQ_GATEWAY__LISTEN", "127.0.0.1:0");
+        let mut level = "info".to_string();
         for (k, v) in extra {
             cmd.env(k, v);
+            if *k == "ORQ_LOG__LEVEL" {
+                level = v.to_string();
+            }
         }
+        // However quiet the rest, the line naming the port is logged.
+        cmd.env("ORQ_LOG__LEVEL", format!("{level},gateway::listening=info"));
         let mut proc = self.spawn(&format!("gateway-{n}"), cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {

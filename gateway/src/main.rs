@@ -63,7 +63,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let shutdown = orq_shared::shutdown::on_signals();
             let app = gateway::App::build(settings, shutdown).await?;
-            tracing::info!(addr = %app.local_addr()?, "gateway listening");
+            // Its own target, so a quiet log level can still show where it listens
+            // (the test harness reads the port it was given from this line).
+            tracing::info!(target: "gateway::listening", addr = %app.local_addr()?, "gateway listening");
             app.run_until_stopped().await
         }
         Command::Openapi => Ok(()),
