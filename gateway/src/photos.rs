@@ -17,7 +17,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::{HeaderValue, Method, SignedUrlOptions, Signer};
-use orq_shared::config::Settings;
+use orq_shared::config::{Settings, StorageKind};
 use sha2::Sha256;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,8 +75,8 @@ impl Storage {
         } else {
             s.public_url.trim_end_matches('/').to_string()
         };
-        match s.kind.as_str() {
-            "local" => {
+        match s.kind {
+            StorageKind::Local => {
                 let key = orq_shared::secret::derive_key(
                     &settings.security.secret_key,
                     "orquestra photo url v1",
@@ -89,7 +89,7 @@ impl Storage {
                     ttl,
                 })
             }
-            "s3" => {
+            StorageKind::S3 => {
                 if s.s3_bucket.is_empty() {
                     return Err(StorageError::Config(
                         "storage.s3_bucket is required with storage.kind = \"s3\"".into(),
@@ -112,9 +112,6 @@ impl Storage {
                     ttl,
                 })
             }
-            other => Err(StorageError::Config(format!(
-                "storage.kind must be \"local\" or \"s3\", not {other:?}"
-            ))),
         }
     }
 

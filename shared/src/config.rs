@@ -58,8 +58,7 @@ pub struct NotifySettings {
 /// (the default), or an S3-compatible bucket the app uploads to directly.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StorageSettings {
-    /// `local` or `s3`.
-    pub kind: String,
+    pub kind: StorageKind,
     /// `local`: the directory photos are written to.
     pub local_dir: String,
     /// `local`: the gateway's address as the apps reach it, the base of
@@ -200,10 +199,28 @@ pub fn split_urls(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// How logs are written: lines for a person, or one JSON object per line
+/// (containers). Anything else is refused when the configuration loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Where micro-task photos are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A directory of the gateway's (`local_dir`), URLs signed by the gateway.
+    Local,
+    /// An S3 (or S3-compatible) bucket, with presigned URLs.
+    S3,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
-    /// `human` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// An `EnvFilter` directive, overridden by `RUST_LOG` when set.
     pub level: String,
 }
@@ -557,6 +574,28 @@ mod tests {
         assert_eq!(s.gateway.listen, "127.0.0.1:8080");
         assert!(env_keys().contains(&"ORQ_DATABASE__URL".to_string()));
         assert!(env_keys().contains(&"ORQ_AGENT__SYSTEMS".to_string()));
+    }
+
+    #[test]
+    fn kinds_are_enums_and_an_unknown_one_is_refused_at_load() {
+        let dir = std::env::temp_dir().join(format!("orq-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "[log]\nformat = \"json\"\n[storage]\nkind = \"s3\"\n",
+        )
+        .expect("write");
+        let s = Settings::load(Some(&good)).expect("loads");
+        assert_eq!(
+            (s.log.format, s.storage.kind),
+            (LogFormat::Json, StorageKind::S3)
+        );
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[storage]\nkind = \"ftp\"\n").expect("write");
+        let e = Settings::load(Some(&bad)).expect_err("refused").to_string();
+        assert!(e.contains("ftp") && e.contains("kind"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
