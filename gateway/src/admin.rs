@@ -7,8 +7,8 @@ use orq_shared::repo::customers;
 use serde_json::json;
 
 pub async fn create_customer(settings: &Settings, name: &str) -> anyhow::Result<serde_json::Value> {
-    let name = name.trim();
-    customers::check_name(name).map_err(anyhow::Error::msg)?;
+    let name = customers::CustomerName::parse(name).map_err(anyhow::Error::msg)?;
+    let name = name.as_str();
     orq_shared::db::migrate(&settings.database).await?;
     let pool = orq_shared::db::pool(&settings.database)?;
     let mut db = pool.get().await?;
@@ -37,7 +37,7 @@ pub async fn create_token(
         .ok_or_else(|| anyhow::anyhow!("no customer named {customer:?}"))?;
     let name = name.map(str::trim).filter(|n| !n.is_empty());
     if role == Role::Worker {
-        let email = orq_shared::human::normalize_email(name.unwrap_or_default())
+        let email = orq_shared::human::Email::parse(name.unwrap_or_default())
             .map_err(|e| anyhow::anyhow!("a worker token needs --name <e-mail>: {e}"))?;
         let tokens = orq_shared::human::WorkerTokens::from_config(&settings.security.secret_key)?;
         let (_, token) = customers::issue_worker_token(&db, id, &email, &tokens).await?;

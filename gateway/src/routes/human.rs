@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use orq_shared::broker::{BrokerError, KEY_FINISH};
 use orq_shared::domain::{HumanTaskId, Role};
 use orq_shared::human::{
-    ActivityManager, FinishBody, HumanKind, OnTimeout, WorkerClaims, normalize_email, same_email,
+    ActivityManager, Email, FinishBody, HumanKind, OnTimeout, WorkerClaims, same_email,
 };
 use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::customers::{self, Principal};
@@ -528,7 +528,7 @@ pub async fn create_worker(
 ) -> Result<Response, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
     let request = CreateRequest::of("workers.create", &[], &body);
-    let email = normalize_email(&body.email).map_err(|e| ApiError::invalid_field("email", e))?;
+    let email = Email::parse(&body.email).map_err(|e| ApiError::invalid_field("email", e))?;
     let phone = contact("phone", body.phone.as_deref())?;
     let push = contact("push_token", body.push_token.as_deref())?;
     // The answer holds the token: the key's copy of it is stored sealed
@@ -560,7 +560,7 @@ pub async fn revoke_worker(
     Path((customer, email)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let email = normalize_email(&email).map_err(|e| ApiError::invalid_field("email", e))?;
+    let email = Email::parse(&email).map_err(|e| ApiError::invalid_field("email", e))?;
     let db = state.db().await?;
     let revoked = customers::revoke_worker(&db, who.customer_id, &email).await?;
     if revoked == 0 {

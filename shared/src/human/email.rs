@@ -5,19 +5,43 @@ pub fn same_email(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())
 }
 
-/// An e-mail as stored and compared: trimmed, lower case; refused unless it
-/// looks like one.
-pub fn normalize_email(email: &str) -> Result<String, String> {
-    let email = email.trim().to_ascii_lowercase();
-    let valid = email.len() <= 254
-        && email.split_once('@').is_some_and(|(user, host)| {
-            !user.is_empty() && host.contains('.') && !host.contains('@')
-        })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if valid {
-        Ok(email)
-    } else {
-        Err(format!("{email:?} is not an e-mail address"))
+/// A worker's e-mail as stored and compared: trimmed, lower case. Only
+/// `Email::parse` makes one, so holding one means it looks like an e-mail.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    /// Trims and lower-cases `text`; refused unless it looks like an e-mail.
+    pub fn parse(text: &str) -> Result<Email, String> {
+        let email = text.trim().to_ascii_lowercase();
+        let valid = email.len() <= 254
+            && email.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty() && host.contains('.') && !host.contains('@')
+            })
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+        if valid {
+            Ok(Email(email))
+        } else {
+            Err(format!("{email:?} is not an e-mail address"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for Email {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 
@@ -28,11 +52,12 @@ mod tests {
     #[test]
     fn emails_are_normalized() {
         assert_eq!(
-            normalize_email(" Sofier@MySofie.com ").as_deref(),
-            Ok("sofier@mysofie.com")
+            Email::parse(" Sofier@MySofie.com ").map(|e| e.to_string()),
+            Ok("sofier@mysofie.com".to_string())
         );
-        assert!(normalize_email("nobody").is_err());
-        assert!(normalize_email("a@b").is_err());
-        assert!(normalize_email("a b@c.d").is_err());
+        assert!(Email::parse("nobody").is_err());
+        assert!(Email::parse("a@b").is_err());
+        assert!(Email::parse("a b@c.d").is_err());
+        assert!(same_email(" A@b.co", "a@B.CO "));
     }
 }

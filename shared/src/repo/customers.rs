@@ -144,8 +144,26 @@ pub const RESERVED_NAMES: &[&str] = &[
     "tasks",
 ];
 
-/// Checks a new customer's name: it appears in URLs (`/{customer}/task`).
-pub fn check_name(name: &str) -> Result<(), String> {
+/// A customer's name as it may be: it appears in URLs (`/{customer}/task`).
+/// Only `CustomerName::parse` makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerName(String);
+
+impl CustomerName {
+    /// Trims `text`; refused unless it can be a path segment beside the
+    /// other routes.
+    pub fn parse(text: &str) -> Result<CustomerName, String> {
+        let name = text.trim();
+        check_name(name)?;
+        Ok(CustomerName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 100
         && name
@@ -179,6 +197,10 @@ mod tests {
     #[test]
     fn customer_names_fit_in_urls_and_avoid_routes() {
         assert!(check_name("acme-1_x.y").is_ok());
+        assert_eq!(
+            CustomerName::parse(" acme ").map(|n| n.as_str().to_string()),
+            Ok("acme".to_string())
+        );
         assert!(check_name("tasks").is_err());
         assert!(check_name("Job").is_err());
         assert!(check_name("a/b").is_err());
