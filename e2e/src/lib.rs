@@ -373,17 +373,7 @@ impl Env {
     pub async fn start_gateway(&self, extra: &[(&str, &str)]) -> anyhow::Result<(Proc, String)> {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut cmd = self.command("gateway");
-        cmd.env("ORQ_GATEWAY__LISTEN", "127.0.0.1:0");
-        let mut level = "info".to_string();
-        for (k, v) in extra {
-            cmd.env(k, v);
-            if *k == "ORQ_LOG__LEVEL" {
-                level = v.to_string();
-            }
-        }
-        // However quiet the rest, the line naming the port is logged.
-        cmd.env("ORQ_LOG__LEVEL", format!("{level},gateway::listening=info"));
+        let cmd = self.gateway_command("127.0.0.1:0", extra);
         let mut proc = self.spawn(&format!("gateway-{n}"), cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
@@ -411,15 +401,27 @@ impl Env {
         port: u16,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<(Proc, String)> {
-        let mut cmd = self.command("gateway");
-        cmd.env("ORQ_GATEWAY__LISTEN", format!("127.0.0.1:{port}"));
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
+        let cmd = self.gateway_command(&format!("127.0.0.1:{port}"), extra);
         let mut proc = self.spawn(&format!("gateway-{port}"), cmd)?;
         let url = format!("http://127.0.0.1:{port}");
         wait_ready(&format!("{url}/readyz"), &mut proc).await?;
         Ok((proc, url))
+    }
+
+    /// The gateway's command listening on `listen`, with `extra` settings;
+    /// however quiet its log level, the line naming its address is logged.
+    fn gateway_command(&self, listen: &str, extra: &[(&str, &str)]) -> Command {
+        let mut cmd = self.command("gateway");
+        cmd.env("ORQ_GATEWAY__LISTEN", listen);
+        let mut level = "info".to_string();
+        for (k, v) in extra {
+            cmd.env(k, v);
+            if *k == "ORQ_LOG__LEVEL" {
+                level = v.to_string();
+            }
+        }
+        cmd.env("ORQ_LOG__LEVEL", format!("{level},gateway::listening=info"));
+        cmd
     }
 
     pub fn start_dispatcher(&self, name: &str, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {

@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn create_bot(client: &reqwest::Client, gw: &str, body: Value) -> anyhow::Result<String> {
-    let r = client.post(format!("{gw}/bots")).json(&body).send().await?;
-    let status = r.status();
-    let created: Value = r.json().await?;
-    anyhow::ensure!(status == 201, "create bot: {status} {created}");
-    Ok(created["id"].as_str().unwrap_or_default().to_string())
-}
-
 /// A stand-in bot answering every `POST /tasks` with `answer`, counting
 /// what reached it.
 async fn listening_bot(
@@ -66,19 +58,17 @@ async fn the_dispatcher_follows_no_redirect_and_delivers_to_no_denied_address() 
     let (redirecting_port, redirecting_hits) = listening_bot("127.0.0.1", redirect).await?;
     let (denied_port, denied_hits) =
         listening_bot("127.0.0.5", axum::response::Response::new(String::new())).await?;
-    let redirecting = create_bot(
-        &admin,
-        &gw,
-        json!({"name": "redirecting", "ip_address": "127.0.0.1", "port": redirecting_port, "systems": ["S"]}),
+    let redirecting = env.create(
+        &format!("{gw}/bots"),
+        &json!({"name": "redirecting", "ip_address": "127.0.0.1", "port": redirecting_port, "systems": ["S"]}),
     )
     .await?;
-    let denied = create_bot(
-        &admin,
-        &gw,
-        json!({"name": "denied", "ip_address": "127.0.0.5", "port": denied_port, "systems": ["S"]}),
+    let denied = env.create(
+        &format!("{gw}/bots"),
+        &json!({"name": "denied", "ip_address": "127.0.0.5", "port": denied_port, "systems": ["S"]}),
     )
     .await?;
-    let attachment = base64_csv("x\n1\n");
+    let attachment = orq_shared::attachment::encode("x\n1\n");
     for _ in 0..2 {
         env.create(
             &format!("{gw}/tasks"),
@@ -136,11 +126,6 @@ async fn the_dispatcher_follows_no_redirect_and_delivers_to_no_denied_address() 
     assert!(why.contains("redirects are not followed"), "{why}");
     assert!(why.contains("security.bot_deny_networks"), "{why}");
     env.cleanup().await
-}
-
-fn base64_csv(csv: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(csv)
 }
 
 /// Reads until the peer closes (`Ok(bytes)`), or `Err` when still open at

@@ -39,6 +39,14 @@ impl ApiError {
         e
     }
 
+    /// The caller's credential may not change `field`; `details.field`
+    /// names it.
+    pub fn field_not_allowed(field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::FORBIDDEN, "field_not_allowed", message);
+        e.details = json!({ "field": field });
+        e
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -54,7 +54,8 @@ impl Class {
 }
 
 struct Pair {
-    token: Option<DefaultKeyedRateLimiter<[u8; 32]>>,
+    /// Keyed by `orq_shared::token::hash`, as tokens are stored.
+    token: Option<DefaultKeyedRateLimiter<Vec<u8>>>,
     address: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
@@ -104,12 +105,12 @@ impl Limits {
         })
     }
 
-    /// Counts one request of `class` from `token` (its SHA-256) and
+    /// Counts one request of `class` from `token` (its hash) and
     /// `address`; `Err` when either is over its limit.
     pub fn check(
         &self,
         class: Class,
-        token: Option<&[u8; 32]>,
+        token: Option<&Vec<u8>>,
         address: Option<IpAddr>,
     ) -> Result<(), Exceeded> {
         let pair = match class {
@@ -164,10 +165,7 @@ pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Ne
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let (parts, body) = request.into_parts();
-    let token = crate::auth::presented_token(&parts).map(|t| {
-        use sha2::Digest;
-        <[u8; 32]>::from(sha2::Sha256::digest(t.as_bytes()))
-    });
+    let token = crate::auth::presented_token(&parts).map(|t| orq_shared::token::hash(&t));
     match limits.check(class, token.as_ref(), address) {
         Ok(()) => next.run(Request::from_parts(parts, body)).await,
         Err(e) => refusal(e),
@@ -248,7 +246,7 @@ mod tests {
     fn a_token_over_its_rate_is_refused_with_a_wait_and_others_are_not() {
         // 60 a minute with a one-second burst: one now, the next in a second.
         let limits = Limits::new(&settings(60, 0)).expect("limits");
-        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let (a, b) = (vec![1u8; 32], vec![2u8; 32]);
         assert!(limits.check(Class::Create, Some(&a), None).is_ok());
         let e = limits
             .check(Class::Create, Some(&a), None)
@@ -264,9 +262,13 @@ mod tests {
     fn an_address_is_limited_whatever_token_it_sends_unless_exempt() {
         let limits = Limits::new(&settings(0, 60)).expect("limits");
         let far: IpAddr = "203.0.113.9".parse().expect("ip");
-        assert!(limits.check(Class::Read, Some(&[1; 32]), Some(far)).is_ok());
+        assert!(
+            limits
+                .check(Class::Read, Some(&vec![1; 32]), Some(far))
+                .is_ok()
+        );
         let e = limits
-            .check(Class::Read, Some(&[2; 32]), Some(far))
+            .check(Class::Read, Some(&vec![2; 32]), Some(far))
             .expect_err("over");
         assert_eq!(e.per, "address");
         let near: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
@@ -281,7 +283,11 @@ mod tests {
         for _ in 0..1000 {
             assert!(
                 limits
-                    .check(Class::Finish, Some(&[1; 32]), "203.0.113.9".parse().ok())
+                    .check(
+                        Class::Finish,
+                        Some(&vec![1; 32]),
+                        "203.0.113.9".parse().ok()
+                    )
                     .is_ok()
             );
         }

@@ -135,12 +135,16 @@ pub async fn serve(
 /// what the client sent meanwhile so the close does not reset the
 /// connection before the answer is read.
 async fn refuse(mut stream: TcpStream) {
-    let body = serde_json::json!({"error": {
-        "code": "too_many_connections",
-        "message": "the gateway has as many open connections as it allows (gateway.max_connections); retry shortly",
-        "details": null,
-    }})
-    .to_string();
+    let body = serde_json::to_string(&crate::error::ErrorBody {
+        error: crate::error::ErrorDetail {
+            code: "too_many_connections",
+            message: "the gateway has as many open connections as it allows \
+                      (gateway.max_connections); retry shortly"
+                .into(),
+            details: serde_json::Value::Null,
+        },
+    })
+    .unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()

@@ -23,6 +23,12 @@ async fn status(
     Ok(db.query_one(&sql, &[&id]).await?.get(0))
 }
 
+/// How many user-task timers have fired.
+async fn fired(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    let sql = "SELECT count(*) FROM human_timers WHERE fired_at IS NOT NULL";
+    Ok(db.query_one(sql, &[]).await?.get(0))
+}
+
 #[tokio::test]
 async fn a_lease_ends_at_its_deadline_and_not_before() -> anyhow::Result<()> {
     let env = Env::new("rulelease").await?;
@@ -88,25 +94,11 @@ async fn a_reservation_and_a_timer_fire_at_their_instants() -> anyhow::Result<()
     // The reservation ends at T; the timer waits for T + 5 min.
     assert_eq!(app.reap_once(T).await?.human, 1);
     assert_eq!(status(&db, "human_tasks", reserved).await?, "NEW");
-    let fired: i64 = db
-        .query_one(
-            "SELECT count(*) FROM human_timers WHERE fired_at IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(fired, 0);
+    assert_eq!(fired(&db).await?, 0);
     assert_eq!(
         app.reap_once(T + time::Duration::minutes(5)).await?.human,
         1
     );
-    let fired: i64 = db
-        .query_one(
-            "SELECT count(*) FROM human_timers WHERE fired_at IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(fired, 1);
+    assert_eq!(fired(&db).await?, 1);
     env.cleanup().await
 }

@@ -162,17 +162,12 @@ fn bot_may_change(current: &BotSpec, wanted: &BotSpec) -> Result<(), ApiError> {
     ];
     match changed.iter().find(|(_, differs)| *differs) {
         None => Ok(()),
-        Some((field, _)) => {
-            let mut e = ApiError::new(
-                StatusCode::FORBIDDEN,
-                "field_not_allowed",
-                format!(
-                    "a bot token may change only its bot's status, not {field}; an admin sets the rest"
-                ),
-            );
-            e.details = serde_json::json!({ "field": field });
-            Err(e)
-        }
+        Some((field, _)) => Err(ApiError::field_not_allowed(
+            field,
+            format!(
+                "a bot token may change only its bot's status, not {field}; an admin sets the rest"
+            ),
+        )),
     }
 }
 

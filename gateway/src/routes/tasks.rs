@@ -232,13 +232,10 @@ async fn bot_may_update(
         ("attachment", body.attachment.is_some()),
     ];
     if let Some((field, _)) = redefined.iter().find(|(_, sent)| *sent) {
-        let mut e = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "field_not_allowed",
+        return Err(ApiError::field_not_allowed(
+            field,
             format!("a bot token may change only a task's status, not {field}"),
-        );
-        e.details = serde_json::json!({ "field": field });
-        return Err(e);
+        ));
     }
     let holder = match task.bot_id {
         Some(bot) => bots::holder(db, who.customer_id, bot).await?,

@@ -4,15 +4,7 @@ use orq_e2e::client_with;
 use orq_shared::domain::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{answer, base64_csv, spawn_app, spawn_app_with};
-
-async fn create_bot(client: &reqwest::Client, gw: &str, body: Value) -> anyhow::Result<String> {
-    let r = client.post(format!("{gw}/bots")).json(&body).send().await?;
-    let status = r.status();
-    let created: Value = r.json().await?;
-    anyhow::ensure!(status == 201, "create bot: {status} {created}");
-    Ok(created["id"].as_str().unwrap_or_default().to_string())
-}
+use crate::helpers::{answer, spawn_app, spawn_app_with};
 
 async fn issue_bot_token(admin: &reqwest::Client, gw: &str, bot: &str) -> anyhow::Result<String> {
     let r = admin.post(format!("{gw}/bots/{bot}/token")).send().await?;
@@ -29,18 +21,18 @@ async fn a_bot_token_changes_only_the_status_of_the_bot_it_holds() -> anyhow::Re
     let app = spawn_app("botcred").await?;
     let gw = app.url.clone();
     let admin = app.admin();
-    let a = create_bot(
-        &admin,
-        &gw,
-        json!({"name": "a", "ip_address": "127.0.0.1", "port": 5001, "systems": ["S"]}),
-    )
-    .await?;
-    let b = create_bot(
-        &admin,
-        &gw,
-        json!({"name": "b", "ip_address": "127.0.0.1", "port": 5002}),
-    )
-    .await?;
+    let a = app
+        .create(
+            "/bots",
+            &json!({"name": "a", "ip_address": "127.0.0.1", "port": 5001, "systems": ["S"]}),
+        )
+        .await?;
+    let b = app
+        .create(
+            "/bots",
+            &json!({"name": "b", "ip_address": "127.0.0.1", "port": 5002}),
+        )
+        .await?;
 
     // A bot token that holds no bot changes none, address or status.
     let loose = client_with(&app.token(Role::Bot).await?);
@@ -114,7 +106,7 @@ async fn a_bot_token_changes_only_the_status_of_the_bot_it_holds() -> anyhow::Re
     let task = app
         .create(
             "/tasks",
-            &json!({"description": "d", "system": "S", "attachment": base64_csv("x\n1\n")}),
+            &json!({"description": "d", "system": "S", "attachment": orq_shared::attachment::encode("x\n1\n")}),
         )
         .await?;
     for (body, code) in [
@@ -209,16 +201,12 @@ async fn legacy_bot_addresses_are_checked_against_the_bot_deny_list() -> anyhow:
         );
     }
     // ... loopback and private networks are allowed (bots beside the gateway).
-    let bot = create_bot(
-        &admin,
-        &gw,
-        json!({"name": "near", "ip_address": "127.0.0.1"}),
-    )
-    .await?;
-    create_bot(
-        &admin,
-        &gw,
-        json!({"name": "lan", "ip_address": "192.168.1.20"}),
+    let bot = app
+        .create("/bots", &json!({"name": "near", "ip_address": "127.0.0.1"}))
+        .await?;
+    app.create(
+        "/bots",
+        &json!({"name": "lan", "ip_address": "192.168.1.20"}),
     )
     .await?;
     let (status, _, field) = answer(

@@ -104,8 +104,3 @@ pub async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, St
             .to_string(),
     ))
 }
-
-pub fn base64_csv(csv: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(csv)
-}
