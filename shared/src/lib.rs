@@ -10,6 +10,7 @@
 //! * `domain`     – ids, roles, bot and job state machines (pure).
 //! * `field`      – `FieldError`, the one error of every input parser.
 //! * `attachment` – the base64 CSV of the proof of concept.
+//! * `lease`      – when a holder's claim on a job ends; what a job taken back becomes (pure).
 //! * `placement`  – which free bot takes which waiting job (pure).
 //! * `rows`       – a CSV job's rows across attempts: resume, failed rows, row keys.
 //! * `token`      – access token generation and hashing.
@@ -32,6 +33,7 @@ pub mod domain;
 pub mod field;
 pub mod human;
 pub mod idempotency;
+pub mod lease;
 pub mod messages;
 pub mod ops;
 pub mod placement;

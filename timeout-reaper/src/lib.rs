@@ -11,7 +11,7 @@
 //!   RabbitMQ for `absence_ms` (its connection closed: seconds after a
 //!   SIGKILL), or silent for `missed_heartbeats` heartbeats while the
 //!   reaper's own canaries travelled the heartbeats' path;
-//! * a running job past its lease (its timeout plus `jobs::LEASE_SLACK`)
+//! * a running job past its lease (its timeout plus `lease::SLACK`)
 //!   that its bot never reported on becomes TIMEOUT;
 //! * a human task past its deadline: a reservation, or a micro-task
 //!   execution (three hours by default), goes back to NEW for someone
@@ -34,6 +34,7 @@ use orq_shared::CancellationToken;
 use orq_shared::broker::{Broker, KEY_INTAKE};
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobEvent};
+use orq_shared::lease::{self, TakenBack};
 use orq_shared::messages::Wake;
 use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
 use orq_shared::repo::{RepoError, bots, human, idempotency};
@@ -365,11 +366,10 @@ impl App {
             .take_back(&tx, &lost, Evidence::Silence, reaped, wake)
             .await?;
         tx.commit().await?;
-        // An agent's lease on its jobs ended a silence window after its
-        // last heartbeat.
         record_lag(
             "silent_bot",
-            held.iter().map(|h| h.due.map(|beat| beat + window)),
+            held.iter()
+                .map(|h| h.due.map(|beat| lease::of_agent(beat, silent_for))),
         );
         Ok(())
     }
@@ -396,22 +396,18 @@ impl App {
         let changes: Vec<Change> = held
             .iter()
             .map(|h| {
-                let max_attempts = h.max_attempts.unwrap_or(r.max_attempts);
-                let retry = h.attempt < max_attempts;
-                let note = if retry {
-                    format!(
-                        "bot {} {why}; the job waits for another bot (attempt {} of {})",
+                let verdict = lease::taken_back(h.attempt, h.max_attempts, r.max_attempts);
+                let note = match verdict {
+                    TakenBack::Retry { attempt, of } => format!(
+                        "bot {} {why}; the job waits for another bot (attempt {attempt} of {of})",
                         bot_name(h),
-                        h.attempt,
-                        max_attempts
-                    )
-                } else {
-                    format!(
-                        "bot {} {why}; the job had {} attempts and fails",
+                    ),
+                    TakenBack::Fail { attempts } => format!(
+                        "bot {} {why}; the job had {attempts} attempts and fails",
                         bot_name(h),
-                        h.attempt
-                    )
+                    ),
                 };
+                let retry = verdict.retries();
                 change(h, JobEvent::BotLost { retry }, EventKind::Warning, note)
             })
             .collect();
@@ -564,13 +560,14 @@ impl App {
                 let why = format!(
                     "no outcome from bot {} by the job's deadline (its timeout plus {} s)",
                     bot_name(&e),
-                    jobs::LEASE_SLACK.whole_seconds()
+                    lease::SLACK.whole_seconds()
                 );
                 (e, why)
             })
             .collect();
+        let silence_for = time::Duration::try_from(silence).unwrap_or_default();
         for mut e in jobs::claim_silent_http_jobs(&tx, now - silence, batch).await? {
-            e.due = e.due.map(|report| report + silence);
+            e.due = e.due.map(|report| lease::of_http_bot(report, silence_for));
             let why = format!(
                 "HTTP bot {} reported nothing on the job for {} s",
                 bot_name(&e),

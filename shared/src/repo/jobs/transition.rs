@@ -136,9 +136,8 @@ pub enum ChangeResult {
 }
 
 /// How long past a run's timeout its bot has to report the outcome before
-/// the reaper ends the job as TIMEOUT: the agent's SIGTERM -> SIGKILL grace
-/// and the report's way through RabbitMQ fit well within it.
-pub const LEASE_SLACK: time::Duration = time::Duration::seconds(30);
+/// the reaper ends the job as TIMEOUT (`crate::lease::SLACK`).
+pub use crate::lease::SLACK as LEASE_SLACK;
 
 /// A script job that ended in this batch: its task's triggers fire.
 struct Ended {
@@ -315,12 +314,9 @@ pub async fn apply_changes(
             job.started_at = Some(c.at);
         }
         // A run with a timeout holds a lease from its start: its bot must
-        // report an outcome by then (the timeout, plus the bot's own
-        // SIGTERM/SIGKILL and reporting), or the reaper ends it.
+        // report an outcome by then, or the reaper ends it.
         if from == JobStatus::Assigned && to == JobStatus::Running {
-            job.lease = job
-                .timeout_secs
-                .map(|t| c.at + time::Duration::seconds(t) + LEASE_SLACK);
+            job.lease = crate::lease::of_run(c.at, job.timeout_secs);
         }
         if !to.is_active() {
             job.lease = None;
