@@ -109,7 +109,10 @@ fn change_for(report: &BotReport) -> Option<Change> {
                 })),
                 ..Outcome::default()
             },
-            vec![(EventKind::Error, clean(error))],
+            vec![(
+                EventKind::Error,
+                clean(&orq_shared::rows::failure_note(error, failed_rows)),
+            )],
         ),
         ReportBody::Percent {
             job_id,

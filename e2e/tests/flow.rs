@@ -921,6 +921,25 @@ async fn a_report_the_database_refuses_does_not_hold_back_the_others() -> anyhow
             .contains("bad"),
         "{t}"
     );
+    // The ERROR event names the row and what it said, not only a count.
+    let events: Vec<Value> = client
+        .get(format!(
+            "{gw}/tasks/{}/events",
+            bad["id"].as_str().unwrap_or_default()
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let error = events
+        .iter()
+        .find(|e| e["type"] == "ERROR")
+        .and_then(|e| e["description"].as_str())
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("1 of 1 rows failed: row 1: ") && error.contains("bad"),
+        "{error:?} in {events:?}"
+    );
     env.cleanup().await
 }
 

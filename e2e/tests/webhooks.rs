@@ -261,6 +261,20 @@ async fn a_jobs_events_arrive_in_order_signed_with_the_seeds_shape() -> anyhow::
         got.iter()
             .any(|e| e["type"] == "PERCENT_CHANGE" && e["description"] == "60")
     );
+    // As in the seed's SOLVED: the final status, then PERCENT_CHANGE 100.
+    let tail: Vec<(&str, &str)> = got[got.len().saturating_sub(2)..]
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default(),
+                e["description"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tail,
+        vec![("STATUS_CHANGE", "COMPLETE"), ("PERCENT_CHANGE", "100")]
+    );
     let mut last = 0;
     for e in &got {
         assert_eq!(e["jobId"], job.as_str());

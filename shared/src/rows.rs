@@ -58,6 +58,51 @@ pub fn merge_failed_rows(result: Option<&Value>, failed: &[RowError]) -> Option<
     Some(Value::Object(merged))
 }
 
+/// At most this many failed rows are named in an ERROR event.
+pub const NAMED_ROWS: usize = 5;
+/// At most this many characters of one row's error in an ERROR event.
+pub const ROW_ERROR_CHARS: usize = 200;
+
+/// The ERROR event of a CSV job that ended with failed rows: the outcome
+/// (`"1 of 3 rows failed"`), then each failed row and its error, bounded
+/// ([`NAMED_ROWS`] rows, [`ROW_ERROR_CHARS`] characters each); the rest is
+/// in the task's `result.failed_rows`.
+pub fn failure_note(error: &str, failed: &[RowError]) -> String {
+    let mut rows: Vec<&RowError> = failed.iter().collect();
+    rows.sort_by_key(|r| r.row);
+    rows.dedup_by_key(|r| r.row);
+    if rows.is_empty() {
+        return error.to_string();
+    }
+    let named: Vec<String> = rows
+        .iter()
+        .take(NAMED_ROWS)
+        .map(|r| {
+            format!(
+                "row {}: {}",
+                r.row,
+                shorten(r.error.trim(), ROW_ERROR_CHARS)
+            )
+        })
+        .collect();
+    let mut note = format!("{error}: {}", named.join("; "));
+    if rows.len() > NAMED_ROWS {
+        note.push_str(&format!(
+            "; and {} more (see the task's failed_rows)",
+            rows.len() - NAMED_ROWS
+        ));
+    }
+    note
+}
+
+/// `text` cut to `max` characters, marked with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}…", &text[..end]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +157,51 @@ mod tests {
             merge_failed_rows(None, &[row(2, "e")]),
             Some(json!({"failed_rows": [{"row": 2, "error": "e"}]}))
         );
+    }
+
+    #[test]
+    fn an_error_event_names_the_failed_row_and_its_error() {
+        assert_eq!(
+            failure_note(
+                "1 of 3 rows failed",
+                &[row(2, "exit code 3: boom: cannot create user bad2\n")]
+            ),
+            "1 of 3 rows failed: row 2: exit code 3: boom: cannot create user bad2"
+        );
+    }
+
+    #[test]
+    fn an_error_event_names_rows_in_order_once_each() {
+        assert_eq!(
+            failure_note(
+                "2 of 5 rows failed",
+                &[row(4, "b"), row(2, "a"), row(4, "b")]
+            ),
+            "2 of 5 rows failed: row 2: a; row 4: b"
+        );
+    }
+
+    #[test]
+    fn an_error_event_stays_bounded_with_many_long_failures() {
+        let long = "é".repeat(5_000);
+        let failed: Vec<RowError> = (1..=1_000).map(|n| row(n, &long)).collect();
+        let note = failure_note("1000 of 1000 rows failed", &failed);
+        assert!(
+            note.chars().count() < (NAMED_ROWS + 1) * (ROW_ERROR_CHARS + 20) + 100,
+            "{} chars",
+            note.chars().count()
+        );
+        assert!(note.contains("row 5: "), "{note}");
+        assert!(!note.contains("row 6: "), "{note}");
+        assert!(
+            note.ends_with("and 995 more (see the task's failed_rows)"),
+            "{note}"
+        );
+        assert!(note.contains('…'));
+    }
+
+    #[test]
+    fn an_error_without_failed_rows_is_kept_as_it_is() {
+        assert_eq!(failure_note("canceled", &[]), "canceled");
     }
 }

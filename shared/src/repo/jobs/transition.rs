@@ -360,6 +360,21 @@ pub async fn apply_changes(
             let id = Uuid::new_v5(&c.event_id, kind.as_str().as_bytes());
             events.push(record(id, *kind, description.clone(), false));
         }
+        // As in seed 004, the final STATUS_CHANGE comes with PERCENT_CHANGE
+        // 100: an agent does not report progress for its last row.
+        if to == JobStatus::Complete
+            && from != to
+            && percent_before != 100
+            && !c.notes.iter().any(|(k, _)| *k == EventKind::PercentChange)
+        {
+            let kind = EventKind::PercentChange;
+            let id = Uuid::new_v5(&c.event_id, kind.as_str().as_bytes());
+            let description = match job.rows_done {
+                0 => "100%".to_string(),
+                n => format!("100% ({n}/{n} rows)"),
+            };
+            events.push(record(id, kind, description, false));
+        }
         if from.is_active()
             && !to.is_active()
             && let Some(bot) = bot
