@@ -689,6 +689,45 @@ pub async fn teardown_broker(
     Ok(())
 }
 
+/// Reads server-sent events from `response` until `stop` accepts one or
+/// `within` passes; returns `(id, data)` pairs (events without a numeric
+/// id or JSON data are skipped).
+pub async fn read_sse(
+    response: &mut reqwest::Response,
+    within: Duration,
+    stop: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<Vec<(i64, serde_json::Value)>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut text = String::new();
+    let mut out = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk()).await??;
+        let Some(chunk) = chunk else {
+            return Ok(out);
+        };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut id = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str::<serde_json::Value>(v.trim()).ok();
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                let done = stop(&data);
+                out.push((id, data));
+                if done {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where

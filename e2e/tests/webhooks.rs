@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use orq_e2e::{Env, Proc, agent_config, eventually};
+use orq_e2e::{Env, Proc, agent_config, eventually, read_sse};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -625,44 +625,6 @@ async fn webhook_urls_are_checked() -> anyhow::Result<()> {
     env.cleanup().await
 }
 
-/// Reads server-sent events from `response` until `stop` accepts one or
-/// `within` passes; returns (id, data) pairs.
-async fn read_sse(
-    response: &mut reqwest::Response,
-    within: Duration,
-    stop: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Vec<(i64, Value)>> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut text = String::new();
-    let mut out = Vec::new();
-    loop {
-        let chunk = tokio::time::timeout_at(deadline, response.chunk()).await??;
-        let Some(chunk) = chunk else {
-            return Ok(out);
-        };
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            let mut id = None;
-            let mut data = None;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse::<i64>().ok();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = serde_json::from_str::<Value>(v.trim()).ok();
-                }
-            }
-            if let (Some(id), Some(data)) = (id, data) {
-                let done = stop(&data);
-                out.push((id, data));
-                if done {
-                    return Ok(out);
-                }
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_live_stream_carries_events_and_resumes_after_last_event_id() -> anyhow::Result<()> {
     let mut s = Stack::start("feed").await?;
@@ -677,8 +639,8 @@ async fn the_live_stream_carries_events_and_resumes_after_last_event_id() -> any
             .is_some_and(|v| v.starts_with("text/event-stream"))
     );
     let job = s.run(&task, json!({})).await?;
-    let seen = read_sse(&mut live, Duration::from_secs(30), |e| {
-        e["job_id"] == job.as_str() && e["to_status"] == "COMPLETE"
+    eventually(Duration::from_secs(30), "COMPLETE", || async {
+        Ok((s.job_status(&job).await? == "COMPLETE").then_some(()))
     })
     .await?;
     let stored: Vec<String> = s
@@ -687,6 +649,11 @@ async fn the_live_stream_carries_events_and_resumes_after_last_event_id() -> any
         .into_iter()
         .map(|(id, _)| id)
         .collect();
+    let last = stored.last().cloned().unwrap_or_default();
+    let seen = read_sse(&mut live, Duration::from_secs(30), |e| {
+        e["id"] == last.as_str()
+    })
+    .await?;
     let got: Vec<String> = seen
         .iter()
         .filter(|(_, e)| e["job_id"] == job.as_str())
@@ -703,7 +670,7 @@ async fn the_live_stream_carries_events_and_resumes_after_last_event_id() -> any
         .send()
         .await?;
     let again = read_sse(&mut resumed, Duration::from_secs(30), |e| {
-        e["job_id"] == job.as_str() && e["to_status"] == "COMPLETE"
+        e["id"] == last.as_str()
     })
     .await?;
     let again_ids: Vec<i64> = again.iter().map(|(id, _)| *id).collect();

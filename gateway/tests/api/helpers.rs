@@ -66,6 +66,11 @@ impl TestApp {
         Ok(token_of(&v))
     }
 
+    /// A connection to the gateway's database.
+    pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
+        self.env.db().await
+    }
+
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }

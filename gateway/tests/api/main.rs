@@ -5,10 +5,12 @@
 //!
 //! * `helpers` – `spawn_app` / `spawn_app_with`, and `TestApp`'s clients.
 //! * `bots`    – what each credential may do to a bot; the bot deny list.
+//! * `feed`    – the live stream: nothing missed behind a writer held open.
 //! * `input`   – inputs that used to panic or answer in plain text.
 //! * `limits`  – rate limits: 429 with `Retry-After`.
 
 mod bots;
+mod feed;
 mod helpers;
 mod input;
 mod limits;
