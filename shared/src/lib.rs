@@ -5,7 +5,8 @@
 //! * `telemetry`  – tracing setup.
 //! * `db`         – PostgreSQL pool and embedded migrations under an advisory lock.
 //! * `deny`       – deny lists of networks (SSRF), IPv4-in-IPv6 forms included.
-//! * `broker`     – RabbitMQ topology and the reconnecting supervisor.
+//! * `broker`     – RabbitMQ topology, the reconnecting supervisor, and the one
+//!   consume loop (`broker::consume`).
 //! * `messages`   – what travels over RabbitMQ.
 //! * `domain`     – ids, roles, bot and job state machines (pure).
 //! * `field`      – `FieldError`, the one error of every input parser.
