@@ -31,10 +31,9 @@ pub mod vigil;
 pub mod webhooks;
 
 use orq_shared::CancellationToken;
-use orq_shared::broker::{Broker, KEY_INTAKE};
+use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobEvent};
-use orq_shared::messages::Wake;
 use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
 use orq_shared::repo::{RepoError, bots, human, idempotency};
 use std::collections::HashSet;
@@ -299,17 +298,8 @@ impl App {
     /// Wakes the dispatchers for customers whose work waits again.
     async fn wake(&self, customers: HashSet<CustomerId>) {
         for customer in customers {
-            let message = Wake {
-                id: Uuid::now_v7(),
-                customer_id: customer,
-                job_id: None,
-            };
             // A lost wake-up costs the dispatchers' sweep interval.
-            if let Err(e) = self
-                .broker
-                .publish_json(KEY_INTAKE, message.id, &message)
-                .await
-            {
+            if let Err(e) = self.broker.wake(customer, None).await {
                 tracing::warn!(error = %e, %customer, "wake-up not published");
             }
         }
