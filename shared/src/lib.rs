@@ -23,6 +23,7 @@
 //! * `repo`       – every SQL statement, as functions over a client.
 //! * `ops`        – Prometheus metrics and the `/metrics` `/healthz` `/readyz` routes.
 //! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
+//! * `service`    – a service's start (database, broker) and its tasks until shutdown.
 
 pub mod attachment;
 pub mod broker;
@@ -39,6 +40,7 @@ pub mod placement;
 pub mod repo;
 pub mod rows;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod task_def;
 pub mod telemetry;
