@@ -19,7 +19,8 @@
 //! * `human`      – human tasks, pure: state machine, finish body and verdict,
 //!   e-mails, worker tokens, timers, JSON Schema.
 //! * `idempotency` – Idempotency-Key: key rules, request fingerprints.
-//! * `webhook`    – the seed's event shape, signatures, retries, URL checks.
+//! * `webhook`    – the seed's event shape, signatures, `Retry-After`, URL checks.
+//! * `retry`      – the retry schedule of webhooks and notifications (pure).
 //! * `repo`       – every SQL statement, as functions over a client.
 //! * `ops`        – Prometheus metrics and the `/metrics` `/healthz` `/readyz` routes.
 //! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
@@ -38,6 +39,7 @@ pub mod messages;
 pub mod ops;
 pub mod placement;
 pub mod repo;
+pub mod retry;
 pub mod rows;
 pub mod secret;
 pub mod service;

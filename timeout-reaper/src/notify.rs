@@ -13,7 +13,7 @@ use orq_shared::CancellationToken;
 use orq_shared::config::NotifySettings;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::notifications::{self, Due};
-use orq_shared::webhook::{self, Next};
+use orq_shared::retry::{self, Retry, Schedule};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub struct Notifier {
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: Option<Mailbox>,
     http: reqwest::Client,
-    schedule: Vec<Duration>,
+    schedule: Schedule,
 }
 
 impl Notifier {
@@ -62,11 +62,7 @@ impl Notifier {
             smtp,
             from,
             http: reqwest::Client::builder().timeout(timeout).build()?,
-            schedule: settings
-                .retry_schedule_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
+            schedule: Schedule::from_ms(&settings.retry_schedule_ms),
         })
     }
 
@@ -116,12 +112,11 @@ impl Notifier {
                 Ok(()) => Ok(()),
                 Err(error) => {
                     let attempts = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
-                    let jitter = rand::random::<f64>() * 2.0 - 1.0;
-                    let retry_at =
-                        match webhook::next_attempt(&self.schedule, attempts, None, jitter) {
-                            Next::RetryIn(wait) => Some(time::OffsetDateTime::now_utc() + wait),
-                            Next::GiveUp => None,
-                        };
+                    let retry_at = match self.schedule.next_attempt(attempts, None, retry::jitter())
+                    {
+                        Retry::In(wait) => Some(time::OffsetDateTime::now_utc() + wait),
+                        Retry::Dead => None,
+                    };
                     tracing::warn!(notification = %d.id, channel = %d.channel, %error, ?retry_at, "notification not sent");
                     Err((error, retry_at))
                 }

@@ -19,8 +19,9 @@ use orq_shared::deny::DenyList;
 use orq_shared::domain::CustomerId;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::webhooks::{self, AttemptOutcome, Due};
+use orq_shared::retry::{self, Retry, Schedule};
 use orq_shared::secret::Sealer;
-use orq_shared::webhook::{self, Next};
+use orq_shared::webhook;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -62,7 +63,7 @@ struct Inner {
     sealer: Sealer,
     http: reqwest::Client,
     deny: Arc<DenyList>,
-    schedule: Vec<Duration>,
+    schedule: Schedule,
     /// Attempts in flight per endpoint, from this reaper.
     in_flight: Mutex<HashMap<Uuid, usize>>,
     /// Signing secrets, for a minute (a rotation takes effect within it).
@@ -98,12 +99,7 @@ impl Sender {
             }
         }
         let http = http.build()?;
-        let schedule = settings
-            .webhooks
-            .retry_schedule_ms
-            .iter()
-            .map(|ms| Duration::from_millis(*ms))
-            .collect();
+        let schedule = Schedule::from_ms(&settings.webhooks.retry_schedule_ms);
         Ok(Sender {
             inner: Arc::new(Inner {
                 pool,
@@ -294,14 +290,17 @@ impl Sender {
             if gone {
                 outcome.status = "DEAD";
             } else {
-                let jitter = rand::random::<f64>() * 2.0 - 1.0;
                 let nth = (n - due.schedule_from).max(1) as u32;
-                match webhook::next_attempt(&self.inner.schedule, nth, retry_after, jitter) {
-                    Next::RetryIn(wait) => {
+                match self
+                    .inner
+                    .schedule
+                    .next_attempt(nth, retry_after, retry::jitter())
+                {
+                    Retry::In(wait) => {
                         outcome.status = "PENDING";
                         outcome.next_attempt_at = Some(attempted_at + wait);
                     }
-                    Next::GiveUp => outcome.status = "DEAD",
+                    Retry::Dead => outcome.status = "DEAD",
                 }
             }
         }
