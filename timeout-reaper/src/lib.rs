@@ -23,10 +23,18 @@
 //! triggers), and the dispatchers are woken for requeued work.
 //!
 //! Beside it, `webhooks` delivers the outbox and `notify` tells field
-//! workers their finish was processed (e-mail, SMS, push). Once a minute
-//! it also prunes idempotency keys older than `idempotency_retention_ms`.
+//! workers their finish was processed (e-mail, SMS, push), both through
+//! `outbound`, the one claim/send/retry loop. Once a minute it also prunes
+//! idempotency keys older than `idempotency_retention_ms`.
+//!
+//! * `vigil`    – silence and absence of agents, judged only while the
+//!   reaper can see (pure).
+//! * `outbound` – claim due messages, send, record or retry (`Outbound`).
+//! * `webhooks` – webhook deliveries from the outbox.
+//! * `notify`   – e-mail, SMS and push notifications to field workers.
 
 pub mod notify;
+pub mod outbound;
 pub mod vigil;
 pub mod webhooks;
 
