@@ -13,14 +13,15 @@ pub mod runner;
 pub mod script;
 
 use anyhow::Context;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::BasicAckOptions;
 use orq_shared::CancellationToken;
-use orq_shared::broker::{Broker, KEY_REPORTS, Pending};
+use orq_shared::broker::{self, Broker, KEY_REPORTS, Pending};
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobId, JobStatus};
 use orq_shared::messages::{Assignment, BotReport, ReportBody};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
@@ -195,39 +196,26 @@ impl Agent {
     }
 
     async fn consume(&self, tracker: &tokio_util::task::TaskTracker, shutdown: CancellationToken) {
-        let queue = self
-            .inner
-            .broker
-            .topology()
-            .bot_queue(self.inner.identity.id);
-        let prefetch = self.inner.settings.agent.capacity.max(1);
-        let mut last = None;
-        loop {
-            let (session, mut consumer) = tokio::select! {
-                c = self.inner.broker.consume(&queue, prefetch, &mut last) => c,
-                _ = shutdown.cancelled() => return,
-            };
-            loop {
-                let delivery = tokio::select! {
-                    d = session.next(&mut consumer) => d,
-                    _ = shutdown.cancelled() => return,
-                };
-                let Some(delivery) = delivery else {
-                    break;
-                };
-                let assignment: Assignment = match serde_json::from_slice(&delivery.data) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "malformed assignment dead-lettered");
-                        let _ = delivery
-                            .acker
-                            .reject(BasicRejectOptions { requeue: false })
-                            .await;
-                        continue;
-                    }
+        let queue = broker::Queue {
+            name: self
+                .inner
+                .broker
+                .topology()
+                .bot_queue(self.inner.identity.id),
+            prefetch: self.inner.settings.agent.capacity.max(1),
+        };
+        let stop = &shutdown;
+        broker::consume(
+            &self.inner.broker,
+            queue,
+            stop,
+            move |delivery| async move {
+                let Some(assignment) = broker::decode::<Assignment>(&delivery, "assignment").await
+                else {
+                    return ControlFlow::Continue(());
                 };
                 let agent = self.clone();
-                let shutdown = shutdown.clone();
+                let shutdown = stop.clone();
                 tracker.spawn(async move {
                     // Acked only once the outcome is reported (or the
                     // assignment was found to be a duplicate or stale); one
@@ -239,8 +227,10 @@ impl Agent {
                         let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                     }
                 });
-            }
-        }
+                ControlFlow::Continue(())
+            },
+        )
+        .await
     }
 
     /// Runs an assignment unless it is a duplicate or stale; false when
@@ -499,52 +489,28 @@ impl Agent {
     /// Holds this agent's presence queue and consumes its control messages
     /// (cancel a running job), on every connection, until `stop`.
     async fn controls(self, stop: CancellationToken) {
-        let shutdown = stop;
-        let mut last = None;
-        loop {
-            let session = tokio::select! {
-                s = self.inner.broker.session_after(last) => s,
-                _ = shutdown.cancelled() => return,
-            };
-            last = Some(session.generation());
-            // Held (not read) for as long as this session lasts.
-            let _presence = match session.hold_presence(self.inner.identity.id).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot hold this agent's presence");
-                    session.report_failure();
-                    continue;
-                }
-            };
-            let mut consumer = match session.consume_control(self.inner.identity.id).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot consume control messages");
-                    session.report_failure();
-                    continue;
-                }
-            };
-            loop {
-                let delivery = tokio::select! {
-                    d = session.next(&mut consumer) => d,
-                    _ = shutdown.cancelled() => return,
-                };
-                let Some(delivery) = delivery else {
-                    break;
-                };
+        let control = broker::AgentControl(self.inner.identity.id);
+        let this = &self;
+        broker::consume(
+            &self.inner.broker,
+            control,
+            &stop,
+            move |delivery| async move {
                 match serde_json::from_slice::<Control>(&delivery.data) {
                     Ok(Control::Cancel {
                         job_id, attempt, ..
                     }) => {
                         tracing::info!(job = %job_id, attempt, "job canceled; stopping it");
-                        if let Ok(mut c) = self.inner.cancels.lock() {
+                        if let Ok(mut c) = this.inner.cancels.lock() {
                             c.cancel((job_id, attempt));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
                 }
-            }
-        }
+                ControlFlow::Continue(())
+            },
+        )
+        .await
     }
 
     /// What every run of a job finds in its environment, whichever agent

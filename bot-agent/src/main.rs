@@ -23,10 +23,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let Some(settings) = Cli::parse().config.load()? else {
-        return Ok(());
-    };
-    let shutdown = orq_shared::shutdown::on_signals();
-    let agent = bot_agent::Agent::build(settings, shutdown.clone()).await?;
-    agent.run_until_stopped(shutdown).await
+    orq_shared::service::main(Cli::parse().config, async |settings, shutdown| {
+        let agent = bot_agent::Agent::build(settings, shutdown.clone()).await?;
+        agent.run_until_stopped(shutdown).await
+    })
+    .await
 }

@@ -1,19 +1,21 @@
-//! The shape every intake consumer shares: take every message that is
-//! ready (up to a bound), apply them in one transaction, ack after the
-//! commit. A message that cannot be parsed is dead-lettered; a batch that
+//! What every intake consumer does with a batch (`broker::consume_batches`
+//! takes every message that is ready, up to a bound): apply them in one
+//! transaction, ack after the commit. A message that cannot be parsed is dead-lettered; a batch that
 //! fails on the database is retried with its messages held (not requeued:
 //! quorum queues would count each requeue towards the delivery limit, and
 //! an outage must not dead-letter accepted work); a batch the database
 //! refuses for its data is applied one by one so only the refused messages
 //! are dead-lettered.
 
-use futures::FutureExt;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use orq_shared::CancellationToken;
-use orq_shared::broker::Broker;
+use orq_shared::broker::{self, Broker};
 use orq_shared::repo::RepoError;
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// What applying messages yields that several batches can combine.
@@ -85,88 +87,81 @@ pub async fn consume<I: Intake>(
     intake: I,
 ) {
     let batch_max = batch_max.max(1);
-    let prefetch = u16::try_from(batch_max * 2).unwrap_or(u16::MAX);
-    let mut last = None;
-    loop {
-        let (session, mut consumer) = tokio::select! {
-            c = broker.consume(&queue, prefetch, &mut last) => c,
-            _ = shutdown.cancelled() => return,
-        };
-        loop {
-            let first = tokio::select! {
-                d = session.next(&mut consumer) => d,
-                _ = shutdown.cancelled() => return,
-            };
-            let Some(first) = first else {
-                break;
-            };
-            let mut deliveries = vec![first];
-            // Take what is already here, without waiting for more.
-            while deliveries.len() < batch_max {
-                match session.next(&mut consumer).now_or_never() {
-                    Some(Some(d)) => deliveries.push(d),
-                    _ => break,
-                }
-            }
-            let mut messages = Vec::with_capacity(deliveries.len());
-            let mut ackers: Vec<lapin::Acker> = Vec::with_capacity(deliveries.len());
-            for d in deliveries {
-                match serde_json::from_slice::<I::Message>(&d.data) {
-                    Ok(m) => {
-                        messages.push(m);
-                        ackers.push(d.acker);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, %queue, "malformed message dead-lettered");
-                        let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
-                    }
-                }
-            }
-            let mut wait = Duration::from_millis(100);
-            let result = loop {
-                match intake.apply(&messages).await {
-                    Ok(result) => break result,
-                    Err(e) if is_data_error(&e) => {
-                        let (result, refused, retry) = apply_each(&intake, &messages).await;
-                        for (i, acker) in ackers.iter().enumerate() {
-                            if refused.contains(&i) {
-                                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
-                            } else if retry.contains(&i) {
-                                let _ = acker
-                                    .nack(BasicNackOptions {
-                                        requeue: true,
-                                        ..Default::default()
-                                    })
-                                    .await;
-                            }
-                        }
-                        ackers = ackers
-                            .into_iter()
-                            .enumerate()
-                            .filter(|(i, _)| !refused.contains(i) && !retry.contains(i))
-                            .map(|(_, a)| a)
-                            .collect();
-                        break result;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, %queue, messages = messages.len(), "applying a batch failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = shutdown.cancelled() => {
-                                for a in ackers {
-                                    let _ = a.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                                }
-                                return;
-                            }
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
-                }
-            };
-            for a in ackers {
-                let _ = a.ack(BasicAckOptions::default()).await;
-            }
-            intake.done(result);
+    let open = broker::Queue {
+        name: queue.clone(),
+        prefetch: u16::try_from(batch_max * 2).unwrap_or(u16::MAX),
+    };
+    let (intake, queue, stop) = (&intake, queue.as_str(), &shutdown);
+    broker::consume_batches(&broker, open, batch_max, stop, move |deliveries| {
+        apply_batch(intake, queue, deliveries, stop)
+    })
+    .await
+}
+
+/// Applies one batch and acks its messages after the commit. Breaks on a
+/// shutdown while the database is failing, the batch handed back.
+async fn apply_batch<I: Intake>(
+    intake: &I,
+    queue: &str,
+    deliveries: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) -> ControlFlow<()> {
+    let mut messages = Vec::with_capacity(deliveries.len());
+    let mut ackers: Vec<lapin::Acker> = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        if let Some(m) = broker::decode::<I::Message>(&d, queue).await {
+            messages.push(m);
+            ackers.push(d.acker);
         }
     }
+    let mut waits = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .build();
+    let result = loop {
+        match intake.apply(&messages).await {
+            Ok(result) => break result,
+            Err(e) if is_data_error(&e) => {
+                let (result, refused, retry) = apply_each(intake, &messages).await;
+                for (i, acker) in ackers.iter().enumerate() {
+                    if refused.contains(&i) {
+                        let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+                    } else if retry.contains(&i) {
+                        let _ = acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
+                    }
+                }
+                ackers = ackers
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| !refused.contains(i) && !retry.contains(i))
+                    .map(|(_, a)| a)
+                    .collect();
+                break result;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %queue, messages = messages.len(), "applying a batch failed; retrying");
+                let wait = waits.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {
+                        for a in ackers {
+                            let _ = a.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        }
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+        }
+    };
+    for a in ackers {
+        let _ = a.ack(BasicAckOptions::default()).await;
+    }
+    intake.done(result);
+    ControlFlow::Continue(())
 }

@@ -18,8 +18,8 @@ pub mod reports;
 pub mod sweep;
 
 use orq_shared::CancellationToken;
-use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
+use orq_shared::service::Service;
 use std::sync::Arc;
 
 use crate::matcher::Matcher;
@@ -27,66 +27,56 @@ use crate::matcher::Matcher;
 pub struct App {
     settings: Arc<Settings>,
     matcher: Matcher,
-    broker: Broker,
-    pool: deadpool_postgres::Pool,
-    shutdown: CancellationToken,
+    service: Service,
 }
 
 impl App {
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
-        orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
-        let pool = orq_shared::db::pool(&settings.database)?;
-        let broker = Broker::start(&settings.amqp, "dispatcher", shutdown.clone());
+        let service = Service::start(&settings, "dispatcher", shutdown).await?;
         let settings = Arc::new(settings);
-        let matcher = Matcher::new(pool.clone(), broker.clone(), settings.clone())?;
+        let matcher = Matcher::new(
+            service.pool().clone(),
+            service.broker().clone(),
+            settings.clone(),
+        )?;
         Ok(App {
             settings,
             matcher,
-            broker,
-            pool,
-            shutdown,
+            service,
         })
     }
 
     /// Runs every loop until shutdown; in-flight reports finish first.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let ops = tokio::spawn(orq_shared::ops::serve(
-            self.settings.ops.listen.clone(),
-            orq_shared::ops::Checks {
-                pool: Some(self.pool.clone()),
-                broker: Some(self.broker.clone()),
-            },
-            self.shutdown.clone(),
-        ));
-        let matching = tokio::spawn(self.matcher.clone().run(self.shutdown.clone()));
-        let intake = tokio::spawn(matcher::consume_wakeups(
+        let s = &self.service;
+        let (pool, broker, shutdown) = (s.pool(), s.broker(), s.shutdown());
+        s.serve_ops(&self.settings.ops.listen);
+        s.spawn(self.matcher.clone().run(shutdown.clone()));
+        s.spawn(matcher::consume_wakeups(
             self.matcher.clone(),
-            self.broker.clone(),
-            self.shutdown.clone(),
+            broker.clone(),
+            shutdown.clone(),
         ));
-        let reports = tokio::spawn(reports::consume(
-            self.pool.clone(),
-            self.broker.clone(),
+        s.spawn(reports::consume(
+            pool.clone(),
+            broker.clone(),
             self.matcher.clone(),
             self.settings.clone(),
-            self.shutdown.clone(),
+            shutdown.clone(),
         ));
-        let finishes = tokio::spawn(finishes::consume(
-            self.pool.clone(),
-            self.broker.clone(),
+        s.spawn(finishes::consume(
+            pool.clone(),
+            broker.clone(),
             self.settings.clone(),
-            self.shutdown.clone(),
+            shutdown.clone(),
         ));
-        let sweep = tokio::spawn(sweep::run(
-            self.pool.clone(),
+        s.spawn(sweep::run(
+            pool.clone(),
             self.matcher.clone(),
             self.settings.clone(),
-            self.shutdown.clone(),
+            shutdown.clone(),
         ));
-        self.shutdown.cancelled().await;
-        for task in [ops, matching, intake, reports, finishes, sweep] {
-            let _ = task.await;
-        }
+        s.stopped().await;
         Ok(())
     }
 }

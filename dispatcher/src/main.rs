@@ -11,11 +11,10 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Some(settings) = Cli::parse().config.load()? else {
-        return Ok(());
-    };
-    let shutdown = orq_shared::shutdown::on_signals();
-    let app = dispatcher::App::build(settings, shutdown).await?;
-    tracing::info!("dispatcher running");
-    app.run_until_stopped().await
+    orq_shared::service::main(Cli::parse().config, async |settings, shutdown| {
+        let app = dispatcher::App::build(settings, shutdown).await?;
+        tracing::info!("dispatcher running");
+        app.run_until_stopped().await
+    })
+    .await
 }

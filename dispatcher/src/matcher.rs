@@ -3,15 +3,16 @@
 //! per batch, then delivers what it assigned.
 
 use futures::future::join_all;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::BasicAckOptions;
 use orq_shared::CancellationToken;
-use orq_shared::broker::{Broker, BrokerError, Topology};
+use orq_shared::broker::{self, Broker, BrokerError, Topology};
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, Delivery, JobEvent, JobId};
 use orq_shared::messages::{Assignment, Control, Wake};
 use orq_shared::repo::jobs::{self, Actor, Assigned, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -369,33 +370,19 @@ enum Failure {
     Uncertain(String),
 }
 
-/// Consumes wake-ups from the intake queue into the matcher.
+/// Consumes wake-ups from the intake queue into the matcher; each is acked
+/// once a round that covers its customer has run.
 pub async fn consume_wakeups(matcher: Matcher, broker: Broker, shutdown: CancellationToken) {
-    let queue = broker.topology().intake_queue();
-    let mut last = None;
-    loop {
-        let (session, mut consumer) = tokio::select! {
-            c = broker.consume(&queue, 512, &mut last) => c,
-            _ = shutdown.cancelled() => return,
-        };
-        loop {
-            let delivery = tokio::select! {
-                d = session.next(&mut consumer) => d,
-                _ = shutdown.cancelled() => return,
-            };
-            let Some(delivery) = delivery else {
-                break;
-            };
-            match serde_json::from_slice::<Wake>(&delivery.data) {
-                Ok(wake) => matcher.push(wake.customer_id, Some(delivery.acker)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed wake-up dead-lettered");
-                    let _ = delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await;
-                }
-            }
+    let queue = broker::Queue {
+        name: broker.topology().intake_queue(),
+        prefetch: 512,
+    };
+    let matcher = &matcher;
+    broker::consume(&broker, queue, &shutdown, move |delivery| async move {
+        if let Some(wake) = broker::decode::<Wake>(&delivery, "wake-up").await {
+            matcher.push(wake.customer_id, Some(delivery.acker));
         }
-    }
+        ControlFlow::Continue(())
+    })
+    .await
 }

@@ -4,12 +4,16 @@
 //! lapin's own recovery is young, so the supervisor does it: connect with
 //! backoff, declare the topology, open a confirming publisher channel, publish
 //! the session on a `watch` channel, and when the connection dies, withdraw it
-//! and start over. Consumers take a fresh session from `Broker::session()` each
-//! time their stream ends, which rebuilds them after every reconnect.
+//! and start over. Consumers go through the one loop in `consume`, which
+//! opens them again on each new session.
 //!
 //! `amqp.url` may list several nodes of a cluster: each process starts at a
 //! node of its own (so the copies of a service spread over the cluster) and
 //! moves to the next node whenever a connection fails or is lost.
+
+mod consume;
+
+pub use consume::{AgentControl, Open, Queue, Subscription, consume, consume_batches, decode};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::{
@@ -31,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{AmqpSettings, redact_url};
-use crate::domain::BotId;
+use crate::domain::{BotId, CustomerId, JobId};
+use crate::messages::Wake;
 
 /// Names of every exchange and queue, derived from one prefix.
 #[derive(Debug, Clone)]
@@ -557,29 +562,15 @@ impl Broker {
         self.session_after(None).await
     }
 
-    /// Consumes `queue` on the first live session newer than `*last` (the
-    /// session whose consumer just ended), retrying until it works; records
-    /// the session's generation in `*last`.
-    pub async fn consume(
-        &self,
-        queue: &str,
-        prefetch: u16,
-        last: &mut Option<u64>,
-    ) -> (Session, Consumer) {
-        loop {
-            let session = self.session_after(*last).await;
-            *last = Some(session.generation());
-            match session.consume(queue, prefetch).await {
-                Ok(consumer) => {
-                    tracing::info!(%queue, "consuming");
-                    return (session, consumer);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, %queue, "cannot consume");
-                    session.report_failure();
-                }
-            }
-        }
+    /// Wakes the dispatchers for `customer` (a hint: PostgreSQL has the
+    /// work, and their sweep finds it if this is lost).
+    pub async fn wake(&self, customer: CustomerId, job: Option<JobId>) -> Result<(), BrokerError> {
+        let wake = Wake {
+            id: Uuid::now_v7(),
+            customer_id: customer,
+            job_id: job,
+        };
+        self.publish_json(KEY_INTAKE, wake.id, &wake).await
     }
 
     /// Publishes on the current session; fails at once when disconnected.

@@ -5,7 +5,8 @@
 //! * `telemetry`  – tracing setup.
 //! * `db`         – PostgreSQL pool and embedded migrations under an advisory lock.
 //! * `deny`       – deny lists of networks (SSRF), IPv4-in-IPv6 forms included.
-//! * `broker`     – RabbitMQ topology and the reconnecting supervisor.
+//! * `broker`     – RabbitMQ topology, the reconnecting supervisor, and the one
+//!   consume loop (`broker::consume`).
 //! * `messages`   – what travels over RabbitMQ.
 //! * `domain`     – ids, roles, bot and job state machines (pure).
 //! * `field`      – `FieldError`, the one error of every input parser.
@@ -19,10 +20,12 @@
 //! * `human`      – human tasks, pure: state machine, finish body and verdict,
 //!   e-mails, worker tokens, timers, JSON Schema.
 //! * `idempotency` – Idempotency-Key: key rules, request fingerprints.
-//! * `webhook`    – the seed's event shape, signatures, retries, URL checks.
+//! * `webhook`    – the seed's event shape, signatures, `Retry-After`, URL checks.
+//! * `retry`      – the retry schedule of webhooks and notifications (pure).
 //! * `repo`       – every SQL statement, as functions over a client.
 //! * `ops`        – Prometheus metrics and the `/metrics` `/healthz` `/readyz` routes.
 //! * `shutdown`   – SIGTERM/SIGINT into a cancellation token.
+//! * `service`    – a service's start (database, broker) and its tasks until shutdown.
 
 pub mod attachment;
 pub mod broker;
@@ -38,8 +41,10 @@ pub mod messages;
 pub mod ops;
 pub mod placement;
 pub mod repo;
+pub mod retry;
 pub mod rows;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod task_def;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! Webhooks, the pure part: the seed's event shape, Standard Webhooks
-//! signatures, the retry schedule, and which URLs and addresses a delivery
-//! may go to.
+//! signatures, `Retry-After`, and which URLs and addresses a delivery may
+//! go to (the retry schedule is `retry`'s).
 
 use crate::deny::DenyList;
 use base64::Engine;
@@ -89,34 +89,6 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<Strin
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     ))
-}
-
-/// What happens after a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    RetryIn(Duration),
-    /// No attempt left: the delivery is DEAD.
-    GiveUp,
-}
-
-/// The wait after failed attempt `attempts` (1-based) per `schedule` (the
-/// waits between attempts), with up to ±20 % jitter (`jitter` in -1..=1),
-/// and at least what the receiver asked for in `Retry-After` (capped at a
-/// day).
-pub fn next_attempt(
-    schedule: &[Duration],
-    attempts: u32,
-    retry_after: Option<Duration>,
-    jitter: f64,
-) -> Next {
-    let Some(base) = schedule.get(attempts.saturating_sub(1) as usize) else {
-        return Next::GiveUp;
-    };
-    let jittered = base.mul_f64(1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
-    let asked = retry_after
-        .unwrap_or_default()
-        .min(Duration::from_secs(86_400));
-    Next::RetryIn(jittered.max(asked))
 }
 
 /// Reads `Retry-After`: seconds, or an HTTP date.
@@ -215,25 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn the_schedule_backs_off_honours_retry_after_and_ends() {
-        let schedule = [Duration::from_secs(5), Duration::from_secs(300)];
-        assert_eq!(
-            next_attempt(&schedule, 1, None, 0.0),
-            Next::RetryIn(Duration::from_secs(5))
-        );
-        assert_eq!(
-            next_attempt(&schedule, 2, None, 1.0),
-            Next::RetryIn(Duration::from_secs(360))
-        );
-        assert_eq!(
-            next_attempt(&schedule, 2, None, -1.0),
-            Next::RetryIn(Duration::from_secs(240))
-        );
-        assert_eq!(
-            next_attempt(&schedule, 1, Some(Duration::from_secs(60)), 0.0),
-            Next::RetryIn(Duration::from_secs(60))
-        );
-        assert_eq!(next_attempt(&schedule, 3, None, 0.0), Next::GiveUp);
+    fn retry_after_is_seconds_or_a_date() {
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("ts");
         assert_eq!(
             parse_retry_after("120", now),

@@ -23,21 +23,29 @@
 //! triggers), and the dispatchers are woken for requeued work.
 //!
 //! Beside it, `webhooks` delivers the outbox and `notify` tells field
-//! workers their finish was processed (e-mail, SMS, push). Once a minute
-//! it also prunes idempotency keys older than `idempotency_retention_ms`.
+//! workers their finish was processed (e-mail, SMS, push), both through
+//! `outbound`, the one claim/send/retry loop. Once a minute it also prunes
+//! idempotency keys older than `idempotency_retention_ms`.
+//!
+//! * `vigil`    – silence and absence of agents, judged only while the
+//!   reaper can see (pure).
+//! * `outbound` – claim due messages, send, record or retry (`Outbound`).
+//! * `webhooks` – webhook deliveries from the outbox.
+//! * `notify`   – e-mail, SMS and push notifications to field workers.
 
 pub mod notify;
+pub mod outbound;
 pub mod vigil;
 pub mod webhooks;
 
 use orq_shared::CancellationToken;
-use orq_shared::broker::{Broker, KEY_INTAKE};
+use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobEvent};
 use orq_shared::lease::{self, TakenBack};
-use orq_shared::messages::Wake;
 use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
 use orq_shared::repo::{RepoError, bots, human, idempotency};
+use orq_shared::service::Service;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -53,11 +61,10 @@ pub struct App {
     settings: Settings,
     sender: webhooks::Sender,
     notifier: notify::Notifier,
-    pool: deadpool_postgres::Pool,
-    /// Wakes the dispatchers when jobs wait again; carries the canaries and
-    /// tells which agents are connected.
-    broker: Broker,
-    shutdown: CancellationToken,
+    /// The database, and the broker that wakes the dispatchers when jobs
+    /// wait again, carries the canaries and tells which agents are
+    /// connected.
+    service: Service,
     /// This reaper's canaries' id.
     id: Uuid,
     /// What this reaper can see (links up, canaries back): silence is no
@@ -98,18 +105,15 @@ impl Reaped {
 
 impl App {
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
-        orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
-        let pool = orq_shared::db::pool(&settings.database)?;
-        let broker = Broker::start(&settings.amqp, "timeout-reaper", shutdown.clone());
+        let service = Service::start(&settings, "timeout-reaper", shutdown).await?;
+        let pool = service.pool().clone();
         let sender = webhooks::Sender::new(pool.clone(), std::sync::Arc::new(settings.clone()))?;
-        let notifier = notify::Notifier::new(pool.clone(), &settings.notify)?;
+        let notifier = notify::Notifier::new(pool, &settings.notify)?;
         Ok(App {
             sender,
             notifier,
             settings,
-            pool,
-            broker,
-            shutdown,
+            service,
             id: Uuid::now_v7(),
             sight: Mutex::new(Sight::default()),
             present: Mutex::new(Vec::new()),
@@ -117,31 +121,22 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let ops = tokio::spawn(orq_shared::ops::serve(
-            self.settings.ops.listen.clone(),
-            orq_shared::ops::Checks {
-                pool: Some(self.pool.clone()),
-                broker: Some(self.broker.clone()),
-            },
-            self.shutdown.clone(),
+        let s = &self.service;
+        s.serve_ops(&self.settings.ops.listen);
+        s.spawn(sample_gauges(
+            s.pool().clone(),
+            s.broker().clone(),
+            s.shutdown().clone(),
         ));
-        let gauges = tokio::spawn(sample_gauges(
-            self.pool.clone(),
-            self.broker.clone(),
-            self.shutdown.clone(),
-        ));
-        let sending = tokio::spawn(self.sender.clone().run(self.shutdown.clone()));
-        let notifying = tokio::spawn(self.notifier.clone().run(self.shutdown.clone()));
+        s.spawn(self.sender.clone().run(s.shutdown().clone()));
+        s.spawn(self.notifier.clone().run(s.shutdown().clone()));
         self.expire_until_stopped().await;
-        let _ = sending.await;
-        let _ = notifying.await;
-        let _ = ops.await;
-        let _ = gauges.await;
+        s.stopped().await;
         Ok(())
     }
 
     async fn expire_until_stopped(&self) {
-        if let Ok(db) = self.pool.get().await {
+        if let Ok(db) = self.service.pool().get().await {
             let _ = orq_shared::repo::canaries::prune(&db).await;
         }
         tokio::join!(self.reap_until_stopped(), self.watch_presence());
@@ -166,9 +161,10 @@ impl App {
 
     fn see_broker(&self) {
         let generation = self
-            .broker
+            .service
+            .broker()
             .current()
-            .filter(|_| self.broker.is_connected())
+            .filter(|_| self.service.broker().is_connected())
             .map(|s| s.generation());
         if let Ok(mut sight) = self.sight.lock() {
             sight.broker(time::OffsetDateTime::now_utc(), generation);
@@ -196,7 +192,8 @@ impl App {
         };
         let sent = tokio::time::timeout(
             Duration::from_secs(1),
-            self.broker
+            self.service
+                .broker()
                 .publish_json(orq_shared::broker::KEY_REPORTS, report.id, &report),
         )
         .await;
@@ -212,7 +209,7 @@ impl App {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = self.service.shutdown().cancelled() => return,
             }
             self.see_broker();
             self.send_canary().await;
@@ -251,7 +248,7 @@ impl App {
                             human = r.human,
                             "leases expired"
                         );
-                        if self.shutdown.is_cancelled() {
+                        if self.service.shutdown().is_cancelled() {
                             return;
                         }
                     }
@@ -273,12 +270,12 @@ impl App {
     ) -> Result<u64, RepoError> {
         let keep = Duration::from_millis(self.settings.reaper.idempotency_retention_ms);
         let before = now - keep;
-        let db = self.pool.get().await?;
+        let db = self.service.pool().get().await?;
         let mut total = 0;
         loop {
             let n = idempotency::prune(&db, before, PRUNE_BATCH).await?;
             total += n;
-            if n < PRUNE_BATCH as u64 || self.shutdown.is_cancelled() {
+            if n < PRUNE_BATCH as u64 || self.service.shutdown().is_cancelled() {
                 return Ok(total);
             }
         }
@@ -300,17 +297,8 @@ impl App {
     /// Wakes the dispatchers for customers whose work waits again.
     async fn wake(&self, customers: HashSet<CustomerId>) {
         for customer in customers {
-            let message = Wake {
-                id: Uuid::now_v7(),
-                customer_id: customer,
-                job_id: None,
-            };
             // A lost wake-up costs the dispatchers' sweep interval.
-            if let Err(e) = self
-                .broker
-                .publish_json(KEY_INTAKE, message.id, &message)
-                .await
-            {
+            if let Err(e) = self.service.broker().wake(customer, None).await {
                 tracing::warn!(error = %e, %customer, "wake-up not published");
             }
         }
@@ -327,7 +315,7 @@ impl App {
         let window = self.window();
         let tick = Duration::from_millis(self.settings.reaper.tick_ms);
         let stall = (tick * 3).max(Duration::from_secs(2));
-        let mut db = self.pool.get().await?;
+        let mut db = self.service.pool().get().await?;
         let tx = db.transaction().await?;
         let back = orq_shared::repo::canaries::back(&tx, self.id).await?;
         let cutoff = match self.sight.lock() {
@@ -445,7 +433,7 @@ impl App {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = self.service.shutdown().cancelled() => return,
             }
             self.see_broker();
             let counts = self
@@ -453,14 +441,14 @@ impl App {
                 .lock()
                 .map(|s| s.absence_counts(time::OffsetDateTime::now_utc(), rules))
                 .unwrap_or(Err(vigil::Blind::BrokerDown));
-            let Some(session) = self.broker.current().filter(|_| counts.is_ok()) else {
+            let Some(session) = self.service.broker().current().filter(|_| counts.is_ok()) else {
                 absences.clear();
                 if let Ok(mut p) = self.present.lock() {
                     p.clear();
                 }
                 continue;
             };
-            let watched = match self.pool.get().await {
+            let watched = match self.service.pool().get().await {
                 Ok(db) => bots::watched_agents(&db).await,
                 Err(e) => Err(e.into()),
             };
@@ -504,7 +492,7 @@ impl App {
     async fn take_back_absent(&self, lost: &[BotId]) -> Result<(), RepoError> {
         let mut reaped = Reaped::default();
         let mut wake = HashSet::new();
-        let mut db = self.pool.get().await?;
+        let mut db = self.service.pool().get().await?;
         let tx = db.transaction().await?;
         let marked = bots::expire_absent(&tx, lost).await?;
         let held = self
@@ -528,7 +516,7 @@ impl App {
         now: time::OffsetDateTime,
         reaped: &mut Reaped,
     ) -> Result<(), RepoError> {
-        let mut db = self.pool.get().await?;
+        let mut db = self.service.pool().get().await?;
         let tx = db.transaction().await?;
         let batch = self.settings.reaper.batch_size;
         let expired = human::expire_due(&tx, now, batch).await?;
@@ -549,7 +537,7 @@ impl App {
         reaped: &mut Reaped,
         wake: &mut HashSet<CustomerId>,
     ) -> Result<(), RepoError> {
-        let mut db = self.pool.get().await?;
+        let mut db = self.service.pool().get().await?;
         let tx = db.transaction().await?;
         let batch = self.settings.reaper.batch_size;
         let silence = Duration::from_millis(self.settings.reaper.http_silence_ms);

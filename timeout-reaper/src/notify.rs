@@ -1,21 +1,23 @@
 //! Sends the notifications the dispatchers queued (a worker's finish was
-//! processed): e-mail over SMTP, SMS and push through HTTP providers. Each
-//! is claimed (`SKIP LOCKED`, held for the length of an attempt), sent, and
-//! recorded; a failure is retried on `notify.retry_schedule_ms` (with
-//! jitter) and, after the last attempt, the notification is DEAD. This runs
+//! processed): e-mail over SMTP, SMS and push through HTTP providers,
+//! through the one outbound loop (`outbound`): claimed, sent, recorded; a
+//! failure is retried on `notify.retry_schedule_ms` (with jitter) and,
+//! after the last attempt, the notification is DEAD. This runs
 //! beside the processing it reports on, so a failing sender never holds it
 //! up.
 
-use futures::StreamExt;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use orq_shared::CancellationToken;
 use orq_shared::config::NotifySettings;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::notifications::{self, Due};
-use orq_shared::webhook::{self, Next};
+use orq_shared::retry::Schedule;
 use std::sync::Arc;
 use std::time::Duration;
+use uuid::Uuid;
+
+use crate::outbound::{self, Outbound, Pace, Sent, Verdict};
 
 /// Notifications sent at once by one reaper.
 const CONCURRENCY: usize = 16;
@@ -27,7 +29,6 @@ pub struct Notifier {
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: Option<Mailbox>,
     http: reqwest::Client,
-    schedule: Vec<Duration>,
 }
 
 impl Notifier {
@@ -62,83 +63,21 @@ impl Notifier {
             smtp,
             from,
             http: reqwest::Client::builder().timeout(timeout).build()?,
-            schedule: settings
-                .retry_schedule_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
         })
     }
 
+    /// Sends until shutdown (`outbound::run`).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            loop {
-                match self.send_due().await {
-                    Ok(0) => break,
-                    Ok(_) if shutdown.is_cancelled() => return,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sending notifications failed; will retry");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Claims and sends one batch; returns how many it tried.
-    pub async fn send_due(&self) -> Result<usize, RepoError> {
-        let hold = Duration::from_millis(self.settings.timeout_ms) * 2;
-        let due = {
-            let db = self.pool.get().await?;
-            // As many as are sent at once: each claim is held for two
-            // attempt timeouts, and a batch takes about one.
-            notifications::claim_due(&db, CONCURRENCY as i64, hold).await?
+        let pace = Pace {
+            in_flight: CONCURRENCY,
+            per_lane: CONCURRENCY,
+            idle: Duration::from_millis(500),
+            schedule: Schedule::from_ms(&self.settings.retry_schedule_ms),
         };
-        let n = due.len();
-        let results: Vec<_> = futures::stream::iter(due)
-            .map(|d| async move {
-                let outcome = self.send(&d).await;
-                (d, outcome)
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        let db = self.pool.get().await?;
-        for (d, outcome) in results {
-            let recorded = match outcome {
-                Ok(()) => Ok(()),
-                Err(error) => {
-                    let attempts = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
-                    let jitter = rand::random::<f64>() * 2.0 - 1.0;
-                    let retry_at =
-                        match webhook::next_attempt(&self.schedule, attempts, None, jitter) {
-                            Next::RetryIn(wait) => Some(time::OffsetDateTime::now_utc() + wait),
-                            Next::GiveUp => None,
-                        };
-                    tracing::warn!(notification = %d.id, channel = %d.channel, %error, ?retry_at, "notification not sent");
-                    Err((error, retry_at))
-                }
-            };
-            let result = match &recorded {
-                Ok(()) => "sent",
-                Err((_, Some(_))) => "retry",
-                Err((_, None)) => "dead",
-            };
-            metrics::counter!("orq_notifications_total", "channel" => d.channel.clone(), "outcome" => result)
-                .increment(1);
-            notifications::record(&db, d.id, recorded).await?;
-        }
-        Ok(n)
+        outbound::run(Arc::new(self), pace, shutdown).await
     }
 
-    async fn send(&self, d: &Due) -> Result<(), String> {
+    async fn deliver(&self, d: &Due) -> Result<(), String> {
         match d.channel.as_str() {
             "email" => self.email(d).await,
             "sms" => {
@@ -194,5 +133,62 @@ impl Notifier {
         } else {
             Err(format!("the provider answered {}", response.status()))
         }
+    }
+}
+
+impl Outbound for Notifier {
+    type Item = Due;
+    type Report = ();
+    const NAME: &'static str = "notifications";
+
+    async fn claim(&self, limit: usize, _: usize, _: &[Uuid]) -> Result<Vec<Due>, RepoError> {
+        // Held for two attempt timeouts: an attempt takes one at most.
+        let hold = Duration::from_millis(self.settings.timeout_ms) * 2;
+        let db = self.pool.get().await?;
+        notifications::claim_due(&db, i64::try_from(limit).unwrap_or(i64::MAX), hold).await
+    }
+
+    /// Nothing to give back: notifications have no lanes, so every one
+    /// claimed is attempted.
+    async fn release(&self, _: Vec<Due>) -> Result<(), RepoError> {
+        Ok(())
+    }
+
+    fn lane(_: &Due) -> Option<Uuid> {
+        None
+    }
+
+    fn attempt(d: &Due) -> u32 {
+        u32::try_from(d.attempts + 1).unwrap_or(u32::MAX)
+    }
+
+    async fn send(&self, d: &Due) -> (Sent, ()) {
+        let sent = match self.deliver(d).await {
+            Ok(()) => Sent::Delivered,
+            Err(error) => Sent::Failed {
+                error,
+                retry_after: None,
+            },
+        };
+        (sent, ())
+    }
+
+    async fn record(&self, d: Due, sent: Sent, _: (), verdict: Verdict) -> Result<(), RepoError> {
+        let error = sent.error().unwrap_or_default().to_string();
+        let (recorded, result) = match verdict {
+            Verdict::Delivered => (Ok(()), "sent"),
+            Verdict::RetryIn(wait) => (
+                Err((error, Some(time::OffsetDateTime::now_utc() + wait))),
+                "retry",
+            ),
+            Verdict::Dead => (Err((error, None)), "dead"),
+        };
+        if let Err((error, retry_at)) = &recorded {
+            tracing::warn!(notification = %d.id, channel = %d.channel, %error, ?retry_at, "notification not sent");
+        }
+        metrics::counter!("orq_notifications_total", "channel" => d.channel.clone(), "outcome" => result)
+            .increment(1);
+        let db = self.pool.get().await?;
+        notifications::record(&db, d.id, recorded).await
     }
 }

@@ -1,7 +1,8 @@
-//! Delivers webhooks from the outbox: forms deliveries (one pending per
-//! endpoint and job, so a job's events arrive in order), claims the due ones
-//! (`SKIP LOCKED`, held for the length of an attempt so no other reaper
-//! sends them meanwhile), and POSTs each as a JSON array of events with the
+//! Delivers webhooks from the outbox, through the one outbound loop
+//! (`outbound`): forms deliveries (one pending per endpoint and job, so a
+//! job's events arrive in order), claims the due ones (`SKIP LOCKED`, held
+//! for the length of an attempt so no other reaper sends them meanwhile),
+//! and POSTs each as a JSON array of events with the
 //! `user`/`password` headers of seed 004 and Standard Webhooks headers
 //! (`webhook-id`, stable across attempts; `webhook-timestamp`;
 //! `webhook-signature`). 2xx delivers; `410 Gone` disables the endpoint;
@@ -19,14 +20,16 @@ use orq_shared::deny::DenyList;
 use orq_shared::domain::CustomerId;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::webhooks::{self, AttemptOutcome, Due};
+use orq_shared::retry::Schedule;
 use orq_shared::secret::Sealer;
-use orq_shared::webhook::{self, Next};
+use orq_shared::webhook;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use uuid::Uuid;
+
+use crate::outbound::{self, Outbound, Pace, Sent, Verdict};
 
 /// Resolves host names, leaving out addresses in denied networks: a host
 /// that resolves only to those cannot be reached (SSRF, DNS rebinding).
@@ -62,13 +65,8 @@ struct Inner {
     sealer: Sealer,
     http: reqwest::Client,
     deny: Arc<DenyList>,
-    schedule: Vec<Duration>,
-    /// Attempts in flight per endpoint, from this reaper.
-    in_flight: Mutex<HashMap<Uuid, usize>>,
     /// Signing secrets, for a minute (a rotation takes effect within it).
     secrets: Mutex<HashMap<CustomerId, (String, Instant)>>,
-    /// Woken when an attempt ends (a slot is free).
-    done: Notify,
 }
 
 /// Most attempts in flight from one reaper, over all endpoints.
@@ -98,12 +96,6 @@ impl Sender {
             }
         }
         let http = http.build()?;
-        let schedule = settings
-            .webhooks
-            .retry_schedule_ms
-            .iter()
-            .map(|ms| Duration::from_millis(*ms))
-            .collect();
         Ok(Sender {
             inner: Arc::new(Inner {
                 pool,
@@ -111,36 +103,21 @@ impl Sender {
                 sealer,
                 http,
                 deny,
-                schedule,
-                in_flight: Mutex::new(HashMap::new()),
                 secrets: Mutex::new(HashMap::new()),
-                done: Notify::new(),
             }),
         })
     }
 
-    /// Forms and sends until shutdown; attempts in flight then finish (they
-    /// are bounded by the attempt timeout).
+    /// Forms and sends until shutdown (`outbound::run`).
     pub async fn run(self, shutdown: CancellationToken) {
-        let tick = Duration::from_millis(self.inner.settings.reaper.tick_ms.min(1000));
-        let tracker = tokio_util::task::TaskTracker::new();
-        loop {
-            if let Err(e) = self.form_all().await {
-                tracing::warn!(error = %e, "forming webhook deliveries failed; will retry");
-            }
-            match self.dispatch(&tracker).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = self.inner.done.notified() => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
-        tracker.close();
-        tracker.wait().await;
+        let w = &self.inner.settings.webhooks;
+        let pace = Pace {
+            in_flight: MAX_IN_FLIGHT,
+            per_lane: w.per_endpoint_concurrency.max(1),
+            idle: Duration::from_millis(self.inner.settings.reaper.tick_ms.min(1000)),
+            schedule: Schedule::from_ms(&w.retry_schedule_ms),
+        };
+        outbound::run(Arc::new(self), pace, shutdown).await
     }
 
     /// Makes deliveries of what the outbox owes, a transaction per batch.
@@ -168,71 +145,6 @@ impl Sender {
         }
     }
 
-    /// Claims due deliveries for endpoints with a free slot and starts
-    /// their attempts; returns how many started.
-    async fn dispatch(&self, tracker: &tokio_util::task::TaskTracker) -> Result<usize, RepoError> {
-        let per_endpoint = self.inner.settings.webhooks.per_endpoint_concurrency.max(1);
-        let (busy, total): (Vec<Uuid>, usize) = {
-            let in_flight = self.inner.in_flight.lock().map_err(|_| poisoned())?;
-            (
-                in_flight
-                    .iter()
-                    .filter(|(_, n)| **n >= per_endpoint)
-                    .map(|(e, _)| *e)
-                    .collect(),
-                in_flight.values().sum(),
-            )
-        };
-        let room = MAX_IN_FLIGHT.saturating_sub(total);
-        if room == 0 {
-            return Ok(0);
-        }
-        let hold = Duration::from_millis(self.inner.settings.webhooks.timeout_ms)
-            + Duration::from_secs(30);
-        let db = self.inner.pool.get().await?;
-        let claimed =
-            webhooks::claim_due(&db, room as i64, per_endpoint as i64, &busy, hold).await?;
-        let mut started = 0;
-        let mut release = Vec::new();
-        for due in claimed {
-            let admitted = {
-                let mut in_flight = self.inner.in_flight.lock().map_err(|_| poisoned())?;
-                let n = in_flight.entry(due.endpoint_id).or_insert(0);
-                if *n < per_endpoint {
-                    *n += 1;
-                    true
-                } else {
-                    false
-                }
-            };
-            if !admitted {
-                release.push(due.id);
-                continue;
-            }
-            started += 1;
-            let this = self.clone();
-            tracker.spawn(async move {
-                let endpoint = due.endpoint_id;
-                if let Err(e) = this.attempt(due).await {
-                    tracing::warn!(error = %e, "recording a webhook attempt failed; it will be retried");
-                }
-                if let Ok(mut in_flight) = this.inner.in_flight.lock()
-                    && let Some(n) = in_flight.get_mut(&endpoint)
-                {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        in_flight.remove(&endpoint);
-                    }
-                }
-                this.inner.done.notify_one();
-            });
-        }
-        if !release.is_empty() {
-            webhooks::release(&db, &release).await?;
-        }
-        Ok(started)
-    }
-
     fn signing_secret_cached(&self, customer: CustomerId) -> Option<String> {
         let secrets = self.inner.secrets.lock().ok()?;
         secrets
@@ -251,85 +163,6 @@ impl Sender {
             secrets.insert(customer, (secret.clone(), Instant::now()));
         }
         Ok(secret)
-    }
-
-    /// One attempt of one delivery, and its record.
-    async fn attempt(&self, due: Due) -> Result<(), RepoError> {
-        if !due.enabled {
-            let db = self.inner.pool.get().await?;
-            return webhooks::abandon(&db, due.id, "its endpoint is disabled").await;
-        }
-        let n = due.attempts + 1;
-        let started = Instant::now();
-        let attempted_at = time::OffsetDateTime::now_utc();
-        let sent = self.post(&due).await;
-        let duration_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
-        let mut outcome = AttemptOutcome {
-            attempted_at,
-            status_code: None,
-            error: None,
-            duration_ms,
-            status: "DELIVERED",
-            next_attempt_at: None,
-        };
-        let mut retry_after = None;
-        let mut gone = false;
-        match sent {
-            Ok(response) => {
-                let status = response.status();
-                outcome.status_code = Some(i32::from(status.as_u16()));
-                retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| webhook::parse_retry_after(v, attempted_at));
-                if !status.is_success() {
-                    gone = status == reqwest::StatusCode::GONE;
-                    outcome.error = Some(format!("HTTP {status}"));
-                }
-            }
-            Err(e) => outcome.error = Some(e),
-        }
-        if outcome.error.is_some() {
-            if gone {
-                outcome.status = "DEAD";
-            } else {
-                let jitter = rand::random::<f64>() * 2.0 - 1.0;
-                let nth = (n - due.schedule_from).max(1) as u32;
-                match webhook::next_attempt(&self.inner.schedule, nth, retry_after, jitter) {
-                    Next::RetryIn(wait) => {
-                        outcome.status = "PENDING";
-                        outcome.next_attempt_at = Some(attempted_at + wait);
-                    }
-                    Next::GiveUp => outcome.status = "DEAD",
-                }
-            }
-        }
-        let mut db = self.inner.pool.get().await?;
-        let tx = db.transaction().await?;
-        if !webhooks::record_attempt(&tx, due.id, n, &outcome).await? {
-            // Someone else recorded this attempt: theirs stands.
-            return Ok(());
-        }
-        if gone {
-            webhooks::disable_endpoint(
-                &tx,
-                None,
-                due.endpoint_id,
-                "the receiver answered 410 Gone",
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        let result = match outcome.status {
-            "DELIVERED" => "delivered",
-            "DEAD" => "dead",
-            _ => "retry",
-        };
-        metrics::counter!("orq_webhook_attempts_total", "outcome" => result).increment(1);
-        metrics::histogram!("orq_webhook_attempt_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        Ok(())
     }
 
     /// The POST itself; `Err` when no response came.
@@ -377,6 +210,141 @@ impl Sender {
     }
 }
 
-fn poisoned() -> RepoError {
-    RepoError::Corrupt("a lock was poisoned".into())
+/// What an attempt learnt beside its verdict.
+pub struct Report {
+    attempted_at: time::OffsetDateTime,
+    started: Instant,
+    duration_ms: i32,
+    status_code: Option<i32>,
+}
+
+impl Outbound for Sender {
+    type Item = Due;
+    type Report = Report;
+    const NAME: &'static str = "webhook deliveries";
+
+    async fn prepare(&self) -> Result<(), RepoError> {
+        self.form_all().await.map(|_| ())
+    }
+
+    /// Deliveries to a disabled endpoint end here, without an attempt.
+    async fn claim(
+        &self,
+        limit: usize,
+        per_endpoint: usize,
+        busy: &[Uuid],
+    ) -> Result<Vec<Due>, RepoError> {
+        let hold = Duration::from_millis(self.inner.settings.webhooks.timeout_ms)
+            + Duration::from_secs(30);
+        let db = self.inner.pool.get().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let per_endpoint = i64::try_from(per_endpoint).unwrap_or(i64::MAX);
+        let claimed = webhooks::claim_due(&db, limit, per_endpoint, busy, hold).await?;
+        let mut due = Vec::with_capacity(claimed.len());
+        for d in claimed {
+            if d.enabled {
+                due.push(d);
+            } else if let Err(e) = webhooks::abandon(&db, d.id, "its endpoint is disabled").await {
+                tracing::warn!(error = %e, delivery = %d.id, "abandoning a delivery failed; it will be retried");
+            }
+        }
+        Ok(due)
+    }
+
+    async fn release(&self, items: Vec<Due>) -> Result<(), RepoError> {
+        let ids: Vec<Uuid> = items.iter().map(|d| d.id).collect();
+        let db = self.inner.pool.get().await?;
+        webhooks::release(&db, &ids).await
+    }
+
+    fn lane(due: &Due) -> Option<Uuid> {
+        Some(due.endpoint_id)
+    }
+
+    /// Counted from the last redelivery.
+    fn attempt(due: &Due) -> u32 {
+        u32::try_from((due.attempts + 1 - due.schedule_from).max(1)).unwrap_or(1)
+    }
+
+    async fn send(&self, due: &Due) -> (Sent, Report) {
+        let started = Instant::now();
+        let attempted_at = time::OffsetDateTime::now_utc();
+        let response = self.post(due).await;
+        let mut report = Report {
+            attempted_at,
+            started,
+            duration_ms: i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX),
+            status_code: None,
+        };
+        let sent = match response {
+            Ok(response) => {
+                let status = response.status();
+                report.status_code = Some(i32::from(status.as_u16()));
+                if status.is_success() {
+                    Sent::Delivered
+                } else if status == reqwest::StatusCode::GONE {
+                    Sent::Refused {
+                        error: format!("HTTP {status}"),
+                    }
+                } else {
+                    Sent::Failed {
+                        error: format!("HTTP {status}"),
+                        retry_after: response
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| webhook::parse_retry_after(v, attempted_at)),
+                    }
+                }
+            }
+            Err(error) => Sent::Failed {
+                error,
+                retry_after: None,
+            },
+        };
+        (sent, report)
+    }
+
+    /// `410 Gone` also disables the endpoint.
+    async fn record(
+        &self,
+        due: Due,
+        sent: Sent,
+        report: Report,
+        verdict: Verdict,
+    ) -> Result<(), RepoError> {
+        let (status, next_attempt_at, result) = match verdict {
+            Verdict::Delivered => ("DELIVERED", None, "delivered"),
+            Verdict::RetryIn(wait) => ("PENDING", Some(report.attempted_at + wait), "retry"),
+            Verdict::Dead => ("DEAD", None, "dead"),
+        };
+        let outcome = AttemptOutcome {
+            attempted_at: report.attempted_at,
+            status_code: report.status_code,
+            error: sent.error().map(str::to_string),
+            duration_ms: report.duration_ms,
+            status,
+            next_attempt_at,
+        };
+        let mut db = self.inner.pool.get().await?;
+        let tx = db.transaction().await?;
+        if !webhooks::record_attempt(&tx, due.id, due.attempts + 1, &outcome).await? {
+            // Someone else recorded this attempt: theirs stands.
+            return Ok(());
+        }
+        if matches!(sent, Sent::Refused { .. }) {
+            webhooks::disable_endpoint(
+                &tx,
+                None,
+                due.endpoint_id,
+                "the receiver answered 410 Gone",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("orq_webhook_attempts_total", "outcome" => result).increment(1);
+        metrics::histogram!("orq_webhook_attempt_duration_seconds")
+            .record(report.started.elapsed().as_secs_f64());
+        Ok(())
+    }
 }

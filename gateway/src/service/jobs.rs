@@ -1,8 +1,8 @@
 //! Jobs: what several routes do to a job beyond one statement.
 
-use orq_shared::broker::{KEY_INTAKE, Topology};
+use orq_shared::broker::Topology;
 use orq_shared::domain::{CustomerId, Delivery, JobEvent, JobId};
-use orq_shared::messages::{Control, Wake};
+use orq_shared::messages::Control;
 use orq_shared::repo::jobs::{self, Actor, Applied, Outcome, Task};
 use orq_shared::repo::{RepoError, bots};
 use uuid::Uuid;
@@ -64,12 +64,7 @@ pub async fn cancel(state: &AppState, customer: CustomerId, id: JobId) -> Result
 pub fn wake(state: &AppState, customer: CustomerId, job: Option<JobId>) {
     let broker = state.broker.clone();
     state.background.spawn(async move {
-        let wake = Wake {
-            id: Uuid::now_v7(),
-            customer_id: customer,
-            job_id: job,
-        };
-        if let Err(e) = broker.publish_json(KEY_INTAKE, wake.id, &wake).await {
+        if let Err(e) = broker.wake(customer, job).await {
             tracing::warn!(error = %e, %customer, "wake-up not published; the sweep will pick the work up");
         }
     });
