@@ -71,6 +71,10 @@ struct Args {
     /// With --reaper: webhook deliveries to send.
     #[arg(long, default_value_t = 10_000)]
     webhooks: i64,
+    /// With --reaper: events written one at a time at --rate per second,
+    /// each timed from its write to its webhook's arrival (0: none).
+    #[arg(long, default_value_t = 2_000)]
+    webhook_latency: usize,
     /// With --reaper: agents SIGKILLed mid-job, one after another, each
     /// timed until its job waits again (0: none).
     #[arg(long, default_value_t = 20)]
@@ -103,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
             leases: args.leases,
             spread_secs: args.spread_secs,
             webhooks: args.webhooks,
+            webhook_latency: args.webhook_latency,
+            rate: args.rate as f64,
             kills: args.kills,
         })
         .await;

@@ -7,7 +7,10 @@
 //! 2. Webhook deliveries/s: `--webhooks` one-event deliveries owed to a
 //!    local receiver (a subscription), from the reaper's start to the last
 //!    DELIVERED.
-//! 3. Dead-bot detection: `--kills` agents with the default settings are
+//! 3. Webhook latency: `--webhook-latency` events written one at a time
+//!    at `--rate` per second (a job and its event in one statement), each
+//!    timed from just before its write to its arrival at the receiver.
+//! 4. Dead-bot detection: `--kills` agents with the default settings are
 //!    SIGKILLed one after another while their job runs; the time from each
 //!    kill until its job waits again. (Each part is skipped when its count
 //!    is 0.)
@@ -22,6 +25,8 @@ pub struct Options {
     pub leases: i64,
     pub spread_secs: i64,
     pub webhooks: i64,
+    pub webhook_latency: usize,
+    pub rate: f64,
     pub kills: usize,
 }
 
@@ -31,6 +36,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if opts.webhooks > 0 {
         webhook_rate(opts).await?;
+    }
+    if opts.webhook_latency > 0 {
+        webhook_latency(opts).await?;
     }
     if opts.kills > 0 {
         dead_bots(opts.kills).await?;
@@ -160,6 +168,107 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
         "webhooks: {n} deliveries to a local receiver in {took:.2} s: {:.0} deliveries/s (receiver saw {})",
         n as f64 / took,
         received.load(Ordering::Relaxed)
+    );
+    drop(reaper);
+    env.cleanup().await
+}
+
+async fn webhook_latency(opts: &Options) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let env = Env::new("benchhooklat").await?;
+    let db = env.db().await?;
+    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = arrived.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |axum::Json(events): axum::Json<Vec<serde_json::Value>>| {
+                let seen = seen.clone();
+                async move {
+                    let now = Instant::now();
+                    if let Ok(mut seen) = seen.lock() {
+                        for e in events {
+                            if let Some(id) = e["id"].as_str() {
+                                seen.entry(id.to_string()).or_insert(now);
+                            }
+                        }
+                    }
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let open = [
+        ("ORQ_WEBHOOKS__DENY_NETWORKS", ""),
+        ("ORQ_LOG__LEVEL", "warn"),
+    ];
+    let (gw_proc, gw) = env
+        .start_gateway(&[&open[..], orq_e2e::NO_RATE_LIMITS].concat())
+        .await?;
+    let r = env
+        .client()
+        .post(format!("{gw}/webhooks/subscriptions"))
+        .json(&json!({"url": url}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "subscribing: {}", r.status());
+    drop(gw_proc);
+    let mut cmd = env.command("timeout-reaper");
+    for (k, v) in open {
+        cmd.env(k, v);
+    }
+    let reaper = env.spawn("timeout-reaper", cmd)?;
+    // The reaper is up once a first event arrives.
+    let write = "WITH j AS (
+                   INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status)
+                   SELECT gen_random_uuid(), c.id, 'system', 'x', 'S', '', 'CANCELED' FROM customers c
+                   RETURNING id, customer_id)
+                 INSERT INTO job_events (id, job_id, customer_id, type, description, to_status)
+                 SELECT $1::text::uuid, id, customer_id, 'STATUS_CHANGE', 'x', 'CANCELED' FROM j";
+    let warm = uuid::Uuid::new_v4().to_string();
+    db.execute(write, &[&warm]).await?;
+    orq_e2e::eventually(Duration::from_secs(60), "the reaper delivering", || async {
+        Ok(arrived.lock().ok().and_then(|a| a.get(&warm).copied()))
+    })
+    .await?;
+    let n = opts.webhook_latency;
+    let mut sent: Vec<(String, Instant)> = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate.max(1.0)));
+    for _ in 0..n {
+        tick.tick().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let at = Instant::now();
+        db.execute(write, &[&id]).await?;
+        sent.push((id, at));
+    }
+    orq_e2e::eventually(
+        Duration::from_secs(120),
+        "every event delivered",
+        || async {
+            let a = arrived.lock().map(|a| a.len()).unwrap_or(0);
+            Ok((a > n).then_some(()))
+        },
+    )
+    .await?;
+    let mut ms: Vec<f64> = {
+        let a = arrived.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        sent.iter()
+            .filter_map(|(id, at)| a.get(id).map(|t| (*t - *at).as_secs_f64() * 1000.0))
+            .collect()
+    };
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "webhook latency: {n} events at {:.0}/s, write -> arrival p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        opts.rate,
+        crate::pct(&ms, 0.5),
+        crate::pct(&ms, 0.99),
+        ms.last().copied().unwrap_or_default()
     );
     drop(reaper);
     env.cleanup().await

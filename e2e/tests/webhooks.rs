@@ -564,7 +564,8 @@ async fn a_restarted_reaper_resumes_the_schedule_and_dead_ones_can_be_redelivere
         .post(format!("{}/webhooks/deliveries/{id}/redeliver", s.gw))
         .send()
         .await?;
-    assert_eq!(r.status(), 200);
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await?);
     let redelivered = eventually(Duration::from_secs(30), "redelivered", || async {
         let d = s.get(&format!("/webhooks/deliveries/{id}")).await?;
         Ok((d["status"] == "DELIVERED").then_some(d))

@@ -27,6 +27,8 @@ pub enum DbError {
     Build(#[from] deadpool_postgres::BuildError),
     #[error("migrations: {0}")]
     Migrate(#[from] refinery::Error),
+    #[error("the database closed the connection")]
+    Closed,
 }
 
 fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
@@ -125,6 +127,78 @@ pub enum MigrateAbort {
     Failed(DbError),
     #[error("shut down while waiting for the database")]
     ShutDown,
+}
+
+/// Wakes `wake` on every notification of `channel` (PostgreSQL
+/// LISTEN/NOTIFY), on its own connection, until `shutdown`. A lost
+/// connection is made again with backoff, and `wake` is woken once it is
+/// back: a notification sent meanwhile is not lost, only late. What is
+/// woken must still look for work itself (a notification says "look", not
+/// what to find).
+pub async fn listen(
+    settings: DatabaseSettings,
+    channel: &'static str,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use backon::{BackoffBuilder, ExponentialBuilder};
+    let backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    while !shutdown.is_cancelled() {
+        match listen_once(&settings, channel, &wake, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, channel, "listening for notifications failed; reconnecting");
+            }
+        }
+        let wait = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        // A connection that lasted was fine: start the backoff over.
+        delays = backoff();
+    }
+}
+
+/// One LISTEN connection, until it fails (`Err`) or `shutdown` (`Ok`).
+async fn listen_once(
+    settings: &DatabaseSettings,
+    channel: &'static str,
+    wake: &tokio::sync::Notify,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), DbError> {
+    let (client, mut connection) = pg_config(settings)?.connect(NoTls).await?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN {channel}");
+    let listen = client.batch_execute(&statement);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            done = &mut listen, if !listening => {
+                done?;
+                listening = true;
+                tracing::debug!(channel, "listening");
+                // Whatever was notified while this connection was away.
+                wake.notify_one();
+            }
+            message = futures::StreamExt::next(&mut messages) => match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(DbError::Closed),
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
 }
 
 /// True when a query round-trips; used by `/readyz`.

@@ -73,6 +73,7 @@ impl Notifier {
             per_lane: CONCURRENCY,
             idle: Duration::from_millis(500),
             schedule: Schedule::from_ms(&self.settings.retry_schedule_ms),
+            wake: None,
         };
         outbound::run(Arc::new(self), pace, shutdown).await
     }

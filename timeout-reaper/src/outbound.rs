@@ -88,6 +88,16 @@ pub trait Outbound: Send + Sync + 'static {
         busy: &[Uuid],
     ) -> impl Future<Output = Result<Vec<Self::Item>, RepoError>> + Send;
 
+    /// How long until the next message of a lane not `busy` is due, when
+    /// one is pending: the loop sleeps that long at most, so a retry goes
+    /// out on its schedule rather than at the next idle tick.
+    fn next_due(
+        &self,
+        _busy: &[Uuid],
+    ) -> impl Future<Output = Result<Option<Duration>, RepoError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Gives back messages claimed but not attempted now.
     fn release(&self, items: Vec<Self::Item>)
     -> impl Future<Output = Result<(), RepoError>> + Send;
@@ -118,11 +128,17 @@ pub struct Pace {
     pub in_flight: usize,
     /// Most attempts in flight in one lane.
     pub per_lane: usize,
-    /// How long to wait for more when nothing is due (an attempt that ends
-    /// wakes the loop sooner).
+    /// How long to wait for more when nothing is due (an attempt that ends,
+    /// a message coming due or `wake` wakes the loop sooner): the safety net.
     pub idle: Duration,
     pub schedule: Schedule,
+    /// Woken when new messages may be due (PostgreSQL NOTIFY).
+    pub wake: Option<Arc<Notify>>,
 }
+
+/// The shortest sleep between two looks: a message due "now" that cannot
+/// be claimed yet (locked by another reaper) is not spun on.
+const MIN_SLEEP: Duration = Duration::from_millis(5);
 
 /// Attempts in flight from this reaper.
 #[derive(Default)]
@@ -143,25 +159,58 @@ pub async fn run<K: Outbound>(kind: Arc<K>, pace: Pace, shutdown: CancellationTo
     let pace = Arc::new(pace);
     let flight = Arc::new(Flight::default());
     let tracker = TaskTracker::new();
+    let never = Notify::new();
+    let wake = pace.wake.clone();
+    let woken = wake.as_deref().unwrap_or(&never);
     loop {
         if let Err(e) = kind.prepare().await {
             tracing::warn!(error = %e, kind = K::NAME, "preparing outbound messages failed; will retry");
         }
+        let mut sleep = pace.idle;
         match dispatch(&kind, &pace, &flight, &tracker).await {
             Ok(n) if n > 0 && !shutdown.is_cancelled() => continue,
-            Ok(_) => {}
+            Ok(_) => {
+                // With a free slot, sleep no longer than the next message
+                // is due; with none, an attempt's end wakes the loop.
+                if let Some((_, busy)) = flight.room(pace.in_flight, pace.per_lane.max(1)) {
+                    match kind.next_due(&busy).await {
+                        Ok(Some(due)) => sleep = sleep.min(due).max(MIN_SLEEP),
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(error = %e, kind = K::NAME, "next due not read"),
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, kind = K::NAME, "claiming outbound messages failed")
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(pace.idle) => {}
+            _ = tokio::time::sleep(sleep) => {}
             _ = flight.done.notified() => {}
+            _ = woken.notified() => {}
             _ = shutdown.cancelled() => break,
         }
     }
     tracker.close();
     tracker.wait().await;
+}
+
+impl Flight {
+    /// How many more attempts may start, and the lanes at their bound;
+    /// `None` when none may.
+    fn room(&self, in_flight: usize, per_lane: usize) -> Option<(usize, Vec<Uuid>)> {
+        let slots = self.slots.lock().ok()?;
+        let room = in_flight.saturating_sub(slots.total);
+        (room > 0).then(|| {
+            let busy = slots
+                .lanes
+                .iter()
+                .filter(|(_, n)| **n >= per_lane)
+                .map(|(lane, _)| *lane)
+                .collect();
+            (room, busy)
+        })
+    }
 }
 
 /// Claims due messages for lanes with a free slot and starts their
@@ -173,22 +222,9 @@ async fn dispatch<K: Outbound>(
     tracker: &TaskTracker,
 ) -> Result<usize, RepoError> {
     let per_lane = pace.per_lane.max(1);
-    let (busy, total): (Vec<Uuid>, usize) = {
-        let slots = flight.slots.lock().map_err(|_| poisoned())?;
-        (
-            slots
-                .lanes
-                .iter()
-                .filter(|(_, n)| **n >= per_lane)
-                .map(|(lane, _)| *lane)
-                .collect(),
-            slots.total,
-        )
-    };
-    let room = pace.in_flight.saturating_sub(total);
-    if room == 0 {
+    let Some((room, busy)) = flight.room(pace.in_flight, per_lane) else {
         return Ok(0);
-    }
+    };
     let claimed = kind.claim(room, per_lane, &busy).await?;
     let mut started = 0;
     let mut release = Vec::new();

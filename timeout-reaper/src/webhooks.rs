@@ -111,13 +111,23 @@ impl Sender {
     /// Forms and sends until shutdown (`outbound::run`).
     pub async fn run(self, shutdown: CancellationToken) {
         let w = &self.inner.settings.webhooks;
+        // Events added to the outbox wake the loop at once.
+        let wake = Arc::new(tokio::sync::Notify::new());
         let pace = Pace {
             in_flight: MAX_IN_FLIGHT,
             per_lane: w.per_endpoint_concurrency.max(1),
             idle: Duration::from_millis(self.inner.settings.reaper.tick_ms.min(1000)),
             schedule: Schedule::from_ms(&w.retry_schedule_ms),
+            wake: Some(wake.clone()),
         };
-        outbound::run(Arc::new(self), pace, shutdown).await
+        let listener = tokio::spawn(orq_shared::db::listen(
+            self.inner.settings.database.clone(),
+            webhooks::OUTBOX_CHANNEL,
+            wake,
+            shutdown.clone(),
+        ));
+        outbound::run(Arc::new(self), pace, shutdown).await;
+        let _ = listener.await;
     }
 
     /// Makes deliveries of what the outbox owes, a transaction per batch.
@@ -249,6 +259,11 @@ impl Outbound for Sender {
             }
         }
         Ok(due)
+    }
+
+    async fn next_due(&self, busy: &[Uuid]) -> Result<Option<Duration>, RepoError> {
+        let db = self.inner.pool.get().await?;
+        webhooks::next_due(&db, busy).await
     }
 
     async fn release(&self, items: Vec<Due>) -> Result<(), RepoError> {

@@ -332,8 +332,36 @@ pub async fn redeliver(
                 .into(),
         )),
         Err(e) => Err(e),
-        Ok(_) => delivery_detail(db, customer, id).await,
+        Ok(_) => {
+            // The senders wake at its commit (`OUTBOX_CHANNEL`).
+            execute(db, "SELECT pg_notify($1, '')", &[&OUTBOX_CHANNEL]).await?;
+            delivery_detail(db, customer, id).await
+        }
     }
+}
+
+/// The PostgreSQL channel notified when webhook work is added (by the
+/// outbox trigger, and by `redeliver`).
+pub const OUTBOX_CHANNEL: &str = "orq_outbox";
+
+/// How long until the next pending delivery is due, of endpoints not
+/// `busy` and not claimed now; `None` when none is pending.
+pub async fn next_due(
+    db: &impl GenericClient,
+    busy: &[Uuid],
+) -> Result<Option<std::time::Duration>, RepoError> {
+    let row = query_one(
+        db,
+        "SELECT (EXTRACT(EPOCH FROM min(next_attempt_at) - now()) * 1000)::float8
+           FROM webhook_deliveries
+          WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())
+            AND endpoint_id <> ALL($1)",
+        &[&busy],
+    )
+    .await?;
+    Ok(row
+        .get::<_, Option<f64>>(0)
+        .map(|ms| std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0)))
 }
 
 /// (endpoint, job) pairs with events not yet in a delivery and no delivery
