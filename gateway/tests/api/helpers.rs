@@ -1,6 +1,6 @@
 //! `spawn_app`: a gateway in this process, on its own database and prefix.
 
-use orq_e2e::{Env, client_with};
+use orq_e2e::{Api, Env, client_with};
 use orq_shared::CancellationToken;
 use orq_shared::config::Settings;
 use orq_shared::domain::Role;
@@ -35,6 +35,17 @@ pub async fn spawn_app_with(
     let app = gateway::App::build(settings.clone(), shutdown.clone()).await?;
     let url = format!("http://{}", app.local_addr()?);
     let served = tokio::spawn(app.run_until_stopped());
+    // As a started binary is: ready (its broker connected) before a test
+    // talks to it; what needs RabbitMQ would answer 503 until then.
+    orq_e2e::eventually(
+        std::time::Duration::from_secs(30),
+        "the gateway ready",
+        || async {
+            let ready = reqwest::get(format!("{url}/readyz")).await;
+            Ok(ready.is_ok_and(|r| r.status().is_success()).then_some(()))
+        },
+    )
+    .await?;
     let customer = env.customer.clone();
     let created = gateway::admin::create_customer(&settings, &customer).await?;
     let admin_token = token_of(&created);
@@ -59,11 +70,42 @@ impl TestApp {
         client_with(&self.admin_token)
     }
 
+    /// The customer's calls (TheEye, human tasks) as its admin.
+    pub fn api(&self) -> Api {
+        Api::new(&self.url, &self.customer, &self.admin_token)
+    }
+
     /// A new token of `role` for the customer.
     pub async fn token(&self, role: Role) -> anyhow::Result<String> {
         let v =
             gateway::admin::create_token(&self.settings, &self.customer, role, None, None).await?;
         Ok(token_of(&v))
+    }
+
+    /// A new token of `role` with a name (a viewer's e-mail, for `acls`).
+    pub async fn token_named(&self, role: Role, name: &str) -> anyhow::Result<String> {
+        let v =
+            gateway::admin::create_token(&self.settings, &self.customer, role, Some(name), None)
+                .await?;
+        Ok(token_of(&v))
+    }
+
+    /// Another customer of the same deployment, named after this one
+    /// with `suffix`; its name and its admin's token.
+    pub async fn other_customer(&self, suffix: &str) -> anyhow::Result<(String, String)> {
+        let name = format!("{}{suffix}", self.customer);
+        let created = gateway::admin::create_customer(&self.settings, &name).await?;
+        Ok((name, token_of(&created)))
+    }
+
+    /// A connection to the gateway's database.
+    pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
+        self.env.db().await
+    }
+
+    /// The count `sql` (one row, one `int8` column) returns.
+    pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(self.db().await?.query_one(sql, &[]).await?.get(0))
     }
 
     pub fn at(&self, path: &str) -> String {

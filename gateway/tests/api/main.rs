@@ -1,14 +1,25 @@
 //! The HTTP API, in process: each test builds the gateway with
 //! `App::build` on port 0 against a database and queue prefix of its own
 //! (`spawn_app`), talks to it over HTTP, and stops it. Nothing is spawned,
-//! so these need no binaries; tests that must kill a process live in `e2e`.
+//! so these need no binaries; tests that need another service (the
+//! dispatcher, an agent, the reaper), a process to kill, an outage or an
+//! outside peer live in `e2e`.
 //!
-//! * `helpers` – `spawn_app` / `spawn_app_with`, and `TestApp`'s clients.
-//! * `bots`    – what each credential may do to a bot; the bot deny list.
-//! * `input`   – inputs that used to panic or answer in plain text.
-//! * `limits`  – rate limits: 429 with `Retry-After`.
+//! To add one: pick the area's file (or add `<area>.rs` and a `mod` line
+//! here), start with `let app = spawn_app("<label>").await?;` (or
+//! `spawn_app_with` to change settings), call `app.admin()`, `app.api()`
+//! (TheEye and human-task calls), `app.token(Role::..)`, `app.count(sql)`,
+//! and end with `app.stop().await`.
+//!
+//! * `helpers`     – `spawn_app` / `spawn_app_with`, and `TestApp`'s clients.
+//! * `bots`        – what each credential may do to a bot; the bot deny list.
+//! * `input`       – inputs that used to panic or answer in plain text.
+//! * `limits`      – rate limits: 429 with `Retry-After`.
+//! * `tasks`       – `/tasks` and `/bots`: bad input, tenants, paging,
+//!   concurrent registrations.
 
 mod bots;
 mod helpers;
 mod input;
 mod limits;
+mod tasks;
