@@ -17,9 +17,12 @@
 //! * `limits`      – rate limits: 429 with `Retry-After`.
 //! * `tasks`       – `/tasks` and `/bots`: bad input, tenants, paging,
 //!   concurrent registrations.
+//! * `theeye`      – TheEye's routes: roles and `acls`, secret keys, bad
+//!   input, a run's `Idempotency-Key`.
 
 mod bots;
 mod helpers;
 mod input;
 mod limits;
 mod tasks;
+mod theeye;
