@@ -13,6 +13,7 @@
 //!
 //! * `helpers`     – `spawn_app` / `spawn_app_with`, and `TestApp`'s clients.
 //! * `bots`        – what each credential may do to a bot; the bot deny list.
+//! * `idempotency` – `Idempotency-Key` on every create.
 //! * `input`       – inputs that used to panic or answer in plain text.
 //! * `limits`      – rate limits: 429 with `Retry-After`.
 //! * `tasks`       – `/tasks` and `/bots`: bad input, tenants, paging,
@@ -22,6 +23,7 @@
 
 mod bots;
 mod helpers;
+mod idempotency;
 mod input;
 mod limits;
 mod tasks;
