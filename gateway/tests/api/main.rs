@@ -16,6 +16,7 @@
 //! * `idempotency` – `Idempotency-Key` on every create.
 //! * `input`       – inputs that used to panic or answer in plain text.
 //! * `limits`      – rate limits: 429 with `Retry-After`.
+//! * `serve`       – the connection cap, slow and idle clients, 408.
 //! * `tasks`       – `/tasks` and `/bots`: bad input, tenants, paging,
 //!   concurrent registrations.
 //! * `theeye`      – TheEye's routes: roles and `acls`, secret keys, bad
@@ -26,5 +27,6 @@ mod helpers;
 mod idempotency;
 mod input;
 mod limits;
+mod serve;
 mod tasks;
 mod theeye;
