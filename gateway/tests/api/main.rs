@@ -13,6 +13,7 @@
 //!
 //! * `helpers`     – `spawn_app` / `spawn_app_with`, and `TestApp`'s clients.
 //! * `bots`        – what each credential may do to a bot; the bot deny list.
+//! * `dashboard`   – the dashboard's files and `/me`.
 //! * `idempotency` – `Idempotency-Key` on every create.
 //! * `input`       – inputs that used to panic or answer in plain text.
 //! * `limits`      – rate limits: 429 with `Retry-After`.
@@ -21,8 +22,10 @@
 //!   concurrent registrations.
 //! * `theeye`      – TheEye's routes: roles and `acls`, secret keys, bad
 //!   input, a run's `Idempotency-Key`.
+//! * `webhooks`    – webhook and callback addresses.
 
 mod bots;
+mod dashboard;
 mod helpers;
 mod idempotency;
 mod input;
@@ -30,3 +33,4 @@ mod limits;
 mod serve;
 mod tasks;
 mod theeye;
+mod webhooks;
