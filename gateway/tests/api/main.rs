@@ -14,6 +14,7 @@
 //! * `helpers`     – `spawn_app` / `spawn_app_with`, and `TestApp`'s clients.
 //! * `bots`        – what each credential may do to a bot; the bot deny list.
 //! * `dashboard`   – the dashboard's files and `/me`.
+//! * `human`       – user tasks: parameters, commit, submit, expire.
 //! * `idempotency` – `Idempotency-Key` on every create.
 //! * `input`       – inputs that used to panic or answer in plain text.
 //! * `limits`      – rate limits: 429 with `Retry-After`.
@@ -27,6 +28,7 @@
 mod bots;
 mod dashboard;
 mod helpers;
+mod human;
 mod idempotency;
 mod input;
 mod limits;
