@@ -4,6 +4,14 @@
 //!
 //! The binaries are taken from the cargo target directory this test binary
 //! lives in (`deploy/test.sh` builds them first).
+//!
+//! * this file – `Env` (a database, a prefix, a customer, the processes
+//!   started for it), the private servers tests may stop (`PrivatePg`,
+//!   `PrivateRabbit`, `RabbitCluster`), polling and posting helpers.
+//! * `db`      – `TestDb`: a migrated database alone, for repository tests.
+//! * `api`     – `Api`: one customer's view of a running gateway, and the
+//!   TheEye (scripts, tasks, jobs) and human-task (micro-tasks, workers)
+//!   calls tests make through it, in process or end to end.
 
 use anyhow::{Context, anyhow};
 use std::net::TcpListener;
@@ -14,6 +22,12 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 pub use orq_shared;
+
+pub mod api;
+pub mod db;
+
+pub use api::Api;
+pub use db::TestDb;
 
 /// The shared servers, overridable for other machines.
 pub fn pg_admin_url() -> String {
@@ -229,14 +243,7 @@ impl Env {
         let short = Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("orq_t_{label}_{short}");
         let prefix = format!("orqt.{label}.{short}");
-        let (client, conn) =
-            tokio_postgres::connect(&format!("{pg_base}/postgres"), tokio_postgres::NoTls)
-                .await
-                .context("connecting to the shared PostgreSQL")?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE \"{db_name}\""))
-            .await?;
+        create_database(pg_base, &db_name).await?;
         let dir = std::env::temp_dir().join(format!("orq-e2e-{label}-{short}"));
         std::fs::create_dir_all(&dir)?;
         Ok(Env {
@@ -513,6 +520,11 @@ impl Env {
         client_with(&self.admin_token)
     }
 
+    /// This deployment's customer, as its admin, on the gateway at `gw`.
+    pub fn api(&self, gw: &str) -> Api {
+        Api::new(gw, &self.customer, &self.admin_token)
+    }
+
     pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
@@ -655,6 +667,18 @@ pub async fn wait_ready(url: &str, proc: &mut Proc) -> anyhow::Result<()> {
     }
 }
 
+pub async fn create_database(pg_base: &str, name: &str) -> anyhow::Result<()> {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{pg_base}/postgres"), tokio_postgres::NoTls)
+            .await
+            .context("connecting to the shared PostgreSQL")?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await?;
+    Ok(())
+}
+
 pub async fn drop_database(pg_base: &str, name: &str) -> anyhow::Result<()> {
     let (client, conn) =
         tokio_postgres::connect(&format!("{pg_base}/postgres"), tokio_postgres::NoTls).await?;
@@ -742,6 +766,63 @@ where
         anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A CSV of `rows` rows (`row_id,payload`) whose first column names each
+/// row: `t<task>r<row>`.
+pub fn rows_csv(task: usize, rows: usize) -> String {
+    let mut csv = String::from("row_id,payload\n");
+    for r in 0..rows {
+        csv.push_str(&format!("t{task}r{r},x\n"));
+    }
+    csv
+}
+
+/// Creates a CSV task (`POST /tasks`) of `system` with `csv` as its
+/// attachment; the task as answered (201, or an error).
+pub async fn create_task(
+    client: &reqwest::Client,
+    gw: &str,
+    system: &str,
+    csv: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let body = serde_json::json!({"description": "e2e", "system": system,
+                                  "attachment": orq_shared::attachment::encode(csv)});
+    let r = client
+        .post(format!("{gw}/tasks"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status() == 201,
+        "create task: {} {}",
+        r.status(),
+        r.text().await?
+    );
+    Ok(r.json().await?)
+}
+
+/// Posts `body` under the `Idempotency-Key` `key` once: the status,
+/// whether the answer says it is a replay (`idempotent-replayed: true`),
+/// and the body.
+pub async fn post_keyed(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(u16, bool, serde_json::Value)> {
+    let r = client
+        .post(url)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let replayed = r
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    Ok((status, replayed, r.json().await?))
 }
 
 /// Posts `body` under the `Idempotency-Key` `key` until it is answered

@@ -1,18 +1,15 @@
-//! The dashboard: its files and `/me` from a real gateway, and a real
-//! browser (the system's headless Chromium, driven by Playwright in
-//! `e2e/browser/dashboard.mjs`) running a CSV task through it to COMPLETE
-//! on a real agent, with its webhook deliveries (to a loopback receiver,
+//! The dashboard in a real browser (the system's headless Chromium, driven
+//! by Playwright in `e2e/browser/dashboard.mjs`) running a CSV task through
+//! it to COMPLETE on a real agent, with its webhook deliveries (to a loopback receiver,
 //! through the reaper) on the deliveries page, and a micro-task and a user
 //! task on the People page (the user task expired there by the admin).
+//! Its files and `/me` are tested in process
+//! (`gateway/tests/api/dashboard.rs`).
 
-use orq_e2e::{Env, agent_config, client_with, repo_root};
+use orq_e2e::{Env, agent_config, repo_root};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
-
-const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
-     style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
-     form-action 'none'";
 
 /// The browser run's tools, or why they are missing.
 struct BrowserTools {
@@ -48,68 +45,6 @@ fn browser_tools() -> anyhow::Result<BrowserTools> {
         chromium,
         script: browser_dir.join("dashboard.mjs"),
     })
-}
-
-#[tokio::test]
-async fn the_dashboard_files_and_me_are_served() -> anyhow::Result<()> {
-    let env = Env::new("dashfiles").await?;
-    let (_gw, gw) = env.start_gateway(&[]).await?;
-    let anonymous = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-
-    let root = anonymous.get(format!("{gw}/")).send().await?;
-    assert_eq!(root.status(), 307);
-    assert_eq!(root.headers()["location"], "/dashboard");
-    for (path, kind, marker) in [
-        ("/dashboard", "text/html", "<!doctype html>"),
-        ("/dashboard/app.js", "text/javascript", "text/event-stream"),
-        ("/dashboard/app.css", "text/css", "progress"),
-    ] {
-        let r = anonymous.get(format!("{gw}{path}")).send().await?;
-        assert_eq!(r.status(), 200, "{path}");
-        let content_type = r.headers()["content-type"].to_str()?.to_string();
-        assert!(content_type.starts_with(kind), "{path}: {content_type}");
-        assert_eq!(r.headers()["content-security-policy"], CSP, "{path}");
-        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
-        assert_eq!(r.headers()["cache-control"], "no-cache", "{path}");
-        let text = r.text().await?;
-        assert!(text.contains(marker), "{path}");
-        // The token goes as a header only, the live stream's included.
-        assert!(
-            !text.contains("access_token"),
-            "{path} puts a token in a URL"
-        );
-    }
-    let missing = anonymous.get(format!("{gw}/dashboard/nope")).send().await?;
-    assert_eq!(missing.status(), 404);
-    let body: Value = missing.json().await?;
-    assert_eq!(body["error"]["code"], "not_found");
-
-    let me: Value = env.get_json(&format!("{gw}/me")).await?;
-    assert_eq!(me["customer"], env.customer.as_str());
-    assert_eq!(me["role"], "admin");
-    let viewer = env.token(&env.customer, "viewer")?;
-    let me: Value = client_with(&viewer)
-        .get(format!("{gw}/me?unused=1"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    assert_eq!(me["role"], "viewer");
-    let by_query = anonymous
-        .get(format!("{gw}/me?access_token={}", env.bot_token))
-        .send()
-        .await?;
-    assert_eq!(by_query.status(), 200);
-    assert_eq!(by_query.json::<Value>().await?["role"], "bot");
-    let nobody = anonymous.get(format!("{gw}/me")).send().await?;
-    assert_eq!(nobody.status(), 401);
-    assert_eq!(
-        nobody.json::<Value>().await?["error"]["code"],
-        "unauthorized"
-    );
-    env.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

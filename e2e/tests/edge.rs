@@ -1,15 +1,15 @@
 //! The public edge under attack, where a process must run or die: where
-//! the dispatcher delivers to legacy bots (deny list, no redirects), slow
-//! and idle clients against the real binary, and a SIGTERM with half-sent
-//! requests. What a credential may do, odd inputs and rate limits are
-//! tested in process (`gateway/tests/api`).
+//! the dispatcher delivers to legacy bots (deny list, no redirects), and a
+//! SIGTERM with half-sent requests. What a credential may do, odd inputs,
+//! rate limits, slow and idle clients and the connection cap are tested in
+//! process (`gateway/tests/api`).
 
 use orq_e2e::{Env, eventually};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A stand-in bot answering every `POST /tasks` with `answer`, counting
@@ -125,115 +125,6 @@ async fn the_dispatcher_follows_no_redirect_and_delivers_to_no_denied_address() 
     }
     assert!(why.contains("redirects are not followed"), "{why}");
     assert!(why.contains("security.bot_deny_networks"), "{why}");
-    env.cleanup().await
-}
-
-/// Reads until the peer closes (`Ok(bytes)`), or `Err` when still open at
-/// `deadline`.
-async fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> anyhow::Result<Vec<u8>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => anyhow::bail!(
-                "still open; read so far: {:?}",
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_and_idle_clients_are_cut_and_connections_are_capped() -> anyhow::Result<()> {
-    let env = Env::new("slowclients").await?;
-    let (_gw, gw) = env
-        .start_gateway(&[
-            ("ORQ_GATEWAY__HEADER_READ_TIMEOUT_MS", "1500"),
-            ("ORQ_GATEWAY__MAX_CONNECTIONS", "40"),
-        ])
-        .await?;
-    let addr = gw.trim_start_matches("http://").to_string();
-
-    // Connections up to the cap are taken; the next is answered 503 with
-    // the JSON error and closed.
-    let mut held = Vec::new();
-    for _ in 0..40 {
-        held.push(TcpStream::connect(&addr).await?);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut over = TcpStream::connect(&addr).await?;
-    let refused = read_until_closed(&mut over, Instant::now() + Duration::from_secs(5)).await?;
-    let refused = String::from_utf8_lossy(&refused).to_string();
-    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
-    assert!(refused.contains("\"too_many_connections\""), "{refused}");
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // Twenty clients sending one header line every 400 ms never finish
-    // their headers; each is closed after the header timeout (1.5 s), not
-    // kept open by its trickle.
-    let started = Instant::now();
-    let mut slow = Vec::new();
-    for i in 0..20 {
-        let addr = addr.clone();
-        slow.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(&addr).await?;
-            s.write_all(b"GET /bots HTTP/1.1\r\nHost: x\r\n").await?;
-            let deadline = Instant::now() + Duration::from_secs(8);
-            let mut line = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                line += 1;
-                let header = format!("X-Slow-{i}-{line}: y\r\n");
-                if s.write_all(header.as_bytes()).await.is_err() {
-                    return anyhow::Ok(started.elapsed());
-                }
-                let mut buf = [0u8; 512];
-                if let Ok(Ok(0) | Err(_)) =
-                    tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
-                {
-                    return Ok(started.elapsed());
-                }
-                anyhow::ensure!(Instant::now() < deadline, "a slow client was never cut");
-            }
-        }));
-    }
-    for handle in slow {
-        let cut_after = handle.await??;
-        assert!(
-            cut_after >= Duration::from_millis(1000),
-            "cut too early: {cut_after:?}"
-        );
-    }
-
-    // Connections that never send a byte are closed after it too.
-    let mut silent = Vec::new();
-    for _ in 0..10 {
-        silent.push(TcpStream::connect(&addr).await?);
-    }
-    let deadline = Instant::now() + Duration::from_secs(6);
-    for s in &mut silent {
-        let got = read_until_closed(s, deadline).await?;
-        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
-    }
-
-    // An idle keep-alive connection is closed too, after its request.
-    let mut idle = TcpStream::connect(&addr).await?;
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await?;
-    let answered = read_until_closed(&mut idle, Instant::now() + Duration::from_secs(6)).await?;
-    assert!(
-        String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answered)
-    );
-
-    // And the gateway still serves everyone else.
-    let r = env.client().get(format!("{gw}/bots")).send().await?;
-    assert_eq!(r.status(), 200);
     env.cleanup().await
 }
 

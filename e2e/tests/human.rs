@@ -1,197 +1,59 @@
 //! Human tasks end to end (seed 000's micro-task API): the real gateway,
-//! dispatcher and reaper against the real PostgreSQL and RabbitMQ.
+//! dispatcher and reaper against the real PostgreSQL and RabbitMQ. The
+//! calls (publish, a `Worker`'s reserve/start/finish, the admin's view)
+//! are the harness's `orq_e2e::Api`; user tasks' API alone is tested in
+//! process (`gateway/tests/api/human.rs`).
 
+use orq_e2e::api::{Worker, id, outcomes, seed_finish, statuses};
 use orq_e2e::{Env, PrivatePg, client_with, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().unwrap_or_default().to_string()
-}
-
-/// A field worker's token, from the admin API.
-async fn worker(env: &Env, gw: &str, email: &str) -> anyhow::Result<reqwest::Client> {
-    let r: Value = env
-        .client()
-        .post(format!("{gw}/{}/workers", env.customer))
-        .json(&json!({ "email": email }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(client_with(r["access_token"].as_str().unwrap_or_default()))
-}
-
-/// Publishes a micro-task named PAT with `extra` fields.
-async fn publish(env: &Env, gw: &str, extra: Value) -> anyhow::Result<Value> {
-    let mut body = json!({
-        "name": "PAT",
-        "version": 1,
-        "task_flow": [{"index": 1, "type": "photo"}, {"index": 2, "type": "text"}],
-        "variables": {"produto": 47},
-    });
-    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
-        b.extend(e);
-    }
-    let r = env
-        .client()
-        .post(format!("{gw}/{}/micro_task", env.customer))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status() == 201,
-        "publish: {} {}",
-        r.status(),
-        r.text().await?
-    );
-    Ok(r.json().await?)
-}
-
-async fn view(env: &Env, gw: &str, task: &str) -> anyhow::Result<Value> {
-    Ok(env
-        .client()
-        .get(format!("{gw}/{}/micro_task/{task}", env.customer))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
-}
-
-/// The outcomes of a task's submissions, in the order they were received.
-fn outcomes(view: &Value) -> Vec<&str> {
-    view["submissions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| s["outcome"].as_str().unwrap_or_default())
-        .collect()
-}
-
-/// The task's view once the dispatcher recorded a submission for it.
-async fn recorded(env: &Env, gw: &str, task: &str, what: &str) -> anyhow::Result<Value> {
-    eventually(Duration::from_secs(30), what, || async {
-        let v = view(env, gw, task).await?;
-        Ok((v["submissions"].as_array().is_some_and(|s| !s.is_empty())).then_some(v))
-    })
-    .await
-}
-
-async fn wait_status(env: &Env, gw: &str, task: &str, want: &str) -> anyhow::Result<Value> {
-    eventually(
-        Duration::from_secs(30),
-        &format!("micro-task {task} {want}"),
-        || async {
-            let v = view(env, gw, task).await?;
-            Ok((v["status"] == want).then_some(v))
-        },
-    )
-    .await
-}
-
-/// Seed 000's finish body for this task and execution, its trailing commas
-/// removed and its impossible `45:29` made a real time.
-fn seed_finish(task: &str, execution: &str, who: &str) -> Value {
-    json!({
-        "task_id": task,
-        "execution_id": execution,
-        "task_info": {"name": "PAT", "version": 1},
-        "location": {"lat": -23.5656565656, "lng": -43.9564157},
-        "who": who,
-        "nps_sofier": {"nps": 10, "comment": "Tudo lindo e maravilhoso!"},
-        "when": {"start": "2019-08-13T20:15:00", "finish": "2019-08-13T21:29:00"},
-        "execution": [{
-            "context": "LUGAR:ERRADO:LEAD_ALELO",
-            "index": 2,
-            "previous": 1,
-            "when": "2019-08-13T20:15:00",
-            "response": "Exemplo"
-        }]
-    })
-}
-
-async fn post(client: &reqwest::Client, url: String) -> anyhow::Result<(u16, Value)> {
-    let r = client.post(url).send().await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or(Value::Null)))
-}
-
-async fn finish(
-    client: &reqwest::Client,
-    gw: &str,
-    task: &str,
-    sofier: &str,
-    body: &Value,
-) -> anyhow::Result<(u16, Value)> {
-    let r = client
-        .post(format!(
-            "{gw}/micro_task/execution/{task}/finish?sofier={sofier}"
-        ))
-        .json(body)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or(Value::Null)))
-}
-
-fn statuses(events: &Value) -> Vec<String> {
-    events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["type"] == "STATUS_CHANGE")
-        .map(|e| e["to_status"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> anyhow::Result<()> {
     let env = Env::new("human").await?;
     let (_gw, gw) = env.start_gateway(&[]).await?;
+    let api = env.api(&gw);
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let ana = "sofier@mysofie.com";
-    let worker_a = worker(&env, &gw, ana).await?;
-    let worker_b = worker(&env, &gw, "bruno@mysofie.com").await?;
-    let task = publish(&env, &gw, json!({})).await?;
+    let worker_a = api.worker(ana).await?;
+    let worker_b = api.worker("bruno@mysofie.com").await?;
+    let task = api.publish(json!({})).await?;
     let t = id(&task);
     assert_eq!(task["status"], "NEW");
 
     // Start is for the worker holding the reservation only.
-    let (status, body) = post(
-        &worker_a,
-        format!("{gw}/micro_task/execution/{t}/start?sofier={ana}"),
-    )
-    .await?;
+    let (status, body) = worker_a
+        .post(&format!("/micro_task/execution/{t}/start?sofier={ana}"))
+        .await?;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("not_reserved"))
     );
-    let (status, reserved) = post(&worker_a, format!("{gw}/micro_task/{t}/reserve")).await?;
+    let (status, reserved) = worker_a.reserve(&t).await?;
     assert_eq!(status, 200, "{reserved}");
     assert_eq!(reserved["status"], "RESERVED");
     assert_eq!(reserved["worker"], ana);
-    let (status, body) = post(&worker_b, format!("{gw}/micro_task/{t}/reserve")).await?;
+    let (status, body) = worker_b.reserve(&t).await?;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("held_by_other"))
     );
-    let (status, body) = post(
-        &worker_b,
-        format!("{gw}/micro_task/execution/{t}/start?sofier=bruno@mysofie.com"),
-    )
-    .await?;
+    let (status, body) = worker_b
+        .post(&format!(
+            "/micro_task/execution/{t}/start?sofier=bruno@mysofie.com"
+        ))
+        .await?;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("held_by_other"))
     );
     // The sofier parameter must be the token's own e-mail.
-    let (status, body) = post(
-        &worker_a,
-        format!("{gw}/micro_task/execution/{t}/start?sofier=bruno@mysofie.com"),
-    )
-    .await?;
+    let (status, body) = worker_a
+        .post(&format!(
+            "/micro_task/execution/{t}/start?sofier=bruno@mysofie.com"
+        ))
+        .await?;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("sofier_mismatch"))
@@ -199,11 +61,9 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
 
     // The seed's start response, field for field; a second start returns
     // the same execution.
-    let (status, started) = post(
-        &worker_a,
-        format!("{gw}/micro_task/execution/{t}/start?sofier={ana}"),
-    )
-    .await?;
+    let (status, started) = worker_a
+        .post(&format!("/micro_task/execution/{t}/start?sofier={ana}"))
+        .await?;
     assert_eq!(status, 200, "{started}");
     let mut keys: Vec<&str> = started
         .as_object()
@@ -228,17 +88,15 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (_, again) = post(
-        &worker_a,
-        format!("{gw}/micro_task/execution/{t}/start?sofier={ana}"),
-    )
-    .await?;
+    let (_, again) = worker_a
+        .post(&format!("/micro_task/execution/{t}/start?sofier={ana}"))
+        .await?;
     assert_eq!(again["execution_id"], execution.as_str());
 
     // The seed's body as written has an impossible hour: refused, by name.
     let mut impossible = seed_finish(&t, &execution, ana);
     impossible["when"]["finish"] = json!("2019-08-13T45:29:00");
-    let (status, body) = finish(&worker_a, &gw, &t, ana, &impossible).await?;
+    let (status, body) = worker_a.finish(&t, &impossible).await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         body["error"]["details"]["errors"][0]["field"],
@@ -250,37 +108,26 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
             .unwrap_or_default()
             .contains("45:29")
     );
-    let (status, _) = finish(
-        &worker_a,
-        &gw,
-        &t,
-        "bruno@mysofie.com",
-        &seed_finish(&t, &execution, ana),
-    )
-    .await?;
+    let (status, _) = worker_a
+        .finish_as(&t, "bruno@mysofie.com", &seed_finish(&t, &execution, ana))
+        .await?;
     assert_eq!(status, 403);
-    let (status, _) = finish(
-        &client_with("orqw_forged.token"),
-        &gw,
-        &t,
-        ana,
-        &seed_finish(&t, &execution, ana),
-    )
-    .await?;
+    let forged = Worker {
+        client: client_with("orqw_forged.token"),
+        ..worker_a.clone()
+    };
+    let (status, _) = forged.finish(&t, &seed_finish(&t, &execution, ana)).await?;
     assert_eq!(status, 401);
 
     // Another worker's finish for this execution is accepted (202: the
     // gateway does not read the database) and then rejected with a reason.
-    let (status, _) = finish(
-        &worker_b,
-        &gw,
-        &t,
-        "bruno@mysofie.com",
-        &seed_finish(&t, &execution, "bruno@mysofie.com"),
-    )
-    .await?;
+    let (status, _) = worker_b
+        .finish(&t, &seed_finish(&t, &execution, "bruno@mysofie.com"))
+        .await?;
     assert_eq!(status, 202);
-    let v = recorded(&env, &gw, &t, "the wrong worker's finish recorded").await?;
+    let v = api
+        .recorded(&t, "the wrong worker's finish recorded")
+        .await?;
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
     assert!(
         v["submissions"][0]["reason"]
@@ -292,10 +139,10 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
 
     // The right finish: 202 at once, then applied.
     let body = seed_finish(&t, &execution, ana);
-    let (status, accepted) = finish(&worker_a, &gw, &t, ana, &body).await?;
+    let (status, accepted) = worker_a.finish(&t, &body).await?;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["status"], "ACCEPTED");
-    let done = wait_status(&env, &gw, &t, "COMPLETE").await?;
+    let done = api.wait_status(&t, "COMPLETE").await?;
     let exec = &done["executions"][0];
     assert_eq!(exec["status"], "COMPLETE");
     assert_eq!(exec["answers"][0]["response"], "Exemplo");
@@ -304,13 +151,13 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
     assert_eq!(exec["timings"]["finish"], "2019-08-13T21:29:00Z");
 
     // The same finish again: accepted, recognised, applied once.
-    let (status, _) = finish(&worker_a, &gw, &t, ana, &body).await?;
+    let (status, _) = worker_a.finish(&t, &body).await?;
     assert_eq!(status, 202);
     let v = eventually(
         Duration::from_secs(30),
         "the repeated finish recorded",
         || async {
-            let v = view(&env, &gw, &t).await?;
+            let v = api.view(&t).await?;
             Ok((v["submissions"].as_array().map_or(0, Vec::len) == 3).then_some(v))
         },
     )
@@ -319,13 +166,7 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
     assert_eq!(outcomes, ["REJECTED", "APPLIED", "DUPLICATE"]);
     assert_eq!(v["executions"].as_array().map(Vec::len), Some(1));
 
-    let events: Value = env
-        .client()
-        .get(format!("{gw}/{}/micro_task/{t}/events", env.customer))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let events = api.micro_task_events(&t).await?;
     assert_eq!(
         statuses(&events),
         ["NEW", "RESERVED", "EXECUTING", "SUBMITTED", "COMPLETE"]
@@ -349,13 +190,14 @@ async fn a_micro_task_from_reservation_to_complete_with_the_seed_bodies() -> any
 async fn a_finish_failing_the_activity_schema_is_rejected_with_its_reason() -> anyhow::Result<()> {
     let env = Env::new("humanschema").await?;
     let (_gw, gw) = env.start_gateway(&[]).await?;
+    let api = env.api(&gw);
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let email = "carla@mysofie.com";
-    let w = worker(&env, &gw, email).await?;
+    let w = api.worker(email).await?;
     // A bad schema is refused when the task is published.
-    let r = env
-        .client()
-        .post(format!("{gw}/{}/micro_task", env.customer))
+    let r = api
+        .admin
+        .post(api.url("/micro_task"))
         .json(&json!({"name": "PAT", "task_flow": [], "activity_schema": {"type": 12}}))
         .send()
         .await?;
@@ -368,16 +210,16 @@ async fn a_finish_failing_the_activity_schema_is_rejected_with_its_reason() -> a
             "properties": {"response": {"type": "string", "pattern": "^https?://"}}
         }}}
     });
-    let task = publish(&env, &gw, json!({ "activity_schema": photo_url })).await?;
+    let task = api.publish(json!({ "activity_schema": photo_url })).await?;
     let t = id(&task);
-    post(&w, format!("{gw}/micro_task/{t}/reserve")).await?;
-    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+    w.reserve(&t).await?;
+    let (_, started) = w.start(&t).await?;
     let execution = started["execution_id"].as_str().unwrap_or_default();
-    let (status, _) = finish(&w, &gw, &t, email, &seed_finish(&t, execution, email)).await?;
+    let (status, _) = w.finish(&t, &seed_finish(&t, execution, email)).await?;
     assert_eq!(status, 202);
     // Refused with the schema's errors; the task stays as it was, and the
     // worker sends the answers again, corrected.
-    let v = recorded(&env, &gw, &t, "the invalid finish recorded").await?;
+    let v = api.recorded(&t, "the invalid finish recorded").await?;
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
     let reason = v["submissions"][0]["reason"].as_str().unwrap_or_default();
     assert!(
@@ -388,31 +230,31 @@ async fn a_finish_failing_the_activity_schema_is_rejected_with_its_reason() -> a
     assert_eq!(v["executions"][0]["status"], "EXECUTING");
     let mut corrected = seed_finish(&t, execution, email);
     corrected["execution"][0]["response"] = json!("https://photos.example/1.jpg");
-    let (status, _) = finish(&w, &gw, &t, email, &corrected).await?;
+    let (status, _) = w.finish(&t, &corrected).await?;
     assert_eq!(status, 202);
-    let v = wait_status(&env, &gw, &t, "COMPLETE").await?;
+    let v = api.wait_status(&t, "COMPLETE").await?;
     let outcomes = outcomes(&v);
     assert_eq!(outcomes, ["REJECTED", "APPLIED"]);
 
     // A revoked worker: refused at once where the database is read, and
     // its finish (accepted offline) rejected when it is applied.
     let fay = "fay@mysofie.com";
-    let w = worker(&env, &gw, fay).await?;
-    let t = id(&publish(&env, &gw, json!({})).await?);
-    post(&w, format!("{gw}/micro_task/{t}/reserve")).await?;
-    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+    let w = api.worker(fay).await?;
+    let t = id(&api.publish(json!({})).await?);
+    w.reserve(&t).await?;
+    let (_, started) = w.start(&t).await?;
     let execution = started["execution_id"].as_str().unwrap_or_default();
-    let r = env
-        .client()
-        .delete(format!("{gw}/{}/workers/{fay}", env.customer))
+    let r = api
+        .admin
+        .delete(api.url(&format!("/workers/{fay}")))
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    let r = w.get(format!("{gw}/micro_task/mine")).send().await?;
+    let r = w.client.get(format!("{gw}/micro_task/mine")).send().await?;
     assert_eq!(r.status(), 401);
-    let (status, _) = finish(&w, &gw, &t, fay, &seed_finish(&t, execution, fay)).await?;
+    let (status, _) = w.finish(&t, &seed_finish(&t, execution, fay)).await?;
     assert_eq!(status, 202);
-    let v = recorded(&env, &gw, &t, "the revoked finish recorded").await?;
+    let v = api.recorded(&t, "the revoked finish recorded").await?;
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
     assert!(
         v["submissions"][0]["reason"]
@@ -434,40 +276,41 @@ async fn reservations_and_executions_expire_back_to_new() -> anyhow::Result<()> 
         ("ORQ_REAPER__TICK_MS".to_string(), "200".to_string()),
     ]);
     let (_gw, gw) = env.start_gateway(&[]).await?;
+    let api = env.api(&gw);
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let _reaper = env.start_reaper(&[])?;
     let email = "dora@mysofie.com";
-    let w = worker(&env, &gw, email).await?;
-    let a = id(&publish(&env, &gw, json!({ "execution_timeout": 2 })).await?);
-    let b = id(&publish(&env, &gw, json!({})).await?);
-    let c = id(&publish(&env, &gw, json!({})).await?);
+    let w = api.worker(email).await?;
+    let a = id(&api.publish(json!({ "execution_timeout": 2 })).await?);
+    let b = id(&api.publish(json!({})).await?);
+    let c = id(&api.publish(json!({})).await?);
 
     // A bounded number of reservations; `reserve` takes the oldest NEW.
-    let (_, first) = post(&w, format!("{gw}/micro_task/reserve?name=PAT")).await?;
+    let (_, first) = w.post("/micro_task/reserve?name=PAT").await?;
     assert_eq!(id(&first), a);
-    let (status, _) = post(&w, format!("{gw}/micro_task/{b}/reserve")).await?;
+    let (status, _) = w.reserve(&b).await?;
     assert_eq!(status, 200);
-    let (status, body) = post(&w, format!("{gw}/micro_task/{c}/reserve")).await?;
+    let (status, body) = w.reserve(&c).await?;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("too_many_reservations"))
     );
 
     // An execution past its deadline: back to NEW, the execution EXPIRED.
-    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{a}/start")).await?;
+    let (_, started) = w.start(&a).await?;
     let execution = started["execution_id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     // A reservation nobody started: back to NEW.
-    let v = wait_status(&env, &gw, &b, "NEW").await?;
+    let v = api.wait_status(&b, "NEW").await?;
     assert_eq!(v["worker"], Value::Null);
-    let v = wait_status(&env, &gw, &a, "NEW").await?;
+    let v = api.wait_status(&a, "NEW").await?;
     assert_eq!(v["executions"][0]["status"], "EXPIRED");
     // A finish that arrives after the deadline is recorded and rejected.
-    let (status, _) = finish(&w, &gw, &a, email, &seed_finish(&a, &execution, email)).await?;
+    let (status, _) = w.finish(&a, &seed_finish(&a, &execution, email)).await?;
     assert_eq!(status, 202);
-    let v = recorded(&env, &gw, &a, "the late finish recorded").await?;
+    let v = api.recorded(&a, "the late finish recorded").await?;
     assert_eq!(v["submissions"][0]["outcome"], "REJECTED");
     assert!(
         v["submissions"][0]["reason"]
@@ -478,16 +321,10 @@ async fn reservations_and_executions_expire_back_to_new() -> anyhow::Result<()> 
     );
     assert_eq!(v["status"], "NEW");
     // Someone else can take it now.
-    let other = worker(&env, &gw, "eva@mysofie.com").await?;
-    let (status, _) = post(&other, format!("{gw}/micro_task/{a}/reserve")).await?;
+    let other = api.worker("eva@mysofie.com").await?;
+    let (status, _) = other.reserve(&a).await?;
     assert_eq!(status, 200);
-    let events: Value = env
-        .client()
-        .get(format!("{gw}/{}/micro_task/{b}/events", env.customer))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let events = api.micro_task_events(&b).await?;
     assert_eq!(statuses(&events), ["NEW", "RESERVED", "NEW"]);
     assert!(
         events[2]["description"]
@@ -506,11 +343,12 @@ async fn two_reapers_expire_each_reservation_once() -> anyhow::Result<()> {
     env.vars
         .push(("ORQ_REAPER__BATCH_SIZE".into(), "50".into()));
     let (_gw, gw) = env.start_gateway(&[]).await?;
+    let api = env.api(&gw);
     const N: i64 = 2000;
     let db = env.db().await?;
     // One task through the API, copied into 2,000 reservations by SQL:
     // the reapers only see rows, and 2,000 round trips would just be slow.
-    publish(&env, &gw, json!({})).await?;
+    api.publish(json!({})).await?;
     db.execute(
         "INSERT INTO human_tasks (id, customer_id, kind, action, version, input, on_timeout,
                                   execution_ms, status, worker, deadline)
@@ -558,33 +396,20 @@ async fn a_hundred_finishes_survive_a_database_outage() -> anyhow::Result<()> {
     env.vars
         .push(("ORQ_HUMAN__MAX_RESERVATIONS".into(), "100".into()));
     let (_gw, gw) = env.start_gateway(&[]).await?;
+    let api = env.api(&gw);
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     const N: usize = 100;
-    let workers: Vec<(String, reqwest::Client)> = {
-        let mut v = Vec::new();
-        for i in 0..10 {
-            let email = format!("w{i}@mysofie.com");
-            v.push((email.clone(), worker(&env, &gw, &email).await?));
-        }
-        v
-    };
+    let mut workers = Vec::new();
+    for i in 0..10 {
+        workers.push(api.worker(&format!("w{i}@mysofie.com")).await?);
+    }
     let mut finishes = Vec::with_capacity(N);
     for i in 0..N {
-        let (email, w) = &workers[i % workers.len()];
-        let t = id(&publish(&env, &gw, json!({})).await?);
-        let (status, _) = post(w, format!("{gw}/micro_task/{t}/reserve")).await?;
-        anyhow::ensure!(status == 200, "reserve {t}: {status}");
-        let (_, started) = post(w, format!("{gw}/micro_task/execution/{t}/start")).await?;
-        let execution = started["execution_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        finishes.push((
-            t.clone(),
-            email.clone(),
-            w.clone(),
-            seed_finish(&t, &execution, email),
-        ));
+        let w = &workers[i % workers.len()];
+        let t = id(&api.publish(json!({})).await?);
+        let execution = w.take(&t).await?;
+        let body = seed_finish(&t, &execution, &w.email);
+        finishes.push((t, w.clone(), body));
     }
 
     pg.down()?;
@@ -597,9 +422,9 @@ async fn a_hundred_finishes_survive_a_database_outage() -> anyhow::Result<()> {
     // Each finish is posted twice (an app retrying): both are accepted,
     // and the second, mostly applied in the same batch as the first, is
     // recognised as the same.
-    for (t, email, w, body) in &finishes {
+    for (t, w, body) in &finishes {
         for _ in 0..2 {
-            let (status, answer) = finish(w, &gw, t, email, body).await?;
+            let (status, answer) = w.finish(t, body).await?;
             assert_eq!(
                 status, 202,
                 "finish of {t} while the database is down: {answer}"
@@ -653,164 +478,32 @@ async fn a_hundred_finishes_survive_a_database_outage() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// flowBuild's user tasks: opened with the seed's parameters, committed
-/// and submitted through the activity manager.
+/// A user task with a 2 s timeout and a timer 1 s before it: the reminder
+/// fires, then the reaper submits it with what was committed and
+/// `is_continue=true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_tasks_commit_submit_and_expire_with_is_continue() -> anyhow::Result<()> {
+async fn a_user_tasks_timer_fires_and_its_timeout_submits_it_with_is_continue() -> anyhow::Result<()>
+{
     let mut env = Env::new("usertask").await?;
     env.vars.push(("ORQ_REAPER__TICK_MS".into(), "200".into()));
     let (_gw, gw) = env.start_gateway(&[]).await?;
     let _reaper = env.start_reaper(&[])?;
     let admin = env.client();
-    let open = |body: Value| {
-        let admin = admin.clone();
-        let gw = gw.clone();
-        async move {
-            let r = admin
-                .post(format!("{gw}/activity_manager"))
-                .json(&body)
-                .send()
-                .await?;
-            let status = r.status().as_u16();
-            anyhow::Ok((status, r.json::<Value>().await.unwrap_or(Value::Null)))
-        }
-    };
-    let schema = json!({
-        "type": "object",
-        "required": ["cpf"],
-        "properties": {"cpf": {"type": "string", "pattern": "^[0-9]{11}$"}}
-    });
-
-    // Bad parameters are refused, naming the field.
-    for (body, field) in [
-        (json!({"input": {}}), "action"),
-        (json!({"action": "Preencher_dados_pessoais"}), "input"),
-        (
-            json!({"action": "a", "input": {}, "timeout": "2019-08-13T45:29:00"}),
-            "timeout",
-        ),
-        (
-            json!({"action": "a", "input": {}, "timeout": -3}),
-            "timeout",
-        ),
-        (
-            json!({"action": "a", "input": {}, "activity_manager": "wait"}),
-            "activity_manager",
-        ),
-        (
-            json!({"action": "a", "input": {}, "activity_schema": {"type": 1}}),
-            "activity_schema",
-        ),
-        (
-            json!({"action": "a", "input": {}, "events": [{"type": "timer"}]}),
-            "events[0]",
-        ),
-    ] {
-        let (status, e) = open(body.clone()).await?;
-        assert_eq!(status, 400, "{body}: {e}");
-        let named = e["error"]["details"]["field"] == field
-            || e["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(field);
-        assert!(named, "{body}: {e}");
-    }
-
-    // Commit (partial) and submit; a payload failing activity_schema is a
-    // 400 with the validation errors and changes nothing.
-    let (status, task) = open(json!({
-        "action": "Preencher_dados_pessoais",
-        "input": {"name": "Ana"},
-        "timeout": 3600,
-        "activity_schema": schema,
-        "result_schema": {"type": "object", "required": ["cpf"]},
-    }))
-    .await?;
-    assert_eq!(status, 201, "{task}");
-    assert_eq!(task["status"], "NEW");
-    assert_eq!(task["activity_manager"], "commit");
-    let expires = task["expires_at"].as_str().unwrap_or_default().to_string();
-    assert!(
-        !expires.is_empty(),
-        "the timeout became an absolute deadline"
-    );
-    let t = id(&task);
-    let r = admin
-        .post(format!("{gw}/activity_manager/{t}/commit"))
-        .json(&json!({"cpf": "12"}))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await?;
-    assert_eq!(e["error"]["details"]["errors"][0]["field"], "/cpf", "{e}");
-    let unchanged: Value = admin
-        .get(format!("{gw}/activity_manager/{t}"))
+    // notify + a 2 s timeout + a timer: the reminder fires, then the
+    // activity is submitted with what was committed and is_continue=true.
+    let task: Value = admin
+        .post(format!("{gw}/activity_manager"))
+        .json(&json!({
+            "action": "Confirmar_aceite",
+            "input": {},
+            "timeout": 2,
+            "activity_manager": "notify",
+            "events": [{"type": "timer", "before_expiry": 1, "description": "reminder"}],
+        }))
         .send()
         .await?
         .json()
         .await?;
-    assert_eq!(unchanged["status"], "NEW");
-    assert_eq!(unchanged["committed"], Value::Null);
-    let r = admin
-        .post(format!("{gw}/activity_manager/{t}/commit"))
-        .json(&json!({"cpf": "12345678901"}))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 200);
-    let committed: Value = r.json().await?;
-    assert_eq!(committed["status"], "EXECUTING");
-    assert_eq!(committed["expires_at"], expires.as_str());
-    let r = admin
-        .post(format!("{gw}/activity_manager/{t}/submit"))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 202);
-    let done: Value = r.json().await?;
-    assert_eq!(done["status"], "COMPLETE");
-    assert_eq!(done["result"], json!({"cpf": "12345678901"}));
-    assert_eq!(done["is_continue"], false);
-    let r = admin
-        .post(format!("{gw}/activity_manager/{t}/submit"))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 422, "no longer open");
-    let r = admin
-        .post(format!("{gw}/activity_manager/{t}/commit"))
-        .json(&json!({"cpf": "1"}))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 422);
-
-    // A result that fails result_schema puts the task in ERROR.
-    let (_, task) = open(
-        json!({"action": "a", "input": {}, "result_schema": {"type": "object", "required": ["x"]}}),
-    )
-    .await?;
-    let r = admin
-        .post(format!("{gw}/activity_manager/{}/submit", id(&task)))
-        .json(&json!({"y": 1}))
-        .send()
-        .await?;
-    let v: Value = r.json().await?;
-    assert_eq!(v["status"], "ERROR");
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("result_schema"),
-        "{v}"
-    );
-
-    // notify + a 2 s timeout + a timer: the reminder fires, then the
-    // activity is submitted with what was committed and is_continue=true.
-    let (_, task) = open(json!({
-        "action": "Confirmar_aceite",
-        "input": {},
-        "timeout": 2,
-        "activity_manager": "notify",
-        "events": [{"type": "timer", "before_expiry": 1, "description": "reminder"}],
-    }))
-    .await?;
     let t = id(&task);
     assert_eq!(task["activity_manager"], "notify");
     admin
@@ -851,74 +544,13 @@ async fn user_tasks_commit_submit_and_expire_with_is_continue() -> anyhow::Resul
         reminder.is_some() && timeout.is_some() && reminder < timeout,
         "{described:?}"
     );
-
-    // An admin expires an open one; a user may not. One opened without a
-    // timeout still has a deadline: `human.user_task_timeout_ms` (7 days).
-    let (_, task) = open(json!({"action": "a", "input": {}})).await?;
-    let t = id(&task);
-    let expires = time::OffsetDateTime::parse(
-        task["expires_at"].as_str().unwrap_or_default(),
-        &time::format_description::well_known::Rfc3339,
-    )?;
-    let hours = (expires - time::OffsetDateTime::now_utc()).whole_hours();
-    assert!((167..=168).contains(&hours), "{task}");
-    let user = client_with(&env.token(&env.customer, "user")?);
-    let r = user
-        .post(format!("{gw}/activity_manager/{t}/expire"))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 403);
-    let r = admin
-        .post(format!("{gw}/activity_manager/{t}/expire"))
-        .send()
-        .await?;
-    let v: Value = r.json().await?;
-    assert_eq!(
-        (v["status"].as_str(), v["is_continue"].as_bool()),
-        (Some("COMPLETE"), Some(true))
-    );
-    let listed: Value = admin
-        .get(format!("{gw}/activity_manager?status=COMPLETE"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(3));
     env.cleanup().await
 }
 
-/// Reserves and starts a new micro-task for `w`; returns (task, execution).
-async fn started_task(
-    env: &Env,
-    gw: &str,
-    w: &reqwest::Client,
-) -> anyhow::Result<(String, String)> {
-    let t = id(&publish(env, gw, json!({})).await?);
-    let (status, _) = post(w, format!("{gw}/micro_task/{t}/reserve")).await?;
-    anyhow::ensure!(status == 200, "reserve: {status}");
-    let (_, started) = post(w, format!("{gw}/micro_task/execution/{t}/start")).await?;
-    Ok((
-        t,
-        started["execution_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    ))
-}
-
-async fn photo_ticket(
-    w: &reqwest::Client,
-    gw: &str,
-    task: &str,
-    body: Value,
-) -> anyhow::Result<(u16, Value)> {
-    let r = w
-        .post(format!("{gw}/micro_task/execution/{task}/photo"))
-        .json(&body)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or(Value::Null)))
+/// Asks for an upload ticket for a photo of `task`.
+async fn photo_ticket(w: &Worker, task: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+    let url = format!("{}/micro_task/execution/{task}/photo", w.gw);
+    orq_e2e::api::answer(w.client.post(url).json(&body)).await
 }
 
 /// Uploads `bytes` with this content type; the status (and the body when
@@ -950,17 +582,18 @@ async fn a_photo_goes_up_to_local_storage_and_to_an_s3_server() -> anyhow::Resul
             ("ORQ_STORAGE__PHOTO_MAX_BYTES", "100000"),
         ])
         .await?;
+    let api = env.api(&gw);
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let email = "gil@mysofie.com";
-    let w = worker(&env, &gw, email).await?;
-    let (t, execution) = started_task(&env, &gw, &w).await?;
+    let w = api.worker(email).await?;
+    let t = id(&api.publish(json!({})).await?);
+    let execution = w.take(&t).await?;
     let photo: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
     let request = json!({"step": 1, "content_type": "image/jpeg", "size": photo.len()});
 
     // Limits: the content type, the size; only for a started task.
     let (status, e) = photo_ticket(
         &w,
-        &gw,
         &t,
         json!({"step": 1, "content_type": "text/html", "size": 10}),
     )
@@ -971,7 +604,6 @@ async fn a_photo_goes_up_to_local_storage_and_to_an_s3_server() -> anyhow::Resul
     );
     let (status, e) = photo_ticket(
         &w,
-        &gw,
         &t,
         json!({"step": 1, "content_type": "image/png", "size": 100001}),
     )
@@ -980,15 +612,15 @@ async fn a_photo_goes_up_to_local_storage_and_to_an_s3_server() -> anyhow::Resul
         (status, e["error"]["details"]["field"].as_str()),
         (400, Some("size"))
     );
-    let reserved = id(&publish(&env, &gw, json!({})).await?);
-    post(&w, format!("{gw}/micro_task/{reserved}/reserve")).await?;
-    let (status, e) = photo_ticket(&w, &gw, &reserved, request.clone()).await?;
+    let reserved = id(&api.publish(json!({})).await?);
+    w.reserve(&reserved).await?;
+    let (status, e) = photo_ticket(&w, &reserved, request.clone()).await?;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
         (409, Some("not_executing"))
     );
 
-    let (status, ticket) = photo_ticket(&w, &gw, &t, request.clone()).await?;
+    let (status, ticket) = photo_ticket(&w, &t, request.clone()).await?;
     assert_eq!(status, 201, "{ticket}");
     assert_eq!(ticket["method"], "PUT");
     assert_eq!(ticket["headers"]["content-type"], "image/jpeg");
@@ -1023,9 +655,9 @@ async fn a_photo_goes_up_to_local_storage_and_to_an_s3_server() -> anyhow::Resul
     // The URL is the step's answer.
     let mut body = seed_finish(&t, &execution, email);
     body["execution"][0]["response"] = json!(url);
-    let (status, _) = finish(&w, &gw, &t, email, &body).await?;
+    let (status, _) = w.finish(&t, &body).await?;
     assert_eq!(status, 202);
-    let v = wait_status(&env, &gw, &t, "COMPLETE").await?;
+    let v = api.wait_status(&t, "COMPLETE").await?;
     assert_eq!(v["executions"][0]["answers"][0]["response"], url.as_str());
 
     // S3: a real S3-compatible server (moto), a presigned PUT.
@@ -1053,8 +685,17 @@ async fn a_photo_goes_up_to_local_storage_and_to_an_s3_server() -> anyhow::Resul
             ("ORQ_STORAGE__S3_SECRET_ACCESS_KEY", "testing"),
         ])
         .await?;
-    let (t2, _) = started_task(&env, &gw2, &w).await?;
-    let (status, ticket) = photo_ticket(&w, &gw2, &t2, request).await?;
+    // The same worker, through the second gateway.
+    let (api2, w2) = (
+        env.api(&gw2),
+        Worker {
+            gw: gw2.clone(),
+            ..w.clone()
+        },
+    );
+    let t2 = id(&api2.publish(json!({})).await?);
+    w2.take(&t2).await?;
+    let (status, ticket) = photo_ticket(&w2, &t2, request).await?;
     assert_eq!(status, 201, "{ticket}");
     let upload_url = ticket["upload_url"].as_str().unwrap_or_default();
     assert!(
@@ -1189,45 +830,40 @@ async fn the_worker_is_told_by_email_sms_and_push_and_a_failing_sender_blocks_no
     })
     .await?;
     let (_gw, gw) = env.start_gateway(&[]).await?;
+    let api = env.api(&gw);
     let _dispatcher = env.start_dispatcher("dispatcher", &[])?;
     let _reaper = env.start_reaper(&[])?;
 
     let email = "hana@mysofie.com";
-    let r: Value = env
-        .client()
-        .post(format!("{gw}/{}/workers", env.customer))
-        .json(&json!({"email": email, "phone": "+5511999990000"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let w = api
+        .worker_with(json!({"email": email, "phone": "+5511999990000"}))
         .await?;
-    let w = client_with(r["access_token"].as_str().unwrap_or_default());
     // The app registers its device token itself.
     let r = w
+        .client
         .put(format!("{gw}/micro_task/me"))
         .json(&json!({"push_token": "device-123"}))
         .send()
         .await?;
     assert_eq!(r.status(), 200);
     let hook = sms_url.replace("/sms", "/hook");
-    let t = id(&publish(&env, &gw, json!({ "callback": { "url": hook } })).await?);
-    post(&w, format!("{gw}/micro_task/{t}/reserve")).await?;
-    let (_, started) = post(&w, format!("{gw}/micro_task/execution/{t}/start")).await?;
+    let t = id(&api.publish(json!({ "callback": { "url": hook } })).await?);
+    w.reserve(&t).await?;
+    let (_, started) = w.start(&t).await?;
     let execution = started["execution_id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (status, _) = finish(&w, &gw, &t, email, &seed_finish(&t, &execution, email)).await?;
+    let (status, _) = w.finish(&t, &seed_finish(&t, &execution, email)).await?;
     assert_eq!(status, 202);
     // Processing does not wait for any sender.
-    wait_status(&env, &gw, &t, "COMPLETE").await?;
+    api.wait_status(&t, "COMPLETE").await?;
 
     let v = eventually(
         Duration::from_secs(60),
         "e-mail and SMS sent, push dead",
         || async {
-            let v = view(&env, &gw, &t).await?;
+            let v = api.view(&t).await?;
             let by = |channel: &str| {
                 v["notifications"]
                     .as_array()

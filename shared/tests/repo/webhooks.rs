@@ -1,0 +1,112 @@
+//! `repo::webhooks`: a job's events reach a subscription's outbox, are
+//! formed into one delivery, and a due delivery is claimed by one sender
+//! at a time, within the per-endpoint bound.
+
+use deadpool_postgres::GenericClient;
+use orq_e2e::TestDb;
+use orq_shared::domain::{CustomerId, JobId};
+use orq_shared::repo::jobs::{self, NewTask};
+use orq_shared::repo::webhooks::{self, AttemptOutcome, NewEndpoint};
+use std::time::Duration;
+use uuid::Uuid;
+
+const HOLD: Duration = Duration::from_secs(60);
+
+async fn subscription(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<Uuid> {
+    let sealer = orq_shared::secret::Sealer::from_config(&"ab".repeat(32))?;
+    let new = NewEndpoint {
+        url: "https://hooks.example.com/in".into(),
+        user: None,
+        password: None,
+    };
+    let made = webhooks::create_endpoint(c, customer, "subscription", &new, &sealer).await?;
+    Ok(made.id)
+}
+
+async fn job(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<JobId> {
+    let new = NewTask {
+        description: "d".into(),
+        system: "S".into(),
+        attachment: orq_shared::attachment::encode("a\n1\n"),
+        rows_total: 1,
+        callback_id: None,
+    };
+    Ok(jobs::create(c, customer, &new).await?.id)
+}
+
+/// Forms every delivery the outbox owes; how many were made.
+async fn form_all(c: &impl GenericClient) -> anyhow::Result<usize> {
+    let mut made = 0;
+    for (endpoint, job) in webhooks::formable(c, 100).await? {
+        made += usize::from(webhooks::form(c, endpoint, job, 50).await?);
+    }
+    Ok(made)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_delivery_is_claimed_by_one_sender_until_released() -> anyhow::Result<()> {
+    let db = TestDb::new("repohooks").await?;
+    let acme = db.customer("acme").await?;
+    let c = db.get().await?;
+    let endpoint = subscription(&c, acme).await?;
+    let id = job(&c, acme).await?;
+
+    assert_eq!(
+        form_all(&c).await?,
+        1,
+        "the job's creation, in one delivery"
+    );
+    assert_eq!(form_all(&c).await?, 0, "nothing owed twice");
+    let due = webhooks::claim_due(&c, 10, 10, &[], HOLD).await?;
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].endpoint_id, endpoint);
+    assert_eq!(due[0].attempts, 0);
+    assert_eq!(due[0].body[0]["jobId"], id.0.to_string(), "{}", due[0].body);
+    assert_eq!(due[0].body[0]["type"], "STATUS_CHANGE");
+    // Held: another sender gets nothing, nor does a busy endpoint.
+    assert!(webhooks::claim_due(&c, 10, 10, &[], HOLD).await?.is_empty());
+    webhooks::release(&c, &[due[0].id]).await?;
+    assert!(
+        webhooks::claim_due(&c, 10, 10, &[endpoint], HOLD)
+            .await?
+            .is_empty()
+    );
+    let again = webhooks::claim_due(&c, 10, 10, &[], HOLD).await?;
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [due[0].id]);
+
+    // Delivered: its attempt is recorded once, and it is never due again.
+    let delivered = AttemptOutcome {
+        attempted_at: time::OffsetDateTime::now_utc(),
+        status_code: Some(200),
+        error: None,
+        duration_ms: 5,
+        status: "DELIVERED",
+        next_attempt_at: None,
+    };
+    assert!(webhooks::record_attempt(&c, due[0].id, 1, &delivered).await?);
+    assert!(!webhooks::record_attempt(&c, due[0].id, 1, &delivered).await?);
+    webhooks::release(&c, &[due[0].id]).await?;
+    assert!(webhooks::claim_due(&c, 10, 10, &[], HOLD).await?.is_empty());
+    drop(c);
+    db.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_take_at_most_the_per_endpoint_bound() -> anyhow::Result<()> {
+    let db = TestDb::new("repohookcap").await?;
+    let acme = db.customer("acme").await?;
+    let c = db.get().await?;
+    subscription(&c, acme).await?;
+    for _ in 0..3 {
+        job(&c, acme).await?;
+    }
+    // One delivery per job: three due to the one endpoint.
+    assert_eq!(form_all(&c).await?, 3);
+    let first = webhooks::claim_due(&c, 10, 2, &[], HOLD).await?;
+    assert_eq!(first.len(), 2, "two of one endpoint at a time");
+    let rest = webhooks::claim_due(&c, 10, 2, &[], HOLD).await?;
+    assert_eq!(rest.len(), 1);
+    assert!(rest.iter().all(|d| first.iter().all(|f| f.id != d.id)));
+    drop(c);
+    db.cleanup().await
+}
