@@ -10,6 +10,8 @@
 //! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
 //! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
 //! * `service` – the logic several routes share (jobs, human tasks, callbacks).
+//! * `state`  – `AppState`, and `in_transaction`: the one way to write in a
+//!   transaction.
 //! * `admin`  – the command-line administration.
 
 pub mod admin;
@@ -44,7 +46,7 @@ use crate::state::AppState;
 
 pub struct App {
     listener: TcpListener,
-    /// Requests' background work, waited for at shutdown.
+    /// The gateway's background work, waited for at shutdown.
     background: tokio_util::task::TaskTracker,
     bounds: serve::Bounds,
     router: Router,
@@ -247,7 +249,8 @@ impl App {
             .map_err(anyhow::Error::msg)?,
         );
         let limits = Arc::new(limits::Limits::new(&settings.limits).map_err(anyhow::Error::msg)?);
-        limits::spawn_janitor(limits.clone(), shutdown.clone());
+        let background = tokio_util::task::TaskTracker::new();
+        limits::spawn_janitor(&background, limits.clone(), shutdown.clone());
         orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
@@ -265,7 +268,7 @@ impl App {
             deny_networks,
             bot_deny_networks,
             limits,
-            background: tokio_util::task::TaskTracker::new(),
+            background,
             shutdown: shutdown.clone(),
         };
         Ok(App {

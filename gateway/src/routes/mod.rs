@@ -142,19 +142,16 @@ pub fn paged<T: Serialize>(items: Vec<T>, page: Page, last_id: Option<String>) -
     response
 }
 
-/// Runs `run` in one transaction and commits it.
+/// Runs `run` in one transaction and commits it (`AppState::in_transaction`,
+/// answering an `ApiError`).
 pub async fn in_transaction<T, E>(
     state: &crate::state::AppState,
     run: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, E>,
 ) -> Result<T, ApiError>
 where
-    E: Into<ApiError>,
+    E: Into<ApiError> + From<orq_shared::repo::RepoError>,
 {
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let value = run(&tx).await.map_err(Into::into)?;
-    tx.commit().await?;
-    Ok(value)
+    state.in_transaction(run).await.map_err(Into::into)
 }
 
 /// An optional field naming one value of a text enum (a status, a mode):
