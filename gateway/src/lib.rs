@@ -3,13 +3,15 @@
 //! The HTTP API: authenticates, validates, writes jobs to PostgreSQL and wakes
 //! the dispatchers through RabbitMQ. Also the `gateway admin` commands.
 //!
-//! * `error`  – the JSON error type and extractors that reject with it.
+//! * `error`  – the JSON error type and extractors that reject with it;
+//!   every other error becomes one there.
 //! * `auth`   – token extraction and role checks.
 //! * `idempotency` – `Idempotency-Key` on every create (`create_once`).
 //! * `limits` – rate limits per token and per address, by route class.
 //! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
 //! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
-//! * `service` – the logic several routes share (jobs, human tasks, callbacks).
+//! * `service` – the logic under the routes (jobs, bots, human tasks,
+//!   webhooks), each with its own error.
 //! * `state`  – `AppState`, and `in_transaction`: the one way to write in a
 //!   transaction.
 //! * `admin`  – the command-line administration.

@@ -9,37 +9,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orq_shared::domain::{HumanTaskId, Role};
 use orq_shared::human::{ActivityManager, HumanKind, OnTimeout, deadline_from, parse_timers};
-use orq_shared::repo::human::{self, ActivityRefusal, HumanFilter, HumanTask, NewHumanTask};
+use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask};
 use orq_shared::repo::jobs;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::optional_enum;
-use super::{PageQuery, in_transaction, text_field};
+use super::{PageQuery, in_transaction, paged, text_field};
 use crate::auth::Auth;
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
-use crate::idempotency::{Caller, CreateRequest, IdemKey};
-use crate::service::human::{list_page, schema_field};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::service;
 use crate::state::AppState;
-
-impl From<ActivityRefusal> for ApiError {
-    fn from(r: ActivityRefusal) -> Self {
-        let message = r.to_string();
-        match r {
-            ActivityRefusal::NotFound => ApiError::not_found("activity"),
-            ActivityRefusal::NotOpen(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_open", message)
-            }
-            ActivityRefusal::Invalid(errors) => {
-                let mut e = ApiError::bad_request("invalid_data", message);
-                e.details = json!({ "errors": errors });
-                e
-            }
-            ActivityRefusal::Repo(e) => e.into(),
-        }
-    }
-}
 
 /// A user task as a process opens it (flowBuild's userTask parameters).
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -104,8 +86,8 @@ pub async fn create(
         action,
         version: 1,
         input: body.input,
-        activity_schema: schema_field("activity_schema", body.activity_schema)?,
-        result_schema: schema_field("result_schema", body.result_schema)?,
+        activity_schema: service::human::schema_field("activity_schema", body.activity_schema)?,
+        result_schema: service::human::schema_field("result_schema", body.result_schema)?,
         activity_manager,
         on_timeout: OnTimeout::Continue,
         execution_ms: i64::try_from(state.settings.human.execution_ms).unwrap_or(i64::MAX),
@@ -114,15 +96,11 @@ pub async fn create(
         timers,
         callback_id: None,
     };
-    crate::service::human::create(
-        &state,
-        Caller::token(who),
-        &key,
-        request,
-        new,
-        body.callback.as_ref(),
-    )
-    .await
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        Ok(service::human::create(&state, tx, new, body.callback.as_ref()).await?)
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
@@ -149,7 +127,10 @@ pub async fn list(
         worker: None,
         held: false,
     };
-    list_page(&state, who.customer_id, &filter, page).await
+    let db = state.db().await?;
+    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
+    let last = tasks.last().map(|t| t.id.to_string());
+    Ok(paged(tasks, page, last))
 }
 
 async fn user_task(state: &AppState, auth: &Auth, id: &str) -> Result<HumanTask, ApiError> {

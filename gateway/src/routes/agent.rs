@@ -1,7 +1,7 @@
 //! The native API of bot-agents: registration.
 
 use axum::extract::State;
-use orq_shared::domain::{BotId, Role};
+use orq_shared::domain::Role;
 use orq_shared::repo::bots::{self, Bot, Registration};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use super::text_field;
 use crate::auth::Auth;
 use crate::error::{ApiError, Json};
+use crate::service;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -67,36 +68,12 @@ pub async fn register(
     let bot = bots::register_agent(&tx, who.customer_id, &reg, who.token_id).await?;
     // The queue exists before the bot can be matched: a job assigned to it
     // the moment the registration commits has somewhere to go.
-    if !declare_queue(&state, bot.id).await {
-        return Err(ApiError::unavailable(
-            "RabbitMQ is unavailable; retry shortly",
-        ));
-    }
+    service::bots::declare_queue(&state, bot.id).await?;
     tx.commit().await?;
-    crate::routes::bots::wake(&state, who.customer_id);
+    service::jobs::wake(&state, who.customer_id, None);
     Ok(axum::Json(Registered {
         queue: state.broker.topology().bot_queue(bot.id),
         customer_id: who.customer_id,
         bot,
     }))
-}
-
-/// Declares a bot's queue; false when RabbitMQ is unreachable.
-pub async fn declare_queue(state: &AppState, bot: BotId) -> bool {
-    let Some(session) = state.broker.current() else {
-        return false;
-    };
-    let declared = async {
-        let ch = session.channel().await?;
-        session.topology().declare_bot_queue(&ch, bot).await?;
-        let _ = ch.close(200, "done".into()).await;
-        Ok::<_, orq_shared::broker::BrokerError>(())
-    };
-    match declared.await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, %bot, "declaring bot queue failed");
-            false
-        }
-    }
 }

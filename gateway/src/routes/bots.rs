@@ -14,6 +14,7 @@ use crate::auth::Auth;
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::service;
 use crate::state::AppState;
 
 const READERS: &[Role] = &[Role::Viewer, Role::Bot];
@@ -206,18 +207,14 @@ pub async fn create(
     check_address(&state, &spec)?;
     let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
         let bot = bots::insert(tx, who.customer_id, &spec).await?;
-        if bot.delivery == Delivery::Agent
-            && !crate::routes::agent::declare_queue(&state, bot.id).await
-        {
-            return Err(ApiError::unavailable(
-                "RabbitMQ is unavailable; retry shortly",
-            ));
+        if bot.delivery == Delivery::Agent {
+            service::bots::declare_queue(&state, bot.id).await?;
         }
         Ok(bot)
     })
     .await?;
     if created.fresh().is_some() {
-        wake(&state, who.customer_id);
+        service::jobs::wake(&state, who.customer_id, None);
     }
     Ok(created.respond())
 }
@@ -264,7 +261,7 @@ pub async fn update(
     let bot = bots::update(&tx, who.customer_id, id, &spec).await?;
     tx.commit().await?;
     if bot.status == BotStatus::Available {
-        wake(&state, who.customer_id);
+        service::jobs::wake(&state, who.customer_id, None);
     }
     Ok(axum::Json(bot))
 }
@@ -325,7 +322,7 @@ async fn set_draining(
     let db = state.db().await?;
     let bot = bots::set_draining(&db, who.customer_id, id, draining).await?;
     if !draining {
-        wake(&state, who.customer_id);
+        service::jobs::wake(&state, who.customer_id, None);
     }
     Ok(axum::Json(bot))
 }
@@ -347,10 +344,4 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Bot>, ApiError> {
     set_draining(state, auth, id, false).await
-}
-
-/// Tells the dispatchers the customer may have work to match (a bot freed
-/// up, a task arrived). Fire and forget: the sweep covers a lost wake-up.
-pub fn wake(state: &AppState, customer: orq_shared::domain::CustomerId) {
-    crate::service::jobs::wake(state, customer, None);
 }

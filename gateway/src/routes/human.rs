@@ -20,40 +20,19 @@ use orq_shared::human::{
 };
 use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::customers::{self, Principal};
-use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask, Refusal};
+use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask};
 use orq_shared::repo::{jobs, notifications};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{PageQuery, in_transaction, optional_enum, scoped, text_field};
+use super::{PageQuery, in_transaction, optional_enum, paged, scoped, text_field};
 use crate::auth::{Auth, presented_token};
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::service;
 use crate::state::AppState;
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        let message = r.to_string();
-        match r {
-            Refusal::NotFound => ApiError::not_found("micro-task"),
-            Refusal::NoneAvailable => {
-                ApiError::new(StatusCode::NOT_FOUND, "none_available", message)
-            }
-            Refusal::HeldByOther => ApiError::new(StatusCode::FORBIDDEN, "held_by_other", message),
-            Refusal::NotReserved(_) => ApiError::new(StatusCode::CONFLICT, "not_reserved", message),
-            Refusal::Closed(_) => ApiError::new(StatusCode::CONFLICT, "closed", message),
-            Refusal::NotExecuting(_) => {
-                ApiError::new(StatusCode::CONFLICT, "not_executing", message)
-            }
-            Refusal::TooMany(_) => {
-                ApiError::new(StatusCode::CONFLICT, "too_many_reservations", message)
-            }
-            Refusal::Repo(e) => e.into(),
-        }
-    }
-}
 
 /// A list of field errors as one 400.
 fn field_errors(errors: Vec<orq_shared::human::FieldError>) -> ApiError {
@@ -371,11 +350,8 @@ pub async fn create(
             "task_flow": body.task_flow,
             "variables": body.variables.unwrap_or_default(),
         }),
-        activity_schema: crate::service::human::schema_field(
-            "activity_schema",
-            body.activity_schema,
-        )?,
-        result_schema: crate::service::human::schema_field("result_schema", body.result_schema)?,
+        activity_schema: service::human::schema_field("activity_schema", body.activity_schema)?,
+        result_schema: service::human::schema_field("result_schema", body.result_schema)?,
         activity_manager: ActivityManager::Commit,
         on_timeout: OnTimeout::Requeue,
         execution_ms,
@@ -384,15 +360,11 @@ pub async fn create(
         timers: Vec::new(),
         callback_id: None,
     };
-    crate::service::human::create(
-        &state,
-        Caller::token(who),
-        &key,
-        request,
-        new,
-        body.callback.as_ref(),
-    )
-    .await
+    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+        Ok(service::human::create(&state, tx, new, body.callback.as_ref()).await?)
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 /// `?status=` of the human-task lists.
@@ -422,7 +394,10 @@ pub async fn list(
         worker: q.worker.map(|w| w.trim().to_ascii_lowercase()),
         held: false,
     };
-    crate::service::human::list_page(&state, who.customer_id, &filter, page).await
+    let db = state.db().await?;
+    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
+    let last = tasks.last().map(|t| t.id.to_string());
+    Ok(paged(tasks, page, last))
 }
 
 /// `GET /{customer}/micro_task/{id}`: the task with its executions, the

@@ -51,7 +51,7 @@ pub struct JobRequestDoc {
     #[schema(value_type = Vec<Object>)]
     task_arguments: Vec<Value>,
     /// Where this job's events go, instead of its task's callback.
-    callback: Option<super::webhooks::SubscriptionBody>,
+    callback: Option<service::webhooks::SubscriptionBody>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for JobInput {

@@ -1,4 +1,6 @@
-//! HTTP routes, split by area.
+//! HTTP routes, split by area. A route file never imports another: what
+//! several share is here (paging, text fields, the OpenAPI document's
+//! shared parameters) or in `crate::service`.
 
 pub mod activity;
 pub mod agent;
@@ -189,4 +191,16 @@ pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, ApiErr
         ));
     }
     Ok(value.to_string())
+}
+
+/// A file name to write on the bot: one path component, nothing special.
+pub fn check_filename(name: &str) -> Result<String, ApiError> {
+    let name = text_field("filename", name, 200)?;
+    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
+        return Err(ApiError::invalid_field(
+            "filename",
+            "filename must be a plain file name, without '/' and not '.' or '..'",
+        ));
+    }
+    Ok(name)
 }

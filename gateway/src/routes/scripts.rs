@@ -11,7 +11,7 @@ use orq_shared::repo::scripts::{self, Script, ScriptSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{PageQuery, paged, scoped, text_field};
+use super::{PageQuery, check_filename, paged, scoped, text_field};
 use crate::auth::Auth;
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};
@@ -29,18 +29,6 @@ pub struct ScriptBody {
     content: Option<String>,
     /// ...or as base64, for binary content.
     content_base64: Option<String>,
-}
-
-/// A file name to write on the bot: one path component, nothing special.
-pub fn check_filename(name: &str) -> Result<String, ApiError> {
-    let name = text_field("filename", name, 200)?;
-    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
-        return Err(ApiError::invalid_field(
-            "filename",
-            "filename must be a plain file name, without '/' and not '.' or '..'",
-        ));
-    }
-    Ok(name)
 }
 
 pub fn script_spec(body: ScriptBody) -> Result<ScriptSpec, ApiError> {

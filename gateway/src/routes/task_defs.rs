@@ -13,8 +13,7 @@ use orq_shared::task_def::{RunAs, parse_argument_defs, parse_env, parse_triggers
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::scripts::check_filename;
-use super::{PageQuery, paged, reader, scoped, text_field};
+use super::{PageQuery, check_filename, paged, reader, scoped, text_field};
 use crate::auth::Auth;
 use crate::error::Path;
 use crate::error::{ApiError, Json, Query, parse_id};

@@ -106,19 +106,9 @@ pub async fn subscriptions(
     ))
 }
 
-/// Where events are delivered (seed 004): also a task's or job's
-/// `callback`. `user` and `password` are sent as headers of every delivery.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-pub struct SubscriptionBody {
-    /// An http(s) URL.
-    pub url: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
-
 /// `POST /webhooks/subscriptions` (admin): `{url, user?, password?}`; every
 /// event of every job of the customer is delivered there from now on.
-#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", params(super::IdempotencyHeader), request_body = SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
+#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", params(super::IdempotencyHeader), request_body = crate::service::webhooks::SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
 pub async fn subscribe(
     State(state): State<AppState>,
     auth: Auth,
