@@ -316,12 +316,6 @@ pub async fn json_errors(request: Request, next: axum::middleware::Next) -> Resp
     rewritten
 }
 
-/// Parses an id from the path; a malformed one is a 404 like an unknown one,
-/// since no such resource can exist.
-pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found(what))
-}
-
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
         RepoError::from(e).into()

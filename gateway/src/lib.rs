@@ -5,7 +5,9 @@
 //!
 //! * `error`  – the JSON error type and extractors that reject with it;
 //!   every other error becomes one there.
-//! * `auth`   – token extraction and role checks.
+//! * `auth`   – tokens, and the caller as a typed extractor with its roles
+//!   (`Authorized<R>`, `Scoped<R>`, `Worker`).
+//! * `ids`    – `Id<T>`: an id from the path; one that does not parse is a 404.
 //! * `idempotency` – `Idempotency-Key` on every create (`create_once`).
 //! * `limits` – rate limits per token and per address, by route class.
 //! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod idempotency;
+pub mod ids;
 pub mod limits;
 pub mod openapi;
 pub mod photos;

@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use crate::auth::Auth;
+use crate::auth::{Authorized, Viewers};
 use crate::error::{ApiError, Query};
 use crate::state::AppState;
 
@@ -120,11 +120,10 @@ fn settle<E>(
 #[utoipa::path(get, path = "/events/stream", operation_id = "feed_stream", tag = "events", params(FeedQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")), responses((status = 200, description = "Server-sent events, one per job event; each `id` is its place in the order of events", body = String, content_type = "text/event-stream"), crate::error::Refusals))]
 pub async fn stream(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Viewers>,
     Query(q): Query<FeedQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let who = auth.require(&[Role::Viewer])?.clone();
     let job = q
         .job_id
         .map(|j| {

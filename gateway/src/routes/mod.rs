@@ -23,29 +23,10 @@ use orq_shared::repo::Page;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Auth;
 use crate::error::ApiError;
 use orq_shared::domain::Role;
 use orq_shared::repo::customers::Principal;
 use orq_shared::repo::task_defs::Reader;
-
-/// The caller of a `/{customer}/...` route: its role must pass `roles` and
-/// its token must belong to `customer`.
-pub fn scoped<'a>(
-    auth: &'a Auth,
-    customer: &str,
-    roles: &[Role],
-) -> Result<&'a Principal, ApiError> {
-    let who = auth.require(roles)?;
-    if who.customer != customer {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "wrong_customer",
-            format!("this token does not belong to customer {customer:?}"),
-        ));
-    }
-    Ok(who)
-}
 
 /// How a caller reads task definitions: admins see all, others what the
 /// tasks' `acls` allow them.
@@ -142,18 +123,6 @@ pub fn paged<T: Serialize>(items: Vec<T>, page: Page, last_id: Option<String>) -
         response.headers_mut().insert("x-next-cursor", value);
     }
     response
-}
-
-/// Runs `run` in one transaction and commits it (`AppState::in_transaction`,
-/// answering an `ApiError`).
-pub async fn in_transaction<T, E>(
-    state: &crate::state::AppState,
-    run: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, E>,
-) -> Result<T, ApiError>
-where
-    E: Into<ApiError> + From<orq_shared::repo::RepoError>,
-{
-    state.in_transaction(run).await.map_err(Into::into)
 }
 
 /// An optional field naming one value of a text enum (a status, a mode):
