@@ -7,8 +7,10 @@
 //! * `bots`    – what each credential may do to a bot; the bot deny list.
 //! * `input`   – inputs that used to panic or answer in plain text.
 //! * `limits`  – rate limits: 429 with `Retry-After`.
+//! * `precedence` – which refusal wins: 401, then 403, then 404.
 
 mod bots;
 mod helpers;
 mod input;
 mod limits;
+mod precedence;
