@@ -6,19 +6,22 @@ use orq_shared::domain::Role;
 use orq_shared::repo::customers;
 use serde_json::json;
 
+use crate::state::in_transaction;
+
 pub async fn create_customer(settings: &Settings, name: &str) -> anyhow::Result<serde_json::Value> {
     let name = customers::CustomerName::parse(name).map_err(anyhow::Error::msg)?;
     let name = name.as_str();
     orq_shared::db::migrate(&settings.database).await?;
     let pool = orq_shared::db::pool(&settings.database)?;
-    let mut db = pool.get().await?;
-    let tx = db.transaction().await?;
-    if customers::find_by_name(&tx, name).await?.is_some() {
-        anyhow::bail!("customer {name:?} exists already; use `gateway admin create-token`");
-    }
-    let id = customers::create(&tx, name).await?;
-    let (_, token) = customers::issue_token(&tx, id, Role::Admin, None).await?;
-    tx.commit().await?;
+    let token = in_transaction(&pool, async |tx| {
+        if customers::find_by_name(tx, name).await?.is_some() {
+            anyhow::bail!("customer {name:?} exists already; use `gateway admin create-token`");
+        }
+        let id = customers::create(tx, name).await?;
+        let (_, token) = customers::issue_token(tx, id, Role::Admin, None).await?;
+        Ok::<_, anyhow::Error>(token)
+    })
+    .await?;
     Ok(json!({ "customer": name, "role": "admin", "access_token": token }))
 }
 
@@ -47,15 +50,18 @@ pub async fn create_token(
     }
     if let Some(bot) = bot {
         anyhow::ensure!(role == Role::Bot, "--bot goes with --role bot");
-        let mut db = db;
-        let tx = db.transaction().await?;
-        let found = orq_shared::repo::bots::find_by_name_or_id(&tx, id, bot.trim())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("customer {customer:?} has no bot {bot:?}"))?;
-        let (token_id, token) =
-            customers::issue_token(&tx, id, Role::Bot, Some(name.unwrap_or(&found.name))).await?;
-        orq_shared::repo::bots::hold(&tx, id, found.id, token_id).await?;
-        tx.commit().await?;
+        drop(db);
+        let (found, token) = in_transaction(&pool, async |tx| {
+            let found = orq_shared::repo::bots::find_by_name_or_id(tx, id, bot.trim())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("customer {customer:?} has no bot {bot:?}"))?;
+            let (token_id, token) =
+                customers::issue_token(tx, id, Role::Bot, Some(name.unwrap_or(&found.name)))
+                    .await?;
+            orq_shared::repo::bots::hold(tx, id, found.id, token_id).await?;
+            Ok::<_, anyhow::Error>((found, token))
+        })
+        .await?;
         return Ok(json!({
             "customer": customer, "role": "bot", "name": name.unwrap_or(&found.name),
             "bot_id": found.id, "access_token": token,

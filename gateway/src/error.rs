@@ -1,5 +1,7 @@
 //! The one error type of the HTTP API: `{"error": {"code", "message",
 //! "details"}}` with the right status, and extractors whose rejections use it.
+//! The repositories' and the services' errors become an `ApiError` here,
+//! and nowhere else.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -7,8 +9,11 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use orq_shared::repo::RepoError;
+use orq_shared::repo::human::{ActivityRefusal, Refusal};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use crate::service;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -311,12 +316,6 @@ pub async fn json_errors(request: Request, next: axum::middleware::Next) -> Resp
     rewritten
 }
 
-/// Parses an id from the path; a malformed one is a 404 like an unknown one,
-/// since no such resource can exist.
-pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found(what))
-}
-
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
         RepoError::from(e).into()
@@ -326,5 +325,89 @@ impl From<tokio_postgres::Error> for ApiError {
 impl From<orq_shared::task_def::FieldError> for ApiError {
     fn from(e: orq_shared::task_def::FieldError) -> Self {
         ApiError::invalid_field(&e.field, e.message)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let message = r.to_string();
+        match r {
+            Refusal::NotFound => ApiError::not_found("micro-task"),
+            Refusal::NoneAvailable => {
+                ApiError::new(StatusCode::NOT_FOUND, "none_available", message)
+            }
+            Refusal::HeldByOther => ApiError::new(StatusCode::FORBIDDEN, "held_by_other", message),
+            Refusal::NotReserved(_) => ApiError::new(StatusCode::CONFLICT, "not_reserved", message),
+            Refusal::Closed(_) => ApiError::new(StatusCode::CONFLICT, "closed", message),
+            Refusal::NotExecuting(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_executing", message)
+            }
+            Refusal::TooMany(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_reservations", message)
+            }
+            Refusal::Repo(e) => e.into(),
+        }
+    }
+}
+
+impl From<ActivityRefusal> for ApiError {
+    fn from(r: ActivityRefusal) -> Self {
+        let message = r.to_string();
+        match r {
+            ActivityRefusal::NotFound => ApiError::not_found("activity"),
+            ActivityRefusal::NotOpen(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_open", message)
+            }
+            ActivityRefusal::Invalid(errors) => {
+                let mut e = ApiError::bad_request("invalid_data", message);
+                e.details = json!({ "errors": errors });
+                e
+            }
+            ActivityRefusal::Repo(e) => e.into(),
+        }
+    }
+}
+
+// The services' errors, each mapped to HTTP here and nowhere else.
+
+impl From<service::jobs::Error> for ApiError {
+    fn from(e: service::jobs::Error) -> Self {
+        match e {
+            service::jobs::Error::Changed => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            service::jobs::Error::Repo(e) => e.into(),
+        }
+    }
+}
+
+impl From<service::bots::Error> for ApiError {
+    fn from(e: service::bots::Error) -> Self {
+        match e {
+            service::bots::Error::BrokerUnavailable => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<service::webhooks::Error> for ApiError {
+    fn from(e: service::webhooks::Error) -> Self {
+        match e {
+            service::webhooks::Error::Invalid { field, message } => {
+                ApiError::invalid_field(&field, message)
+            }
+            service::webhooks::Error::Repo(e) => e.into(),
+        }
+    }
+}
+
+impl From<service::human::Error> for ApiError {
+    fn from(e: service::human::Error) -> Self {
+        match e {
+            service::human::Error::Schema { field, reason } => {
+                ApiError::invalid_field(&field, format!("{field}: {reason}"))
+            }
+            service::human::Error::Callback(e) => e.into(),
+            service::human::Error::Repo(e) => e.into(),
+        }
     }
 }

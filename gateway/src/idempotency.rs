@@ -132,44 +132,50 @@ pub async fn create_once<T: Serialize>(
     request: CreateRequest<'_>,
     create: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, ApiError>,
 ) -> Result<Created<T>, ApiError> {
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
     let at = key.0.as_ref().map(|key| KeyRef {
         customer: caller.customer,
         scope: &caller.scope,
         operation: request.operation,
         key,
     });
-    if let Some(at) = at {
-        match repo::claim(&tx, at, &request.hash(), &state.sealer).await? {
-            Claim::New => {}
-            Claim::Replay { status, body } => return Ok(Created::Replayed(replay(status, body))),
-            Claim::Mismatch => return Err(reused(request.operation)),
-            Claim::Unreadable => {
-                let mut e = ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_unreadable",
-                    "this Idempotency-Key's first answer can no longer be read (the server's secret key changed); the request was done once already: check before retrying with a new key",
-                );
-                e.details = json!({ "field": "Idempotency-Key", "operation": request.operation });
-                return Err(e);
+    state
+        .in_transaction(async |tx| {
+            if let Some(at) = at {
+                match repo::claim(tx, at, &request.hash(), &state.sealer).await? {
+                    Claim::New => {}
+                    // The claim wrote nothing: committing changes nothing.
+                    Claim::Replay { status, body } => {
+                        return Ok(Created::Replayed(replay(status, body)));
+                    }
+                    Claim::Mismatch => return Err(reused(request.operation)),
+                    Claim::Unreadable => return Err(unreadable(request.operation)),
+                }
             }
-        }
-    }
-    let value = create(&tx).await?;
-    if let Some(at) = at {
-        let body = serde_json::to_value(&value).map_err(|e| {
-            tracing::error!(error = %e, "answer not serialisable");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; it has been logged",
-            )
-        })?;
-        repo::record(&tx, at, StatusCode::CREATED.as_u16(), &body, &state.sealer).await?;
-    }
-    tx.commit().await?;
-    Ok(Created::New(value))
+            let value = create(tx).await?;
+            if let Some(at) = at {
+                let body = serde_json::to_value(&value).map_err(|e| {
+                    tracing::error!(error = %e, "answer not serialisable");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error; it has been logged",
+                    )
+                })?;
+                repo::record(tx, at, StatusCode::CREATED.as_u16(), &body, &state.sealer).await?;
+            }
+            Ok(Created::New(value))
+        })
+        .await
+}
+
+fn unreadable(operation: &str) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_unreadable",
+        "this Idempotency-Key's first answer can no longer be read (the server's secret key changed); the request was done once already: check before retrying with a new key",
+    );
+    e.details = json!({ "field": "Idempotency-Key", "operation": operation });
+    e
 }
 
 fn replay(status: u16, body: Value) -> Response {

@@ -3,19 +3,26 @@
 //! The HTTP API: authenticates, validates, writes jobs to PostgreSQL and wakes
 //! the dispatchers through RabbitMQ. Also the `gateway admin` commands.
 //!
-//! * `error`  – the JSON error type and extractors that reject with it.
-//! * `auth`   – token extraction and role checks.
+//! * `error`  – the JSON error type and extractors that reject with it;
+//!   every other error becomes one there.
+//! * `auth`   – tokens, and the caller as a typed extractor with its roles
+//!   (`Authorized<R>`, `Scoped<R>`, `Worker`).
+//! * `ids`    – `Id<T>`: an id from the path; one that does not parse is a 404.
 //! * `idempotency` – `Idempotency-Key` on every create (`create_once`).
 //! * `limits` – rate limits per token and per address, by route class.
 //! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
 //! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
-//! * `service` – the logic several routes share (jobs, human tasks, callbacks).
+//! * `service` – the logic under the routes (jobs, bots, human tasks,
+//!   webhooks), each with its own error.
+//! * `state`  – `AppState`, and `in_transaction`: the one way to write in a
+//!   transaction.
 //! * `admin`  – the command-line administration.
 
 pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod idempotency;
+pub mod ids;
 pub mod limits;
 pub mod openapi;
 pub mod photos;
@@ -44,7 +51,7 @@ use crate::state::AppState;
 
 pub struct App {
     listener: TcpListener,
-    /// Requests' background work, waited for at shutdown.
+    /// The gateway's background work, waited for at shutdown.
     background: tokio_util::task::TaskTracker,
     bounds: serve::Bounds,
     router: Router,
@@ -247,7 +254,8 @@ impl App {
             .map_err(anyhow::Error::msg)?,
         );
         let limits = Arc::new(limits::Limits::new(&settings.limits).map_err(anyhow::Error::msg)?);
-        limits::spawn_janitor(limits.clone(), shutdown.clone());
+        let background = tokio_util::task::TaskTracker::new();
+        limits::spawn_janitor(&background, limits.clone(), shutdown.clone());
         orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
         let pool = orq_shared::db::pool(&settings.database)?;
         let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
@@ -265,7 +273,7 @@ impl App {
             deny_networks,
             bot_deny_networks,
             limits,
-            background: tokio_util::task::TaskTracker::new(),
+            background,
             shutdown: shutdown.clone(),
         };
         Ok(App {

@@ -198,9 +198,13 @@ fn refusal(e: Exceeded) -> Response {
     response
 }
 
-/// Drops idle keys once a minute until `shutdown`.
-pub fn spawn_janitor(limits: Arc<Limits>, shutdown: orq_shared::CancellationToken) {
-    tokio::spawn(async move {
+/// Drops idle keys once a minute until `shutdown`, on `tracker`.
+pub fn spawn_janitor(
+    tracker: &tokio_util::task::TaskTracker,
+    limits: Arc<Limits>,
+    shutdown: orq_shared::CancellationToken,
+) {
+    tracker.spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {

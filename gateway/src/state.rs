@@ -1,9 +1,10 @@
 //! What every handler can reach.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
 use orq_shared::domain::CustomerId;
+use orq_shared::repo::RepoError;
 use orq_shared::repo::customers::Principal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +32,8 @@ pub struct AppState {
     pub bot_deny_networks: Arc<orq_shared::deny::DenyList>,
     /// The rate limits (`[limits]`), counted in this process.
     pub limits: Arc<crate::limits::Limits>,
-    /// Background work requests start (wake-up publishes): shutdown waits
-    /// for it, within its budget.
+    /// Every task the gateway spawns in the background (wake-up publishes,
+    /// the rate limits' janitor): shutdown waits for them, within its budget.
     pub background: tokio_util::task::TaskTracker,
     /// Cancelled on SIGTERM: ends the live event streams, which would
     /// otherwise hold the graceful shutdown open.
@@ -53,12 +54,36 @@ where
 }
 
 impl AppState {
-    /// A pooled connection, or a 503 when the database cannot give one.
-    pub async fn db(&self) -> Result<deadpool_postgres::Object, crate::error::ApiError> {
-        Ok(self
-            .pool
-            .get()
-            .await
-            .map_err(orq_shared::repo::RepoError::from)?)
+    /// A pooled connection; `RepoError::Pool` (a 503) when the database
+    /// cannot give one.
+    pub async fn db(&self) -> Result<deadpool_postgres::Object, RepoError> {
+        Ok(self.pool.get().await?)
     }
+
+    /// Runs `run` in one transaction and commits it; an error rolls it
+    /// back. The one way the gateway writes in a transaction.
+    pub async fn in_transaction<T, E>(
+        &self,
+        run: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<RepoError>,
+    {
+        in_transaction(&self.pool, run).await
+    }
+}
+
+/// `AppState::in_transaction` for callers without a state (`gateway admin`).
+pub async fn in_transaction<T, E>(
+    pool: &Pool,
+    run: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<RepoError>,
+{
+    let mut db = pool.get().await.map_err(RepoError::from)?;
+    let tx = db.transaction().await.map_err(RepoError::from)?;
+    let value = run(&tx).await?;
+    tx.commit().await.map_err(RepoError::from)?;
+    Ok(value)
 }

@@ -7,39 +7,19 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use orq_shared::domain::{HumanTaskId, Role};
 use orq_shared::human::{ActivityManager, HumanKind, OnTimeout, deadline_from, parse_timers};
-use orq_shared::repo::human::{self, ActivityRefusal, HumanFilter, HumanTask, NewHumanTask};
+use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask};
 use orq_shared::repo::jobs;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::optional_enum;
-use super::{PageQuery, in_transaction, text_field};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
-use crate::idempotency::{Caller, CreateRequest, IdemKey};
-use crate::service::human::{list_page, schema_field};
+use super::{PageQuery, optional_enum, paged, text_field};
+use crate::auth::{Admins, Authorized, Users, Viewers};
+use crate::error::{ApiError, Json, Query};
+use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::ids::{Id, UserTask};
+use crate::service;
 use crate::state::AppState;
-
-impl From<ActivityRefusal> for ApiError {
-    fn from(r: ActivityRefusal) -> Self {
-        let message = r.to_string();
-        match r {
-            ActivityRefusal::NotFound => ApiError::not_found("activity"),
-            ActivityRefusal::NotOpen(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_open", message)
-            }
-            ActivityRefusal::Invalid(errors) => {
-                let mut e = ApiError::bad_request("invalid_data", message);
-                e.details = json!({ "errors": errors });
-                e
-            }
-            ActivityRefusal::Repo(e) => e.into(),
-        }
-    }
-}
 
 /// A user task as a process opens it (flowBuild's userTask parameters).
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -70,11 +50,10 @@ pub struct UserTaskBody {
 #[utoipa::path(post, path = "/activity_manager", operation_id = "activity_create", tag = "activity_manager", params(super::IdempotencyHeader), request_body = UserTaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Users>,
     key: IdemKey,
     Json(body): Json<UserTaskBody>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::User])?;
     let request = CreateRequest::of("user_tasks.create", &[], &body);
     let action = text_field("action", &body.action, 200)?;
     if body.input.is_null() {
@@ -104,8 +83,8 @@ pub async fn create(
         action,
         version: 1,
         input: body.input,
-        activity_schema: schema_field("activity_schema", body.activity_schema)?,
-        result_schema: schema_field("result_schema", body.result_schema)?,
+        activity_schema: service::human::schema_field("activity_schema", body.activity_schema)?,
+        result_schema: service::human::schema_field("result_schema", body.result_schema)?,
         activity_manager,
         on_timeout: OnTimeout::Continue,
         execution_ms: i64::try_from(state.settings.human.execution_ms).unwrap_or(i64::MAX),
@@ -114,15 +93,11 @@ pub async fn create(
         timers,
         callback_id: None,
     };
-    crate::service::human::create(
-        &state,
-        Caller::token(who),
-        &key,
-        request,
-        new,
-        body.callback.as_ref(),
-    )
-    .await
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
+        Ok(service::human::create(&state, tx, new, body.callback.as_ref()).await?)
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
@@ -136,11 +111,10 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/activity_manager", operation_id = "activity_list", tag = "activity_manager", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of user tasks", body = [orq_shared::repo::human::HumanTask], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Viewers>,
     Query(q): Query<ListQuery>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::Viewer])?;
     let page = paging.page()?;
     let filter = HumanFilter {
         kind: Some(HumanKind::UserTask),
@@ -149,12 +123,17 @@ pub async fn list(
         worker: None,
         held: false,
     };
-    list_page(&state, who.customer_id, &filter, page).await
+    let db = state.db().await?;
+    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
+    let last = tasks.last().map(|t| t.id.to_string());
+    Ok(paged(tasks, page, last))
 }
 
-async fn user_task(state: &AppState, auth: &Auth, id: &str) -> Result<HumanTask, ApiError> {
-    let who = auth.require(&[Role::Viewer])?;
-    let id: HumanTaskId = parse_id(id, "activity")?;
+async fn user_task(
+    state: &AppState,
+    who: &Authorized<Viewers>,
+    id: orq_shared::domain::HumanTaskId,
+) -> Result<HumanTask, ApiError> {
     let db = state.db().await?;
     match human::get(&db, who.customer_id, id).await? {
         t if t.kind == HumanKind::UserTask => Ok(t),
@@ -166,20 +145,20 @@ async fn user_task(state: &AppState, auth: &Auth, id: &str) -> Result<HumanTask,
 #[utoipa::path(get, path = "/activity_manager/{id}", operation_id = "activity_get", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Viewers>,
+    Id(id): Id<UserTask>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
-    Ok(axum::Json(user_task(&state, &auth, &id).await?))
+    Ok(axum::Json(user_task(&state, &who, id).await?))
 }
 
 /// `GET /activity_manager/{id}/events`.
 #[utoipa::path(get, path = "/activity_manager/{id}/events", operation_id = "activity_events", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Viewers>,
+    Id(id): Id<UserTask>,
 ) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
-    let task = user_task(&state, &auth, &id).await?;
+    let task = user_task(&state, &who, id).await?;
     let db = state.db().await?;
     Ok(axum::Json(
         jobs::events(&db, task.customer, task.id.into()).await?,
@@ -192,17 +171,13 @@ pub async fn events(
 #[utoipa::path(post, path = "/activity_manager/{id}/commit", operation_id = "activity_commit", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), request_body = Object, responses((status = 200, description = "Saved", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn commit(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Users>,
+    Id(id): Id<UserTask>,
     Json(payload): Json<Value>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
-    let who = auth.require(&[Role::User])?;
-    let id: HumanTaskId = parse_id(&id, "activity")?;
-    let customer = who.customer_id;
-    let task = in_transaction(&state, async |tx| {
-        human::commit(tx, customer, id, payload).await
-    })
-    .await?;
+    let task = state
+        .in_transaction(async |tx| human::commit(tx, who.customer_id, id, payload).await)
+        .await?;
     Ok(axum::Json(task))
 }
 
@@ -212,12 +187,10 @@ pub async fn commit(
 #[utoipa::path(post, path = "/activity_manager/{id}/submit", operation_id = "activity_submit", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), request_body = Object, responses((status = 202, description = "Submitted", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn submit(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Users>,
+    Id(id): Id<UserTask>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::User])?;
-    let id: HumanTaskId = parse_id(&id, "activity")?;
     let payload = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -226,11 +199,9 @@ pub async fn submit(
                 .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?,
         )
     };
-    let customer = who.customer_id;
-    let task = in_transaction(&state, async |tx| {
-        human::submit(tx, customer, id, payload).await
-    })
-    .await?;
+    let task = state
+        .in_transaction(async |tx| human::submit(tx, who.customer_id, id, payload).await)
+        .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(task)).into_response())
 }
 
@@ -239,12 +210,11 @@ pub async fn submit(
 #[utoipa::path(post, path = "/activity_manager/{id}/expire", operation_id = "activity_expire", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "Expired", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn expire(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<UserTask>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: HumanTaskId = parse_id(&id, "activity")?;
-    let customer = who.customer_id;
-    let task = in_transaction(&state, async |tx| human::expire(tx, customer, id).await).await?;
+    let task = state
+        .in_transaction(async |tx| human::expire(tx, who.customer_id, id).await)
+        .await?;
     Ok(axum::Json(task))
 }

@@ -1,14 +1,14 @@
 //! The native API of bot-agents: registration.
 
 use axum::extract::State;
-use orq_shared::domain::{BotId, Role};
 use orq_shared::repo::bots::{self, Bot, Registration};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 use super::text_field;
-use crate::auth::Auth;
+use crate::auth::{Authorized, Bots};
 use crate::error::{ApiError, Json};
+use crate::service;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -36,10 +36,9 @@ pub struct Registered {
 #[utoipa::path(post, path = "/agent/register", operation_id = "agent_register", tag = "agent", request_body = RegisterBody, responses((status = 200, description = "The bot and its queue", body = Registered), crate::error::Refusals))]
 pub async fn register(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Bots>,
     Json(body): Json<RegisterBody>,
 ) -> Result<axum::Json<Registered>, ApiError> {
-    let who = auth.require(&[Role::Bot])?.clone();
     let name = text_field("name", &body.name, 200)?;
     body.ip_address
         .parse::<IpAddr>()
@@ -62,41 +61,19 @@ pub async fn register(
         systems,
         tags: body.tags,
     };
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let bot = bots::register_agent(&tx, who.customer_id, &reg, who.token_id).await?;
-    // The queue exists before the bot can be matched: a job assigned to it
-    // the moment the registration commits has somewhere to go.
-    if !declare_queue(&state, bot.id).await {
-        return Err(ApiError::unavailable(
-            "RabbitMQ is unavailable; retry shortly",
-        ));
-    }
-    tx.commit().await?;
-    crate::routes::bots::wake(&state, who.customer_id);
+    let bot = state
+        .in_transaction(async |tx| {
+            let bot = bots::register_agent(tx, who.customer_id, &reg, who.token_id).await?;
+            // The queue exists before the bot can be matched: a job assigned
+            // to it the moment the registration commits has somewhere to go.
+            service::bots::declare_queue(&state, bot.id).await?;
+            Ok::<_, ApiError>(bot)
+        })
+        .await?;
+    service::jobs::wake(&state, who.customer_id, None);
     Ok(axum::Json(Registered {
         queue: state.broker.topology().bot_queue(bot.id),
         customer_id: who.customer_id,
         bot,
     }))
-}
-
-/// Declares a bot's queue; false when RabbitMQ is unreachable.
-pub async fn declare_queue(state: &AppState, bot: BotId) -> bool {
-    let Some(session) = state.broker.current() else {
-        return false;
-    };
-    let declared = async {
-        let ch = session.channel().await?;
-        session.topology().declare_bot_queue(&ch, bot).await?;
-        let _ = ch.close(200, "done".into()).await;
-        Ok::<_, orq_shared::broker::BrokerError>(())
-    };
-    match declared.await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, %bot, "declaring bot queue failed");
-            false
-        }
-    }
 }

@@ -10,14 +10,12 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 use super::{PageQuery, optional_enum, paged, text_field};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
+use crate::auth::{Admins, AdminsOrBots, Authorized, ViewersOrBots};
+use crate::error::{ApiError, Json, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::ids::Id;
+use crate::service;
 use crate::state::AppState;
-
-const READERS: &[Role] = &[Role::Viewer, Role::Bot];
-const WRITERS: &[Role] = &[Role::Admin, Role::Bot];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -30,11 +28,10 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/bots", operation_id = "bots_list", tag = "bots", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of bots", body = [orq_shared::repo::bots::Bot], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<ViewersOrBots>,
     Query(q): Query<ListQuery>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(READERS)?;
     let page = paging.page()?;
     let filter = BotFilter {
         ip_address: q.ip_address,
@@ -50,11 +47,9 @@ pub async fn list(
 #[utoipa::path(get, path = "/bots/{id}", operation_id = "bots_get", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<ViewersOrBots>,
+    Id(id): Id<BotId>,
 ) -> Result<axum::Json<Bot>, ApiError> {
-    let who = auth.require(READERS)?;
-    let id: BotId = parse_id(&id, "bot")?;
     let db = state.db().await?;
     Ok(axum::Json(bots::get(&db, who.customer_id, id).await?))
 }
@@ -174,11 +169,10 @@ fn bot_may_change(current: &BotSpec, wanted: &BotSpec) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/bots", operation_id = "bots_create", tag = "bots", params(super::IdempotencyHeader), request_body = BotBody, responses((status = 201, description = "Created", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Admins>,
     key: IdemKey,
     Json(body): Json<BotBody>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
     let request = CreateRequest::of("bots.create", &[], &body);
     if body.name.is_none() {
         return Err(ApiError::invalid_field("name", "name is required"));
@@ -204,20 +198,16 @@ pub async fn create(
         },
     )?;
     check_address(&state, &spec)?;
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
         let bot = bots::insert(tx, who.customer_id, &spec).await?;
-        if bot.delivery == Delivery::Agent
-            && !crate::routes::agent::declare_queue(&state, bot.id).await
-        {
-            return Err(ApiError::unavailable(
-                "RabbitMQ is unavailable; retry shortly",
-            ));
+        if bot.delivery == Delivery::Agent {
+            service::bots::declare_queue(&state, bot.id).await?;
         }
         Ok(bot)
     })
     .await?;
     if created.fresh().is_some() {
-        wake(&state, who.customer_id);
+        service::jobs::wake(&state, who.customer_id, None);
     }
     Ok(created.respond())
 }
@@ -225,46 +215,46 @@ pub async fn create(
 #[utoipa::path(put, path = "/bots/{id}", operation_id = "bots_update", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), request_body = BotBody, responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<AdminsOrBots>,
+    Id(id): Id<BotId>,
     Json(body): Json<BotBody>,
 ) -> Result<axum::Json<Bot>, ApiError> {
-    let who = auth.require(WRITERS)?;
-    let id: BotId = parse_id(&id, "bot")?;
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let current = bots::get(&tx, who.customer_id, id).await?;
-    let current = BotSpec {
-        name: current.name,
-        ip_address: current.ip_address,
-        port: current.port,
-        status: current.status,
-        delivery: current.delivery,
-        capacity: current.capacity,
-        systems: current.systems,
-        tags: current.tags,
-    };
-    if who.role == Role::Bot && bots::holder(&tx, who.customer_id, id).await? != Some(who.token_id)
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_your_bot",
-            format!(
-                "this bot token does not hold bot {id}; an admin issues a bot its own token \
-                 (POST /bots/{id}/token, or `gateway admin create-token --role bot --bot <name>`)"
-            ),
-        ));
-    }
-    let spec = apply(body, current.clone())?;
-    if who.role == Role::Bot {
-        bot_may_change(&current, &spec)?;
-    } else if spec.ip_address != current.ip_address || spec.delivery != current.delivery {
-        check_address(&state, &spec)?;
-    }
-    let bot = bots::update(&tx, who.customer_id, id, &spec).await?;
-    tx.commit().await?;
+    let bot = state
+        .in_transaction(async |tx| {
+            let current = bots::get(tx, who.customer_id, id).await?;
+            let current = BotSpec {
+                name: current.name,
+                ip_address: current.ip_address,
+                port: current.port,
+                status: current.status,
+                delivery: current.delivery,
+                capacity: current.capacity,
+                systems: current.systems,
+                tags: current.tags,
+            };
+            if who.role == Role::Bot
+                && bots::holder(tx, who.customer_id, id).await? != Some(who.token_id)
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "not_your_bot",
+                    format!(
+                        "this bot token does not hold bot {id}; an admin issues a bot its own token \
+                         (POST /bots/{id}/token, or `gateway admin create-token --role bot --bot <name>`)"
+                    ),
+                ));
+            }
+            let spec = apply(body, current.clone())?;
+            if who.role == Role::Bot {
+                bot_may_change(&current, &spec)?;
+            } else if spec.ip_address != current.ip_address || spec.delivery != current.delivery {
+                check_address(&state, &spec)?;
+            }
+            Ok(bots::update(tx, who.customer_id, id, &spec).await?)
+        })
+        .await?;
     if bot.status == BotStatus::Available {
-        wake(&state, who.customer_id);
+        service::jobs::wake(&state, who.customer_id, None);
     }
     Ok(axum::Json(bot))
 }
@@ -272,15 +262,12 @@ pub async fn update(
 #[utoipa::path(delete, path = "/bots/{id}", operation_id = "bots_delete", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<BotId>,
 ) -> Result<StatusCode, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: BotId = parse_id(&id, "bot")?;
-    super::in_transaction(&state, async |tx| {
-        bots::delete(tx, who.customer_id, id).await
-    })
-    .await?;
+    state
+        .in_transaction(async |tx| bots::delete(tx, who.customer_id, id).await)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -291,17 +278,15 @@ pub async fn delete(
 #[utoipa::path(post, path = "/bots/{id}/token", operation_id = "bots_issue_token", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id"), super::IdempotencyHeader), responses((status = 201, description = "The bot's token, shown once: `{bot_id, name, role, access_token}`", body = Object), crate::error::Refusals))]
 pub async fn issue_token(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
     key: IdemKey,
+    Id(id): Id<BotId>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: BotId = parse_id(&id, "bot")?;
     let path = id.to_string();
     let params = [path.as_str()];
     let request = CreateRequest::of("bots.issue_token", &params, &serde_json::Value::Null);
     // The answer holds the token: stored sealed, replayed only to this caller.
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
         let bot = bots::get(tx, who.customer_id, id).await?;
         let (token_id, token) =
             customers::issue_token(tx, who.customer_id, Role::Bot, Some(&bot.name)).await?;
@@ -316,16 +301,14 @@ pub async fn issue_token(
 
 async fn set_draining(
     state: AppState,
-    auth: Auth,
-    id: String,
+    who: Authorized<Admins>,
+    id: BotId,
     draining: bool,
 ) -> Result<axum::Json<Bot>, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: BotId = parse_id(&id, "bot")?;
     let db = state.db().await?;
     let bot = bots::set_draining(&db, who.customer_id, id, draining).await?;
     if !draining {
-        wake(&state, who.customer_id);
+        service::jobs::wake(&state, who.customer_id, None);
     }
     Ok(axum::Json(bot))
 }
@@ -334,23 +317,17 @@ async fn set_draining(
 #[utoipa::path(post, path = "/bots/{id}/drain", operation_id = "bots_drain", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn drain(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<BotId>,
 ) -> Result<axum::Json<Bot>, ApiError> {
-    set_draining(state, auth, id, true).await
+    set_draining(state, who, id, true).await
 }
 
 #[utoipa::path(post, path = "/bots/{id}/resume", operation_id = "bots_resume", tag = "bots", params(("id" = uuid::Uuid, Path, description = "The bot's id")), responses((status = 200, description = "OK", body = orq_shared::repo::bots::Bot), crate::error::Refusals))]
 pub async fn resume(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<BotId>,
 ) -> Result<axum::Json<Bot>, ApiError> {
-    set_draining(state, auth, id, false).await
-}
-
-/// Tells the dispatchers the customer may have work to match (a bot freed
-/// up, a task arrived). Fire and forget: the sweep covers a lost wake-up.
-pub fn wake(state: &AppState, customer: orq_shared::domain::CustomerId) {
-    crate::service::jobs::wake(state, customer, None);
+    set_draining(state, who, id, false).await
 }

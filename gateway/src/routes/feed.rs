@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use crate::auth::Auth;
+use crate::auth::{Authorized, Viewers};
 use crate::error::{ApiError, Query};
 use crate::state::AppState;
 
@@ -82,8 +82,9 @@ impl Feed {
 /// another gateway is doing it).
 async fn release(state: &AppState) -> Result<(), ApiError> {
     loop {
-        let released =
-            super::in_transaction(state, async |tx| jobs::release_feed(tx, RELEASE).await).await?;
+        let released = state
+            .in_transaction(async |tx| jobs::release_feed(tx, RELEASE).await)
+            .await?;
         if released.is_none_or(|n| n < RELEASE as u64) {
             return Ok(());
         }
@@ -103,11 +104,10 @@ fn resume_after(last_event_id: Option<&str>, after: Option<i64>) -> Option<i64> 
 #[utoipa::path(get, path = "/events/stream", operation_id = "feed_stream", tag = "events", params(FeedQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")), responses((status = 200, description = "Server-sent events, one per job event; each `id` is its place in the order of events", body = String, content_type = "text/event-stream"), crate::error::Refusals))]
 pub async fn stream(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Viewers>,
     Query(q): Query<FeedQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let who = auth.require(&[Role::Viewer])?.clone();
     let job = q
         .job_id
         .map(|j| {

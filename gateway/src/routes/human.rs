@@ -8,52 +8,27 @@
 //! published to RabbitMQ and confirmed before the 202. Everything else is
 //! checked against the execution by the dispatcher.
 
-use axum::extract::FromRequestParts;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use orq_shared::broker::{BrokerError, KEY_FINISH};
-use orq_shared::domain::{HumanTaskId, Role};
-use orq_shared::human::{
-    ActivityManager, Email, FinishBody, HumanKind, OnTimeout, WorkerClaims, same_email,
-};
+use orq_shared::domain::HumanTaskId;
+use orq_shared::human::{ActivityManager, Email, FinishBody, HumanKind, OnTimeout};
 use orq_shared::messages::FinishSubmission;
-use orq_shared::repo::customers::{self, Principal};
-use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask, Refusal};
+use orq_shared::repo::customers;
+use orq_shared::repo::human::{self, HumanFilter, HumanTask, NewHumanTask};
 use orq_shared::repo::{jobs, notifications};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{PageQuery, in_transaction, optional_enum, scoped, text_field};
-use crate::auth::{Auth, presented_token};
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
+use super::{PageQuery, optional_enum, paged, text_field};
+use crate::auth::{Admins, Scoped, SignedWorker, Users, Viewers, Worker};
+use crate::error::{ApiError, Json, Path, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::ids::Id;
+use crate::service;
 use crate::state::AppState;
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        let message = r.to_string();
-        match r {
-            Refusal::NotFound => ApiError::not_found("micro-task"),
-            Refusal::NoneAvailable => {
-                ApiError::new(StatusCode::NOT_FOUND, "none_available", message)
-            }
-            Refusal::HeldByOther => ApiError::new(StatusCode::FORBIDDEN, "held_by_other", message),
-            Refusal::NotReserved(_) => ApiError::new(StatusCode::CONFLICT, "not_reserved", message),
-            Refusal::Closed(_) => ApiError::new(StatusCode::CONFLICT, "closed", message),
-            Refusal::NotExecuting(_) => {
-                ApiError::new(StatusCode::CONFLICT, "not_executing", message)
-            }
-            Refusal::TooMany(_) => {
-                ApiError::new(StatusCode::CONFLICT, "too_many_reservations", message)
-            }
-            Refusal::Repo(e) => e.into(),
-        }
-    }
-}
 
 /// A list of field errors as one 400.
 fn field_errors(errors: Vec<orq_shared::human::FieldError>) -> ApiError {
@@ -70,55 +45,13 @@ fn field_errors(errors: Vec<orq_shared::human::FieldError>) -> ApiError {
 }
 
 /// `?sofier=`: the seed's worker e-mail. When given it must be the e-mail
-/// the token is bound to.
+/// the token is bound to (`auth::Worker` checks it).
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SofierQuery {
     pub sofier: Option<String>,
     /// Only tasks of this name (`task_info.name`).
     pub name: Option<String>,
-}
-
-fn check_sofier(bound: &str, q: &SofierQuery) -> Result<(), ApiError> {
-    match &q.sofier {
-        Some(sofier) if !same_email(sofier, bound) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "sofier_mismatch",
-            format!("sofier {sofier:?} is not the worker this token belongs to"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A worker on the routes that use the database: the token is looked up,
-/// so a revoked one stops working at once (within the token cache's TTL).
-pub fn worker<'a>(auth: &'a Auth, q: &SofierQuery) -> Result<(&'a Principal, &'a str), ApiError> {
-    let who = auth.require(&[Role::Worker])?;
-    let email = who
-        .name
-        .as_deref()
-        .ok_or_else(|| ApiError::forbidden("this worker token names no e-mail"))?;
-    check_sofier(email, q)?;
-    Ok((who, email))
-}
-
-/// A worker on the finish path, from the token's signature alone.
-pub struct SignedWorker(pub WorkerClaims);
-
-impl FromRequestParts<AppState> for SignedWorker {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = presented_token(parts).ok_or_else(ApiError::unauthorized)?;
-        match state.worker_tokens.verify(&token) {
-            Some(claims) => Ok(SignedWorker(claims)),
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a worker token is required (Authorization: Bearer <token> or ?access_token=<token>)",
-            )),
-        }
-    }
 }
 
 /// The seed's response to `start`.
@@ -138,16 +71,12 @@ fn started(task: &HumanTask, execution: &human::Execution) -> Value {
 #[utoipa::path(post, path = "/micro_task/execution/{id}/start", operation_id = "human_start", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), responses((status = 200, description = "The execution: the seed's five fields", body = Object), crate::error::Refusals))]
 pub async fn start(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    Query(q): Query<SofierQuery>,
+    Worker { who, email }: Worker,
+    Id(id): Id<HumanTaskId>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let (who, email) = worker(&auth, &q)?;
-    let id: HumanTaskId = parse_id(&id, "micro-task")?;
-    let (task, execution) = in_transaction(&state, async |tx| {
-        human::start(tx, who.customer_id, email, id).await
-    })
-    .await?;
+    let (task, execution) = state
+        .in_transaction(async |tx| human::start(tx, who.customer_id, &email, id).await)
+        .await?;
     Ok(axum::Json(started(&task, &execution)))
 }
 
@@ -161,12 +90,9 @@ pub const MAX_FINISH_BYTES: usize = 1 << 20;
 pub async fn finish(
     State(state): State<AppState>,
     SignedWorker(claims): SignedWorker,
-    Path(id): Path<String>,
-    Query(q): Query<SofierQuery>,
+    Id(HumanTaskId(task_id)): Id<HumanTaskId>,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
-    check_sofier(&claims.email, &q)?;
-    let task_id: Uuid = parse_id(&id, "micro-task")?;
     FinishBody::parse(&body, task_id, &claims.email).map_err(field_errors)?;
     let submission = FinishSubmission {
         id: Uuid::now_v7(),
@@ -204,11 +130,10 @@ pub async fn finish(
 #[utoipa::path(get, path = "/micro_task/available", operation_id = "human_available", tag = "micro_task", params(SofierQuery, ("limit" = Option<i64>, Query, description = "At most this many (1-1000, default 100)")), responses((status = 200, description = "NEW tasks, oldest first", body = [orq_shared::repo::human::HumanTask]), crate::error::Refusals))]
 pub async fn available(
     State(state): State<AppState>,
-    auth: Auth,
+    Worker { who, .. }: Worker,
     Query(q): Query<SofierQuery>,
     Query(paging): Query<PageQuery>,
 ) -> Result<axum::Json<Vec<HumanTask>>, ApiError> {
-    let (who, _) = worker(&auth, &q)?;
     let page = paging.page()?;
     let db = state.db().await?;
     Ok(axum::Json(
@@ -221,13 +146,11 @@ pub async fn available(
 #[utoipa::path(get, path = "/micro_task/mine", operation_id = "human_mine", tag = "micro_task", params(super::SofierParam), responses((status = 200, description = "The tasks this worker holds", body = [orq_shared::repo::human::HumanTask]), crate::error::Refusals))]
 pub async fn mine(
     State(state): State<AppState>,
-    auth: Auth,
-    Query(q): Query<SofierQuery>,
+    Worker { who, email }: Worker,
 ) -> Result<axum::Json<Vec<HumanTask>>, ApiError> {
-    let (who, email) = worker(&auth, &q)?;
     let db = state.db().await?;
     let filter = HumanFilter {
-        worker: Some(email.to_string()),
+        worker: Some(email),
         kind: Some(HumanKind::MicroTask),
         held: true,
         ..HumanFilter::default()
@@ -244,25 +167,25 @@ pub async fn mine(
 
 async fn do_reserve(
     state: &AppState,
-    who: &Principal,
-    email: &str,
+    worker: &Worker,
     id: Option<HumanTaskId>,
     name: Option<&str>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
     let limits = &state.settings.human;
-    let task = in_transaction(state, async |tx| {
-        human::reserve(
-            tx,
-            who.customer_id,
-            email,
-            id,
-            name,
-            limits.reservation_ms,
-            limits.max_reservations,
-        )
-        .await
-    })
-    .await?;
+    let task = state
+        .in_transaction(async |tx| {
+            human::reserve(
+                tx,
+                worker.who.customer_id,
+                &worker.email,
+                id,
+                name,
+                limits.reservation_ms,
+                limits.max_reservations,
+            )
+            .await
+        })
+        .await?;
     Ok(axum::Json(task))
 }
 
@@ -270,40 +193,32 @@ async fn do_reserve(
 #[utoipa::path(post, path = "/micro_task/reserve", operation_id = "human_reserve_next", tag = "micro_task", params(SofierQuery), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn reserve_next(
     State(state): State<AppState>,
-    auth: Auth,
+    worker: Worker,
     Query(q): Query<SofierQuery>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
-    let (who, email) = worker(&auth, &q)?;
-    do_reserve(&state, who, email, None, q.name.as_deref()).await
+    do_reserve(&state, &worker, None, q.name.as_deref()).await
 }
 
 /// `POST /micro_task/{task_id}/reserve`.
 #[utoipa::path(post, path = "/micro_task/{id}/reserve", operation_id = "human_reserve", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), responses((status = 200, description = "Reserved", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn reserve(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    Query(q): Query<SofierQuery>,
+    worker: Worker,
+    Id(id): Id<HumanTaskId>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
-    let (who, email) = worker(&auth, &q)?;
-    let id: HumanTaskId = parse_id(&id, "micro-task")?;
-    do_reserve(&state, who, email, Some(id), None).await
+    do_reserve(&state, &worker, Some(id), None).await
 }
 
 /// `POST /micro_task/{task_id}/release`: gives it back (NEW).
 #[utoipa::path(post, path = "/micro_task/{id}/release", operation_id = "human_release", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), responses((status = 200, description = "NEW again", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn release(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    Query(q): Query<SofierQuery>,
+    Worker { who, email }: Worker,
+    Id(id): Id<HumanTaskId>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
-    let (who, email) = worker(&auth, &q)?;
-    let id: HumanTaskId = parse_id(&id, "micro-task")?;
-    let task = in_transaction(&state, async |tx| {
-        human::release(tx, who.customer_id, email, id).await
-    })
-    .await?;
+    let task = state
+        .in_transaction(async |tx| human::release(tx, who.customer_id, &email, id).await)
+        .await?;
     Ok(axum::Json(task))
 }
 
@@ -337,12 +252,10 @@ pub struct MicroTaskBody {
 #[utoipa::path(post, path = "/{customer}/micro_task", operation_id = "human_create", tag = "micro_task", params(super::CustomerPath, super::IdempotencyHeader), request_body = MicroTaskBody, responses((status = 201, description = "Published (NEW)", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Users>,
     key: IdemKey,
     Json(body): Json<MicroTaskBody>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::User])?;
     let request = CreateRequest::of("micro_tasks.create", &[], &body);
     let name = text_field("name", &body.name, 200)?;
     let version = body.version.unwrap_or(1);
@@ -371,11 +284,8 @@ pub async fn create(
             "task_flow": body.task_flow,
             "variables": body.variables.unwrap_or_default(),
         }),
-        activity_schema: crate::service::human::schema_field(
-            "activity_schema",
-            body.activity_schema,
-        )?,
-        result_schema: crate::service::human::schema_field("result_schema", body.result_schema)?,
+        activity_schema: service::human::schema_field("activity_schema", body.activity_schema)?,
+        result_schema: service::human::schema_field("result_schema", body.result_schema)?,
         activity_manager: ActivityManager::Commit,
         on_timeout: OnTimeout::Requeue,
         execution_ms,
@@ -384,15 +294,11 @@ pub async fn create(
         timers: Vec::new(),
         callback_id: None,
     };
-    crate::service::human::create(
-        &state,
-        Caller::token(who),
-        &key,
-        request,
-        new,
-        body.callback.as_ref(),
-    )
-    .await
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
+        Ok(service::human::create(&state, tx, new, body.callback.as_ref()).await?)
+    })
+    .await?;
+    Ok(created.respond())
 }
 
 /// `?status=` of the human-task lists.
@@ -408,12 +314,10 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/{customer}/micro_task", operation_id = "human_list", tag = "micro_task", params(super::CustomerPath, ListQuery, super::PageQuery), responses((status = 200, description = "A page of micro-tasks", body = [orq_shared::repo::human::HumanTask], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Viewers>,
     Query(q): Query<ListQuery>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let page = paging.page()?;
     let filter = HumanFilter {
         kind: Some(HumanKind::MicroTask),
@@ -422,7 +326,10 @@ pub async fn list(
         worker: q.worker.map(|w| w.trim().to_ascii_lowercase()),
         held: false,
     };
-    crate::service::human::list_page(&state, who.customer_id, &filter, page).await
+    let db = state.db().await?;
+    let tasks = human::list(&db, who.customer_id, &filter, page).await?;
+    let last = tasks.last().map(|t| t.id.to_string());
+    Ok(paged(tasks, page, last))
 }
 
 /// `GET /{customer}/micro_task/{id}`: the task with its executions, the
@@ -431,11 +338,9 @@ pub async fn list(
 #[utoipa::path(get, path = "/{customer}/micro_task/{id}", operation_id = "human_get", tag = "micro_task", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "The task with its executions, submissions and notifications", body = Object), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Viewers>,
+    Id(id): Id<HumanTaskId>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    let id: HumanTaskId = parse_id(&id, "micro-task")?;
     let db = state.db().await?;
     let task = human::get(&db, who.customer_id, id).await?;
     let executions = human::executions(&db, id).await?;
@@ -452,11 +357,9 @@ pub async fn get(
 #[utoipa::path(get, path = "/{customer}/micro_task/{id}/events", operation_id = "human_events", tag = "micro_task", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The micro-task's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Viewers>,
+    Id(id): Id<HumanTaskId>,
 ) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    let id: HumanTaskId = parse_id(&id, "micro-task")?;
     let db = state.db().await?;
     human::get(&db, who.customer_id, id).await?;
     Ok(axum::Json(
@@ -495,18 +398,16 @@ fn contact(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError>
 #[utoipa::path(put, path = "/micro_task/me", operation_id = "human_set_contacts", tag = "micro_task", params(super::SofierParam), request_body = ContactsBody, responses((status = 200, description = "The stored contacts", body = Object), crate::error::Refusals))]
 pub async fn set_contacts(
     State(state): State<AppState>,
-    auth: Auth,
-    Query(q): Query<SofierQuery>,
+    Worker { who, email }: Worker,
     Json(body): Json<ContactsBody>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let (who, email) = worker(&auth, &q)?;
     let phone = contact("phone", body.phone.as_deref())?;
     let push = contact("push_token", body.push_token.as_deref())?;
     let db = state.db().await?;
     notifications::set_contacts(
         &db,
         who.customer_id,
-        email,
+        &email,
         phone.as_deref(),
         push.as_deref(),
     )
@@ -521,19 +422,17 @@ pub async fn set_contacts(
 #[utoipa::path(post, path = "/{customer}/workers", operation_id = "human_create_worker", tag = "micro_task", params(super::CustomerPath, super::IdempotencyHeader), request_body = WorkerBody, responses((status = 201, description = "The worker's token, shown once", body = Object), crate::error::Refusals))]
 pub async fn create_worker(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Admins>,
     key: IdemKey,
     Json(body): Json<WorkerBody>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
     let request = CreateRequest::of("workers.create", &[], &body);
     let email = Email::parse(&body.email).map_err(|e| ApiError::invalid_field("email", e))?;
     let phone = contact("phone", body.phone.as_deref())?;
     let push = contact("push_token", body.push_token.as_deref())?;
     // The answer holds the token: the key's copy of it is stored sealed
     // (see `repo::idempotency`), and only this caller's token replays it.
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
         let (id, token) =
             customers::issue_worker_token(tx, who.customer_id, &email, &state.worker_tokens)
                 .await?;
@@ -551,15 +450,20 @@ pub async fn create_worker(
     Ok(created.respond())
 }
 
+/// The `{email}` of a worker's path.
+#[derive(Deserialize)]
+pub struct WorkerPath {
+    email: String,
+}
+
 /// `DELETE /{customer}/workers/{email}` (admin): revokes the worker's
 /// tokens. Their finishes still in the queue are then rejected.
 #[utoipa::path(delete, path = "/{customer}/workers/{email}", operation_id = "human_revoke_worker", tag = "micro_task", params(super::CustomerPath, ("email" = String, Path, description = "The worker's e-mail")), responses((status = 200, description = "Revoked", body = Object), crate::error::Refusals))]
 pub async fn revoke_worker(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, email)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Path(WorkerPath { email }): Path<WorkerPath>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
     let email = Email::parse(&email).map_err(|e| ApiError::invalid_field("email", e))?;
     let db = state.db().await?;
     let revoked = customers::revoke_worker(&db, who.customer_id, &email).await?;

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
-use orq_shared::domain::{CustomerId, JobId, JobStatus, Role, TaskId};
+use orq_shared::domain::{CustomerId, JobId, JobStatus, TaskId};
 use orq_shared::repo::customers::{self, Principal};
 use orq_shared::repo::jobs;
 use orq_shared::repo::script_jobs::{self, JobFilter, JobView};
@@ -18,11 +18,11 @@ use orq_shared::secret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{PageQuery, paged, reader, scoped};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Query, parse_id};
+use super::{PageQuery, paged, reader};
+use crate::auth::{Admins, Auth, Scoped, Users, Viewers};
+use crate::error::{ApiError, Path, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::ids::Id;
 use crate::service;
 use crate::state::AppState;
 
@@ -51,7 +51,7 @@ pub struct JobRequestDoc {
     #[schema(value_type = Vec<Object>)]
     task_arguments: Vec<Value>,
     /// Where this job's events go, instead of its task's callback.
-    callback: Option<super::webhooks::SubscriptionBody>,
+    callback: Option<service::webhooks::SubscriptionBody>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for JobInput {
@@ -167,7 +167,7 @@ async fn run(
     key: &IdemKey,
 ) -> Result<Response, ApiError> {
     let customer = caller.customer;
-    let callback = crate::service::webhooks::parse_callback(state, input.callback.as_ref())?;
+    let callback = service::webhooks::parse_callback(state, input.callback.as_ref())?;
     let task_param = task.to_string();
     let params = [task_param.as_str()];
     let request = CreateRequest {
@@ -181,8 +181,7 @@ async fn run(
         if callback.is_some() {
             // Its own callback instead of its task's.
             new.callback_id =
-                crate::service::webhooks::create_callback(state, tx, customer, callback.as_ref())
-                    .await?;
+                service::webhooks::create_callback(state, tx, customer, callback.as_ref()).await?;
         }
         Ok(script_jobs::create(tx, customer, &new).await?.0)
     })
@@ -193,22 +192,30 @@ async fn run(
     Ok(created.respond())
 }
 
+/// A task id given in the query or the body: one that does not parse is
+/// a 404, as in a path.
 fn task_id(raw: &str) -> Result<TaskId, ApiError> {
-    parse_id(raw, "task")
+    raw.parse().map_err(|_| ApiError::not_found("task"))
 }
 
 /// `POST /{customer}/task/{id}/job` (role user).
 #[utoipa::path(post, path = "/{customer}/task/{id}/job", operation_id = "jobs_create", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), super::IdempotencyHeader), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), responses((status = 201, description = "Created (also the answer to a repeat with the same Idempotency-Key, with `idempotent-replayed: true`)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Users>,
     key: IdemKey,
+    Id(task): Id<TaskId>,
     input: JobInput,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::User])?;
-    let task = task_id(&id)?;
-    run(&state, Caller::token(who), reader(who), task, &input, &key).await
+    run(
+        &state,
+        Caller::token(&who),
+        reader(&who),
+        task,
+        &input,
+        &key,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -229,9 +236,17 @@ pub async fn create_by_query(
     input: JobInput,
 ) -> Result<Response, ApiError> {
     let customer = required("customer", q.customer.or(input.customer.clone()))?;
-    let who = scoped(&auth, &customer, &[Role::User])?;
+    let who = Scoped::<Users>::check(auth, &customer)?;
     let task = task_id(&required("task", q.task.or(input.task.clone()))?)?;
-    run(&state, Caller::token(who), reader(who), task, &input, &key).await
+    run(
+        &state,
+        Caller::token(&who),
+        reader(&who),
+        task,
+        &input,
+        &key,
+    )
+    .await
 }
 
 fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
@@ -268,16 +283,26 @@ async fn authorize_secret(
     Ok(customer)
 }
 
+/// `{customer}` and `{key}` of a run by secret key.
+#[derive(Deserialize)]
+pub struct SecretPath {
+    customer: String,
+    key: String,
+}
+
 /// `POST /{customer}/task/{id}/secret/{key}/job` (no token: the key is the
 /// credential, and runs this task only).
 #[utoipa::path(post, path = "/{customer}/task/{id}/secret/{key}/job", operation_id = "jobs_create_with_secret", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), ("key" = String, Path, description = "The task's secret key"), super::IdempotencyHeader), request_body(content((JobRequestDoc = "application/json"), (JobRequestDoc = "application/x-www-form-urlencoded")), description = "A JSON object, or the same fields as a form (`task_arguments[]` repeated)"), security(()), responses((status = 201, description = "Created (also the answer to a repeat with the same Idempotency-Key, with `idempotent-replayed: true`)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn create_with_secret(
     State(state): State<AppState>,
-    Path((customer, id, secret)): Path<(String, String, String)>,
+    Path(SecretPath {
+        customer,
+        key: secret,
+    }): Path<SecretPath>,
+    Id(task): Id<TaskId>,
     key: IdemKey,
     input: JobInput,
 ) -> Result<Response, ApiError> {
-    let task = task_id(&id)?;
     let customer = authorize_secret(&state, &customer, task, &secret).await?;
     let caller = Caller::secret(customer, task);
     run(&state, caller, Reader::Admin, task, &input, &key).await
@@ -364,13 +389,12 @@ fn visible(who: &Principal, job: JobView) -> Result<JobView, ApiError> {
 #[utoipa::path(get, path = "/{customer}/task/{id}/job", operation_id = "jobs_list_for_task", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), StatusFilter, super::PageQuery), responses((status = 200, description = "A page of its jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list_for_task(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Viewers>,
     Query(paging): Query<PageQuery>,
     uri: axum::http::Uri,
+    Id(task): Id<TaskId>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    list_jobs(&state, who, Some(task_id(&id)?), &paging, &uri).await
+    list_jobs(&state, &who, Some(task), &paging, &uri).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -383,13 +407,11 @@ pub struct JobListQuery {
 #[utoipa::path(get, path = "/{customer}/job", operation_id = "jobs_list", tag = "theeye", params(super::CustomerPath, JobListQuery, StatusFilter, super::PageQuery), responses((status = 200, description = "A page of jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Viewers>,
     Query(q): Query<JobListQuery>,
     Query(paging): Query<PageQuery>,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let task = q
         .task
         .map(|t| {
@@ -397,7 +419,7 @@ pub async fn list(
                 .map_err(|_| ApiError::invalid_field("task", "task must be a task id"))
         })
         .transpose()?;
-    list_jobs(&state, who, task, &paging, &uri).await
+    list_jobs(&state, &who, task, &paging, &uri).await
 }
 
 /// A page of the jobs `who` may see, of one task (which `who` must see) or
@@ -426,27 +448,23 @@ async fn list_jobs(
 #[utoipa::path(get, path = "/{customer}/job/{id}", operation_id = "jobs_get", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Viewers>,
+    Id(id): Id<JobId>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    let id: JobId = parse_id(&id, "job")?;
     let db = state.db().await?;
     let job = script_jobs::get(&db, who.customer_id, id).await?;
-    Ok(axum::Json(visible(who, job)?))
+    Ok(axum::Json(visible(&who, job)?))
 }
 
 /// The job's history: every status change, percent, step, error, warning.
 #[utoipa::path(get, path = "/{customer}/job/{id}/events", operation_id = "jobs_events", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "OK", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Viewers>,
+    Id(id): Id<JobId>,
 ) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    let id: JobId = parse_id(&id, "job")?;
     let db = state.db().await?;
-    visible(who, script_jobs::get(&db, who.customer_id, id).await?)?;
+    visible(&who, script_jobs::get(&db, who.customer_id, id).await?)?;
     Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
 }
 
@@ -455,13 +473,11 @@ pub async fn events(
 #[utoipa::path(post, path = "/{customer}/job/{id}/cancel", operation_id = "jobs_cancel", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn cancel(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Users>,
+    Id(id): Id<JobId>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::User])?;
-    let id: JobId = parse_id(&id, "job")?;
     let db = state.db().await?;
-    visible(who, script_jobs::get(&db, who.customer_id, id).await?)?;
+    visible(&who, script_jobs::get(&db, who.customer_id, id).await?)?;
     service::jobs::cancel(&state, who.customer_id, id).await?;
     Ok(axum::Json(
         script_jobs::get(&db, who.customer_id, id).await?,
@@ -472,10 +488,10 @@ pub async fn cancel(
 #[utoipa::path(put, path = "/{customer}/job/{id}/cancel", operation_id = "jobs_cancel_put", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The job's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::script_jobs::JobView), crate::error::Refusals))]
 pub async fn cancel_put(
     state: State<AppState>,
-    auth: Auth,
-    path: Path<(String, String)>,
+    who: Scoped<Users>,
+    id: Id<JobId>,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    cancel(state, auth, path).await
+    cancel(state, who, id).await
 }
 
 /// `DELETE /{customer}/task/{id}/job`: empties the task's queue. By default
@@ -485,12 +501,10 @@ pub async fn cancel_put(
 #[utoipa::path(delete, path = "/{customer}/task/{id}/job", operation_id = "jobs_empty_queue", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id"), StatusFilter), responses((status = 200, description = "`{deleted, status}`: how many jobs were removed, of which states (by default the finished ones; waiting ones only when asked)", body = Object), crate::error::Refusals))]
 pub async fn empty_queue(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
     uri: axum::http::Uri,
+    Id(task): Id<TaskId>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let task = task_id(&id)?;
     let mut wanted = statuses(uri.query())?;
     if wanted.iter().any(|s| s.is_active()) {
         return Err(ApiError::invalid_field(

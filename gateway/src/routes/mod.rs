@@ -1,4 +1,6 @@
-//! HTTP routes, split by area.
+//! HTTP routes, split by area. A route file never imports another: what
+//! several share is here (paging, text fields, the OpenAPI document's
+//! shared parameters) or in `crate::service`.
 
 pub mod activity;
 pub mod agent;
@@ -21,29 +23,10 @@ use orq_shared::repo::Page;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Auth;
 use crate::error::ApiError;
 use orq_shared::domain::Role;
 use orq_shared::repo::customers::Principal;
 use orq_shared::repo::task_defs::Reader;
-
-/// The caller of a `/{customer}/...` route: its role must pass `roles` and
-/// its token must belong to `customer`.
-pub fn scoped<'a>(
-    auth: &'a Auth,
-    customer: &str,
-    roles: &[Role],
-) -> Result<&'a Principal, ApiError> {
-    let who = auth.require(roles)?;
-    if who.customer != customer {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "wrong_customer",
-            format!("this token does not belong to customer {customer:?}"),
-        ));
-    }
-    Ok(who)
-}
 
 /// How a caller reads task definitions: admins see all, others what the
 /// tasks' `acls` allow them.
@@ -142,21 +125,6 @@ pub fn paged<T: Serialize>(items: Vec<T>, page: Page, last_id: Option<String>) -
     response
 }
 
-/// Runs `run` in one transaction and commits it.
-pub async fn in_transaction<T, E>(
-    state: &crate::state::AppState,
-    run: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, E>,
-) -> Result<T, ApiError>
-where
-    E: Into<ApiError>,
-{
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let value = run(&tx).await.map_err(Into::into)?;
-    tx.commit().await?;
-    Ok(value)
-}
-
 /// An optional field naming one value of a text enum (a status, a mode):
 /// `None` when absent, a 400 naming `field` when it is no such value.
 pub fn optional_enum<T>(field: &str, value: Option<&str>) -> Result<Option<T>, ApiError>
@@ -192,4 +160,16 @@ pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, ApiErr
         ));
     }
     Ok(value.to_string())
+}
+
+/// A file name to write on the bot: one path component, nothing special.
+pub fn check_filename(name: &str) -> Result<String, ApiError> {
+    let name = text_field("filename", name, 200)?;
+    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
+        return Err(ApiError::invalid_field(
+            "filename",
+            "filename must be a plain file name, without '/' and not '.' or '..'",
+        ));
+    }
+    Ok(name)
 }

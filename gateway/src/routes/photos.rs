@@ -15,10 +15,9 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::human::{SofierQuery, worker};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
+use crate::auth::{Auth, Worker};
+use crate::error::{ApiError, Json, Path, Query};
+use crate::ids::Id;
 use crate::photos::{self, Storage, Ticket};
 use crate::state::AppState;
 
@@ -37,13 +36,10 @@ pub struct PhotoRequest {
 #[utoipa::path(post, path = "/micro_task/execution/{id}/photo", operation_id = "photos_ticket", tag = "micro_task", params(("id" = uuid::Uuid, Path, description = "The micro-task's id"), super::SofierParam), request_body = PhotoRequest, responses((status = 201, description = "Where and how to upload the photo: `{method, upload_url, headers, url, expires_at}`", body = Object), crate::error::Refusals))]
 pub async fn ticket(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    Query(q): Query<SofierQuery>,
+    Worker { who, email }: Worker,
+    Id(id): Id<HumanTaskId>,
     Json(body): Json<PhotoRequest>,
 ) -> Result<Response, ApiError> {
-    let (who, email) = worker(&auth, &q)?;
-    let id: HumanTaskId = parse_id(&id, "micro-task")?;
     let limits = &state.settings.storage;
     if !limits
         .photo_content_types
@@ -68,7 +64,7 @@ pub async fn ticket(
         return Err(ApiError::invalid_field("step", "step must not be negative"));
     }
     let db = state.db().await?;
-    let task = human::executing_by(&db, who.customer_id, email, id).await?;
+    let task = human::executing_by(&db, who.customer_id, &email, id).await?;
     let execution = task
         .execution_id
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_executing", "no execution"))?;

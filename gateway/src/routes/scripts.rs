@@ -6,16 +6,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
-use orq_shared::domain::{Role, ScriptId};
+use orq_shared::domain::ScriptId;
 use orq_shared::repo::scripts::{self, Script, ScriptSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{PageQuery, paged, scoped, text_field};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
+use super::{PageQuery, check_filename, paged, text_field};
+use crate::auth::{Admins, Authorized, Bots, Scoped, Viewers};
+use crate::error::{ApiError, Json, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::ids::Id;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
@@ -29,18 +29,6 @@ pub struct ScriptBody {
     content: Option<String>,
     /// ...or as base64, for binary content.
     content_base64: Option<String>,
-}
-
-/// A file name to write on the bot: one path component, nothing special.
-pub fn check_filename(name: &str) -> Result<String, ApiError> {
-    let name = text_field("filename", name, 200)?;
-    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
-        return Err(ApiError::invalid_field(
-            "filename",
-            "filename must be a plain file name, without '/' and not '.' or '..'",
-        ));
-    }
-    Ok(name)
 }
 
 pub fn script_spec(body: ScriptBody) -> Result<ScriptSpec, ApiError> {
@@ -79,11 +67,9 @@ pub fn script_spec(body: ScriptBody) -> Result<ScriptSpec, ApiError> {
 #[utoipa::path(get, path = "/{customer}/script", operation_id = "scripts_list", tag = "theeye", params(super::CustomerPath, super::PageQuery), responses((status = 200, description = "A page of scripts", body = [orq_shared::repo::scripts::Script], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Viewers>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let page = paging.page()?;
     let db = state.db().await?;
     let items = scripts::list(&db, who.customer_id, page).await?;
@@ -94,11 +80,9 @@ pub async fn list(
 #[utoipa::path(get, path = "/{customer}/script/{id}", operation_id = "scripts_get", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 200, description = "OK", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<ScriptId>,
 ) -> Result<axum::Json<Script>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: ScriptId = parse_id(&id, "script")?;
     let db = state.db().await?;
     Ok(axum::Json(scripts::get(&db, who.customer_id, id).await?))
 }
@@ -106,15 +90,13 @@ pub async fn get(
 #[utoipa::path(post, path = "/{customer}/script", operation_id = "scripts_create", tag = "theeye", params(super::CustomerPath, super::IdempotencyHeader), request_body = ScriptBody, responses((status = 201, description = "Created", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Admins>,
     key: IdemKey,
     Json(body): Json<ScriptBody>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
     let request = CreateRequest::of("scripts.create", &[], &body);
     let spec = script_spec(body)?;
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
         Ok(scripts::insert(tx, who.customer_id, &spec).await?)
     })
     .await?;
@@ -124,12 +106,10 @@ pub async fn create(
 #[utoipa::path(put, path = "/{customer}/script/{id}", operation_id = "scripts_update", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The script's id")), request_body = ScriptBody, responses((status = 200, description = "OK", body = orq_shared::repo::scripts::Script), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<ScriptId>,
     Json(body): Json<ScriptBody>,
 ) -> Result<axum::Json<Script>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: ScriptId = parse_id(&id, "script")?;
     let spec = script_spec(body)?;
     let db = state.db().await?;
     Ok(axum::Json(
@@ -140,11 +120,9 @@ pub async fn update(
 #[utoipa::path(delete, path = "/{customer}/script/{id}", operation_id = "scripts_delete", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<ScriptId>,
 ) -> Result<StatusCode, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: ScriptId = parse_id(&id, "script")?;
     let db = state.db().await?;
     scripts::delete(&db, who.customer_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -154,11 +132,9 @@ pub async fn delete(
 #[utoipa::path(get, path = "/agent/scripts/{id}", operation_id = "scripts_agent_fetch", tag = "agent", params(("id" = uuid::Uuid, Path, description = "The script's id")), responses((status = 200, description = "The script and its content", body = Object), crate::error::Refusals))]
 pub async fn agent_fetch(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Bots>,
+    Id(id): Id<ScriptId>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let who = auth.require(&[Role::Bot])?;
-    let id: ScriptId = parse_id(&id, "script")?;
     let db = state.db().await?;
     let (script, content) = scripts::get_raw(&db, who.customer_id, id).await?;
     Ok(axum::Json(json!({

@@ -13,12 +13,11 @@ use orq_shared::task_def::{RunAs, parse_argument_defs, parse_env, parse_triggers
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::scripts::check_filename;
-use super::{PageQuery, paged, reader, scoped, text_field};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
+use super::{PageQuery, check_filename, paged, reader, text_field};
+use crate::auth::{Admins, Scoped, Viewers};
+use crate::error::{ApiError, Json, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::ids::Id;
 use crate::service::webhooks::callback;
 use crate::state::AppState;
 use orq_shared::repo::customers::Principal;
@@ -191,17 +190,15 @@ fn shown_to(who: &Principal, mut task: TaskDef) -> TaskDef {
 #[utoipa::path(get, path = "/{customer}/task", operation_id = "task_defs_list", tag = "theeye", params(super::CustomerPath, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::task_defs::TaskDef], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Viewers>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
     let page = paging.page()?;
     let db = state.db().await?;
-    let items: Vec<TaskDef> = task_defs::list(&db, who.customer_id, reader(who), page)
+    let items: Vec<TaskDef> = task_defs::list(&db, who.customer_id, reader(&who), page)
         .await?
         .into_iter()
-        .map(|t| shown_to(who, t))
+        .map(|t| shown_to(&who, t))
         .collect();
     let last = items.last().map(|t| t.id.to_string());
     Ok(paged(items, page, last))
@@ -210,28 +207,24 @@ pub async fn list(
 #[utoipa::path(get, path = "/{customer}/task/{id}", operation_id = "task_defs_get", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Viewers>,
+    Id(id): Id<TaskId>,
 ) -> Result<axum::Json<TaskDef>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Viewer])?;
-    let id: TaskId = parse_id(&id, "task")?;
     let db = state.db().await?;
-    let task = task_defs::get(&db, who.customer_id, id, reader(who)).await?;
-    Ok(axum::Json(shown_to(who, task)))
+    let task = task_defs::get(&db, who.customer_id, id, reader(&who)).await?;
+    Ok(axum::Json(shown_to(&who, task)))
 }
 
 #[utoipa::path(post, path = "/{customer}/task", operation_id = "task_defs_create", tag = "theeye", params(super::CustomerPath, super::IdempotencyHeader), request_body = TaskBody, responses((status = 201, description = "Created", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Admins>,
     key: IdemKey,
     Json(body): Json<TaskBody>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
     let request = CreateRequest::of("task_defs.create", &[], &body);
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
-        insert_task(&state, tx, who, body).await
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
+        insert_task(&state, tx, &who, body).await
     })
     .await?;
     Ok(created.respond())
@@ -254,50 +247,46 @@ async fn insert_task(
 #[utoipa::path(put, path = "/{customer}/task/{id}", operation_id = "task_defs_update", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), request_body(content = Object, description = "Any subset of the fields of `TaskBody`; the others keep their values"), responses((status = 200, description = "OK", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<TaskId>,
     Json(body): Json<Value>,
 ) -> Result<axum::Json<TaskDef>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: TaskId = parse_id(&id, "task")?;
     let Value::Object(changes) = body else {
         return Err(ApiError::bad_request(
             "invalid_body",
             "expected a JSON object with the fields to change",
         ));
     };
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let current = task_defs::get(&tx, who.customer_id, id, Reader::Admin).await?;
-    // `callback` given: a new endpoint, or none for null; absent: the same.
-    let callback_id = match changes.get("callback") {
-        Some(value) => callback(&state, &tx, who.customer_id, Some(value)).await?,
-        None => current.callback_id,
-    };
-    let mut merged = serde_json::to_value(&current).unwrap_or_else(|_| json!({}));
-    if let Value::Object(m) = &mut merged {
-        m.extend(changes);
-    }
-    let body: TaskBody = serde_json::from_value(merged)
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let spec = task_spec(&tx, who, body, Some(id), callback_id).await?;
-    let task = task_defs::update(&tx, who.customer_id, id, &spec).await?;
-    tx.commit().await?;
+    let task = state
+        .in_transaction(async |tx| {
+            let current = task_defs::get(tx, who.customer_id, id, Reader::Admin).await?;
+            // `callback` given: a new endpoint, or none for null; absent: the same.
+            let callback_id = match changes.get("callback") {
+                Some(value) => callback(&state, tx, who.customer_id, Some(value)).await?,
+                None => current.callback_id,
+            };
+            let mut merged = serde_json::to_value(&current).unwrap_or_else(|_| json!({}));
+            if let Value::Object(m) = &mut merged {
+                m.extend(changes);
+            }
+            let body: TaskBody = serde_json::from_value(merged)
+                .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+            let spec = task_spec(tx, &who, body, Some(id), callback_id).await?;
+            Ok::<_, ApiError>(task_defs::update(tx, who.customer_id, id, &spec).await?)
+        })
+        .await?;
     Ok(axum::Json(task))
 }
 
 #[utoipa::path(delete, path = "/{customer}/task/{id}", operation_id = "task_defs_delete", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<TaskId>,
 ) -> Result<StatusCode, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: TaskId = parse_id(&id, "task")?;
-    super::in_transaction(&state, async |tx| {
-        task_defs::delete(tx, who.customer_id, id).await
-    })
-    .await?;
+    state
+        .in_transaction(async |tx| task_defs::delete(tx, who.customer_id, id).await)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -306,11 +295,9 @@ pub async fn delete(
 #[utoipa::path(get, path = "/{customer}/task/{id}/recipe", operation_id = "task_defs_recipe", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The task and its script, for import elsewhere", body = Object), crate::error::Refusals))]
 pub async fn recipe(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<TaskId>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: TaskId = parse_id(&id, "task")?;
     let db = state.db().await?;
     let task = task_defs::get(&db, who.customer_id, id, Reader::Admin).await?;
     let (script, content) = scripts::get_raw(&db, who.customer_id, task.script_id).await?;
@@ -370,12 +357,10 @@ pub struct RecipeFile {
 #[utoipa::path(post, path = "/{customer}/task/import", operation_id = "task_defs_import", tag = "theeye", params(super::CustomerPath, super::IdempotencyHeader), request_body = Recipe, responses((status = 201, description = "Imported", body = orq_shared::repo::task_defs::TaskDef), crate::error::Refusals))]
 pub async fn import(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(customer): Path<String>,
+    who: Scoped<Admins>,
     key: IdemKey,
     Json(recipe): Json<Recipe>,
 ) -> Result<Response, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
     let request = CreateRequest::of("task_defs.import", &[], &recipe);
     let content = base64::engine::general_purpose::STANDARD
         .decode(
@@ -407,7 +392,7 @@ pub async fn import(
         description: recipe.file.description.trim().to_string(),
         content,
     };
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
         let existing = scripts::find_by_name(tx, who.customer_id, &script_spec.name).await?;
         let script_id = match existing {
             Some((id, sum)) if sum == checksum => id,
@@ -450,7 +435,7 @@ pub async fn import(
         task.insert("host_id".into(), json!(recipe.host_id));
         let body: TaskBody = serde_json::from_value(Value::Object(task))
             .map_err(|e| ApiError::bad_request("invalid_body", format!("task: {e}")))?;
-        insert_task(&state, tx, who, body).await
+        insert_task(&state, tx, &who, body).await
     })
     .await?;
     Ok(created.respond())
@@ -461,11 +446,9 @@ pub async fn import(
 #[utoipa::path(get, path = "/{customer}/task/{id}/credentials", operation_id = "task_defs_credentials", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The secret key (admins only)", body = Object), crate::error::Refusals))]
 pub async fn credentials(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<TaskId>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: TaskId = parse_id(&id, "task")?;
     let db = state.db().await?;
     let task = task_defs::get(&db, who.customer_id, id, Reader::Admin).await?;
     let secret = task_defs::secret(&db, who.customer_id, id, &state.sealer).await?;
@@ -478,11 +461,9 @@ pub async fn credentials(
 #[utoipa::path(post, path = "/{customer}/task/{id}/credentials/rotate", operation_id = "task_defs_rotate", tag = "theeye", params(super::CustomerPath, ("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "The new secret key", body = Object), crate::error::Refusals))]
 pub async fn rotate(
     State(state): State<AppState>,
-    auth: Auth,
-    Path((customer, id)): Path<(String, String)>,
+    who: Scoped<Admins>,
+    Id(id): Id<TaskId>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = scoped(&auth, &customer, &[Role::Admin])?;
-    let id: TaskId = parse_id(&id, "task")?;
     let db = state.db().await?;
     let secret = task_defs::rotate_secret(&db, who.customer_id, id, &state.sealer).await?;
     Ok(axum::Json(json!({ "id": id, "secret": secret })))

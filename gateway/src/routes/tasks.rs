@@ -4,21 +4,20 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use orq_shared::attachment;
-use orq_shared::domain::{CustomerId, JobEvent, JobId, JobStatus, Role};
+use orq_shared::domain::{CustomerId, JobEvent, JobStatus, Role};
 use orq_shared::repo::jobs::{self, Actor, Applied, NewTask, Outcome, Task, TaskFilter};
 use orq_shared::repo::{RepoError, bots};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{PageQuery, optional_enum, paged, text_field};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
+use crate::auth::{Admins, Authorized, Users, UsersOrBots, ViewersOrBots};
+use crate::error::{ApiError, Json, Query};
 use crate::idempotency::{self, Caller, IdemKey, create_once};
+use crate::ids::{CsvTask, Id};
+use crate::service;
 use crate::state::AppState;
 use orq_shared::repo::customers::Principal;
-
-const READERS: &[Role] = &[Role::Viewer, Role::Bot];
 
 /// These routes are the proof of concept's, over CSV jobs. A run of a task
 /// definition is reached through `/{customer}/job/{id}`, where its task's
@@ -31,7 +30,6 @@ fn csv_only(task: Task, who: &Principal, reading: bool) -> Result<Task, ApiError
         Err(ApiError::not_found("task"))
     }
 }
-const RUNNERS: &[Role] = &[Role::User, Role::Bot];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -46,11 +44,10 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/tasks", operation_id = "tasks_list", tag = "tasks", params(ListQuery, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::jobs::Task], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<ViewersOrBots>,
     Query(q): Query<ListQuery>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(READERS)?;
     let page = paging.page()?;
     let filter = TaskFilter {
         status: optional_enum("status", q.status.as_deref())?,
@@ -76,26 +73,22 @@ pub async fn list(
 #[utoipa::path(get, path = "/tasks/{id}", operation_id = "tasks_get", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn get(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<ViewersOrBots>,
+    Id(id): Id<CsvTask>,
 ) -> Result<axum::Json<Task>, ApiError> {
-    let who = auth.require(READERS)?;
-    let id: JobId = parse_id(&id, "task")?;
     let db = state.db().await?;
     let task = jobs::get(&db, who.customer_id, id).await?;
-    Ok(axum::Json(csv_only(task, who, true)?))
+    Ok(axum::Json(csv_only(task, &who, true)?))
 }
 
 #[utoipa::path(get, path = "/tasks/{id}/events", operation_id = "tasks_events", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Its events, oldest first", body = [orq_shared::repo::jobs::Event]), crate::error::Refusals))]
 pub async fn events(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<ViewersOrBots>,
+    Id(id): Id<CsvTask>,
 ) -> Result<axum::Json<Vec<jobs::Event>>, ApiError> {
-    let who = auth.require(READERS)?;
-    let id: JobId = parse_id(&id, "task")?;
     let db = state.db().await?;
-    csv_only(jobs::get(&db, who.customer_id, id).await?, who, true)?;
+    csv_only(jobs::get(&db, who.customer_id, id).await?, &who, true)?;
     Ok(axum::Json(jobs::events(&db, who.customer_id, id).await?))
 }
 
@@ -157,14 +150,13 @@ async fn validate(
 #[utoipa::path(post, path = "/tasks", operation_id = "tasks_create", tag = "tasks", params(super::IdempotencyHeader), request_body = CreateBody, responses((status = 201, description = "Created (WAITING)", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Users>,
     key: IdemKey,
     Json(body): Json<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::User])?;
-    let callback = crate::service::webhooks::parse_callback(&state, body.callback.as_ref())?;
+    let callback = service::webhooks::parse_callback(&state, body.callback.as_ref())?;
     let request = idempotency::CreateRequest::of("tasks.create", &[], &body);
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
         let mut new = validate(
             &state,
             tx,
@@ -174,18 +166,14 @@ pub async fn create(
             &body.attachment,
         )
         .await?;
-        new.callback_id = crate::service::webhooks::create_callback(
-            &state,
-            tx,
-            who.customer_id,
-            callback.as_ref(),
-        )
-        .await?;
+        new.callback_id =
+            service::webhooks::create_callback(&state, tx, who.customer_id, callback.as_ref())
+                .await?;
         Ok(jobs::create(tx, who.customer_id, &new).await?)
     })
     .await?;
     if let Some(task) = created.fresh() {
-        crate::service::jobs::wake(&state, who.customer_id, Some(task.id));
+        service::jobs::wake(&state, who.customer_id, Some(task.id));
     }
     Ok(created.respond())
 }
@@ -221,7 +209,7 @@ fn event_for(from: JobStatus, to: JobStatus) -> Result<JobEvent, ApiError> {
 /// A `bot` token reports on the tasks of the bots it holds, by status:
 /// it neither redefines a task nor touches another bot's.
 async fn bot_may_update(
-    db: &deadpool_postgres::Object,
+    db: &impl deadpool_postgres::GenericClient,
     who: &orq_shared::repo::customers::Principal,
     task: &Task,
     body: &UpdateBody,
@@ -254,82 +242,83 @@ async fn bot_may_update(
 #[utoipa::path(put, path = "/tasks/{id}", operation_id = "tasks_update", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), request_body = UpdateBody, responses((status = 200, description = "OK", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn update(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<UsersOrBots>,
+    Id(id): Id<CsvTask>,
     Json(body): Json<UpdateBody>,
 ) -> Result<axum::Json<Task>, ApiError> {
-    let who = auth.require(RUNNERS)?.clone();
-    let id: JobId = parse_id(&id, "task")?;
     let status = body
         .status
         .as_deref()
         .map(str::parse::<JobStatus>)
         .transpose()
         .map_err(|e| ApiError::invalid_field("status", e.to_string()))?;
-    let mut db = state.db().await?;
-    let current = csv_only(jobs::get(&db, who.customer_id, id).await?, &who, false)?;
-    let redefine = body.description.is_some() || body.system.is_some() || body.attachment.is_some();
-    if who.role == Role::Bot {
-        bot_may_update(&db, &who, &current, &body).await?;
-    }
-    let new = if redefine {
-        let attachment = body
-            .attachment
-            .as_deref()
-            .or(current.attachment.as_deref())
-            .unwrap_or_default();
-        Some(
-            validate(
-                &state,
-                &db,
-                who.customer_id,
-                body.description.as_deref().unwrap_or(&current.description),
-                body.system.as_deref().unwrap_or(&current.system),
-                attachment,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-    let tx = db.transaction().await?;
-    let mut task = current;
-    if let Some(new) = &new
-        && (new.description != task.description
-            || new.system != task.system
-            || Some(&new.attachment) != task.attachment.as_ref())
-    {
-        task = jobs::update_definition(&tx, who.customer_id, id, new).await?;
-    }
-    let mut released = false;
-    if let Some(to) = status
-        && to != task.status
-    {
-        let event = event_for(task.status, to)?;
-        match jobs::transition(
-            &tx,
-            who.customer_id,
-            id,
-            Actor::Api,
-            event,
-            &Outcome::default(),
-            Uuid::now_v7(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .await?
-        {
-            Applied::Done { from, task: t } => {
-                released = from.is_active() && !t.status.is_active();
-                task = *t;
+    let (task, released) = state
+        .in_transaction(async |tx| {
+            let current = csv_only(jobs::get(tx, who.customer_id, id).await?, &who, false)?;
+            if who.role == Role::Bot {
+                bot_may_update(tx, &who, &current, &body).await?;
             }
-            Applied::Stale { .. } => {
-                return Err(RepoError::Conflict("task changed concurrently".into()).into());
+            let redefine =
+                body.description.is_some() || body.system.is_some() || body.attachment.is_some();
+            let new = if redefine {
+                let attachment = body
+                    .attachment
+                    .as_deref()
+                    .or(current.attachment.as_deref())
+                    .unwrap_or_default();
+                Some(
+                    validate(
+                        &state,
+                        tx,
+                        who.customer_id,
+                        body.description.as_deref().unwrap_or(&current.description),
+                        body.system.as_deref().unwrap_or(&current.system),
+                        attachment,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            let mut task = current;
+            if let Some(new) = &new
+                && (new.description != task.description
+                    || new.system != task.system
+                    || Some(&new.attachment) != task.attachment.as_ref())
+            {
+                task = jobs::update_definition(tx, who.customer_id, id, new).await?;
             }
-        }
-    }
-    tx.commit().await?;
+            let mut released = false;
+            if let Some(to) = status
+                && to != task.status
+            {
+                let event = event_for(task.status, to)?;
+                match jobs::transition(
+                    tx,
+                    who.customer_id,
+                    id,
+                    Actor::Api,
+                    event,
+                    &Outcome::default(),
+                    Uuid::now_v7(),
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await?
+                {
+                    Applied::Done { from, task: t } => {
+                        released = from.is_active() && !t.status.is_active();
+                        task = *t;
+                    }
+                    Applied::Stale { .. } => {
+                        return Err(RepoError::Conflict("task changed concurrently".into()).into());
+                    }
+                }
+            }
+            Ok::<_, ApiError>((task, released))
+        })
+        .await?;
     if released || task.status == JobStatus::Waiting {
-        crate::service::jobs::wake(&state, who.customer_id, Some(id));
+        service::jobs::wake(&state, who.customer_id, Some(id));
     }
     Ok(axum::Json(task))
 }
@@ -337,31 +326,27 @@ pub async fn update(
 #[utoipa::path(post, path = "/tasks/{id}/cancel", operation_id = "tasks_cancel", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 200, description = "Cancelled (or already finished)", body = orq_shared::repo::jobs::Task), crate::error::Refusals))]
 pub async fn cancel(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Users>,
+    Id(id): Id<CsvTask>,
 ) -> Result<axum::Json<Task>, ApiError> {
-    let who = auth.require(&[Role::User])?.clone();
-    let id: JobId = parse_id(&id, "task")?;
     csv_only(
         jobs::get(&state.db().await?, who.customer_id, id).await?,
         &who,
         false,
     )?;
     Ok(axum::Json(
-        crate::service::jobs::cancel(&state, who.customer_id, id).await?,
+        service::jobs::cancel(&state, who.customer_id, id).await?,
     ))
 }
 
 #[utoipa::path(delete, path = "/tasks/{id}", operation_id = "tasks_delete", tag = "tasks", params(("id" = uuid::Uuid, Path, description = "The task's id")), responses((status = 204, description = "Deleted"), crate::error::Refusals))]
 pub async fn delete(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<CsvTask>,
 ) -> Result<StatusCode, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: JobId = parse_id(&id, "task")?;
     let db = state.db().await?;
-    csv_only(jobs::get(&db, who.customer_id, id).await?, who, false)?;
+    csv_only(jobs::get(&db, who.customer_id, id).await?, &who, false)?;
     jobs::delete(&db, who.customer_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

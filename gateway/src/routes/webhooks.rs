@@ -5,17 +5,17 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use orq_shared::domain::{JobId, Role};
+use orq_shared::domain::JobId;
 use orq_shared::repo::webhooks::{self, Delivery, DeliveryFilter, Endpoint};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use super::{PageQuery, paged};
-use crate::auth::Auth;
-use crate::error::Path;
-use crate::error::{ApiError, Json, Query, parse_id};
+use crate::auth::{Admins, Authorized, Viewers};
+use crate::error::{ApiError, Json, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
+use crate::ids::{DeliveryId, Id, SubscriptionId};
+use crate::service;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -31,11 +31,10 @@ pub struct DeliveryQuery {
 #[utoipa::path(get, path = "/webhooks/deliveries", operation_id = "webhooks_deliveries", tag = "webhooks", params(DeliveryQuery, super::PageQuery), responses((status = 200, description = "A page of deliveries", body = [orq_shared::repo::webhooks::Delivery], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn deliveries(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Admins>,
     Query(q): Query<DeliveryQuery>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
     let page = paging.page()?;
     let status = match q.status.as_deref() {
         None => None,
@@ -65,11 +64,9 @@ pub async fn deliveries(
 #[utoipa::path(get, path = "/webhooks/deliveries/{id}", operation_id = "webhooks_delivery", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The delivery's id")), responses((status = 200, description = "The delivery with its attempts", body = orq_shared::repo::webhooks::Delivery), crate::error::Refusals))]
 pub async fn delivery(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<DeliveryId>,
 ) -> Result<axum::Json<Delivery>, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: Uuid = parse_id(&id, "delivery")?;
     let db = state.db().await?;
     Ok(axum::Json(
         webhooks::delivery_detail(&db, who.customer_id, id).await?,
@@ -81,15 +78,12 @@ pub async fn delivery(
 #[utoipa::path(post, path = "/webhooks/deliveries/{id}/redeliver", operation_id = "webhooks_redeliver", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The delivery's id")), responses((status = 200, description = "Queued again", body = orq_shared::repo::webhooks::Delivery), crate::error::Refusals))]
 pub async fn redeliver(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<DeliveryId>,
 ) -> Result<axum::Json<Delivery>, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: Uuid = parse_id(&id, "delivery")?;
-    let delivery = super::in_transaction(&state, async |tx| {
-        webhooks::redeliver(tx, who.customer_id, id).await
-    })
-    .await?;
+    let delivery = state
+        .in_transaction(async |tx| webhooks::redeliver(tx, who.customer_id, id).await)
+        .await?;
     Ok(axum::Json(delivery))
 }
 
@@ -97,38 +91,26 @@ pub async fn redeliver(
 #[utoipa::path(get, path = "/webhooks/subscriptions", operation_id = "webhooks_subscriptions", tag = "webhooks", responses((status = 200, description = "OK", body = [orq_shared::repo::webhooks::Endpoint]), crate::error::Refusals))]
 pub async fn subscriptions(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Viewers>,
 ) -> Result<axum::Json<Vec<Endpoint>>, ApiError> {
-    let who = auth.require(&[Role::Viewer])?;
     let db = state.db().await?;
     Ok(axum::Json(
         webhooks::subscriptions(&db, who.customer_id).await?,
     ))
 }
 
-/// Where events are delivered (seed 004): also a task's or job's
-/// `callback`. `user` and `password` are sent as headers of every delivery.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-pub struct SubscriptionBody {
-    /// An http(s) URL.
-    pub url: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
-}
-
 /// `POST /webhooks/subscriptions` (admin): `{url, user?, password?}`; every
 /// event of every job of the customer is delivered there from now on.
-#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", params(super::IdempotencyHeader), request_body = SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
+#[utoipa::path(post, path = "/webhooks/subscriptions", operation_id = "webhooks_subscribe", tag = "webhooks", params(super::IdempotencyHeader), request_body = service::webhooks::SubscriptionBody, responses((status = 201, description = "Subscribed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
 pub async fn subscribe(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Admins>,
     key: IdemKey,
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let new = crate::service::webhooks::parse_endpoint(&state, "subscription", &body)?;
+    let new = service::webhooks::parse_endpoint(&state, "subscription", &body)?;
     let request = CreateRequest::of("webhooks.subscribe", &[], &body);
-    let created = create_once(&state, &Caller::token(who), &key, request, async |tx| {
+    let created = create_once(&state, &Caller::token(&who), &key, request, async |tx| {
         Ok(
             webhooks::create_endpoint(tx, who.customer_id, "subscription", &new, &state.sealer)
                 .await?,
@@ -142,11 +124,9 @@ pub async fn subscribe(
 #[utoipa::path(delete, path = "/webhooks/subscriptions/{id}", operation_id = "webhooks_unsubscribe", tag = "webhooks", params(("id" = uuid::Uuid, Path, description = "The subscription's id")), responses((status = 200, description = "Removed", body = orq_shared::repo::webhooks::Endpoint), crate::error::Refusals))]
 pub async fn unsubscribe(
     State(state): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    who: Authorized<Admins>,
+    Id(id): Id<SubscriptionId>,
 ) -> Result<axum::Json<Endpoint>, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
-    let id: Uuid = parse_id(&id, "subscription")?;
     let db = state.db().await?;
     Ok(axum::Json(
         webhooks::disable_endpoint(&db, Some(who.customer_id), id, "disabled by an admin").await?,
@@ -157,9 +137,8 @@ pub async fn unsubscribe(
 #[utoipa::path(get, path = "/webhooks/secret", operation_id = "webhooks_secret", tag = "webhooks", responses((status = 200, description = "The signing secret", body = Object), crate::error::Refusals))]
 pub async fn secret(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Admins>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
     let db = state.db().await?;
     let secret = webhooks::signing_secret(&db, who.customer_id, &state.sealer).await?;
     Ok(axum::Json(json!({ "secret": secret })))
@@ -169,9 +148,8 @@ pub async fn secret(
 #[utoipa::path(post, path = "/webhooks/secret/rotate", operation_id = "webhooks_rotate_secret", tag = "webhooks", responses((status = 200, description = "The new signing secret", body = Object), crate::error::Refusals))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    auth: Auth,
+    who: Authorized<Admins>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = auth.require(&[Role::Admin])?;
     let db = state.db().await?;
     let secret = webhooks::rotate_signing_secret(&db, who.customer_id, &state.sealer).await?;
     Ok(axum::Json(json!({ "secret": secret })))

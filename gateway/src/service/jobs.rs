@@ -7,37 +7,48 @@ use orq_shared::repo::jobs::{self, Actor, Applied, Outcome, Task};
 use orq_shared::repo::{RepoError, bots};
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another request changed the job between its read and its update.
+    #[error("job changed concurrently")]
+    Changed,
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
 
 /// Cancels a job of any kind. One that held a bot frees its slot (the
 /// dispatchers are woken) and, on an agent, is told to stop: a script job's
 /// process group gets SIGTERM, then SIGKILL. The agent is told best effort:
 /// one that is not connected finds its later reports refused.
-pub async fn cancel(state: &AppState, customer: CustomerId, id: JobId) -> Result<Task, ApiError> {
-    let mut db = state.db().await?;
-    let tx = db.transaction().await?;
-    let applied = jobs::transition(
-        &tx,
-        customer,
-        id,
-        Actor::Api,
-        JobEvent::Cancel,
-        &Outcome::default(),
-        Uuid::now_v7(),
-        time::OffsetDateTime::now_utc(),
-    )
-    .await?;
-    tx.commit().await?;
+pub async fn cancel(state: &AppState, customer: CustomerId, id: JobId) -> Result<Task, Error> {
+    let applied = state
+        .in_transaction(async |tx| {
+            jobs::transition(
+                tx,
+                customer,
+                id,
+                Actor::Api,
+                JobEvent::Cancel,
+                &Outcome::default(),
+                Uuid::now_v7(),
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+        })
+        .await?;
     let Applied::Done { from, task } = applied else {
-        return Err(RepoError::Conflict("job changed concurrently".into()).into());
+        return Err(Error::Changed);
     };
     if from.is_active()
         && let Some(bot) = task.bot_id
     {
-        let is_agent = bots::get(&db, customer, bot)
-            .await
-            .is_ok_and(|b| b.delivery == Delivery::Agent);
+        let delivery = async {
+            let db = state.db().await?;
+            Ok::<_, RepoError>(bots::get(&db, customer, bot).await?.delivery)
+        };
+        let is_agent = delivery.await.is_ok_and(|d| d == Delivery::Agent);
         if is_agent {
             let message = Control::Cancel {
                 id: Uuid::now_v7(),
