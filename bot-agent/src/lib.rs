@@ -6,6 +6,8 @@
 //!
 //! * `runner` – runs a system's automation once per CSV row.
 //! * `script` – runs a task's script (fetched, cached, timed, cancelable).
+//! * `guard`  – `bot-agent __guard`: the parent of every automation process,
+//!   so none outlives its agent.
 //! * `Agent`  – registration, the consumer, heartbeats and reports.
 
 pub mod guard;

@@ -11,11 +11,15 @@
 //! * `idempotency` – `Idempotency-Key` on every create (`create_once`).
 //! * `limits` – rate limits per token and per address, by route class.
 //! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
-//! * `routes` – handlers by area (`bots`, `tasks`, `agent`, `health`).
+//! * `routes` – handlers by area, one file each (`tasks`, `bots`, `agent`,
+//!   `jobs`, `task_defs`, `scripts`, `human`, `activity`, `photos`,
+//!   `webhooks`, `feed`, `session`, `dashboard`, `health`).
 //! * `service` – the logic under the routes (jobs, bots, human tasks,
 //!   webhooks), each with its own error.
 //! * `state`  – `AppState`, and `in_transaction`: the one way to write in a
 //!   transaction.
+//! * `photos` – photo storage for finishes: local files or S3, presigned.
+//! * `openapi` – the OpenAPI document, from the same list as the router.
 //! * `admin`  – the command-line administration.
 
 pub mod admin;
