@@ -100,13 +100,18 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let first_byte = bounds.header_read_timeout;
+        let stopping = shutdown.clone();
         connections.spawn(async move {
             // hyper's header timer starts once it knows the protocol, which
-            // takes a first byte: a client that sends none is cut here.
+            // takes a first byte: a client that sends none is cut here, and
+            // at shutdown (it holds a watcher the drain would wait for).
             let mut probe = [0u8; 1];
-            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return drop(permit),
+            tokio::select! {
+                peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => match peeked {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return drop(permit),
+                },
+                _ = stopping.cancelled() => return drop(permit),
             }
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection).await {
