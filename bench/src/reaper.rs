@@ -118,26 +118,7 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let open = [
-        ("ORQ_WEBHOOKS__DENY_NETWORKS", ""),
-        ("ORQ_LOG__LEVEL", "warn"),
-    ];
-    let (gw_proc, gw) = env
-        .start_gateway(&[&open[..], orq_e2e::NO_RATE_LIMITS].concat())
-        .await?;
-    let r = env
-        .client()
-        .post(format!("{gw}/webhooks/subscriptions"))
-        .json(&json!({"url": url}))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status() == 201, "subscribing: {}", r.status());
-    drop(gw_proc);
+    subscribe(&env, app).await?;
     let n = opts.webhooks;
     // n jobs with one event each: the trigger owes n deliveries.
     db.batch_execute(&format!(
@@ -149,11 +130,7 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
     ))
     .await?;
     let started = Instant::now();
-    let mut cmd = env.command("timeout-reaper");
-    for (k, v) in open {
-        cmd.env(k, v);
-    }
-    let reaper = env.spawn("timeout-reaper", cmd)?;
+    let reaper = open_reaper(&env)?;
     crate::wait_count(
         &env,
         "SELECT count(*) FROM webhook_deliveries WHERE status = 'DELIVERED'",
@@ -199,31 +176,8 @@ async fn webhook_latency(opts: &Options) -> anyhow::Result<()> {
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let open = [
-        ("ORQ_WEBHOOKS__DENY_NETWORKS", ""),
-        ("ORQ_LOG__LEVEL", "warn"),
-    ];
-    let (gw_proc, gw) = env
-        .start_gateway(&[&open[..], orq_e2e::NO_RATE_LIMITS].concat())
-        .await?;
-    let r = env
-        .client()
-        .post(format!("{gw}/webhooks/subscriptions"))
-        .json(&json!({"url": url}))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status() == 201, "subscribing: {}", r.status());
-    drop(gw_proc);
-    let mut cmd = env.command("timeout-reaper");
-    for (k, v) in open {
-        cmd.env(k, v);
-    }
-    let reaper = env.spawn("timeout-reaper", cmd)?;
+    subscribe(&env, app).await?;
+    let reaper = open_reaper(&env)?;
     // The reaper is up once a first event arrives.
     let write = "WITH j AS (
                    INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status)
@@ -272,6 +226,43 @@ async fn webhook_latency(opts: &Options) -> anyhow::Result<()> {
     );
     drop(reaper);
     env.cleanup().await
+}
+
+/// Webhooks may go to loopback here, and the services log quietly.
+const OPEN: [(&str, &str); 2] = [
+    ("ORQ_WEBHOOKS__DENY_NETWORKS", ""),
+    ("ORQ_LOG__LEVEL", "warn"),
+];
+
+/// Serves `receiver` (its route `/hook`) on a local port and subscribes
+/// it to every job of the customer, through a gateway that then stops.
+async fn subscribe(env: &Env, receiver: axum::Router) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, receiver).await;
+    });
+    let (gw_proc, gw) = env
+        .start_gateway(&[&OPEN[..], orq_e2e::NO_RATE_LIMITS].concat())
+        .await?;
+    let r = env
+        .client()
+        .post(format!("{gw}/webhooks/subscriptions"))
+        .json(&json!({"url": url}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "subscribing: {}", r.status());
+    drop(gw_proc);
+    Ok(())
+}
+
+/// A reaper that may send webhooks to loopback.
+fn open_reaper(env: &Env) -> anyhow::Result<orq_e2e::Proc> {
+    let mut cmd = env.command("timeout-reaper");
+    for (k, v) in OPEN {
+        cmd.env(k, v);
+    }
+    env.spawn("timeout-reaper", cmd)
 }
 
 async fn job_status(db: &tokio_postgres::Client, id: &str) -> anyhow::Result<String> {

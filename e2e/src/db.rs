@@ -95,22 +95,12 @@ impl Drop for TestDb {
         }
         self.pool.close();
         let (pg_base, name) = (self.pg_base.clone(), self.name.clone());
-        // Drop cannot await: a runtime of its own, on a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    drop_database(&pg_base, &name),
-                )
-                .await;
-            });
+        crate::block_on_own_thread(async move {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                drop_database(&pg_base, &name),
+            )
+            .await;
         });
-        let _ = dropped.join();
     }
 }

@@ -572,29 +572,32 @@ impl Drop for Env {
             self.amqp_url.clone(),
             self.prefix.clone(),
         );
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let bots = bot_ids(&db_url).await;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    teardown_broker(&amqp, &prefix, &bots),
-                )
-                .await;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    drop_database(&pg_base, &db_name),
-                )
-                .await;
-            });
+        block_on_own_thread(async move {
+            let bots = bot_ids(&db_url).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                teardown_broker(&amqp, &prefix, &bots),
+            )
+            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), drop_database(&pg_base, &db_name))
+                    .await;
         });
-        let _ = cleanup.join();
     }
+}
+
+/// Runs `work` to its end on a runtime of its own, on a thread of its own:
+/// what a `Drop` that must await does (it may run inside a runtime).
+pub(crate) fn block_on_own_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let done = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(work);
+        }
+    });
+    let _ = done.join();
 }
 
 /// The ids of every bot in a test database (their queues are the test's).

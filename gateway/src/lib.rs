@@ -38,7 +38,6 @@ pub mod state;
 use axum::Router;
 use axum::http::StatusCode;
 use orq_shared::CancellationToken;
-use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -260,9 +259,9 @@ impl App {
         let limits = Arc::new(limits::Limits::new(&settings.limits).map_err(anyhow::Error::msg)?);
         let background = tokio_util::task::TaskTracker::new();
         limits::spawn_janitor(&background, limits.clone(), shutdown.clone());
-        orq_shared::db::migrate_until(&settings.database, &shutdown).await?;
-        let pool = orq_shared::db::pool(&settings.database)?;
-        let broker = Broker::start(&settings.amqp, "gateway", shutdown.clone());
+        let service =
+            orq_shared::service::Service::start(&settings, "gateway", shutdown.clone()).await?;
+        let (pool, broker) = (service.pool().clone(), service.broker().clone());
         let listener = TcpListener::bind(&settings.gateway.listen).await?;
         let storage = crate::photos::Storage::from_settings(&settings, listener.local_addr()?)?;
         let state = AppState {
