@@ -103,33 +103,10 @@ async fn one_customer_sees_and_changes_nothing_of_another() -> anyhow::Result<()
     let task = create_task(&a, &gw, "S", "x\n1\n").await?;
     let task_id = task["id"].as_str().unwrap_or_default();
 
-    assert_eq!(
-        b.get(format!("{gw}/tasks"))
-            .send()
-            .await?
-            .json::<Vec<Value>>()
-            .await?
-            .len(),
-        0
-    );
-    assert_eq!(
-        b.get(format!("{gw}/bots"))
-            .send()
-            .await?
-            .json::<Vec<Value>>()
-            .await?
-            .len(),
-        0
-    );
-    assert_eq!(
-        b.get(format!("{gw}/bots?ip_address=127.0.0.9"))
-            .send()
-            .await?
-            .json::<Vec<Value>>()
-            .await?
-            .len(),
-        0
-    );
+    for list in ["/tasks", "/bots", "/bots?ip_address=127.0.0.9"] {
+        let items: Vec<Value> = b.get(format!("{gw}{list}")).send().await?.json().await?;
+        assert_eq!(items.len(), 0, "{list}");
+    }
     for (what, req) in [
         ("get task", b.get(format!("{gw}/tasks/{task_id}"))),
         ("task events", b.get(format!("{gw}/tasks/{task_id}/events"))),
