@@ -535,11 +535,8 @@ async fn a_restarted_reaper_resumes_the_schedule_and_dead_ones_can_be_redelivere
         if s.job_status(&job2).await? != "COMPLETE" {
             return Ok(None);
         }
-        let v = s
-            .get(&format!("/webhooks/deliveries?job_id={job2}"))
-            .await?;
-        let list = v.as_array().cloned().unwrap_or_default();
-        let all_dead = !list.is_empty() && list.iter().all(|d| d["status"] == "DEAD");
+        // Nothing owed first, then the list: a delivery formed between the
+        // two reads would be pending and missing from the list.
         let owed: i64 = s
             .env
             .db()
@@ -550,6 +547,11 @@ async fn a_restarted_reaper_resumes_the_schedule_and_dead_ones_can_be_redelivere
             )
             .await?
             .get(0);
+        let v = s
+            .get(&format!("/webhooks/deliveries?job_id={job2}"))
+            .await?;
+        let list = v.as_array().cloned().unwrap_or_default();
+        let all_dead = !list.is_empty() && list.iter().all(|d| d["status"] == "DEAD");
         Ok((all_dead && owed == 0).then(|| list[0].clone()))
     })
     .await?;
