@@ -152,40 +152,45 @@ pub async fn listen(
     };
     let mut delays = backoff();
     while !shutdown.is_cancelled() {
-        match listen_once(&settings, channel, &wake, &shutdown).await {
+        let mut listened = false;
+        match listen_once(&settings, channel, &wake, &shutdown, &mut listened).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, channel, "listening for notifications failed; reconnecting");
             }
+        }
+        // A connection that got to listen was fine: the backoff starts over;
+        // one that never did backs off further.
+        if listened {
+            delays = backoff();
         }
         let wait = delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
-        // A connection that lasted was fine: start the backoff over.
-        delays = backoff();
     }
 }
 
-/// One LISTEN connection, until it fails (`Err`) or `shutdown` (`Ok`).
+/// One LISTEN connection, until it fails (`Err`) or `shutdown` (`Ok`);
+/// `listening` tells whether it got as far as listening.
 async fn listen_once(
     settings: &DatabaseSettings,
     channel: &'static str,
     wake: &tokio::sync::Notify,
     shutdown: &tokio_util::sync::CancellationToken,
+    listening: &mut bool,
 ) -> Result<(), DbError> {
     let (client, mut connection) = pg_config(settings)?.connect(NoTls).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {channel}");
     let listen = client.batch_execute(&statement);
     tokio::pin!(listen);
-    let mut listening = false;
     loop {
         tokio::select! {
-            done = &mut listen, if !listening => {
+            done = &mut listen, if !*listening => {
                 done?;
-                listening = true;
+                *listening = true;
                 tracing::debug!(channel, "listening");
                 // Whatever was notified while this connection was away.
                 wake.notify_one();
