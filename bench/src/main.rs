@@ -75,6 +75,16 @@ struct Args {
     /// each timed from its write to its webhook's arrival (0: none).
     #[arg(long, default_value_t = 2_000)]
     webhook_latency: usize,
+    /// With --reaper and --webhook-latency: also subscribe an endpoint that
+    /// never answers (each attempt runs into the timeout), so a backlog
+    /// builds there while the latency is measured at the healthy one.
+    #[arg(long)]
+    hanging: bool,
+    /// With --reaper: one-event deliveries each refused once (HTTP 500) and
+    /// retried on a 300 ms schedule, each retry timed against its scheduled
+    /// instant (0: none).
+    #[arg(long, default_value_t = 500)]
+    webhook_retries: usize,
     /// With --reaper: agents SIGKILLed mid-job, one after another, each
     /// timed until its job waits again (0: none).
     #[arg(long, default_value_t = 20)]
@@ -108,6 +118,8 @@ async fn main() -> anyhow::Result<()> {
             spread_secs: args.spread_secs,
             webhooks: args.webhooks,
             webhook_latency: args.webhook_latency,
+            hanging: args.hanging,
+            webhook_retries: args.webhook_retries,
             rate: args.rate as f64,
             kills: args.kills,
         })

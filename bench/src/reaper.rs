@@ -10,7 +10,12 @@
 //! 3. Webhook latency: `--webhook-latency` events written one at a time
 //!    at `--rate` per second (a job and its event in one statement), each
 //!    timed from just before its write to its arrival at the receiver.
-//! 4. Dead-bot detection: `--kills` agents with the default settings are
+//!    With `--hanging`, a second subscription that never answers (each
+//!    attempt runs into a 2 s timeout) builds a backlog meanwhile.
+//! 4. Retry accuracy: `--webhook-retries` one-event deliveries, each
+//!    refused once (HTTP 500) and retried on a 300 ms schedule; each retry's
+//!    attempt is timed against the instant it was scheduled for.
+//! 5. Dead-bot detection: `--kills` agents with the default settings are
 //!    SIGKILLed one after another while their job runs; the time from each
 //!    kill until its job waits again. (Each part is skipped when its count
 //!    is 0.)
@@ -26,6 +31,8 @@ pub struct Options {
     pub spread_secs: i64,
     pub webhooks: i64,
     pub webhook_latency: usize,
+    pub hanging: bool,
+    pub webhook_retries: usize,
     pub rate: f64,
     pub kills: usize,
 }
@@ -39,6 +46,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if opts.webhook_latency > 0 {
         webhook_latency(opts).await?;
+    }
+    if opts.webhook_retries > 0 {
+        webhook_retries(opts).await?;
     }
     if opts.kills > 0 {
         dead_bots(opts.kills).await?;
@@ -130,7 +140,7 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
     ))
     .await?;
     let started = Instant::now();
-    let reaper = open_reaper(&env)?;
+    let reaper = open_reaper(&env, &[])?;
     crate::wait_count(
         &env,
         "SELECT count(*) FROM webhook_deliveries WHERE status = 'DELIVERED'",
@@ -177,14 +187,19 @@ async fn webhook_latency(opts: &Options) -> anyhow::Result<()> {
         ),
     );
     subscribe(&env, app).await?;
-    let reaper = open_reaper(&env)?;
+    if opts.hanging {
+        let never = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                axum::http::StatusCode::OK
+            }),
+        );
+        subscribe(&env, never).await?;
+    }
+    let reaper = open_reaper(&env, &[("ORQ_WEBHOOKS__TIMEOUT_MS", "2000")])?;
     // The reaper is up once a first event arrives.
-    let write = "WITH j AS (
-                   INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status)
-                   SELECT gen_random_uuid(), c.id, 'system', 'x', 'S', '', 'CANCELED' FROM customers c
-                   RETURNING id, customer_id)
-                 INSERT INTO job_events (id, job_id, customer_id, type, description, to_status)
-                 SELECT $1::text::uuid, id, customer_id, 'STATUS_CHANGE', 'x', 'CANCELED' FROM j";
+    let write = WRITE_EVENT;
     let warm = uuid::Uuid::new_v4().to_string();
     db.execute(write, &[&warm]).await?;
     orq_e2e::eventually(Duration::from_secs(60), "the reaper delivering", || async {
@@ -217,8 +232,25 @@ async fn webhook_latency(opts: &Options) -> anyhow::Result<()> {
             .collect()
     };
     ms.sort_by(f64::total_cmp);
+    let backlog: i64 = db
+        .query_one(
+            "SELECT count(*) FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id
+               LEFT JOIN webhook_deliveries d ON d.id = o.delivery_id
+              WHERE e.url LIKE '%/hook' AND (d.status IS NULL OR d.status = 'PENDING')",
+            &[],
+        )
+        .await?
+        .get(0);
+    let hanging = if opts.hanging {
+        format!(
+            "; beside an endpoint that never answers (2 s timeout), {} events owed in all",
+            backlog
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "webhook latency: {n} events at {:.0}/s, write -> arrival p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "webhook latency: {n} events at {:.0}/s, write -> arrival p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{hanging}",
         opts.rate,
         crate::pct(&ms, 0.5),
         crate::pct(&ms, 0.99),
@@ -227,6 +259,89 @@ async fn webhook_latency(opts: &Options) -> anyhow::Result<()> {
     drop(reaper);
     env.cleanup().await
 }
+
+async fn webhook_retries(opts: &Options) -> anyhow::Result<()> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let env = Env::new("benchhookretry").await?;
+    let db = env.db().await?;
+    // Each delivery is refused at its first attempt, taken at its second.
+    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let first = seen.lock().map(|mut s| s.insert(id)).unwrap_or(false);
+                if first {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    subscribe(&env, app).await?;
+    let reaper = open_reaper(&env, &[("ORQ_WEBHOOKS__RETRY_SCHEDULE_MS", "300,300")])?;
+    let n = opts.webhook_retries;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate.max(1.0)));
+    for _ in 0..n {
+        tick.tick().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        db.execute(WRITE_EVENT, &[&id]).await?;
+    }
+    crate::wait_count(
+        &env,
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'DELIVERED'",
+        i64::try_from(n)?,
+        "delivered on their retry",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+    )
+    .await?;
+    // A delivered delivery keeps the instant its last retry was scheduled
+    // for: the retry's lateness is its attempt's start minus that.
+    let row = db
+        .query_one(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY late), max(late),
+                    min(late), count(*)
+               FROM (SELECT extract(epoch FROM a.attempted_at - d.next_attempt_at)::float8 * 1000 AS late
+                       FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id AND a.n = 2
+                      WHERE d.status = 'DELIVERED') l",
+            &[],
+        )
+        .await?;
+    let p: Vec<f64> = row
+        .try_get::<_, Option<Vec<f64>>>(0)?
+        .ok_or_else(|| anyhow::anyhow!("no retries were recorded"))?;
+    let max: f64 = row.get::<_, Option<f64>>(1).unwrap_or_default();
+    let min: f64 = row.get::<_, Option<f64>>(2).unwrap_or_default();
+    println!(
+        "webhook retries: {} retries at {:.0}/s on a 300 ms schedule (±20 % jitter), start minus scheduled instant: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, min {:.1} ms",
+        row.get::<_, i64>(3),
+        opts.rate,
+        p[0],
+        p[1],
+        max,
+        min
+    );
+    drop(reaper);
+    env.cleanup().await
+}
+
+/// A job and its one event (id `$1`) in one statement: the trigger owes
+/// its webhook at the commit.
+const WRITE_EVENT: &str = "WITH j AS (
+       INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status)
+       SELECT gen_random_uuid(), c.id, 'system', 'x', 'S', '', 'CANCELED' FROM customers c
+       RETURNING id, customer_id)
+     INSERT INTO job_events (id, job_id, customer_id, type, description, to_status)
+     SELECT $1::text::uuid, id, customer_id, 'STATUS_CHANGE', 'x', 'CANCELED' FROM j";
 
 /// Webhooks may go to loopback here, and the services log quietly.
 const OPEN: [(&str, &str); 2] = [
@@ -256,10 +371,10 @@ async fn subscribe(env: &Env, receiver: axum::Router) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A reaper that may send webhooks to loopback.
-fn open_reaper(env: &Env) -> anyhow::Result<orq_e2e::Proc> {
+/// A reaper that may send webhooks to loopback, with `vars` besides.
+fn open_reaper(env: &Env, vars: &[(&str, &str)]) -> anyhow::Result<orq_e2e::Proc> {
     let mut cmd = env.command("timeout-reaper");
-    for (k, v) in OPEN {
+    for (k, v) in OPEN.iter().chain(vars) {
         cmd.env(k, v);
     }
     env.spawn("timeout-reaper", cmd)

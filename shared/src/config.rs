@@ -16,6 +16,7 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     pub agent: AgentSettings,
     pub reaper: ReaperSettings,
+    pub retention: RetentionSettings,
     pub security: SecuritySettings,
     pub limits: LimitSettings,
     pub webhooks: WebhookSettings,
@@ -309,6 +310,28 @@ pub struct ReaperSettings {
     pub idempotency_retention_ms: u64,
 }
 
+/// What the timeout-reaper prunes, and when. An age of 0 keeps forever.
+/// Job history (jobs and their events) is not pruned: it goes when the
+/// customer deletes the job.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RetentionSettings {
+    /// How often the reaper prunes.
+    pub interval_ms: u64,
+    /// Most rows one statement deletes (each its own short transaction).
+    pub batch_size: i64,
+    /// Webhook deliveries DELIVERED this long ago go, with their attempts
+    /// and outbox rows.
+    pub delivered_ms: u64,
+    /// Webhook deliveries DEAD this long ago go: until then they can be
+    /// redelivered.
+    pub dead_ms: u64,
+    /// Notifications sent, or given up on, this long ago.
+    pub notifications_ms: u64,
+    /// Places in the live feed given this long ago: a reader resuming
+    /// from an older `Last-Event-ID` resumes at the oldest place kept.
+    pub feed_ms: u64,
+}
+
 const DEFAULTS: &str = r#"
 [database]
 url = "postgres://postgres@127.0.0.1:5432/orquestra"
@@ -368,6 +391,14 @@ http_silence_ms = 3600000
 absence_ms = 2000
 presence_interval_ms = 250
 idempotency_retention_ms = 86400000
+
+[retention]
+interval_ms = 60000
+batch_size = 1000
+delivered_ms = 604800000
+dead_ms = 2592000000
+notifications_ms = 604800000
+feed_ms = 604800000
 
 [security]
 secret_key = ""

@@ -24,17 +24,20 @@
 //!
 //! Beside it, `webhooks` delivers the outbox and `notify` tells field
 //! workers their finish was processed (e-mail, SMS, push), both through
-//! `outbound`, the one claim/send/retry loop. Once a minute it also prunes
-//! idempotency keys older than `idempotency_retention_ms`.
+//! `outbound`, the one claim/send/retry loop. Every `retention.interval_ms`
+//! it prunes what is kept only for a while (`retention`).
 //!
 //! * `vigil`    – silence and absence of agents, judged only while the
 //!   reaper can see (pure).
 //! * `outbound` – claim due messages, send, record or retry (`Outbound`).
+//! * `retention` – pruning old deliveries, notifications, feed places and
+//!   idempotency keys, in batches.
 //! * `webhooks` – webhook deliveries from the outbox.
 //! * `notify`   – e-mail, SMS and push notifications to field workers.
 
 pub mod notify;
 pub mod outbound;
+pub mod retention;
 pub mod vigil;
 pub mod webhooks;
 
@@ -44,7 +47,7 @@ use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobEvent};
 use orq_shared::lease::{self, TakenBack};
 use orq_shared::repo::jobs::{self, Actor, Change, EventKind, Expired, Outcome};
-use orq_shared::repo::{RepoError, bots, human, idempotency};
+use orq_shared::repo::{RepoError, bots, human};
 use orq_shared::service::Service;
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -52,10 +55,6 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::vigil::{Absences, Sight};
-
-/// How often old idempotency keys are pruned, and how many per statement.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-const PRUNE_BATCH: i64 = 1000;
 
 pub struct App {
     settings: Settings,
@@ -214,14 +213,18 @@ impl App {
             self.see_broker();
             self.send_canary().await;
             if tokio::time::Instant::now() >= next_prune {
-                next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
-                match self
-                    .prune_idempotency_keys(time::OffsetDateTime::now_utc())
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(pruned = n, "old idempotency keys pruned"),
-                    Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
+                next_prune = tokio::time::Instant::now()
+                    + Duration::from_millis(self.settings.retention.interval_ms.max(1000));
+                match self.prune(time::OffsetDateTime::now_utc()).await {
+                    Ok(p) if p.total() > 0 => {
+                        for kind in retention::Kind::ALL {
+                            metrics::counter!("orq_pruned_total", "kind" => kind.name())
+                                .increment(p.of(kind));
+                        }
+                        tracing::info!(pruned = ?p, "old rows pruned");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning failed; will retry"),
                 }
             }
             // Batch after batch until a pass finds nothing more to expire.
@@ -262,23 +265,12 @@ impl App {
         }
     }
 
-    /// Removes the idempotency keys older than the retention, in batches;
-    /// returns how many. Safe with several reapers (`SKIP LOCKED`).
-    pub async fn prune_idempotency_keys(
-        &self,
-        now: time::OffsetDateTime,
-    ) -> Result<u64, RepoError> {
-        let keep = Duration::from_millis(self.settings.reaper.idempotency_retention_ms);
-        let before = now - keep;
+    /// Prunes what is older than its retention as of `now` (`retention`):
+    /// the loop passes the wall clock, a test any time it likes.
+    pub async fn prune(&self, now: time::OffsetDateTime) -> Result<retention::Pruned, RepoError> {
         let db = self.service.pool().get().await?;
-        let mut total = 0;
-        loop {
-            let n = idempotency::prune(&db, before, PRUNE_BATCH).await?;
-            total += n;
-            if n < PRUNE_BATCH as u64 || self.service.shutdown().is_cancelled() {
-                return Ok(total);
-            }
-        }
+        let shutdown = self.service.shutdown();
+        retention::prune(&db, &self.settings, now, || shutdown.is_cancelled()).await
     }
 
     /// One batch of each rule, each in its own transaction, as of `now`

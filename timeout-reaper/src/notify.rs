@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::outbound::{self, Outbound, Pace, Sent, Verdict};
+use crate::outbound::{self, Done, Outbound, Pace, Sent, Verdict};
 
 /// Notifications sent at once by one reaper.
 const CONCURRENCY: usize = 16;
@@ -71,6 +71,9 @@ impl Notifier {
         let pace = Pace {
             in_flight: CONCURRENCY,
             per_lane: CONCURRENCY,
+            // Claimed only to be sent at once (no lanes, nothing given back).
+            prefetch: 0,
+            fresh_for: Duration::from_millis(self.settings.timeout_ms),
             idle: Duration::from_millis(500),
             schedule: Schedule::from_ms(&self.settings.retry_schedule_ms),
             wake: None,
@@ -174,22 +177,31 @@ impl Outbound for Notifier {
         (sent, ())
     }
 
-    async fn record(&self, d: Due, sent: Sent, _: (), verdict: Verdict) -> Result<(), RepoError> {
-        let error = sent.error().unwrap_or_default().to_string();
-        let (recorded, result) = match verdict {
-            Verdict::Delivered => (Ok(()), "sent"),
-            Verdict::RetryIn(wait) => (
-                Err((error, Some(time::OffsetDateTime::now_utc() + wait))),
-                "retry",
-            ),
-            Verdict::Dead => (Err((error, None)), "dead"),
-        };
-        if let Err((error, retry_at)) = &recorded {
-            tracing::warn!(notification = %d.id, channel = %d.channel, %error, ?retry_at, "notification not sent");
-        }
-        metrics::counter!("orq_notifications_total", "channel" => d.channel.clone(), "outcome" => result)
-            .increment(1);
+    async fn record(&self, done: &[Done<Due, ()>]) -> Result<(), RepoError> {
         let db = self.pool.get().await?;
-        notifications::record(&db, d.id, recorded).await
+        for Done {
+            item: d,
+            sent,
+            verdict,
+            ..
+        } in done
+        {
+            let error = sent.error().unwrap_or_default().to_string();
+            let (recorded, result) = match verdict {
+                Verdict::Delivered => (Ok(()), "sent"),
+                Verdict::RetryIn(wait) => (
+                    Err((error, Some(time::OffsetDateTime::now_utc() + *wait))),
+                    "retry",
+                ),
+                Verdict::Dead => (Err((error, None)), "dead"),
+            };
+            if let Err((error, retry_at)) = &recorded {
+                tracing::warn!(notification = %d.id, channel = %d.channel, %error, ?retry_at, "notification not sent");
+            }
+            notifications::record(&db, d.id, recorded).await?;
+            metrics::counter!("orq_notifications_total", "channel" => d.channel.clone(), "outcome" => result)
+                .increment(1);
+        }
+        Ok(())
     }
 }

@@ -1,18 +1,27 @@
 //! The one loop of outbound messages (webhook deliveries, notifications):
 //! claim what is due (`SKIP LOCKED`, held for the length of an attempt so
 //! no other reaper sends it meanwhile), send each, and record it delivered,
-//! to be retried on the schedule (`orq_shared::retry`), or DEAD. Attempts
-//! are bounded in flight overall and per lane (a webhook's endpoint), so
-//! one slow receiver never holds up the others; at shutdown the attempts in
-//! flight finish (each is bounded by its timeout).
+//! to be retried on the schedule (`orq_shared::retry`), or DEAD.
+//!
+//! * Attempts are bounded in flight overall and per lane (a webhook's
+//!   endpoint), so one slow receiver never holds up the others.
+//! * A lane may hold a few messages claimed beyond those in flight
+//!   (`Pace::prefetch`), so a freed slot starts the next at once, without a
+//!   claim in between; a claimed message that waited too long
+//!   (`Pace::fresh_for`, well inside its claim) is given back unsent.
+//! * Attempts are recorded by one recorder, in batches of those that ended
+//!   about together (one transaction each), off the senders' path.
+//! * At shutdown the attempts in flight finish (each is bounded by its
+//!   timeout) and are recorded; messages claimed but not started are given
+//!   back.
 
 use orq_shared::CancellationToken;
 use orq_shared::repo::RepoError;
 use orq_shared::retry::{Retry, Schedule};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::Notify;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -63,17 +72,26 @@ pub fn verdict(sent: &Sent, attempt: u32, schedule: &Schedule, jitter: f64) -> V
     }
 }
 
+/// An attempt made, waiting to be recorded.
+pub struct Done<I, R> {
+    pub item: I,
+    pub sent: Sent,
+    /// What the attempt learnt beside its verdict.
+    pub report: R,
+    pub verdict: Verdict,
+}
+
 /// A kind of outbound message.
 pub trait Outbound: Send + Sync + 'static {
-    type Item: Send + 'static;
+    type Item: Send + Sync + 'static;
     /// What an attempt learnt beside its verdict (a status code, its
     /// timing), for `record`.
-    type Report: Send;
+    type Report: Send + Sync + 'static;
 
     /// Names the kind in logs.
     const NAME: &'static str;
 
-    /// Before each claim: makes what is due (webhooks form deliveries from
+    /// Before a claim: makes what is due (webhooks form deliveries from
     /// the outbox).
     fn prepare(&self) -> impl Future<Output = Result<(), RepoError>> + Send {
         async { Ok(()) }
@@ -98,7 +116,7 @@ pub trait Outbound: Send + Sync + 'static {
         async { Ok(None) }
     }
 
-    /// Gives back messages claimed but not attempted now.
+    /// Gives back messages claimed but not attempted.
     fn release(&self, items: Vec<Self::Item>)
     -> impl Future<Output = Result<(), RepoError>> + Send;
 
@@ -111,13 +129,11 @@ pub trait Outbound: Send + Sync + 'static {
 
     fn send(&self, item: &Self::Item) -> impl Future<Output = (Sent, Self::Report)> + Send;
 
-    /// Records an attempt and its verdict.
+    /// Records attempts and their verdicts: those that ended about
+    /// together, in one go where the kind can.
     fn record(
         &self,
-        item: Self::Item,
-        sent: Sent,
-        report: Self::Report,
-        verdict: Verdict,
+        done: &[Done<Self::Item, Self::Report>],
     ) -> impl Future<Output = Result<(), RepoError>> + Send;
 }
 
@@ -128,6 +144,13 @@ pub struct Pace {
     pub in_flight: usize,
     /// Most attempts in flight in one lane.
     pub per_lane: usize,
+    /// Messages a lane may hold claimed beyond those in flight (0: claim
+    /// only what can start now). Over all lanes at most `in_flight`.
+    pub prefetch: usize,
+    /// A message claimed this long ago and not started yet is given back
+    /// unsent: well inside its claim, so no other reaper sends it while
+    /// this one still holds it.
+    pub fresh_for: Duration,
     /// How long to wait for more when nothing is due (an attempt that ends,
     /// a message coming due or `wake` wakes the loop sooner): the safety net.
     pub idle: Duration,
@@ -136,9 +159,34 @@ pub struct Pace {
     pub wake: Option<Arc<Notify>>,
 }
 
+impl Pace {
+    /// Most messages of one lane claimed here at once.
+    fn lane_cap(&self) -> usize {
+        self.per_lane.max(1) + self.prefetch
+    }
+
+    /// A lane holding this many or more is not claimed for: it has enough
+    /// ready (half its prefetch) or in flight.
+    fn lane_full(&self) -> usize {
+        self.per_lane.max(1) + self.prefetch / 2
+    }
+
+    /// Most messages claimed here at once.
+    fn total_cap(&self) -> usize {
+        self.in_flight.max(1) + self.prefetch.min(self.in_flight)
+    }
+}
+
 /// The shortest sleep between two looks: a message due "now" that cannot
 /// be claimed yet (locked by another reaper) is not spun on.
 const MIN_SLEEP: Duration = Duration::from_millis(5);
+
+/// After attempts are recorded, the next look (forming, claiming) waits at
+/// least this long since the last: one look serves many records.
+const LOOK_GAP: Duration = Duration::from_millis(5);
+
+/// Most attempts recorded in one transaction.
+const RECORD_BATCH: usize = 256;
 
 /// Attempts in flight from this reaper.
 #[derive(Default)]
@@ -146,6 +194,9 @@ struct Flight {
     slots: Mutex<Slots>,
     /// Woken when an attempt ends (a slot is free).
     done: Notify,
+    /// Woken when attempts were recorded (a job's next events may be
+    /// formed; a retry is scheduled).
+    recorded: Notify,
 }
 
 #[derive(Default)]
@@ -154,141 +205,323 @@ struct Slots {
     lanes: HashMap<Uuid, usize>,
 }
 
-/// Claims and sends until shutdown, then lets the attempts in flight end.
+impl Flight {
+    fn in_flight(&self) -> (usize, HashMap<Uuid, usize>) {
+        self.slots
+            .lock()
+            .map(|s| (s.total, s.lanes.clone()))
+            .unwrap_or_default()
+    }
+
+    fn take(&self, lane: Option<Uuid>) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.total += 1;
+            if let Some(l) = lane {
+                *slots.lanes.entry(l).or_insert(0) += 1;
+            }
+        }
+    }
+
+    fn free(&self, lane: Option<Uuid>) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.total = slots.total.saturating_sub(1);
+            if let Some(l) = lane
+                && let Some(n) = slots.lanes.get_mut(&l)
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    slots.lanes.remove(&l);
+                }
+            }
+        }
+        self.done.notify_one();
+    }
+}
+
+/// Messages claimed and not started yet, by lane, oldest claim first.
+struct Ready<I> {
+    lanes: HashMap<Option<Uuid>, VecDeque<(I, Instant)>>,
+    len: usize,
+}
+
+impl<I> Default for Ready<I> {
+    fn default() -> Self {
+        Ready {
+            lanes: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<I> Ready<I> {
+    fn in_lane(&self, lane: Option<Uuid>) -> usize {
+        self.lanes.get(&lane).map_or(0, VecDeque::len)
+    }
+
+    fn push(&mut self, lane: Option<Uuid>, item: I) {
+        self.lanes
+            .entry(lane)
+            .or_default()
+            .push_back((item, Instant::now()));
+        self.len += 1;
+    }
+
+    /// Takes out what was claimed longer ago than `fresh_for`.
+    fn stale(&mut self, fresh_for: Duration) -> Vec<I> {
+        let mut old = Vec::new();
+        for queue in self.lanes.values_mut() {
+            while queue
+                .front()
+                .is_some_and(|(_, at)| at.elapsed() > fresh_for)
+            {
+                if let Some((item, _)) = queue.pop_front() {
+                    old.push(item);
+                }
+            }
+        }
+        self.len -= old.len();
+        self.lanes.retain(|_, q| !q.is_empty());
+        old
+    }
+
+    fn drain(&mut self) -> Vec<I> {
+        self.len = 0;
+        self.lanes
+            .drain()
+            .flat_map(|(_, q)| q.into_iter().map(|(item, _)| item))
+            .collect()
+    }
+}
+
+/// Claims and sends until shutdown, then lets the attempts in flight end
+/// and be recorded.
 pub async fn run<K: Outbound>(kind: Arc<K>, pace: Pace, shutdown: CancellationToken) {
     let pace = Arc::new(pace);
     let flight = Arc::new(Flight::default());
     let tracker = TaskTracker::new();
-    let never = Notify::new();
-    let wake = pace.wake.clone();
-    let woken = wake.as_deref().unwrap_or(&never);
+    let wake = pace.wake.clone().unwrap_or_default();
+    let (to_record, records) = mpsc::channel(pace.in_flight.max(1));
+    let recorder = tokio::spawn(record_all(kind.clone(), records, flight.clone()));
+    let mut ready = Ready::default();
+    // Look (form, claim) now; and once LOOK_GAP has passed since the last.
+    let mut look = true;
+    let mut look_later = false;
+    let mut last_look = Instant::now();
     loop {
-        if let Err(e) = kind.prepare().await {
-            tracing::warn!(error = %e, kind = K::NAME, "preparing outbound messages failed; will retry");
+        if look_later && last_look.elapsed() >= LOOK_GAP {
+            look = true;
         }
-        let mut sleep = pace.idle;
-        match dispatch(&kind, &pace, &flight, &tracker).await {
-            Ok(n) if n > 0 && !shutdown.is_cancelled() => continue,
-            Ok(_) => {
-                // With a free slot, sleep no longer than the next message
-                // is due; with none, an attempt's end wakes the loop.
-                if let Some((_, busy)) = flight.room(pace.in_flight, pace.per_lane.max(1)) {
-                    match kind.next_due(&busy).await {
-                        Ok(Some(due)) => sleep = sleep.min(due).max(MIN_SLEEP),
-                        Ok(None) => {}
-                        Err(e) => tracing::debug!(error = %e, kind = K::NAME, "next due not read"),
-                    }
+        let mut claimed = 0;
+        if look || wants_more(&pace, &flight, &ready) {
+            if look {
+                if let Err(e) = kind.prepare().await {
+                    tracing::warn!(error = %e, kind = K::NAME, "preparing outbound messages failed; will retry");
+                }
+                last_look = Instant::now();
+                (look, look_later) = (false, false);
+            }
+            match claim(&*kind, &pace, &flight, &mut ready).await {
+                Ok(n) => claimed = n,
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = K::NAME, "claiming outbound messages failed")
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, kind = K::NAME, "claiming outbound messages failed")
+        }
+        let stale = ready.stale(pace.fresh_for);
+        if !stale.is_empty() {
+            tracing::debug!(
+                n = stale.len(),
+                kind = K::NAME,
+                "claimed messages waited too long; given back"
+            );
+            if let Err(e) = kind.release(stale).await {
+                tracing::warn!(error = %e, kind = K::NAME, "giving messages back failed; their claims run out");
+            }
+        }
+        start(&kind, &pace, &flight, &mut ready, &tracker, &to_record);
+        if claimed > 0 && !shutdown.is_cancelled() {
+            look = true;
+            continue;
+        }
+        let mut sleep = pace.idle;
+        if look_later {
+            sleep = sleep.min(LOOK_GAP.saturating_sub(last_look.elapsed()));
+        }
+        // With room for more, sleep no longer than the next message is
+        // due; with none, an attempt's end wakes the loop.
+        let (total, lanes) = flight.in_flight();
+        if total + ready.len < pace.total_cap() {
+            match kind.next_due(&busy(&pace, &lanes, &ready)).await {
+                Ok(Some(due)) => sleep = sleep.min(due.max(MIN_SLEEP)),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, kind = K::NAME, "next due not read"),
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
+            _ = tokio::time::sleep(sleep) => look = !look_later || last_look.elapsed() >= LOOK_GAP,
             _ = flight.done.notified() => {}
-            _ = woken.notified() => {}
+            _ = flight.recorded.notified() => look_later = true,
+            _ = wake.notified() => look = true,
             _ = shutdown.cancelled() => break,
         }
     }
+    let unsent = ready.drain();
+    if !unsent.is_empty()
+        && let Err(e) = kind.release(unsent).await
+    {
+        tracing::warn!(error = %e, kind = K::NAME, "giving messages back failed; their claims run out");
+    }
     tracker.close();
     tracker.wait().await;
+    drop(to_record);
+    let _ = recorder.await;
 }
 
-impl Flight {
-    /// How many more attempts may start, and the lanes at their bound;
-    /// `None` when none may.
-    fn room(&self, in_flight: usize, per_lane: usize) -> Option<(usize, Vec<Uuid>)> {
-        let slots = self.slots.lock().ok()?;
-        let room = in_flight.saturating_sub(slots.total);
-        (room > 0).then(|| {
-            let busy = slots
-                .lanes
-                .iter()
-                .filter(|(_, n)| **n >= per_lane)
-                .map(|(lane, _)| *lane)
-                .collect();
-            (room, busy)
-        })
+/// Lanes not to claim for: those holding `lane_full` or more here.
+fn busy<I>(pace: &Pace, in_flight: &HashMap<Uuid, usize>, ready: &Ready<I>) -> Vec<Uuid> {
+    let mut lanes: HashMap<Uuid, usize> = in_flight.clone();
+    for (lane, queue) in &ready.lanes {
+        if let Some(l) = lane {
+            *lanes.entry(*l).or_insert(0) += queue.len();
+        }
     }
+    lanes
+        .into_iter()
+        .filter(|(_, n)| *n >= pace.lane_full())
+        .map(|(l, _)| l)
+        .collect()
 }
 
-/// Claims due messages for lanes with a free slot and starts their
-/// attempts; returns how many started.
-async fn dispatch<K: Outbound>(
-    kind: &Arc<K>,
-    pace: &Arc<Pace>,
-    flight: &Arc<Flight>,
-    tracker: &TaskTracker,
+/// Whether to claim after an attempt ended: there is room, and nothing is
+/// ready, or a lane with attempts in flight runs low.
+fn wants_more<I>(pace: &Pace, flight: &Flight, ready: &Ready<I>) -> bool {
+    let (total, lanes) = flight.in_flight();
+    if total + ready.len >= pace.total_cap() {
+        return false;
+    }
+    ready.len == 0
+        || lanes
+            .keys()
+            .any(|l| ready.in_lane(Some(*l)) <= pace.prefetch / 2)
+}
+
+/// Claims due messages for lanes with room; returns how many it kept.
+async fn claim<K: Outbound>(
+    kind: &K,
+    pace: &Pace,
+    flight: &Flight,
+    ready: &mut Ready<K::Item>,
 ) -> Result<usize, RepoError> {
-    let per_lane = pace.per_lane.max(1);
-    let Some((room, busy)) = flight.room(pace.in_flight, per_lane) else {
+    let (total, lanes) = flight.in_flight();
+    let room = pace.total_cap().saturating_sub(total + ready.len);
+    if room == 0 {
         return Ok(0);
-    };
-    let claimed = kind.claim(room, per_lane, &busy).await?;
-    let mut started = 0;
+    }
+    let busy = busy(pace, &lanes, ready);
+    let claimed = kind.claim(room, pace.lane_cap(), &busy).await?;
+    let mut kept = 0;
     let mut release = Vec::new();
     for item in claimed {
         let lane = K::lane(&item);
-        let admitted = {
-            let mut slots = flight.slots.lock().map_err(|_| poisoned())?;
-            let full = lane.is_some_and(|l| slots.lanes.get(&l).is_some_and(|n| *n >= per_lane));
-            if !full {
-                slots.total += 1;
-                if let Some(l) = lane {
-                    *slots.lanes.entry(l).or_insert(0) += 1;
-                }
-            }
-            !full
-        };
-        if !admitted {
+        let held = lane.map_or(0, |l| lanes.get(&l).copied().unwrap_or(0)) + ready.in_lane(lane);
+        if lane.is_some() && held >= pace.lane_cap() {
             release.push(item);
-            continue;
+        } else {
+            ready.push(lane, item);
+            kept += 1;
         }
-        started += 1;
-        let (kind, pace, flight) = (kind.clone(), pace.clone(), flight.clone());
-        tracker.spawn(async move {
-            if let Err(e) = attempt(&*kind, item, &pace.schedule).await {
-                tracing::warn!(error = %e, kind = K::NAME, "recording an attempt failed; it will be retried");
-            }
-            if let Ok(mut slots) = flight.slots.lock() {
-                slots.total = slots.total.saturating_sub(1);
-                if let Some(l) = lane
-                    && let Some(n) = slots.lanes.get_mut(&l)
-                {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        slots.lanes.remove(&l);
-                    }
-                }
-            }
-            flight.done.notify_one();
-        });
     }
     if !release.is_empty() {
         kind.release(release).await?;
     }
-    Ok(started)
+    Ok(kept)
 }
 
-/// One attempt of one message, and its record.
-async fn attempt<K: Outbound>(
-    kind: &K,
-    item: K::Item,
-    schedule: &Schedule,
-) -> Result<(), RepoError> {
-    let (sent, report) = kind.send(&item).await;
-    let verdict = verdict(
-        &sent,
-        K::attempt(&item),
-        schedule,
-        orq_shared::retry::jitter(),
-    );
-    kind.record(item, sent, report, verdict).await
+/// Starts attempts of ready messages, within the bounds.
+fn start<K: Outbound>(
+    kind: &Arc<K>,
+    pace: &Arc<Pace>,
+    flight: &Arc<Flight>,
+    ready: &mut Ready<K::Item>,
+    tracker: &TaskTracker,
+    to_record: &mpsc::Sender<Done<K::Item, K::Report>>,
+) {
+    let (mut total, lanes) = flight.in_flight();
+    for (lane, queue) in ready.lanes.iter_mut() {
+        let mut busy = lane.map_or(0, |l| lanes.get(&l).copied().unwrap_or(0));
+        while total < pace.in_flight.max(1) && busy < pace.per_lane.max(1) {
+            let Some((item, _)) = queue.pop_front() else {
+                break;
+            };
+            ready.len -= 1;
+            total += 1;
+            busy += 1;
+            let lane = *lane;
+            flight.take(lane);
+            let (kind, pace, flight, to_record) = (
+                kind.clone(),
+                pace.clone(),
+                flight.clone(),
+                to_record.clone(),
+            );
+            tracker.spawn(async move {
+                let (sent, report) = kind.send(&item).await;
+                let verdict = verdict(
+                    &sent,
+                    K::attempt(&item),
+                    &pace.schedule,
+                    orq_shared::retry::jitter(),
+                );
+                let done = Done {
+                    item,
+                    sent,
+                    report,
+                    verdict,
+                };
+                // The slot stays taken until the recorder has the attempt:
+                // a slow database slows sending, not the other way round.
+                if to_record.send(done).await.is_err() {
+                    tracing::warn!(
+                        kind = K::NAME,
+                        "an attempt was not recorded: the recorder stopped"
+                    );
+                }
+                flight.free(lane);
+            });
+        }
+    }
+    ready.lanes.retain(|_, q| !q.is_empty());
 }
 
-fn poisoned() -> RepoError {
-    RepoError::Corrupt("a lock was poisoned".into())
+/// Records attempts as they end, in batches, until every sender is gone.
+/// A batch that cannot be recorded is tried again a few times; after that
+/// its messages stay claimed until their claims run out, and are sent
+/// again (at least once).
+async fn record_all<K: Outbound>(
+    kind: Arc<K>,
+    mut records: mpsc::Receiver<Done<K::Item, K::Report>>,
+    flight: Arc<Flight>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while records.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut delay = Duration::from_millis(100);
+        for tries in 1.. {
+            match kind.record(&batch).await {
+                Ok(()) => break,
+                Err(e) if tries < 4 => {
+                    tracing::warn!(error = %e, kind = K::NAME, tries, "recording attempts failed; will retry");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = K::NAME, "recording attempts failed; they will be sent again once their claims run out");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+        flight.recorded.notify_one();
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::outbound::{self, Outbound, Pace, Sent, Verdict};
+use crate::outbound::{self, Done, Outbound, Pace, Sent, Verdict};
 
 /// Resolves host names, leaving out addresses in denied networks: a host
 /// that resolves only to those cannot be reached (SSRF, DNS rebinding).
@@ -72,6 +72,16 @@ struct Inner {
 /// Most attempts in flight from one reaper, over all endpoints.
 const MAX_IN_FLIGHT: usize = 256;
 
+/// Deliveries an endpoint may have claimed and ready, per attempt it may
+/// have in flight: a freed slot starts the next at once.
+const PREFETCH_PER_SLOT: usize = 16;
+
+/// How long a claim outlasts the attempt's timeout.
+const CLAIM_SLACK: Duration = Duration::from_secs(30);
+
+/// Most (endpoint, job) pairs formed into deliveries in one transaction.
+const FORM_BATCH: i64 = 500;
+
 impl Sender {
     pub fn new(pool: deadpool_postgres::Pool, settings: Arc<Settings>) -> anyhow::Result<Sender> {
         let sealer = Sealer::from_config(&settings.security.secret_key)?;
@@ -113,9 +123,14 @@ impl Sender {
         let w = &self.inner.settings.webhooks;
         // Events added to the outbox wake the loop at once.
         let wake = Arc::new(tokio::sync::Notify::new());
+        let per_lane = w.per_endpoint_concurrency.max(1);
         let pace = Pace {
             in_flight: MAX_IN_FLIGHT,
-            per_lane: w.per_endpoint_concurrency.max(1),
+            per_lane,
+            prefetch: (per_lane * PREFETCH_PER_SLOT).min(MAX_IN_FLIGHT),
+            // A claim holds `CLAIM_SLACK` beyond the attempt's timeout: a
+            // delivery waits at most two thirds of that before it starts.
+            fresh_for: CLAIM_SLACK * 2 / 3,
             idle: Duration::from_millis(self.inner.settings.reaper.tick_ms.min(1000)),
             schedule: Schedule::from_ms(&w.retry_schedule_ms),
             wake: Some(wake.clone()),
@@ -130,23 +145,19 @@ impl Sender {
         let _ = listener.await;
     }
 
-    /// Makes deliveries of what the outbox owes, a transaction per batch.
+    /// Makes deliveries of what the outbox owes, a transaction per batch
+    /// of pairs (a fixed number of statements each).
     pub async fn form_all(&self) -> Result<usize, RepoError> {
         let max = self.inner.settings.webhooks.max_events_per_delivery.max(1);
         let mut formed = 0;
         loop {
             let mut db = self.inner.pool.get().await?;
-            let pairs = webhooks::formable(&db, 200).await?;
+            let pairs = webhooks::formable(&db, FORM_BATCH).await?;
             if pairs.is_empty() {
                 return Ok(formed);
             }
             let tx = db.transaction().await?;
-            let mut made = 0;
-            for (endpoint, job) in pairs {
-                if webhooks::form(&tx, endpoint, job, max).await? {
-                    made += 1;
-                }
-            }
+            let made = webhooks::form(&tx, &pairs, max).await?;
             tx.commit().await?;
             if made == 0 {
                 return Ok(formed);
@@ -223,7 +234,6 @@ impl Sender {
 /// What an attempt learnt beside its verdict.
 pub struct Report {
     attempted_at: time::OffsetDateTime,
-    started: Instant,
     duration_ms: i32,
     status_code: Option<i32>,
 }
@@ -244,8 +254,7 @@ impl Outbound for Sender {
         per_endpoint: usize,
         busy: &[Uuid],
     ) -> Result<Vec<Due>, RepoError> {
-        let hold = Duration::from_millis(self.inner.settings.webhooks.timeout_ms)
-            + Duration::from_secs(30);
+        let hold = Duration::from_millis(self.inner.settings.webhooks.timeout_ms) + CLAIM_SLACK;
         let db = self.inner.pool.get().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let per_endpoint = i64::try_from(per_endpoint).unwrap_or(i64::MAX);
@@ -287,7 +296,6 @@ impl Outbound for Sender {
         let response = self.post(due).await;
         let mut report = Report {
             attempted_at,
-            started,
             duration_ms: i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX),
             status_code: None,
         };
@@ -320,46 +328,59 @@ impl Outbound for Sender {
         (sent, report)
     }
 
-    /// `410 Gone` also disables the endpoint.
-    async fn record(
-        &self,
-        due: Due,
-        sent: Sent,
-        report: Report,
-        verdict: Verdict,
-    ) -> Result<(), RepoError> {
-        let (status, next_attempt_at, result) = match verdict {
-            Verdict::Delivered => ("DELIVERED", None, "delivered"),
-            Verdict::RetryIn(wait) => ("PENDING", Some(report.attempted_at + wait), "retry"),
-            Verdict::Dead => ("DEAD", None, "dead"),
-        };
-        let outcome = AttemptOutcome {
-            attempted_at: report.attempted_at,
-            status_code: report.status_code,
-            error: sent.error().map(str::to_string),
-            duration_ms: report.duration_ms,
-            status,
-            next_attempt_at,
-        };
+    /// Records a batch in one transaction; `410 Gone` also disables the
+    /// endpoint.
+    async fn record(&self, done: &[Done<Due, Report>]) -> Result<(), RepoError> {
+        let outcomes: Vec<AttemptOutcome> = done
+            .iter()
+            .map(|d| {
+                let (status, next_attempt_at) = match d.verdict {
+                    Verdict::Delivered => ("DELIVERED", None),
+                    Verdict::RetryIn(wait) => ("PENDING", Some(d.report.attempted_at + wait)),
+                    Verdict::Dead => ("DEAD", None),
+                };
+                AttemptOutcome {
+                    attempted_at: d.report.attempted_at,
+                    status_code: d.report.status_code,
+                    error: d.sent.error().map(str::to_string),
+                    duration_ms: d.report.duration_ms,
+                    status,
+                    next_attempt_at,
+                }
+            })
+            .collect();
+        let attempts: Vec<(Uuid, i32, &AttemptOutcome)> = done
+            .iter()
+            .zip(&outcomes)
+            .map(|(d, o)| (d.item.id, d.item.attempts + 1, o))
+            .collect();
         let mut db = self.inner.pool.get().await?;
         let tx = db.transaction().await?;
-        if !webhooks::record_attempt(&tx, due.id, due.attempts + 1, &outcome).await? {
-            // Someone else recorded this attempt: theirs stands.
-            return Ok(());
-        }
-        if matches!(sent, Sent::Refused { .. }) {
-            webhooks::disable_endpoint(
-                &tx,
-                None,
-                due.endpoint_id,
-                "the receiver answered 410 Gone",
-            )
-            .await?;
+        // Those not recorded moved on meanwhile: someone else recorded
+        // that attempt, and theirs stands.
+        let recorded = webhooks::record_attempts(&tx, &attempts).await?;
+        for d in done {
+            if matches!(d.sent, Sent::Refused { .. }) && recorded.contains(&d.item.id) {
+                webhooks::disable_endpoint(
+                    &tx,
+                    None,
+                    d.item.endpoint_id,
+                    "the receiver answered 410 Gone",
+                )
+                .await?;
+            }
         }
         tx.commit().await?;
-        metrics::counter!("orq_webhook_attempts_total", "outcome" => result).increment(1);
-        metrics::histogram!("orq_webhook_attempt_duration_seconds")
-            .record(report.started.elapsed().as_secs_f64());
+        for d in done {
+            let result = match d.verdict {
+                Verdict::Delivered => "delivered",
+                Verdict::RetryIn(_) => "retry",
+                Verdict::Dead => "dead",
+            };
+            metrics::counter!("orq_webhook_attempts_total", "outcome" => result).increment(1);
+            metrics::histogram!("orq_webhook_attempt_duration_seconds")
+                .record(f64::from(d.report.duration_ms.max(0)) / 1000.0);
+        }
         Ok(())
     }
 }

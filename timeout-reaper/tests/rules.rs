@@ -1,6 +1,8 @@
 //! The reaper's rules, in process: `App::build` on a database of its own,
 //! then `reap_once` at chosen instants — what a lease, a reservation or a
-//! timer does at its deadline, and not a moment before, with no waiting.
+//! timer does at its deadline, and not a moment before, with no waiting;
+//! and `retention::prune` at chosen instants — what is old enough goes, in
+//! batches, and job history stays.
 
 use orq_e2e::Env;
 use time::OffsetDateTime;
@@ -101,4 +103,133 @@ async fn a_reservation_and_a_timer_fire_at_their_instants() -> anyhow::Result<()
     );
     assert_eq!(fired(&db).await?, 1);
     env.cleanup().await
+}
+
+/// Counts rows of `sql` (a `SELECT count(*) ...`).
+async fn count(c: &deadpool_postgres::Object, sql: &str) -> anyhow::Result<i64> {
+    Ok(c.query_one(sql, &[]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_deliveries_notifications_and_feed_places_go_and_job_history_stays()
+-> anyhow::Result<()> {
+    use orq_shared::repo::webhooks::{self, AttemptOutcome, NewEndpoint};
+    use orq_shared::repo::{jobs, notifications};
+    use timeout_reaper::retention::{self, Kind};
+
+    let db = orq_e2e::TestDb::new("retention").await?;
+    let acme = db.customer("acme").await?;
+    let mut c = db.get().await?;
+    let sealer = orq_shared::secret::Sealer::from_config(&"ab".repeat(32))?;
+    let hook = NewEndpoint {
+        url: "https://hooks.example.com/in".into(),
+        user: None,
+        password: None,
+    };
+    webhooks::create_endpoint(&c, acme, "subscription", &hook, &sealer).await?;
+    for _ in 0..3 {
+        let new = jobs::NewTask {
+            description: "d".into(),
+            system: "S".into(),
+            attachment: orq_shared::attachment::encode("a\n1\n"),
+            rows_total: 1,
+            callback_id: None,
+        };
+        jobs::create(&c, acme, &new).await?;
+    }
+    let pairs = webhooks::formable(&c, 10).await?;
+    assert_eq!(webhooks::form(&c, &pairs, 50).await?, 3);
+    // One delivery DELIVERED, one DEAD, one still PENDING.
+    let due = webhooks::claim_due(&c, 10, 10, &[], std::time::Duration::from_secs(60)).await?;
+    assert_eq!(due.len(), 3);
+    for (d, status) in due.iter().zip(["DELIVERED", "DEAD"]) {
+        let outcome = AttemptOutcome {
+            attempted_at: OffsetDateTime::now_utc(),
+            status_code: Some(if status == "DEAD" { 500 } else { 200 }),
+            error: None,
+            duration_ms: 3,
+            status,
+            next_attempt_at: None,
+        };
+        assert!(webhooks::record_attempt(&c, d.id, 1, &outcome).await?);
+    }
+    webhooks::release(&c, &[due[2].id]).await?;
+    // Notifications: one SENT, one DEAD, one PENDING.
+    let channels = notifications::Channels {
+        email: true,
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        let task = orq_shared::domain::HumanTaskId(uuid::Uuid::now_v7());
+        notifications::queue(&c, acme, task, "ana@example.com", "s", "b", channels).await?;
+    }
+    let sending = notifications::claim_due(&c, 10, std::time::Duration::from_secs(60)).await?;
+    assert_eq!(sending.len(), 3);
+    notifications::record(&c, sending[0].id, Ok(())).await?;
+    notifications::record(&c, sending[1].id, Err(("refused".into(), None))).await?;
+    // The jobs' events get their places in the feed.
+    let tx = c.transaction().await?;
+    let placed = jobs::release_feed(&tx, 1000).await?.unwrap_or(0);
+    tx.commit().await?;
+    assert!(placed >= 3, "{placed}");
+    let events = count(&c, "SELECT count(*) FROM job_events").await?;
+    let owed = count(&c, "SELECT count(*) FROM webhook_outbox").await?;
+
+    let mut settings = orq_shared::config::Settings::load(None)?;
+    // One row per statement: the batches loop until a short one.
+    settings.retention.batch_size = 1;
+    let now = OffsetDateTime::now_utc();
+
+    let fresh = retention::prune(&c, &settings, now, || false).await?;
+    assert_eq!(fresh.total(), 0, "nothing is old yet: {fresh:?}");
+
+    // A week and a day later: delivered deliveries, finished notifications
+    // and feed places go; the DEAD delivery stays for redelivery.
+    let week = retention::prune(&c, &settings, now + time::Duration::days(8), || false).await?;
+    assert_eq!(week.of(Kind::Delivered), 1, "{week:?}");
+    assert_eq!(week.of(Kind::Dead), 0, "{week:?}");
+    assert_eq!(week.of(Kind::Notifications), 2, "{week:?}");
+    assert_eq!(week.of(Kind::Feed), placed, "{week:?}");
+    let delivered = due[0].id;
+    let attempts =
+        format!("SELECT count(*) FROM webhook_attempts WHERE delivery_id = '{delivered}'");
+    assert_eq!(count(&c, &attempts).await?, 0, "its attempts went with it");
+    let carried = format!("SELECT count(*) FROM webhook_outbox WHERE delivery_id = '{delivered}'");
+    assert_eq!(
+        count(&c, &carried).await?,
+        0,
+        "its outbox rows went with it"
+    );
+    assert!(count(&c, "SELECT count(*) FROM webhook_outbox").await? < owed);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM notifications WHERE status = 'PENDING'"
+        )
+        .await?,
+        1
+    );
+    assert_eq!(jobs::last_feed_pos(&c, acme).await?, 0, "no place is left");
+
+    // A month later the DEAD delivery goes too, unless its age is 0
+    // (kept forever); the pending one never does.
+    let later = now + time::Duration::days(31);
+    settings.retention.dead_ms = 0;
+    let kept = retention::prune(&c, &settings, later, || false).await?;
+    assert_eq!(kept.of(Kind::Dead), 0, "{kept:?}");
+    settings.retention.dead_ms = orq_shared::config::Settings::load(None)?.retention.dead_ms;
+    let month = retention::prune(&c, &settings, later, || false).await?;
+    assert_eq!(month.of(Kind::Dead), 1, "{month:?}");
+    let left: Vec<uuid::Uuid> = c
+        .query("SELECT id FROM webhook_deliveries", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, [due[2].id]);
+    // Job history stays: every job and every event.
+    assert_eq!(count(&c, "SELECT count(*) FROM jobs").await?, 3);
+    assert_eq!(count(&c, "SELECT count(*) FROM job_events").await?, events);
+    drop(c);
+    db.cleanup().await
 }

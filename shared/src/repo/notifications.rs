@@ -137,7 +137,8 @@ pub async fn record(
             execute(
                 db,
                 "UPDATE notifications SET status = 'SENT', attempts = attempts + 1,
-                        sent_at = now(), claimed_until = NULL, last_error = NULL
+                        sent_at = now(), finished_at = now(), claimed_until = NULL,
+                        last_error = NULL
                   WHERE id = $1 AND status = 'PENDING'",
                 &[&id],
             )
@@ -149,6 +150,7 @@ pub async fn record(
                 "UPDATE notifications SET attempts = attempts + 1, last_error = $2,
                         claimed_until = NULL,
                         status = CASE WHEN $3::timestamptz IS NULL THEN 'DEAD' ELSE 'PENDING' END,
+                        finished_at = CASE WHEN $3::timestamptz IS NULL THEN now() END,
                         next_attempt_at = COALESCE($3, next_attempt_at)
                   WHERE id = $1 AND status = 'PENDING'",
                 &[&id, &error, &retry_at],
@@ -157,6 +159,25 @@ pub async fn record(
         }
     };
     Ok(())
+}
+
+/// Removes up to `limit` notifications sent, or given up on, before
+/// `before`; returns how many. Several reapers split the work (`SKIP LOCKED`).
+pub async fn prune(
+    db: &impl GenericClient,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, RepoError> {
+    execute(
+        db,
+        "DELETE FROM notifications
+          WHERE id = ANY(ARRAY(SELECT id FROM notifications
+                                WHERE status <> 'PENDING' AND finished_at < $1
+                                ORDER BY finished_at LIMIT $2
+                                FOR UPDATE SKIP LOCKED))",
+        &[&before, &limit],
+    )
+    .await
 }
 
 /// A notification as the back office sees it (a phone or device token

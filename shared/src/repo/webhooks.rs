@@ -385,66 +385,126 @@ pub async fn formable(
     Ok(rows.iter().map(|r| (r.get(0), JobId(r.get(1)))).collect())
 }
 
-/// Makes one delivery of the oldest events owed to `endpoint` about `job`,
-/// in the caller's transaction. `false` when there is nothing to carry or a
-/// delivery of them is pending already (another reaper has just made one).
+/// Makes a delivery of the oldest events (at most `max_events`) owed to
+/// each (endpoint, job) of `pairs`, in the caller's transaction, with a
+/// fixed number of statements however many pairs; returns how many it
+/// made. A pair is skipped when another reaper is forming it now, when
+/// nothing is owed, or when a delivery of it is pending already (one open
+/// delivery per endpoint and job keeps a job's events in order).
 pub async fn form(
     db: &impl GenericClient,
-    endpoint: Uuid,
-    job: JobId,
+    pairs: &[(Uuid, JobId)],
     max_events: i64,
-) -> Result<bool, RepoError> {
+) -> Result<usize, RepoError> {
+    let endpoints: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+    let jobs: Vec<Uuid> = pairs.iter().map(|p| p.1.0).collect();
     // One former per (endpoint, job) at a time: another reaper forming it
     // now would otherwise take the events after the ones it holds and could
-    // make its delivery first, out of order. Skipped, not waited for.
-    let locked: bool = query_one(
+    // make its delivery first, out of order. Skipped, not waited for. The
+    // events are read only after the locks are held (a statement of its
+    // own: its snapshot sees what the last holder committed).
+    let locked = query(
         db,
-        "SELECT pg_try_advisory_xact_lock(hashtextextended(($1::uuid)::text || '/' || ($2::uuid)::text, 0))",
-        &[&endpoint, &job.0],
+        "SELECT e, j FROM unnest($1::uuid[], $2::uuid[]) AS p(e, j)
+          WHERE pg_try_advisory_xact_lock(hashtextextended(e::text || '/' || j::text, 0))",
+        &[&endpoints, &jobs],
     )
-    .await?
-    .get(0);
-    if !locked {
-        return Ok(false);
+    .await?;
+    if locked.is_empty() {
+        return Ok(0);
     }
+    let endpoints: Vec<Uuid> = locked.iter().map(|r| r.get(0)).collect();
+    let jobs: Vec<Uuid> = locked.iter().map(|r| r.get(1)).collect();
     let rows = query(
         db,
-        "SELECT o.event_seq, ev.id, ev.job_id, ev.type, ev.description, ev.to_status, ev.created_at
+        "SELECT o.endpoint_id, o.event_seq, ev.id, ev.job_id, ev.type, ev.description,
+                ev.to_status, ev.created_at
            FROM webhook_outbox o JOIN job_events ev ON ev.id = o.event_id
-          WHERE o.endpoint_id = $1 AND o.job_id = $2 AND o.delivery_id IS NULL
-          ORDER BY o.event_seq LIMIT $3
+          WHERE (o.endpoint_id, o.job_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+            AND o.delivery_id IS NULL
+          ORDER BY o.endpoint_id, o.job_id, o.event_seq
           FOR UPDATE OF o",
-        &[&endpoint, &job.0, &max_events],
+        &[&endpoints, &jobs],
     )
     .await?;
-    if rows.is_empty() {
-        return Ok(false);
+    // Each pair's oldest events, up to `max_events`, become one delivery.
+    let mut made: Vec<Formed> = Vec::new();
+    for r in &rows {
+        let (endpoint, job): (Uuid, Uuid) = (r.get(0), r.get(3));
+        let same = made
+            .last()
+            .is_some_and(|f| f.endpoint == endpoint && f.job == job);
+        if !same {
+            made.push(Formed {
+                id: Uuid::now_v7(),
+                endpoint,
+                job,
+                seqs: Vec::new(),
+                events: Vec::new(),
+            });
+        }
+        let Some(f) = made.last_mut() else { continue };
+        if f.events.len() < usize::try_from(max_events.max(1)).unwrap_or(usize::MAX) {
+            f.seqs.push(r.get(1));
+            f.events.push(WireEvent::from_stored(
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+            ));
+        }
     }
-    let events: Vec<WireEvent> = rows
-        .iter()
-        .map(|r| WireEvent::from_stored(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
-        .collect();
-    let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let body = serde_json::to_value(&events).map_err(|e| RepoError::Corrupt(e.to_string()))?;
-    let id = Uuid::now_v7();
-    let inserted = execute(
+    if made.is_empty() {
+        return Ok(0);
+    }
+    let mut bodies = Vec::with_capacity(made.len());
+    for f in &made {
+        bodies
+            .push(serde_json::to_value(&f.events).map_err(|e| RepoError::Corrupt(e.to_string()))?);
+    }
+    let ids: Vec<Uuid> = made.iter().map(|f| f.id).collect();
+    let endpoints: Vec<Uuid> = made.iter().map(|f| f.endpoint).collect();
+    let jobs: Vec<Uuid> = made.iter().map(|f| f.job).collect();
+    let inserted = query(
         db,
         "INSERT INTO webhook_deliveries (id, customer_id, endpoint_id, job_id, body, status)
-         SELECT $1, customer_id, id, $3, $4, 'PENDING' FROM webhook_endpoints WHERE id = $2
-         ON CONFLICT (endpoint_id, job_id) WHERE status = 'PENDING' DO NOTHING",
-        &[&id, &endpoint, &job.0, &body],
+         SELECT p.id, e.customer_id, e.id, p.job, p.body, 'PENDING'
+           FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::jsonb[]) AS p(id, endpoint, job, body)
+           JOIN webhook_endpoints e ON e.id = p.endpoint
+         ON CONFLICT (endpoint_id, job_id) WHERE status = 'PENDING' DO NOTHING
+         RETURNING id",
+        &[&ids, &endpoints, &jobs, &bodies],
     )
     .await?;
-    if inserted == 0 {
-        return Ok(false);
+    let inserted: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.get(0)).collect();
+    let (mut endpoints, mut seqs, mut deliveries) = (Vec::new(), Vec::new(), Vec::new());
+    for f in made.iter().filter(|f| inserted.contains(&f.id)) {
+        for seq in &f.seqs {
+            endpoints.push(f.endpoint);
+            seqs.push(*seq);
+            deliveries.push(f.id);
+        }
     }
     execute(
         db,
-        "UPDATE webhook_outbox SET delivery_id = $3 WHERE endpoint_id = $1 AND event_seq = ANY($2)",
-        &[&endpoint, &seqs, &id],
+        "UPDATE webhook_outbox o SET delivery_id = p.delivery
+           FROM unnest($1::uuid[], $2::int8[], $3::uuid[]) AS p(endpoint, seq, delivery)
+          WHERE o.endpoint_id = p.endpoint AND o.event_seq = p.seq",
+        &[&endpoints, &seqs, &deliveries],
     )
     .await?;
-    Ok(true)
+    Ok(inserted.len())
+}
+
+/// A delivery `form` makes: its events and their places in the outbox.
+struct Formed {
+    id: Uuid,
+    endpoint: Uuid,
+    job: Uuid,
+    seqs: Vec<i64>,
+    events: Vec<WireEvent>,
 }
 
 /// A delivery claimed for sending, with where and how to send it.
@@ -466,7 +526,9 @@ pub struct Due {
 /// Claims up to `limit` due deliveries for `hold` (no other reaper sends
 /// them meanwhile; a reaper that dies releases them when it runs out),
 /// at most `per_endpoint` of one endpoint, leaving out `busy` endpoints (at
-/// their concurrency bound here).
+/// their concurrency bound here). It looks at the oldest due deliveries
+/// only, a few times `limit` of them: a claim costs the same however long
+/// the backlog.
 pub async fn claim_due(
     db: &impl GenericClient,
     limit: i64,
@@ -475,14 +537,18 @@ pub async fn claim_due(
     hold: std::time::Duration,
 ) -> Result<Vec<Due>, RepoError> {
     let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+    let scan = limit.saturating_mul(4).max(256);
     let rows = query(
         db,
-        "WITH ranked AS (
-             SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS n
-               FROM webhook_deliveries
+        "WITH oldest AS (
+             SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
               WHERE status = 'PENDING' AND next_attempt_at <= now()
                 AND (claimed_until IS NULL OR claimed_until < now())
-                AND endpoint_id <> ALL($2)),
+                AND endpoint_id <> ALL($2)
+              ORDER BY next_attempt_at LIMIT $5),
+         ranked AS (
+             SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS n
+               FROM oldest),
          due AS (
              SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id
               WHERE r.n <= $4
@@ -498,7 +564,7 @@ pub async fn claim_due(
           WHERE d.id = due.id AND e.id = d.endpoint_id
           RETURNING d.id, d.customer_id, d.endpoint_id, e.url, e.username, e.password_sealed,
                     e.enabled, d.body, d.attempts, d.schedule_from",
-        &[&limit, &busy, &(hold_ms as f64), &per_endpoint],
+        &[&limit, &busy, &(hold_ms as f64), &per_endpoint, &scan],
     )
     .await?;
     Ok(rows
@@ -538,38 +604,49 @@ pub async fn record_attempt(
     n: i32,
     outcome: &AttemptOutcome,
 ) -> Result<bool, RepoError> {
+    let recorded = record_attempts(db, &[(id, n, outcome)]).await?;
+    Ok(recorded.contains(&id))
+}
+
+/// Records attempts (delivery, its attempt number, how it went) and each
+/// delivery's new state, in two statements however many; returns the
+/// deliveries whose state was recorded (not one that moved on meanwhile:
+/// another reaper recorded that attempt).
+pub async fn record_attempts(
+    db: &impl GenericClient,
+    attempts: &[(Uuid, i32, &AttemptOutcome)],
+) -> Result<Vec<Uuid>, RepoError> {
+    let ids: Vec<Uuid> = attempts.iter().map(|a| a.0).collect();
+    let ns: Vec<i32> = attempts.iter().map(|a| a.1).collect();
+    let at: Vec<OffsetDateTime> = attempts.iter().map(|a| a.2.attempted_at).collect();
+    let codes: Vec<Option<i32>> = attempts.iter().map(|a| a.2.status_code).collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.2.error.as_deref()).collect();
+    let took: Vec<i32> = attempts.iter().map(|a| a.2.duration_ms).collect();
+    let statuses: Vec<&str> = attempts.iter().map(|a| a.2.status).collect();
+    let next: Vec<Option<OffsetDateTime>> = attempts.iter().map(|a| a.2.next_attempt_at).collect();
     execute(
         db,
         "INSERT INTO webhook_attempts (delivery_id, n, attempted_at, status_code, error, duration_ms)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        &[
-            &id,
-            &n,
-            &outcome.attempted_at,
-            &outcome.status_code,
-            &outcome.error,
-            &outcome.duration_ms,
-        ],
+         SELECT * FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[], $4::int4[], $5::text[], $6::int4[])
+         ON CONFLICT DO NOTHING",
+        &[&ids, &ns, &at, &codes, &errors, &took],
     )
     .await?;
-    let n_updated = execute(
+    let rows = query(
         db,
-        "UPDATE webhook_deliveries
-            SET attempts = $2, status = $3, next_attempt_at = COALESCE($4, next_attempt_at),
-                last_status = $5, last_error = $6, claimed_until = NULL,
-                finished_at = CASE WHEN $3 = 'PENDING' THEN NULL ELSE now() END
-          WHERE id = $1 AND attempts = $2 - 1 AND status = 'PENDING'",
-        &[
-            &id,
-            &n,
-            &outcome.status,
-            &outcome.next_attempt_at,
-            &outcome.status_code,
-            &outcome.error,
-        ],
+        "UPDATE webhook_deliveries d
+            SET attempts = u.n, status = u.status,
+                next_attempt_at = COALESCE(u.next, d.next_attempt_at),
+                last_status = u.code, last_error = u.error, claimed_until = NULL,
+                finished_at = CASE WHEN u.status = 'PENDING' THEN NULL ELSE now() END
+           FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[])
+                AS u(id, n, status, next, code, error)
+          WHERE d.id = u.id AND d.attempts = u.n - 1 AND d.status = 'PENDING'
+          RETURNING d.id",
+        &[&ids, &ns, &statuses, &next, &codes, &errors],
     )
     .await?;
-    Ok(n_updated == 1)
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Ends a delivery without an attempt (its endpoint was disabled).
@@ -583,6 +660,34 @@ pub async fn abandon(db: &impl GenericClient, id: Uuid, why: &str) -> Result<(),
     )
     .await?;
     Ok(())
+}
+
+/// Removes up to `limit` deliveries that ended `status` (DELIVERED or
+/// DEAD) before `before`, with their attempts and their outbox rows; returns
+/// how many deliveries. A delivery being redelivered right now is skipped
+/// (`SKIP LOCKED`), and one redelivered since is PENDING, so not taken.
+pub async fn prune_finished(
+    db: &impl GenericClient,
+    status: &str,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, RepoError> {
+    let row = query_one(
+        db,
+        "WITH gone AS (
+             DELETE FROM webhook_deliveries
+              WHERE id = ANY(ARRAY(SELECT id FROM webhook_deliveries
+                                    WHERE status = $1 AND finished_at < $2
+                                    ORDER BY finished_at LIMIT $3
+                                    FOR UPDATE SKIP LOCKED))
+             RETURNING id),
+         carried AS (
+             DELETE FROM webhook_outbox WHERE delivery_id IN (SELECT id FROM gone))
+         SELECT count(*) FROM gone",
+        &[&status, &before, &limit],
+    )
+    .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
 /// Gives claimed deliveries back (this reaper will not send them now).

@@ -36,11 +36,8 @@ async fn job(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<Job
 
 /// Forms every delivery the outbox owes; how many were made.
 async fn form_all(c: &impl GenericClient) -> anyhow::Result<usize> {
-    let mut made = 0;
-    for (endpoint, job) in webhooks::formable(c, 100).await? {
-        made += usize::from(webhooks::form(c, endpoint, job, 50).await?);
-    }
-    Ok(made)
+    let pairs = webhooks::formable(c, 100).await?;
+    Ok(webhooks::form(c, &pairs, 50).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

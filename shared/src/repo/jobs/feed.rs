@@ -124,3 +124,23 @@ pub async fn last_feed_pos(
     .await?;
     Ok(row.get(0))
 }
+
+/// Removes up to `limit` places in the feed given before `before`; returns
+/// how many. A reader resuming from a removed place resumes at the oldest
+/// kept one. The events themselves stay (job history).
+pub async fn prune_feed(
+    db: &impl GenericClient,
+    before: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, RepoError> {
+    execute(
+        db,
+        "DELETE FROM feed_log
+          WHERE pos = ANY(ARRAY(SELECT pos FROM feed_log
+                                 WHERE released_at < $1
+                                 ORDER BY released_at LIMIT $2
+                                 FOR UPDATE SKIP LOCKED))",
+        &[&before, &limit],
+    )
+    .await
+}
