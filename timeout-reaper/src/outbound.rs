@@ -535,6 +535,59 @@ mod tests {
         }
     }
 
+    fn pace(per_lane: usize, prefetch: usize) -> Pace {
+        Pace {
+            in_flight: 256,
+            per_lane,
+            prefetch,
+            fresh_for: Duration::from_secs(20),
+            idle: Duration::from_secs(1),
+            schedule: Schedule::from_ms(&[5000]),
+            wake: None,
+        }
+    }
+
+    #[test]
+    fn a_lane_is_claimed_for_until_half_its_prefetch_is_ready() {
+        let pace = pace(4, 64);
+        let (fast, slow) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut ready = Ready::default();
+        for i in 0..40 {
+            ready.push(Some(fast), i);
+        }
+        // The slow lane has its four in flight and nothing ready.
+        let in_flight = HashMap::from([(slow, 4), (fast, 4)]);
+        assert_eq!(pace.lane_cap(), 68);
+        assert_eq!(busy(&pace, &in_flight, &ready), [fast], "44 held >= 36");
+        let mut less = Ready::default();
+        less.push(Some(fast), 0);
+        assert!(busy(&pace, &in_flight, &less).is_empty());
+        // Without prefetch a lane is busy once its slots are taken.
+        let bare = self::pace(4, 0);
+        let mut both = busy(&bare, &in_flight, &Ready::<u8>::default());
+        both.sort();
+        let mut want = vec![fast, slow];
+        want.sort();
+        assert_eq!(both, want);
+        assert_eq!(bare.total_cap(), 256, "claims only what can start");
+    }
+
+    #[test]
+    fn a_claim_that_waited_too_long_is_given_back_unsent() {
+        let mut ready = Ready::default();
+        let lane = Some(Uuid::now_v7());
+        ready.push(lane, 1);
+        ready.push(None, 2);
+        assert!(ready.stale(Duration::from_secs(20)).is_empty());
+        assert_eq!(ready.len, 2);
+        std::thread::sleep(Duration::from_millis(5));
+        let mut old = ready.stale(Duration::from_millis(1));
+        old.sort();
+        assert_eq!(old, [1, 2]);
+        assert_eq!(ready.len, 0);
+        assert!(ready.lanes.is_empty());
+    }
+
     #[test]
     fn a_delivery_ends_and_a_refusal_is_dead_at_once() {
         let schedule = Schedule::from_ms(&[5000]);
