@@ -393,7 +393,8 @@ fn busy<I>(pace: &Pace, in_flight: &HashMap<Uuid, usize>, ready: &Ready<I>) -> V
 }
 
 /// Whether to claim after an attempt ended: there is room, and nothing is
-/// ready, or a lane with attempts in flight runs low.
+/// ready, or a lane with attempts in flight holds less than `lane_full`
+/// (the lanes `busy` leaves out hold more: claiming for them is no use).
 fn wants_more<I>(pace: &Pace, flight: &Flight, ready: &Ready<I>) -> bool {
     let (total, lanes) = flight.in_flight();
     if total + ready.len >= pace.total_cap() {
@@ -401,8 +402,8 @@ fn wants_more<I>(pace: &Pace, flight: &Flight, ready: &Ready<I>) -> bool {
     }
     ready.len == 0
         || lanes
-            .keys()
-            .any(|l| ready.in_lane(Some(*l)) <= pace.prefetch / 2)
+            .iter()
+            .any(|(l, n)| n + ready.in_lane(Some(*l)) < pace.lane_full())
 }
 
 /// Claims due messages for lanes with room; returns how many it kept.
@@ -570,6 +571,29 @@ mod tests {
         want.sort();
         assert_eq!(both, want);
         assert_eq!(bare.total_cap(), 256, "claims only what can start");
+    }
+
+    #[test]
+    fn an_ended_attempt_claims_only_when_its_lane_runs_low() {
+        let pace = pace(4, 64);
+        let lane = Uuid::now_v7();
+        let flight = Flight::default();
+        for _ in 0..4 {
+            flight.take(Some(lane));
+        }
+        let mut ready = Ready::default();
+        for i in 0..32 {
+            ready.push(Some(lane), i);
+        }
+        assert!(!wants_more(&pace, &flight, &ready), "36 held: enough");
+        let mut low = Ready::default();
+        low.push(Some(lane), 0);
+        assert!(wants_more(&pace, &flight, &low), "5 held: low");
+        let idle = Flight::default();
+        assert!(
+            wants_more(&pace, &idle, &Ready::<u8>::default()),
+            "nothing ready"
+        );
     }
 
     #[test]

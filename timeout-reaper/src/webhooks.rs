@@ -79,8 +79,10 @@ const PREFETCH_PER_SLOT: usize = 16;
 /// How long a claim outlasts the attempt's timeout.
 const CLAIM_SLACK: Duration = Duration::from_secs(30);
 
-/// Most (endpoint, job) pairs formed into deliveries in one transaction.
-const FORM_BATCH: i64 = 500;
+/// Most (endpoint, job) pairs formed into deliveries in one transaction
+/// (each holds an advisory lock until its commit: PostgreSQL's lock table
+/// is shared by the whole server).
+const FORM_BATCH: i64 = 200;
 
 impl Sender {
     pub fn new(pool: deadpool_postgres::Pool, settings: Arc<Settings>) -> anyhow::Result<Sender> {
