@@ -383,8 +383,14 @@ impl From<service::jobs::Error> for ApiError {
 
 impl From<service::bots::Error> for ApiError {
     fn from(e: service::bots::Error) -> Self {
+        use service::bots::Error;
+        let message = e.to_string();
         match e {
-            service::bots::Error::BrokerUnavailable => ApiError::unavailable(e.to_string()),
+            Error::BrokerUnavailable => ApiError::unavailable(message),
+            Error::Invalid(e) => e.into(),
+            Error::NotItsToChange(field) => ApiError::field_not_allowed(field, message),
+            Error::NotYourBot(_) => ApiError::new(StatusCode::FORBIDDEN, "not_your_bot", message),
+            Error::Repo(e) => e.into(),
         }
     }
 }
@@ -408,6 +414,42 @@ impl From<service::human::Error> for ApiError {
             }
             service::human::Error::Callback(e) => e.into(),
             service::human::Error::Repo(e) => e.into(),
+        }
+    }
+}
+
+impl From<service::tasks::Error> for ApiError {
+    fn from(e: service::tasks::Error) -> Self {
+        use service::tasks::Error;
+        let message = e.to_string();
+        match e {
+            Error::NotFound => ApiError::not_found("task"),
+            Error::Invalid(e) => e.into(),
+            Error::UnknownSystem(_) => {
+                let mut e = ApiError::bad_request("unknown_system", message);
+                e.details = json!({ "field": "system" });
+                e
+            }
+            Error::NotItsToChange(field) => ApiError::field_not_allowed(field, message),
+            Error::NotYourTask => ApiError::new(StatusCode::FORBIDDEN, "not_your_task", message),
+            Error::Changed => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            Error::Callback(e) => e.into(),
+            Error::Repo(e) => e.into(),
+        }
+    }
+}
+
+impl From<service::task_defs::Error> for ApiError {
+    fn from(e: service::task_defs::Error) -> Self {
+        use service::task_defs::Error;
+        match e {
+            Error::Invalid(e) => e.into(),
+            Error::Body(message) => ApiError::bad_request("invalid_body", message),
+            Error::ScriptNameTaken(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            Error::Callback(e) => e.into(),
+            Error::Repo(e) => e.into(),
         }
     }
 }

@@ -14,8 +14,8 @@
 //! * `routes` – handlers by area, one file each (`tasks`, `bots`, `agent`,
 //!   `jobs`, `task_defs`, `scripts`, `human`, `activity`, `photos`,
 //!   `webhooks`, `feed`, `session`, `dashboard`, `health`).
-//! * `service` – the logic under the routes (jobs, bots, human tasks,
-//!   webhooks), each with its own error.
+//! * `service` – the logic under the routes (jobs, CSV tasks, bots, task
+//!   definitions, human tasks, webhooks; fields), each with its own error.
 //! * `state`  – `AppState`, and `in_transaction`: the one way to write in a
 //!   transaction.
 //! * `photos` – photo storage for finishes: local files or S3, presigned.

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::service::fields;
 use orq_shared::domain::Role;
 use orq_shared::repo::customers::Principal;
 use orq_shared::repo::task_defs::Reader;
@@ -132,44 +133,15 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    value
-        .map(str::parse::<T>)
-        .transpose()
-        .map_err(|e| ApiError::invalid_field(field, e.to_string()))
+    Ok(fields::optional_enum(field, value)?)
 }
 
 /// Reads a non-empty, trimmed text field of bounded length.
 pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    let value = value.trim();
-    if value.contains('\0') {
-        return Err(ApiError::invalid_field(
-            field,
-            format!("{field} must not contain NUL characters"),
-        ));
-    }
-    if value.is_empty() {
-        return Err(ApiError::invalid_field(
-            field,
-            format!("{field} must not be empty"),
-        ));
-    }
-    if value.chars().count() > max {
-        return Err(ApiError::invalid_field(
-            field,
-            format!("{field} must be at most {max} characters"),
-        ));
-    }
-    Ok(value.to_string())
+    Ok(fields::text_field(field, value, max)?)
 }
 
 /// A file name to write on the bot: one path component, nothing special.
 pub fn check_filename(name: &str) -> Result<String, ApiError> {
-    let name = text_field("filename", name, 200)?;
-    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
-        return Err(ApiError::invalid_field(
-            "filename",
-            "filename must be a plain file name, without '/' and not '.' or '..'",
-        ));
-    }
-    Ok(name)
+    Ok(fields::check_filename(name)?)
 }
