@@ -136,7 +136,9 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
               SELECT gen_random_uuid(), c.id, 'system', 'x', 'S', '', 'CANCELED'
                 FROM customers c, generate_series(1, {n});
          INSERT INTO job_events (id, job_id, customer_id, type, description, to_status)
-              SELECT gen_random_uuid(), id, customer_id, 'STATUS_CHANGE', 'created', 'CANCELED' FROM jobs;"
+              SELECT gen_random_uuid(), id, customer_id, 'STATUS_CHANGE', 'created', 'CANCELED' FROM jobs;
+         -- Statistics as autovacuum keeps them, after this artificial bulk load.
+         ANALYZE webhook_outbox;"
     ))
     .await?;
     let started = Instant::now();
@@ -151,10 +153,23 @@ async fn webhook_rate(opts: &Options) -> anyhow::Result<()> {
     )
     .await?;
     let took = started.elapsed().as_secs_f64();
+    // Where the time went: forming the deliveries, and their first
+    // attempts to the last one.
+    let spans = db
+        .query_one(
+            "SELECT extract(epoch FROM max(d.created_at) - min(d.created_at))::float8,
+                    extract(epoch FROM max(a.attempted_at) - min(a.attempted_at))::float8
+               FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id",
+            &[],
+        )
+        .await?;
+    let (formed, sent): (Option<f64>, Option<f64>) = (spans.get(0), spans.get(1));
     println!(
-        "webhooks: {n} deliveries to a local receiver in {took:.2} s: {:.0} deliveries/s (receiver saw {})",
+        "webhooks: {n} deliveries to a local receiver in {took:.2} s: {:.0} deliveries/s (receiver saw {}; formed over {:.2} s, attempted over {:.2} s)",
         n as f64 / took,
-        received.load(Ordering::Relaxed)
+        received.load(Ordering::Relaxed),
+        formed.unwrap_or_default(),
+        sent.unwrap_or_default()
     );
     drop(reaper);
     env.cleanup().await

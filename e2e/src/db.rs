@@ -20,6 +20,10 @@ use uuid::Uuid;
 
 use crate::{create_database, drop_database, pg_admin_url};
 
+/// `security.secret_key` for what a test seals in a `TestDb` (a service
+/// built over it must be given the same).
+pub const SECRET_KEY: &str = "abababababababababababababababababababababababababababababababab";
+
 pub struct TestDb {
     /// A pool over the database, as the services make it.
     pub pool: deadpool_postgres::Pool,
@@ -70,6 +74,27 @@ impl TestDb {
     pub async fn customer(&self, name: &str) -> anyhow::Result<CustomerId> {
         let c = self.get().await?;
         Ok(orq_shared::repo::customers::create(&c, name).await?)
+    }
+
+    /// A webhook subscription of `customer` to `url`, through the
+    /// repository, its password (none) sealed with `SECRET_KEY`.
+    pub async fn subscription(&self, customer: CustomerId, url: &str) -> anyhow::Result<Uuid> {
+        let sealer = orq_shared::secret::Sealer::from_config(SECRET_KEY)?;
+        let new = orq_shared::repo::webhooks::NewEndpoint {
+            url: url.into(),
+            user: None,
+            password: None,
+        };
+        let c = self.get().await?;
+        let made = orq_shared::repo::webhooks::create_endpoint(
+            &c,
+            customer,
+            "subscription",
+            &new,
+            &sealer,
+        )
+        .await?;
+        Ok(made.id)
     }
 
     /// The first column of the single row `sql` returns (a count, say).

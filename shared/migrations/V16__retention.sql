@@ -1,3 +1,5 @@
+-- Retention, and sending webhooks at any backlog.
+--
 -- Retention: the timeout-reaper prunes, in small batches, what is kept only
 -- for a while (`[retention]`): finished webhook deliveries with their
 -- attempts and outbox rows, finished notifications, and places in the live
@@ -20,3 +22,11 @@ UPDATE notifications SET finished_at = COALESCE(sent_at, next_attempt_at)
  WHERE status <> 'PENDING';
 CREATE INDEX notifications_finished ON notifications (finished_at)
     WHERE status <> 'PENDING';
+
+-- Sending: a claim visits the endpoints with pending deliveries one index
+-- probe each (a skip scan), and takes each one's oldest due; an endpoint's
+-- long backlog is never scanned through.
+CREATE INDEX webhook_deliveries_lanes ON webhook_deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'PENDING';
+-- It replaces the index by due time alone, which nothing reads any more.
+DROP INDEX webhook_deliveries_due;

@@ -92,9 +92,10 @@ pub trait Outbound: Send + Sync + 'static {
     const NAME: &'static str;
 
     /// Before a claim: makes what is due (webhooks form deliveries from
-    /// the outbox).
-    fn prepare(&self) -> impl Future<Output = Result<(), RepoError>> + Send {
-        async { Ok(()) }
+    /// the outbox); `true` when there may be more to make (the loop looks
+    /// again at once).
+    fn prepare(&self) -> impl Future<Output = Result<bool, RepoError>> + Send {
+        async { Ok(false) }
     }
 
     /// Claims up to `limit` due messages, at most `per_lane` of one lane
@@ -303,22 +304,33 @@ pub async fn run<K: Outbound>(kind: Arc<K>, pace: Pace, shutdown: CancellationTo
     let (to_record, records) = mpsc::channel(pace.in_flight.max(1));
     let recorder = tokio::spawn(record_all(kind.clone(), records, flight.clone()));
     let mut ready = Ready::default();
-    // Look (form, claim) now; and once LOOK_GAP has passed since the last.
+    // A look forms and claims, then reads when the next message is due:
+    // now (`look`), once LOOK_GAP has passed since the last (`look_later`,
+    // after records), or at `next_look` (the next due message, or the idle
+    // tick). Between looks, an ended attempt only starts what is ready, and
+    // claims when its lane runs low: no statement per attempt.
     let mut look = true;
     let mut look_later = false;
     let mut last_look = Instant::now();
+    let mut next_look = last_look + pace.idle;
     loop {
-        if look_later && last_look.elapsed() >= LOOK_GAP {
+        let now = Instant::now();
+        if now >= next_look || (look_later && now >= last_look + LOOK_GAP) {
             look = true;
         }
+        let looking = look;
         let mut claimed = 0;
-        if look || wants_more(&pace, &flight, &ready) {
-            if look {
-                if let Err(e) = kind.prepare().await {
-                    tracing::warn!(error = %e, kind = K::NAME, "preparing outbound messages failed; will retry");
+        if looking || wants_more(&pace, &flight, &ready) {
+            if looking {
+                (look, look_later) = (false, false);
+                match kind.prepare().await {
+                    Ok(more) => look = more,
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = K::NAME, "preparing outbound messages failed; will retry")
+                    }
                 }
                 last_look = Instant::now();
-                (look, look_later) = (false, false);
+                next_look = last_look + pace.idle;
             }
             match claim(&*kind, &pace, &flight, &mut ready).await {
                 Ok(n) => claimed = n,
@@ -339,26 +351,27 @@ pub async fn run<K: Outbound>(kind: Arc<K>, pace: Pace, shutdown: CancellationTo
             }
         }
         start(&kind, &pace, &flight, &mut ready, &tracker, &to_record);
-        if claimed > 0 && !shutdown.is_cancelled() {
-            look = true;
+        if (claimed > 0 || look) && !shutdown.is_cancelled() {
+            look |= looking;
             continue;
         }
-        let mut sleep = pace.idle;
-        if look_later {
-            sleep = sleep.min(LOOK_GAP.saturating_sub(last_look.elapsed()));
-        }
-        // With room for more, sleep no longer than the next message is
-        // due; with none, an attempt's end wakes the loop.
-        let (total, lanes) = flight.in_flight();
-        if total + ready.len < pace.total_cap() {
+        if looking {
+            // Look again no later than the next message (of a lane with
+            // room) is due: a retry goes out on its schedule.
+            let (_, lanes) = flight.in_flight();
             match kind.next_due(&busy(&pace, &lanes, &ready)).await {
-                Ok(Some(due)) => sleep = sleep.min(due.max(MIN_SLEEP)),
+                Ok(Some(due)) => next_look = next_look.min(Instant::now() + due.max(MIN_SLEEP)),
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, kind = K::NAME, "next due not read"),
             }
         }
+        let until = if look_later {
+            next_look.min(last_look + LOOK_GAP)
+        } else {
+            next_look
+        };
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => look = !look_later || last_look.elapsed() >= LOOK_GAP,
+            _ = tokio::time::sleep_until(until.into()) => {}
             _ = flight.done.notified() => {}
             _ = flight.recorded.notified() => look_later = true,
             _ = wake.notified() => look = true,
@@ -419,7 +432,12 @@ async fn claim<K: Outbound>(
         return Ok(0);
     }
     let busy = busy(pace, &lanes, ready);
-    let claimed = kind.claim(room, pace.lane_cap(), &busy).await?;
+    // A lane not busy holds less than `lane_full`: this many more keep it
+    // within `lane_cap` (what is claimed beyond is given back).
+    let per_lane = (pace.lane_cap() + 1)
+        .saturating_sub(pace.lane_full())
+        .max(pace.per_lane.max(1));
+    let claimed = kind.claim(room, per_lane, &busy).await?;
     let mut kept = 0;
     let mut release = Vec::new();
     for item in claimed {

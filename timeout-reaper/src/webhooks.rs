@@ -67,6 +67,8 @@ struct Inner {
     deny: Arc<DenyList>,
     /// Signing secrets, for a minute (a rotation takes effect within it).
     secrets: Mutex<HashMap<CustomerId, (String, Instant)>>,
+    /// Where forming goes on (`form_some`).
+    form_cursor: Mutex<Option<(Uuid, orq_shared::domain::JobId)>>,
 }
 
 /// Most attempts in flight from one reaper, over all endpoints.
@@ -78,6 +80,9 @@ const PREFETCH_PER_SLOT: usize = 16;
 
 /// How long a claim outlasts the attempt's timeout.
 const CLAIM_SLACK: Duration = Duration::from_secs(30);
+
+/// Pages of pairs formed per look.
+const FORM_PAGES: usize = 4;
 
 /// Most (endpoint, job) pairs formed into deliveries in one transaction
 /// (each holds an advisory lock until its commit: PostgreSQL's lock table
@@ -116,6 +121,7 @@ impl Sender {
                 http,
                 deny,
                 secrets: Mutex::new(HashMap::new()),
+                form_cursor: Mutex::new(None),
             }),
         })
     }
@@ -147,25 +153,38 @@ impl Sender {
         let _ = listener.await;
     }
 
-    /// Makes deliveries of what the outbox owes, a transaction per batch
-    /// of pairs (a fixed number of statements each).
-    pub async fn form_all(&self) -> Result<usize, RepoError> {
+    /// Makes deliveries of what the outbox owes, a transaction per page of
+    /// pairs (a fixed number of statements each), at most `pages` pages,
+    /// going on from where the last call stopped and starting over at the
+    /// end (so pairs a pending delivery blocks, however many, never keep
+    /// others waiting for more than a round); returns how many it made and
+    /// whether more may be owed.
+    pub async fn form_some(&self, pages: usize) -> Result<(usize, bool), RepoError> {
         let max = self.inner.settings.webhooks.max_events_per_delivery.max(1);
         let mut formed = 0;
-        loop {
+        let mut after = self.inner.form_cursor.lock().map(|c| *c).unwrap_or(None);
+        let mut wrapped = false;
+        for _ in 0..pages {
             let mut db = self.inner.pool.get().await?;
-            let pairs = webhooks::formable(&db, FORM_BATCH).await?;
-            if pairs.is_empty() {
-                return Ok(formed);
+            let page = webhooks::formable(&db, after, FORM_BATCH).await?;
+            if !page.pairs.is_empty() {
+                let tx = db.transaction().await?;
+                formed += webhooks::form(&tx, &page.pairs, max).await?;
+                tx.commit().await?;
             }
-            let tx = db.transaction().await?;
-            let made = webhooks::form(&tx, &pairs, max).await?;
-            tx.commit().await?;
-            if made == 0 {
-                return Ok(formed);
+            after = page.next;
+            if after.is_none() {
+                wrapped = true;
+                break;
             }
-            formed += made;
         }
+        if let Ok(mut cursor) = self.inner.form_cursor.lock() {
+            *cursor = after;
+        }
+        // More to look at now only when this call made some and stopped
+        // short of the end: pages of blocked pairs alone wait for the next
+        // look, rather than spin.
+        Ok((formed, formed > 0 && !wrapped))
     }
 
     fn signing_secret_cached(&self, customer: CustomerId) -> Option<String> {
@@ -245,8 +264,10 @@ impl Outbound for Sender {
     type Report = Report;
     const NAME: &'static str = "webhook deliveries";
 
-    async fn prepare(&self) -> Result<(), RepoError> {
-        self.form_all().await.map(|_| ())
+    /// A few pages per look, so sending starts while a large outbox is
+    /// still being formed.
+    async fn prepare(&self) -> Result<bool, RepoError> {
+        self.form_some(FORM_PAGES).await.map(|(_, more)| more)
     }
 
     /// Deliveries to a disabled endpoint end here, without an attempt.

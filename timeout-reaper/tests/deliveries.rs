@@ -4,15 +4,11 @@
 
 use deadpool_postgres::GenericClient;
 use orq_e2e::{TestDb, eventually};
-use orq_shared::domain::CustomerId;
 use orq_shared::repo::jobs::{self, NewTask};
-use orq_shared::repo::webhooks::{self, NewEndpoint};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timeout_reaper::webhooks::Sender;
-
-const KEY: &str = "abababababababababababababababababababababababababababababababab";
 
 /// Serves `route` on a local port; returns its URL.
 async fn serve(route: axum::routing::MethodRouter) -> anyhow::Result<String> {
@@ -23,24 +19,6 @@ async fn serve(route: axum::routing::MethodRouter) -> anyhow::Result<String> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(url)
-}
-
-async fn subscribe(
-    c: &impl GenericClient,
-    customer: CustomerId,
-    url: String,
-) -> anyhow::Result<uuid::Uuid> {
-    let sealer = orq_shared::secret::Sealer::from_config(KEY)?;
-    let new = NewEndpoint {
-        url,
-        user: None,
-        password: None,
-    };
-    Ok(
-        webhooks::create_endpoint(c, customer, "subscription", &new, &sealer)
-            .await?
-            .id,
-    )
 }
 
 /// Deliveries to `endpoint` in `status`.
@@ -60,6 +38,17 @@ async fn deliveries(
 /// More than a sender's attempts in flight (256): were the endpoint that
 /// never answers not bounded, its deliveries would take every slot.
 const JOBS: i64 = 300;
+
+/// Attempts recorded of deliveries to `endpoint`.
+async fn attempts(c: &impl GenericClient, endpoint: uuid::Uuid) -> anyhow::Result<i64> {
+    Ok(c.query_one(
+        "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+          WHERE d.endpoint_id = $1",
+        &[&endpoint],
+    )
+    .await?
+    .get(0))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_never_answers_does_not_hold_up_another() -> anyhow::Result<()> {
@@ -90,8 +79,8 @@ async fn an_endpoint_that_never_answers_does_not_hold_up_another() -> anyhow::Re
         axum::http::StatusCode::OK
     }))
     .await?;
-    let hanging = subscribe(&c, acme, never).await?;
-    let fine = subscribe(&c, acme, healthy).await?;
+    let hanging = db.subscription(acme, &never).await?;
+    let fine = db.subscription(acme, &healthy).await?;
 
     // Every job's creation is owed to both endpoints.
     let mut jobs_made = HashSet::new();
@@ -108,7 +97,7 @@ async fn an_endpoint_that_never_answers_does_not_hold_up_another() -> anyhow::Re
 
     let mut settings = orq_shared::config::Settings::load(None)?;
     settings.database = db.settings.clone();
-    settings.security.secret_key = KEY.into();
+    settings.security.secret_key = orq_e2e::db::SECRET_KEY.into();
     settings.webhooks.deny_networks = Vec::new();
     settings.webhooks.timeout_ms = 6000;
     settings.webhooks.per_endpoint_concurrency = 2;
@@ -131,14 +120,7 @@ async fn an_endpoint_that_never_answers_does_not_hold_up_another() -> anyhow::Re
         },
     );
     all.await?;
-    let tried: i64 = c
-        .query_one(
-            "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
-              WHERE d.endpoint_id = $1",
-            &[&hanging],
-        )
-        .await?
-        .get(0);
+    let tried = attempts(&c, hanging).await?;
     assert_eq!(tried, 0, "no attempt of the hanging endpoint ended before");
     assert_eq!(deliveries(&c, hanging, "DELIVERED").await?, 0);
     let owed: i64 = c
@@ -173,14 +155,7 @@ async fn an_endpoint_that_never_answers_does_not_hold_up_another() -> anyhow::Re
         .await?
         .get(0);
     assert_eq!(held, 0, "no claim outlives the sender");
-    let retried: i64 = c
-        .query_one(
-            "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
-              WHERE d.endpoint_id = $1",
-            &[&hanging],
-        )
-        .await?
-        .get(0);
+    let retried = attempts(&c, hanging).await?;
     assert!(
         retried >= 2,
         "its attempts in flight were recorded: {retried}"

@@ -113,20 +113,15 @@ async fn count(c: &deadpool_postgres::Object, sql: &str) -> anyhow::Result<i64> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_deliveries_notifications_and_feed_places_go_and_job_history_stays()
 -> anyhow::Result<()> {
-    use orq_shared::repo::webhooks::{self, AttemptOutcome, NewEndpoint};
+    use orq_shared::repo::webhooks::{self, AttemptOutcome};
     use orq_shared::repo::{jobs, notifications};
     use timeout_reaper::retention::{self, Kind};
 
     let db = orq_e2e::TestDb::new("retention").await?;
     let acme = db.customer("acme").await?;
     let mut c = db.get().await?;
-    let sealer = orq_shared::secret::Sealer::from_config(&"ab".repeat(32))?;
-    let hook = NewEndpoint {
-        url: "https://hooks.example.com/in".into(),
-        user: None,
-        password: None,
-    };
-    webhooks::create_endpoint(&c, acme, "subscription", &hook, &sealer).await?;
+    db.subscription(acme, "https://hooks.example.com/in")
+        .await?;
     for _ in 0..3 {
         let new = jobs::NewTask {
             description: "d".into(),
@@ -137,8 +132,8 @@ async fn old_deliveries_notifications_and_feed_places_go_and_job_history_stays()
         };
         jobs::create(&c, acme, &new).await?;
     }
-    let pairs = webhooks::formable(&c, 10).await?;
-    assert_eq!(webhooks::form(&c, &pairs, 50).await?, 3);
+    let page = webhooks::formable(&c, None, 10).await?;
+    assert_eq!(webhooks::form(&c, &page.pairs, 50).await?, 3);
     // One delivery DELIVERED, one DEAD, one still PENDING.
     let due = webhooks::claim_due(&c, 10, 10, &[], std::time::Duration::from_secs(60)).await?;
     assert_eq!(due.len(), 3);

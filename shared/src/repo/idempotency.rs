@@ -162,14 +162,14 @@ pub async fn prune(
     before: OffsetDateTime,
     limit: i64,
 ) -> Result<u64, RepoError> {
-    execute(
+    super::prune_before(
         db,
-        "DELETE FROM idempotency_keys
-          WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency_keys
-                                  WHERE created_at < $1
-                                  ORDER BY created_at LIMIT $2
-                                  FOR UPDATE SKIP LOCKED))",
-        &[&before, &limit],
+        "idempotency_keys",
+        "ctid",
+        "created_at",
+        "true",
+        before,
+        limit,
     )
     .await
 }

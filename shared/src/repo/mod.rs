@@ -119,3 +119,27 @@ pub(crate) async fn execute(
     let stmt = db.prepare_cached(sql).await?;
     Ok(db.execute(&stmt, params).await?)
 }
+
+/// Deletes up to `limit` rows of `table` (its key column `key`) whose time
+/// column `at` is before `before` and for which `also` holds, oldest first,
+/// skipping rows another transaction holds (`SKIP LOCKED`: several pruners
+/// split the work, none waits); returns how many. The names are the
+/// caller's constants, never input.
+pub(crate) async fn prune_before(
+    db: &impl GenericClient,
+    table: &str,
+    key: &str,
+    at: &str,
+    also: &str,
+    before: time::OffsetDateTime,
+    limit: i64,
+) -> Result<u64, RepoError> {
+    let sql = format!(
+        "DELETE FROM {table}
+          WHERE {key} = ANY(ARRAY(SELECT {key} FROM {table}
+                                   WHERE {at} < $1 AND ({also})
+                                   ORDER BY {at} LIMIT $2
+                                   FOR UPDATE SKIP LOCKED))"
+    );
+    execute(db, &sql, &[&before, &limit]).await
+}

@@ -168,14 +168,15 @@ pub async fn prune(
     before: OffsetDateTime,
     limit: i64,
 ) -> Result<u64, RepoError> {
-    execute(
+    let finished = "status <> 'PENDING'";
+    super::prune_before(
         db,
-        "DELETE FROM notifications
-          WHERE id = ANY(ARRAY(SELECT id FROM notifications
-                                WHERE status <> 'PENDING' AND finished_at < $1
-                                ORDER BY finished_at LIMIT $2
-                                FOR UPDATE SKIP LOCKED))",
-        &[&before, &limit],
+        "notifications",
+        "id",
+        "finished_at",
+        finished,
+        before,
+        limit,
     )
     .await
 }

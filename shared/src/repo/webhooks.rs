@@ -344,45 +344,83 @@ pub async fn redeliver(
 /// outbox trigger, and by `redeliver`).
 pub const OUTBOX_CHANNEL: &str = "orq_outbox";
 
+/// The endpoints with a pending delivery, one index probe each (a skip
+/// scan of `webhook_deliveries_lanes`): what a claim looks at, so one
+/// endpoint's backlog costs a claim one probe, not a scan of the backlog.
+const LANES: &str = "lanes(endpoint_id) AS (
+        (SELECT endpoint_id FROM webhook_deliveries
+          WHERE status = 'PENDING' ORDER BY endpoint_id LIMIT 1)
+      UNION ALL
+        SELECT (SELECT d.endpoint_id FROM webhook_deliveries d
+                 WHERE d.status = 'PENDING' AND d.endpoint_id > l.endpoint_id
+                 ORDER BY d.endpoint_id LIMIT 1)
+          FROM lanes l WHERE l.endpoint_id IS NOT NULL)";
+
 /// How long until the next pending delivery is due, of endpoints not
 /// `busy` and not claimed now; `None` when none is pending.
 pub async fn next_due(
     db: &impl GenericClient,
     busy: &[Uuid],
 ) -> Result<Option<std::time::Duration>, RepoError> {
-    let row = query_one(
-        db,
-        "SELECT (EXTRACT(EPOCH FROM min(next_attempt_at) - now()) * 1000)::float8
-           FROM webhook_deliveries
-          WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())
-            AND endpoint_id <> ALL($1)",
-        &[&busy],
-    )
-    .await?;
+    let sql = format!(
+        "WITH RECURSIVE {LANES}
+         SELECT (EXTRACT(EPOCH FROM min(n.next_attempt_at) - now()) * 1000)::float8
+           FROM lanes l CROSS JOIN LATERAL (
+                SELECT d.next_attempt_at FROM webhook_deliveries d
+                 WHERE d.endpoint_id = l.endpoint_id AND d.status = 'PENDING'
+                   AND (d.claimed_until IS NULL OR d.claimed_until < now())
+                 ORDER BY d.next_attempt_at LIMIT 1) n
+          WHERE l.endpoint_id IS NOT NULL AND l.endpoint_id <> ALL($1)"
+    );
+    let row = query_one(db, &sql, &[&busy]).await?;
     Ok(row
         .get::<_, Option<f64>>(0)
         .map(|ms| std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0)))
 }
 
-/// (endpoint, job) pairs with events not yet in a delivery and no delivery
-/// pending: what `form` can make deliveries of.
+/// A page of what `form` may make deliveries of.
+#[derive(Debug, Default)]
+pub struct Formable {
+    /// (endpoint, job) pairs with events not yet in a delivery. A pair
+    /// whose delivery is pending still is among them: `form` skips it (the
+    /// unique index of open deliveries decides, whatever the planner).
+    pub pairs: Vec<(Uuid, JobId)>,
+    /// Where the next page starts, when there may be one.
+    pub next: Option<(Uuid, JobId)>,
+}
+
+/// The next `limit` (endpoint, job) pairs owed events after `after`, in
+/// key order (an index range, whatever the table's statistics say).
 pub async fn formable(
     db: &impl GenericClient,
+    after: Option<(Uuid, JobId)>,
     limit: i64,
-) -> Result<Vec<(Uuid, JobId)>, RepoError> {
+) -> Result<Formable, RepoError> {
+    let (endpoint, job) = after.map_or((Uuid::nil(), Uuid::nil()), |(e, j)| (e, j.0));
     let rows = query(
         db,
-        "SELECT DISTINCT o.endpoint_id, o.job_id FROM webhook_outbox o
-          WHERE o.delivery_id IS NULL
-            AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
-                             WHERE d.endpoint_id = o.endpoint_id AND d.job_id = o.job_id
-                               AND d.status = 'PENDING')
-          ORDER BY 1, 2
-          LIMIT $1",
-        &[&limit],
+        // A skip scan: each step is the next key of the unsent index, so a
+        // page costs `limit` index probes however large the outbox.
+        "WITH RECURSIVE page(endpoint_id, job_id, n) AS (
+             (SELECT endpoint_id, job_id, 1 FROM webhook_outbox
+               WHERE delivery_id IS NULL AND (endpoint_id, job_id) > ($1, $2)
+               ORDER BY endpoint_id, job_id LIMIT 1)
+           UNION ALL
+             (SELECT o.endpoint_id, o.job_id, p.n + 1 FROM page p CROSS JOIN LATERAL (
+                     SELECT endpoint_id, job_id FROM webhook_outbox
+                      WHERE delivery_id IS NULL
+                        AND (endpoint_id, job_id) > (p.endpoint_id, p.job_id)
+                      ORDER BY endpoint_id, job_id LIMIT 1) o
+               WHERE p.n < $3::int8))
+         SELECT endpoint_id, job_id FROM page ORDER BY 1, 2",
+        &[&endpoint, &job, &limit],
     )
     .await?;
-    Ok(rows.iter().map(|r| (r.get(0), JobId(r.get(1)))).collect())
+    let next = (rows.len() as i64 >= limit)
+        .then(|| rows.last().map(|r| (r.get(0), JobId(r.get(1)))))
+        .flatten();
+    let pairs = rows.iter().map(|r| (r.get(0), JobId(r.get(1)))).collect();
+    Ok(Formable { pairs, next })
 }
 
 /// Makes a delivery of the oldest events (at most `max_events`) owed to
@@ -525,10 +563,10 @@ pub struct Due {
 
 /// Claims up to `limit` due deliveries for `hold` (no other reaper sends
 /// them meanwhile; a reaper that dies releases them when it runs out),
-/// at most `per_endpoint` of one endpoint, leaving out `busy` endpoints (at
-/// their concurrency bound here). It looks at the oldest due deliveries
-/// only, a few times `limit` of them: a claim costs the same however long
-/// the backlog.
+/// the oldest due first within each endpoint, at most `per_endpoint` of
+/// one, leaving out `busy` endpoints (at their bound here). Endpoints are
+/// visited one index probe each, so an endpoint with a long backlog, busy
+/// or not, costs a claim the same as one with a single delivery.
 pub async fn claim_due(
     db: &impl GenericClient,
     limit: i64,
@@ -537,36 +575,26 @@ pub async fn claim_due(
     hold: std::time::Duration,
 ) -> Result<Vec<Due>, RepoError> {
     let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
-    let scan = limit.saturating_mul(4).max(256);
-    let rows = query(
-        db,
-        "WITH oldest AS (
-             SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
-              WHERE status = 'PENDING' AND next_attempt_at <= now()
-                AND (claimed_until IS NULL OR claimed_until < now())
-                AND endpoint_id <> ALL($2)
-              ORDER BY next_attempt_at LIMIT $5),
-         ranked AS (
-             SELECT id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS n
-               FROM oldest),
+    let sql = format!(
+        "WITH RECURSIVE {LANES},
          due AS (
-             SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id
-              WHERE r.n <= $4
-                -- Checked again on the locked row: another reaper may have
-                -- claimed it since this statement's snapshot.
-                AND d.status = 'PENDING' AND d.next_attempt_at <= now()
-                AND (d.claimed_until IS NULL OR d.claimed_until < now())
-              ORDER BY d.next_attempt_at LIMIT $1
-              FOR UPDATE OF d SKIP LOCKED)
+             SELECT d.id FROM lanes l CROSS JOIN LATERAL (
+                    SELECT d.id FROM webhook_deliveries d
+                     WHERE d.endpoint_id = l.endpoint_id AND d.status = 'PENDING'
+                       AND d.next_attempt_at <= now()
+                       AND (d.claimed_until IS NULL OR d.claimed_until < now())
+                     ORDER BY d.next_attempt_at LIMIT $4
+                     FOR UPDATE SKIP LOCKED) d
+              WHERE l.endpoint_id IS NOT NULL AND l.endpoint_id <> ALL($2)
+              LIMIT $1)
          UPDATE webhook_deliveries d
             SET claimed_until = now() + $3 * interval '1 millisecond'
            FROM due, webhook_endpoints e
           WHERE d.id = due.id AND e.id = d.endpoint_id
           RETURNING d.id, d.customer_id, d.endpoint_id, e.url, e.username, e.password_sealed,
-                    e.enabled, d.body, d.attempts, d.schedule_from",
-        &[&limit, &busy, &(hold_ms as f64), &per_endpoint, &scan],
-    )
-    .await?;
+                    e.enabled, d.body, d.attempts, d.schedule_from"
+    );
+    let rows = query(db, &sql, &[&limit, &busy, &(hold_ms as f64), &per_endpoint]).await?;
     Ok(rows
         .iter()
         .map(|r| Due {

@@ -6,21 +6,15 @@ use deadpool_postgres::GenericClient;
 use orq_e2e::TestDb;
 use orq_shared::domain::{CustomerId, JobId};
 use orq_shared::repo::jobs::{self, NewTask};
-use orq_shared::repo::webhooks::{self, AttemptOutcome, NewEndpoint};
+use orq_shared::repo::webhooks::{self, AttemptOutcome};
 use std::time::Duration;
 use uuid::Uuid;
 
 const HOLD: Duration = Duration::from_secs(60);
 
-async fn subscription(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<Uuid> {
-    let sealer = orq_shared::secret::Sealer::from_config(&"ab".repeat(32))?;
-    let new = NewEndpoint {
-        url: "https://hooks.example.com/in".into(),
-        user: None,
-        password: None,
-    };
-    let made = webhooks::create_endpoint(c, customer, "subscription", &new, &sealer).await?;
-    Ok(made.id)
+async fn subscription(db: &TestDb, customer: CustomerId) -> anyhow::Result<Uuid> {
+    db.subscription(customer, "https://hooks.example.com/in")
+        .await
 }
 
 async fn job(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<JobId> {
@@ -36,8 +30,8 @@ async fn job(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<Job
 
 /// Forms every delivery the outbox owes; how many were made.
 async fn form_all(c: &impl GenericClient) -> anyhow::Result<usize> {
-    let pairs = webhooks::formable(c, 100).await?;
-    Ok(webhooks::form(c, &pairs, 50).await?)
+    let page = webhooks::formable(c, None, 100).await?;
+    Ok(webhooks::form(c, &page.pairs, 50).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +39,7 @@ async fn a_due_delivery_is_claimed_by_one_sender_until_released() -> anyhow::Res
     let db = TestDb::new("repohooks").await?;
     let acme = db.customer("acme").await?;
     let c = db.get().await?;
-    let endpoint = subscription(&c, acme).await?;
+    let endpoint = subscription(&db, acme).await?;
     let id = job(&c, acme).await?;
 
     assert_eq!(
@@ -93,7 +87,7 @@ async fn claims_take_at_most_the_per_endpoint_bound() -> anyhow::Result<()> {
     let db = TestDb::new("repohookcap").await?;
     let acme = db.customer("acme").await?;
     let c = db.get().await?;
-    subscription(&c, acme).await?;
+    subscription(&db, acme).await?;
     for _ in 0..3 {
         job(&c, acme).await?;
     }
@@ -104,6 +98,64 @@ async fn claims_take_at_most_the_per_endpoint_bound() -> anyhow::Result<()> {
     let rest = webhooks::claim_due(&c, 10, 2, &[], HOLD).await?;
     assert_eq!(rest.len(), 1);
     assert!(rest.iter().all(|d| first.iter().all(|f| f.id != d.id)));
+    drop(c);
+    db.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formable_pairs_come_in_key_order_pages_and_a_pending_delivery_blocks_its_job()
+-> anyhow::Result<()> {
+    let db = TestDb::new("repohookpage").await?;
+    let acme = db.customer("acme").await?;
+    let c = db.get().await?;
+    subscription(&db, acme).await?;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(job(&c, acme).await?);
+    }
+    let first = webhooks::formable(&c, None, 2).await?;
+    assert_eq!(first.pairs.len(), 2);
+    assert!(first.next.is_some(), "a full page: there may be more");
+    let second = webhooks::formable(&c, first.next, 2).await?;
+    assert_eq!(second.pairs.len(), 1);
+    assert!(second.next.is_none(), "the last page");
+    let mut seen: Vec<JobId> = first
+        .pairs
+        .iter()
+        .chain(&second.pairs)
+        .map(|p| p.1)
+        .collect();
+    seen.sort_by_key(|j| j.0);
+    made.sort_by_key(|j| j.0);
+    assert_eq!(seen, made, "every pair once, in key order");
+
+    // Formed, then a new event of the first job: owed, but blocked while
+    // its delivery is pending (one open delivery per endpoint and job).
+    assert_eq!(webhooks::form(&c, &first.pairs, 50).await?, 2);
+    jobs::transition(
+        &c,
+        acme,
+        first.pairs[0].1,
+        jobs::Actor::Api,
+        orq_shared::domain::JobEvent::Cancel,
+        &jobs::Outcome::default(),
+        Uuid::now_v7(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .await?;
+    let page = webhooks::formable(&c, None, 10).await?;
+    assert_eq!(
+        page.pairs.len(),
+        2,
+        "the first job's new event and the third job"
+    );
+    assert_eq!(
+        webhooks::form(&c, &page.pairs, 50).await?,
+        1,
+        "the first job waits for its pending delivery"
+    );
+    let owed = webhooks::formable(&c, None, 10).await?;
+    assert_eq!(owed.pairs, [first.pairs[0]], "still owed, not lost");
     drop(c);
     db.cleanup().await
 }

@@ -133,14 +133,5 @@ pub async fn prune_feed(
     before: OffsetDateTime,
     limit: i64,
 ) -> Result<u64, RepoError> {
-    execute(
-        db,
-        "DELETE FROM feed_log
-          WHERE pos = ANY(ARRAY(SELECT pos FROM feed_log
-                                 WHERE released_at < $1
-                                 ORDER BY released_at LIMIT $2
-                                 FOR UPDATE SKIP LOCKED))",
-        &[&before, &limit],
-    )
-    .await
+    crate::repo::prune_before(db, "feed_log", "pos", "released_at", "true", before, limit).await
 }
