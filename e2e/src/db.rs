@@ -76,6 +76,19 @@ impl TestDb {
         Ok(orq_shared::repo::customers::create(&c, name).await?)
     }
 
+    /// A one-row CSV job of `customer` (system `S`), through the repository.
+    pub async fn job(&self, customer: CustomerId) -> anyhow::Result<orq_shared::domain::JobId> {
+        let new = orq_shared::repo::jobs::NewTask {
+            description: "d".into(),
+            system: "S".into(),
+            attachment: orq_shared::attachment::encode("a\n1\n"),
+            rows_total: 1,
+            callback_id: None,
+        };
+        let c = self.get().await?;
+        Ok(orq_shared::repo::jobs::create(&c, customer, &new).await?.id)
+    }
+
     /// A webhook subscription of `customer` to `url`, through the
     /// repository, its password (none) sealed with `SECRET_KEY`.
     pub async fn subscription(&self, customer: CustomerId, url: &str) -> anyhow::Result<Uuid> {

@@ -4,7 +4,6 @@
 
 use deadpool_postgres::GenericClient;
 use orq_e2e::{TestDb, eventually};
-use orq_shared::repo::jobs::{self, NewTask};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,14 +84,7 @@ async fn an_endpoint_that_never_answers_does_not_hold_up_another() -> anyhow::Re
     // Every job's creation is owed to both endpoints.
     let mut jobs_made = HashSet::new();
     for _ in 0..JOBS {
-        let new = NewTask {
-            description: "d".into(),
-            system: "S".into(),
-            attachment: orq_shared::attachment::encode("a\n1\n"),
-            rows_total: 1,
-            callback_id: None,
-        };
-        jobs_made.insert(jobs::create(&c, acme, &new).await?.id.0.to_string());
+        jobs_made.insert(db.job(acme).await?.0.to_string());
     }
 
     let mut settings = orq_shared::config::Settings::load(None)?;

@@ -123,14 +123,7 @@ async fn old_deliveries_notifications_and_feed_places_go_and_job_history_stays()
     db.subscription(acme, "https://hooks.example.com/in")
         .await?;
     for _ in 0..3 {
-        let new = jobs::NewTask {
-            description: "d".into(),
-            system: "S".into(),
-            attachment: orq_shared::attachment::encode("a\n1\n"),
-            rows_total: 1,
-            callback_id: None,
-        };
-        jobs::create(&c, acme, &new).await?;
+        db.job(acme).await?;
     }
     let page = webhooks::formable(&c, None, 10).await?;
     assert_eq!(webhooks::form(&c, &page.pairs, 50).await?, 3);

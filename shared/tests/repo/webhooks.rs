@@ -5,7 +5,7 @@
 use deadpool_postgres::GenericClient;
 use orq_e2e::TestDb;
 use orq_shared::domain::{CustomerId, JobId};
-use orq_shared::repo::jobs::{self, NewTask};
+use orq_shared::repo::jobs;
 use orq_shared::repo::webhooks::{self, AttemptOutcome};
 use std::time::Duration;
 use uuid::Uuid;
@@ -15,17 +15,6 @@ const HOLD: Duration = Duration::from_secs(60);
 async fn subscription(db: &TestDb, customer: CustomerId) -> anyhow::Result<Uuid> {
     db.subscription(customer, "https://hooks.example.com/in")
         .await
-}
-
-async fn job(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<JobId> {
-    let new = NewTask {
-        description: "d".into(),
-        system: "S".into(),
-        attachment: orq_shared::attachment::encode("a\n1\n"),
-        rows_total: 1,
-        callback_id: None,
-    };
-    Ok(jobs::create(c, customer, &new).await?.id)
 }
 
 /// Forms every delivery the outbox owes; how many were made.
@@ -40,7 +29,7 @@ async fn a_due_delivery_is_claimed_by_one_sender_until_released() -> anyhow::Res
     let acme = db.customer("acme").await?;
     let c = db.get().await?;
     let endpoint = subscription(&db, acme).await?;
-    let id = job(&c, acme).await?;
+    let id = db.job(acme).await?;
 
     assert_eq!(
         form_all(&c).await?,
@@ -89,7 +78,7 @@ async fn claims_take_at_most_the_per_endpoint_bound() -> anyhow::Result<()> {
     let c = db.get().await?;
     subscription(&db, acme).await?;
     for _ in 0..3 {
-        job(&c, acme).await?;
+        db.job(acme).await?;
     }
     // One delivery per job: three due to the one endpoint.
     assert_eq!(form_all(&c).await?, 3);
@@ -111,7 +100,7 @@ async fn formable_pairs_come_in_key_order_pages_and_a_pending_delivery_blocks_it
     subscription(&db, acme).await?;
     let mut made = Vec::new();
     for _ in 0..3 {
-        made.push(job(&c, acme).await?);
+        made.push(db.job(acme).await?);
     }
     let first = webhooks::formable(&c, None, 2).await?;
     assert_eq!(first.pairs.len(), 2);
