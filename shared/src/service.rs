@@ -83,6 +83,11 @@ impl Service {
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listen` (ready while
     /// the database and the broker are).
     pub fn serve_ops(&self, listen: &str) {
+        // The recorder is installed now, before the service's loops run:
+        // what they count before the server's task first runs is kept.
+        if !listen.is_empty() {
+            crate::ops::metrics();
+        }
         let checks = crate::ops::Checks {
             pool: Some(self.pool.clone()),
             broker: Some(self.broker.clone()),
