@@ -242,21 +242,28 @@ impl Flight {
 /// Messages claimed and not started yet, by lane, oldest claim first.
 struct Ready<I> {
     lanes: HashMap<Option<Uuid>, VecDeque<(I, Instant)>>,
-    len: usize,
 }
 
 impl<I> Default for Ready<I> {
     fn default() -> Self {
         Ready {
             lanes: HashMap::new(),
-            len: 0,
         }
     }
 }
 
 impl<I> Ready<I> {
+    fn len(&self) -> usize {
+        self.lanes.values().map(VecDeque::len).sum()
+    }
+
     fn in_lane(&self, lane: Option<Uuid>) -> usize {
         self.lanes.get(&lane).map_or(0, VecDeque::len)
+    }
+
+    /// What `lane` holds here: in flight (`in_flight`, by lane) and ready.
+    fn held(&self, in_flight: &HashMap<Uuid, usize>, lane: Uuid) -> usize {
+        in_flight.get(&lane).copied().unwrap_or(0) + self.in_lane(Some(lane))
     }
 
     fn push(&mut self, lane: Option<Uuid>, item: I) {
@@ -264,7 +271,6 @@ impl<I> Ready<I> {
             .entry(lane)
             .or_default()
             .push_back((item, Instant::now()));
-        self.len += 1;
     }
 
     /// Takes out what was claimed longer ago than `fresh_for`.
@@ -280,13 +286,11 @@ impl<I> Ready<I> {
                 }
             }
         }
-        self.len -= old.len();
         self.lanes.retain(|_, q| !q.is_empty());
         old
     }
 
     fn drain(&mut self) -> Vec<I> {
-        self.len = 0;
         self.lanes
             .drain()
             .flat_map(|(_, q)| q.into_iter().map(|(item, _)| item))
@@ -392,16 +396,14 @@ pub async fn run<K: Outbound>(kind: Arc<K>, pace: Pace, shutdown: CancellationTo
 
 /// Lanes not to claim for: those holding `lane_full` or more here.
 fn busy<I>(pace: &Pace, in_flight: &HashMap<Uuid, usize>, ready: &Ready<I>) -> Vec<Uuid> {
-    let mut lanes: HashMap<Uuid, usize> = in_flight.clone();
-    for (lane, queue) in &ready.lanes {
-        if let Some(l) = lane {
-            *lanes.entry(*l).or_insert(0) += queue.len();
-        }
-    }
+    let lanes: std::collections::HashSet<Uuid> = in_flight
+        .keys()
+        .copied()
+        .chain(ready.lanes.keys().flatten().copied())
+        .collect();
     lanes
         .into_iter()
-        .filter(|(_, n)| *n >= pace.lane_full())
-        .map(|(l, _)| l)
+        .filter(|l| ready.held(in_flight, *l) >= pace.lane_full())
         .collect()
 }
 
@@ -410,13 +412,13 @@ fn busy<I>(pace: &Pace, in_flight: &HashMap<Uuid, usize>, ready: &Ready<I>) -> V
 /// (the lanes `busy` leaves out hold more: claiming for them is no use).
 fn wants_more<I>(pace: &Pace, flight: &Flight, ready: &Ready<I>) -> bool {
     let (total, lanes) = flight.in_flight();
-    if total + ready.len >= pace.total_cap() {
+    if total + ready.len() >= pace.total_cap() {
         return false;
     }
-    ready.len == 0
+    ready.len() == 0
         || lanes
-            .iter()
-            .any(|(l, n)| n + ready.in_lane(Some(*l)) < pace.lane_full())
+            .keys()
+            .any(|l| ready.held(&lanes, *l) < pace.lane_full())
 }
 
 /// Claims due messages for lanes with room; returns how many it kept.
@@ -427,7 +429,7 @@ async fn claim<K: Outbound>(
     ready: &mut Ready<K::Item>,
 ) -> Result<usize, RepoError> {
     let (total, lanes) = flight.in_flight();
-    let room = pace.total_cap().saturating_sub(total + ready.len);
+    let room = pace.total_cap().saturating_sub(total + ready.len());
     if room == 0 {
         return Ok(0);
     }
@@ -442,8 +444,7 @@ async fn claim<K: Outbound>(
     let mut release = Vec::new();
     for item in claimed {
         let lane = K::lane(&item);
-        let held = lane.map_or(0, |l| lanes.get(&l).copied().unwrap_or(0)) + ready.in_lane(lane);
-        if lane.is_some() && held >= pace.lane_cap() {
+        if lane.is_some_and(|l| ready.held(&lanes, l) >= pace.lane_cap()) {
             release.push(item);
         } else {
             ready.push(lane, item);
@@ -472,7 +473,6 @@ fn start<K: Outbound>(
             let Some((item, _)) = queue.pop_front() else {
                 break;
             };
-            ready.len -= 1;
             total += 1;
             busy += 1;
             let lane = *lane;
@@ -621,12 +621,12 @@ mod tests {
         ready.push(lane, 1);
         ready.push(None, 2);
         assert!(ready.stale(Duration::from_secs(20)).is_empty());
-        assert_eq!(ready.len, 2);
+        assert_eq!(ready.len(), 2);
         std::thread::sleep(Duration::from_millis(5));
         let mut old = ready.stale(Duration::from_millis(1));
         old.sort();
         assert_eq!(old, [1, 2]);
-        assert_eq!(ready.len, 0);
+        assert_eq!(ready.len(), 0);
         assert!(ready.lanes.is_empty());
     }
 

@@ -157,9 +157,9 @@ impl Sender {
     /// pairs (a fixed number of statements each), at most `pages` pages,
     /// going on from where the last call stopped and starting over at the
     /// end (so pairs a pending delivery blocks, however many, never keep
-    /// others waiting for more than a round); returns how many it made and
-    /// whether more may be owed.
-    pub async fn form_some(&self, pages: usize) -> Result<(usize, bool), RepoError> {
+    /// others waiting for more than a round); returns whether more may be
+    /// owed now.
+    pub async fn form_some(&self, pages: usize) -> Result<bool, RepoError> {
         let max = self.inner.settings.webhooks.max_events_per_delivery.max(1);
         let mut formed = 0;
         let mut after = self.inner.form_cursor.lock().map(|c| *c).unwrap_or(None);
@@ -184,7 +184,7 @@ impl Sender {
         // More to look at now only when this call made some and stopped
         // short of the end: pages of blocked pairs alone wait for the next
         // look, rather than spin.
-        Ok((formed, formed > 0 && !wrapped))
+        Ok(formed > 0 && !wrapped)
     }
 
     fn signing_secret_cached(&self, customer: CustomerId) -> Option<String> {
@@ -267,7 +267,7 @@ impl Outbound for Sender {
     /// A few pages per look, so sending starts while a large outbox is
     /// still being formed.
     async fn prepare(&self) -> Result<bool, RepoError> {
-        self.form_some(FORM_PAGES).await.map(|(_, more)| more)
+        self.form_some(FORM_PAGES).await
     }
 
     /// Deliveries to a disabled endpoint end here, without an attempt.

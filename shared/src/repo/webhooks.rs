@@ -416,10 +416,10 @@ pub async fn formable(
         &[&endpoint, &job, &limit],
     )
     .await?;
-    let next = (rows.len() as i64 >= limit)
-        .then(|| rows.last().map(|r| (r.get(0), JobId(r.get(1)))))
+    let pairs: Vec<(Uuid, JobId)> = rows.iter().map(|r| (r.get(0), JobId(r.get(1)))).collect();
+    let next = (pairs.len() as i64 >= limit)
+        .then(|| pairs.last().copied())
         .flatten();
-    let pairs = rows.iter().map(|r| (r.get(0), JobId(r.get(1)))).collect();
     Ok(Formable { pairs, next })
 }
 
