@@ -10,11 +10,13 @@
 //! * `reports` – applies bot reports.
 //! * `finishes` – applies micro-task finish submissions.
 //! * `sweep`   – the periodic pass that catches lost wake-ups and deliveries.
+//! * `stranded` – flags waiting jobs no registered bot could ever take.
 
 pub mod batch;
 pub mod finishes;
 pub mod matcher;
 pub mod reports;
+pub mod stranded;
 pub mod sweep;
 
 use orq_shared::CancellationToken;
@@ -68,6 +70,11 @@ impl App {
             pool.clone(),
             broker.clone(),
             self.settings.clone(),
+            shutdown.clone(),
+        ));
+        s.spawn(stranded::run(
+            pool.clone(),
+            self.settings.dispatcher.stranded_interval_ms,
             shutdown.clone(),
         ));
         s.spawn(sweep::run(

@@ -623,9 +623,9 @@ async fn emptying_a_queue_removes_history_and_waiting_runs_only_when_asked() -> 
     let done = id(&s.run(&task, json!([])).await?);
     s.job_until(&done, &["COMPLETE"], Duration::from_secs(30))
         .await?;
-    // A task pinned to a bot nobody runs keeps its jobs waiting.
+    // A task needing a tag no agent carries keeps its jobs waiting.
     let parked = id(&s
-        .task(json!({"name": "p", "script_id": script, "tags": ["nowhere"]}))
+        .task(json!({"name": "p", "script_id": script, "required_tags": ["nowhere"]}))
         .await?);
     let waiting = id(&s.run(&parked, json!([])).await?);
     let finished_parked: Value = s
@@ -700,6 +700,190 @@ async fn a_backlog_that_cannot_run_does_not_hide_newer_jobs() -> anyhow::Result<
     assert!(
         waiting > 50,
         "the newer job ran while the backlog waited ({waiting} waiting)"
+    );
+    s.finish().await
+}
+
+/// Polls `path` (the customer's) until `check` holds; the last answer.
+async fn until(
+    s: &Stack,
+    path: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let (client, url) = (s.admin.clone(), s.url(path));
+    eventually(Duration::from_secs(20), what, || {
+        let (client, url) = (client.clone(), url.clone());
+        let check = &check;
+        async move {
+            let v: Value = client.get(url).send().await?.json().await?;
+            Ok(check(&v).then_some(v))
+        }
+    })
+    .await
+}
+
+/// The WARNING events of a job.
+async fn warnings(s: &Stack, job: &str) -> anyhow::Result<Vec<String>> {
+    let events: Vec<Value> = s
+        .admin
+        .get(s.url(&format!("/job/{job}/events")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(events
+        .iter()
+        .filter(|e| e["type"] == "WARNING")
+        .map(|e| e["description"].as_str().unwrap_or_default().to_string())
+        .collect())
+}
+
+#[tokio::test]
+async fn tags_are_labels_and_work_no_bot_can_take_is_flagged_not_silently_stuck()
+-> anyhow::Result<()> {
+    let s = Stack::start("labels", 1, 2).await?;
+    let script = s.script("noop", "exit 0").await?;
+    // Seed 002: tags are labels to find tasks by. An agent carrying none
+    // runs a task with some.
+    let labelled = id(&s
+        .task(json!({"name": "l", "script_id": script, "tags": ["billing", "nightly"]}))
+        .await?);
+    let run = id(&s.run(&labelled, json!([])).await?);
+    s.job_until(&run, &["COMPLETE"], Duration::from_secs(30))
+        .await?;
+    let found: Vec<Value> = s
+        .admin
+        .get(s.url("/task?tags=nightly,billing"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        found.iter().map(id).collect::<Vec<_>>(),
+        vec![labelled.clone()]
+    );
+    let none: Vec<Value> = s
+        .admin
+        .get(s.url("/task?tags=billing,other"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(none.is_empty(), "{none:?}");
+    let runs: Vec<Value> = s
+        .admin
+        .get(s.url("/job?tags=billing"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(runs.iter().map(id).collect::<Vec<_>>(), vec![run.clone()]);
+
+    // Placement by tags is `required_tags`. No agent carries gpu: the run
+    // is flagged at once, with the reason on the job and a WARNING event.
+    let gpu = s
+        .task(json!({"name": "g", "script_id": script, "required_tags": ["gpu"]}))
+        .await?;
+    assert_eq!(gpu["required_tags"], json!(["gpu"]));
+    let gpu = id(&gpu);
+    let stuck = id(&s.run(&gpu, json!([])).await?);
+    let job = until(&s, &format!("/job/{stuck}"), "a waiting reason", |j| {
+        !j["waiting_reason"].is_null()
+    })
+    .await?;
+    assert_eq!(job["status"], "WAITING");
+    let reason = "no agent carries every one of its required tags: gpu";
+    assert_eq!(job["waiting_reason"], reason);
+    assert_eq!(
+        warnings(&s, &stuck).await?,
+        vec![format!("no bot can take this job: {reason}")]
+    );
+    // An agent with the tag comes: the reason goes and the run completes.
+    let config = s.env.dir.join("gpu.toml");
+    std::fs::write(
+        &config,
+        "[agent]\ncapacity = 1\nheartbeat_interval_ms = 1000\ntags = [\"gpu\"]\n",
+    )?;
+    let _gpu_agent = s.env.start_agent(&s.gw, "bot-gpu", &config, &[]).await?;
+    let done = s
+        .job_until(&stuck, &["COMPLETE"], Duration::from_secs(30))
+        .await?;
+    assert!(done.get("waiting_reason").is_none(), "{done}");
+    assert_eq!(
+        warnings(&s, &stuck).await?.len(),
+        1,
+        "one warning, never repeated"
+    );
+
+    // Every agent draining: a new run is flagged; one agent resumed, it runs.
+    let bots: Vec<Value> = s
+        .admin
+        .get(format!("{}/bots", s.gw))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Vec<String> = bots.iter().map(id).collect();
+    assert_eq!(ids.len(), 2, "{bots:?}");
+    for bot in &ids {
+        let r = s
+            .admin
+            .post(format!("{}/bots/{bot}/drain", s.gw))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+    }
+    let later = id(&s.run(&labelled, json!([])).await?);
+    let job = until(&s, &format!("/job/{later}"), "a waiting reason", |j| {
+        !j["waiting_reason"].is_null()
+    })
+    .await?;
+    assert_eq!(
+        job["waiting_reason"],
+        "every agent that could run it is draining"
+    );
+    let r = s
+        .admin
+        .post(format!("{}/bots/{}/resume", s.gw, ids[0]))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    s.job_until(&later, &["COMPLETE"], Duration::from_secs(30))
+        .await?;
+
+    // A CSV task whose system's only bot is draining: flagged too.
+    let (status, bot) = orq_e2e::api::answer(s.admin.post(format!("{}/bots", s.gw)).json(&json!({
+        "name": "legacy", "ip_address": "127.0.0.1", "port": 9, "capacity": 1,
+        "systems": ["Vivo360"],
+    })))
+    .await?;
+    assert_eq!(status, 201, "{bot}");
+    let r = s
+        .admin
+        .post(format!("{}/bots/{}/drain", s.gw, id(&bot)))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let (status, task) =
+        orq_e2e::api::answer(s.admin.post(format!("{}/tasks", s.gw)).json(&json!({
+            "description": "drained", "system": "Vivo360",
+            "attachment": orq_shared::attachment::encode("a\n1\n"),
+        })))
+        .await?;
+    assert_eq!(status, 201, "{task}");
+    let (client, url) = (s.admin.clone(), format!("{}/tasks/{}", s.gw, id(&task)));
+    let flagged: Value = eventually(Duration::from_secs(20), "the CSV task flagged", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let t: Value = client.get(url).send().await?.json().await?;
+            Ok((!t["waiting_reason"].is_null()).then_some(t))
+        }
+    })
+    .await?;
+    assert_eq!(
+        flagged["waiting_reason"],
+        "every bot declaring system \"Vivo360\" is draining"
     );
     s.finish().await
 }

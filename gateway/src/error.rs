@@ -355,6 +355,7 @@ impl From<ActivityRefusal> for ApiError {
         let message = r.to_string();
         match r {
             ActivityRefusal::NotFound => ApiError::not_found("activity"),
+            ActivityRefusal::NotYoursToEnd => ApiError::forbidden(message),
             ActivityRefusal::NotOpen(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_open", message)
             }

@@ -256,6 +256,10 @@ pub struct DispatcherSettings {
     pub batch_size: i64,
     /// Most reports applied in one transaction.
     pub report_batch: usize,
+    /// How often waiting jobs are checked for ones no registered bot could
+    /// ever take (flagged with a WARNING event and `waiting_reason`, cleared
+    /// when a bot could take them again). 0: never.
+    pub stranded_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -364,6 +368,7 @@ assign_timeout_ms = 60000
 http_delivery_timeout_ms = 10000
 batch_size = 256
 report_batch = 256
+stranded_interval_ms = 1000
 
 [agent]
 gateway_url = "http://127.0.0.1:8080"

@@ -8,7 +8,7 @@
 //! can take a job when it has a free slot and
 //! * a CSV job: the bot declares the job's system;
 //! * a script job: the bot is an agent, is the job's host when it has one,
-//!   carries all the job's tags, and runs no other run of the job's task
+//!   carries all the job's required tags, and runs no other run of the job's task
 //!   when that task allows one run per bot (`multitasking = false`).
 
 use std::collections::HashSet;
@@ -37,7 +37,7 @@ pub struct Candidate {
     /// Script jobs: the bot it must run on, the tags its bot must carry,
     /// and its task when at most one run of it may be on a bot.
     pub host: Option<BotId>,
-    pub tags: Vec<String>,
+    pub required_tags: Vec<String>,
     pub single_task: Option<Uuid>,
 }
 
@@ -111,7 +111,7 @@ impl Placement {
             None => {
                 bot.delivery == Delivery::Agent
                     && job.host.is_none_or(|h| h == bot.id)
-                    && job.tags.iter().all(|t| bot.tags.contains(t))
+                    && job.required_tags.iter().all(|t| bot.tags.contains(t))
                     && job
                         .single_task
                         .is_none_or(|t| !self.busy.contains(&(bot.id, t)))
@@ -150,6 +150,105 @@ fn sorted_unique(items: impl Iterator<Item = String>) -> Vec<String> {
     all
 }
 
+/// A registered bot, whatever its load or status: what could ever take a
+/// job. (A bot that is down may come back; a draining one takes nothing
+/// until it is resumed; a deleted one is gone.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KnownBot {
+    pub id: BotId,
+    pub delivery: Delivery,
+    pub systems: Vec<String>,
+    pub tags: Vec<String>,
+    pub draining: bool,
+}
+
+/// What a waiting job asks of its bot; the stranded check looks at each
+/// distinct ask once, however many jobs share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Needs {
+    /// A CSV job's system; `None` for a script job.
+    pub system: Option<String>,
+    pub host: Option<BotId>,
+    pub required_tags: Vec<String>,
+}
+
+/// Why no registered bot can take a job: it would wait for ever, so it is
+/// flagged (a WARNING event and the job's `waiting_reason`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stranded {
+    #[error("no bot declares system {0:?}")]
+    NoBotForSystem(String),
+    #[error("every bot declaring system {0:?} is draining")]
+    SystemDraining(String),
+    #[error("its host {0} is not a registered bot")]
+    HostGone(BotId),
+    #[error("its host {0} is a legacy HTTP bot; scripts run only on agents")]
+    HostNotAgent(BotId),
+    #[error("its host {host} does not carry its required tags: {}", .missing.join(", "))]
+    HostLacksTags { host: BotId, missing: Vec<String> },
+    #[error("its host {0} is draining")]
+    HostDraining(BotId),
+    #[error("no agent bot is registered")]
+    NoAgent,
+    #[error("no agent carries every one of its required tags: {}", .0.join(", "))]
+    NoAgentWithTags(Vec<String>),
+    #[error("every agent that could run it is draining")]
+    AgentsDraining,
+}
+
+/// Why no bot of `bots` could ever take a job that `needs` this, or `None`
+/// when one could (now or once it has a free slot).
+pub fn stranded(needs: &Needs, bots: &[KnownBot]) -> Option<Stranded> {
+    let carries = |bot: &KnownBot| needs.required_tags.iter().all(|t| bot.tags.contains(t));
+    if let Some(system) = &needs.system {
+        let declaring: Vec<&KnownBot> = bots
+            .iter()
+            .filter(|b| b.systems.iter().any(|s| s == system))
+            .collect();
+        return if declaring.is_empty() {
+            Some(Stranded::NoBotForSystem(system.clone()))
+        } else if declaring.iter().all(|b| b.draining) {
+            Some(Stranded::SystemDraining(system.clone()))
+        } else {
+            None
+        };
+    }
+    if let Some(host) = needs.host {
+        let Some(bot) = bots.iter().find(|b| b.id == host) else {
+            return Some(Stranded::HostGone(host));
+        };
+        let missing: Vec<String> = needs
+            .required_tags
+            .iter()
+            .filter(|t| !bot.tags.contains(t))
+            .cloned()
+            .collect();
+        return if bot.delivery != Delivery::Agent {
+            Some(Stranded::HostNotAgent(host))
+        } else if !missing.is_empty() {
+            Some(Stranded::HostLacksTags { host, missing })
+        } else if bot.draining {
+            Some(Stranded::HostDraining(host))
+        } else {
+            None
+        };
+    }
+    let agents: Vec<&KnownBot> = bots
+        .iter()
+        .filter(|b| b.delivery == Delivery::Agent)
+        .collect();
+    let able: Vec<&&KnownBot> = agents.iter().filter(|b| carries(b)).collect();
+    if agents.is_empty() {
+        Some(Stranded::NoAgent)
+    } else if able.is_empty() {
+        Some(Stranded::NoAgentWithTags(needs.required_tags.clone()))
+    } else if able.iter().all(|b| b.draining) {
+        Some(Stranded::AgentsDraining)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +276,7 @@ mod tests {
             id: Uuid::now_v7(),
             system: Some(system.into()),
             host: None,
-            tags: Vec::new(),
+            required_tags: Vec::new(),
             single_task: None,
         }
     }
@@ -187,7 +286,7 @@ mod tests {
             id: Uuid::now_v7(),
             system: None,
             host: host.map(|h| BotId(Uuid::from_u128(h))),
-            tags: tags.iter().map(|s| s.to_string()).collect(),
+            required_tags: tags.iter().map(|s| s.to_string()).collect(),
             single_task: single_task.map(Uuid::from_u128),
         }
     }
@@ -275,5 +374,113 @@ mod tests {
         assert_eq!(paging(100, 256), (256, 4096));
         // More slots than the limit: a page holds at least the slots.
         assert_eq!(paging(500, 256), (500, 8000));
+    }
+
+    fn known(
+        n: u128,
+        delivery: Delivery,
+        systems: &[&str],
+        tags: &[&str],
+        draining: bool,
+    ) -> KnownBot {
+        KnownBot {
+            id: BotId(Uuid::from_u128(n)),
+            delivery,
+            systems: systems.iter().map(|s| s.to_string()).collect(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            draining,
+        }
+    }
+
+    fn needs(system: Option<&str>, host: Option<u128>, tags: &[&str]) -> Needs {
+        Needs {
+            system: system.map(str::to_string),
+            host: host.map(|h| BotId(Uuid::from_u128(h))),
+            required_tags: tags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_csv_job_is_stranded_when_its_system_has_no_bot_or_only_draining_ones() {
+        let bots = vec![
+            known(1, Delivery::Agent, &["A"], &[], false),
+            known(2, Delivery::Http, &["B"], &[], true),
+            known(3, Delivery::Agent, &["B"], &[], true),
+        ];
+        assert_eq!(stranded(&needs(Some("A"), None, &[]), &bots), None);
+        assert_eq!(
+            stranded(&needs(Some("B"), None, &[]), &bots),
+            Some(Stranded::SystemDraining("B".into()))
+        );
+        assert_eq!(
+            stranded(&needs(Some("C"), None, &[]), &bots),
+            Some(Stranded::NoBotForSystem("C".into()))
+        );
+        assert_eq!(
+            stranded(&needs(Some("A"), None, &[]), &[]),
+            Some(Stranded::NoBotForSystem("A".into()))
+        );
+        // One bot of B back from draining is enough, whatever its status.
+        let mut resumed = bots.clone();
+        resumed[1].draining = false;
+        assert_eq!(stranded(&needs(Some("B"), None, &[]), &resumed), None);
+    }
+
+    #[test]
+    fn a_script_job_with_a_host_needs_that_agent_registered_carrying_its_tags_and_not_draining() {
+        let bots = vec![
+            known(1, Delivery::Agent, &[], &["gpu"], false),
+            known(2, Delivery::Http, &[], &["gpu"], false),
+            known(3, Delivery::Agent, &[], &[], true),
+        ];
+        let host = |n: u128| BotId(Uuid::from_u128(n));
+        assert_eq!(stranded(&needs(None, Some(1), &["gpu"]), &bots), None);
+        assert_eq!(
+            stranded(&needs(None, Some(9), &[]), &bots),
+            Some(Stranded::HostGone(host(9)))
+        );
+        assert_eq!(
+            stranded(&needs(None, Some(2), &[]), &bots),
+            Some(Stranded::HostNotAgent(host(2)))
+        );
+        assert_eq!(
+            stranded(&needs(None, Some(1), &["gpu", "linux"]), &bots),
+            Some(Stranded::HostLacksTags {
+                host: host(1),
+                missing: vec!["linux".into()]
+            })
+        );
+        assert_eq!(
+            stranded(&needs(None, Some(3), &[]), &bots),
+            Some(Stranded::HostDraining(host(3)))
+        );
+    }
+
+    #[test]
+    fn a_script_job_without_a_host_needs_an_agent_carrying_every_required_tag() {
+        let bots = vec![
+            known(1, Delivery::Http, &[], &["gpu", "linux"], false),
+            known(2, Delivery::Agent, &[], &["linux"], false),
+            known(3, Delivery::Agent, &[], &["gpu", "linux"], true),
+        ];
+        assert_eq!(stranded(&needs(None, None, &[]), &bots), None);
+        assert_eq!(stranded(&needs(None, None, &["linux"]), &bots), None);
+        assert_eq!(
+            stranded(&needs(None, None, &["gpu"]), &bots),
+            Some(Stranded::AgentsDraining),
+            "the only agent with gpu is draining; the HTTP bot does not count"
+        );
+        assert_eq!(
+            stranded(&needs(None, None, &["arm", "gpu"]), &bots),
+            Some(Stranded::NoAgentWithTags(vec!["arm".into(), "gpu".into()]))
+        );
+        assert_eq!(
+            stranded(&needs(None, None, &[]), &bots[..1]),
+            Some(Stranded::NoAgent)
+        );
+        assert_eq!(
+            Stranded::NoAgentWithTags(vec!["arm".into(), "gpu".into()]).to_string(),
+            "no agent carries every one of its required tags: arm, gpu"
+        );
     }
 }

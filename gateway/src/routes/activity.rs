@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{PageQuery, optional_enum, paged, text_field};
-use crate::auth::{Admins, Authorized, Users, Viewers};
+use crate::auth::{Authorized, Users, Viewers};
 use crate::error::{ApiError, Json, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
 use crate::ids::{Id, UserTask};
@@ -205,16 +205,18 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, axum::Json(task)).into_response())
 }
 
-/// `POST /activity_manager/{id}/expire` (admin): ends it now, as its
-/// timeout would (submitted with `is_continue = true`).
+/// `POST /activity_manager/{id}/expire`: ends it now, as its timeout would
+/// (submitted with `is_continue = true`). An admin ends any open activity;
+/// a user (the role that opens them: the process) a `notify` one, which its
+/// process ends when it ends; a user's `commit` one is 403.
 #[utoipa::path(post, path = "/activity_manager/{id}/expire", operation_id = "activity_expire", tag = "activity_manager", params(("id" = uuid::Uuid, Path, description = "The user task's id")), responses((status = 200, description = "Expired", body = orq_shared::repo::human::HumanTask), crate::error::Refusals))]
 pub async fn expire(
     State(state): State<AppState>,
-    who: Authorized<Admins>,
+    who: Authorized<Users>,
     Id(id): Id<UserTask>,
 ) -> Result<axum::Json<HumanTask>, ApiError> {
     let task = state
-        .in_transaction(async |tx| human::expire(tx, who.customer_id, id).await)
+        .in_transaction(async |tx| human::expire(tx, who.customer_id, id, who.role).await)
         .await?;
     Ok(axum::Json(task))
 }

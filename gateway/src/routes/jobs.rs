@@ -18,7 +18,7 @@ use orq_shared::secret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{PageQuery, paged, reader};
+use super::{LabelQuery, PageQuery, paged, reader};
 use crate::auth::{Admins, Auth, Scoped, Users, Viewers};
 use crate::error::{ApiError, Path, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
@@ -394,7 +394,7 @@ pub async fn list_for_task(
     uri: axum::http::Uri,
     Id(task): Id<TaskId>,
 ) -> Result<Response, ApiError> {
-    list_jobs(&state, &who, Some(task), &paging, &uri).await
+    list_jobs(&state, &who, Some(task), Vec::new(), &paging, &uri).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -403,15 +403,17 @@ pub struct JobListQuery {
     task: Option<String>,
 }
 
-/// `GET /{customer}/job?task=&status=&lifecycle[]=`.
-#[utoipa::path(get, path = "/{customer}/job", operation_id = "jobs_list", tag = "theeye", params(super::CustomerPath, JobListQuery, StatusFilter, super::PageQuery), responses((status = 200, description = "A page of jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
+/// `GET /{customer}/job?task=&tags=&status=&lifecycle[]=`.
+#[utoipa::path(get, path = "/{customer}/job", operation_id = "jobs_list", tag = "theeye", params(super::CustomerPath, JobListQuery, super::LabelQuery, StatusFilter, super::PageQuery), responses((status = 200, description = "A page of jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     who: Scoped<Viewers>,
     Query(q): Query<JobListQuery>,
+    Query(labels): Query<LabelQuery>,
     Query(paging): Query<PageQuery>,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
+    let labels = labels.labels()?;
     let task = q
         .task
         .map(|t| {
@@ -419,15 +421,16 @@ pub async fn list(
                 .map_err(|_| ApiError::invalid_field("task", "task must be a task id"))
         })
         .transpose()?;
-    list_jobs(&state, &who, task, &paging, &uri).await
+    list_jobs(&state, &who, task, labels, &paging, &uri).await
 }
 
 /// A page of the jobs `who` may see, of one task (which `who` must see) or
-/// all, filtered by `?status=`/`?lifecycle[]=`.
+/// all, filtered by `?status=`/`?lifecycle[]=` and their task's labels.
 async fn list_jobs(
     state: &AppState,
     who: &Principal,
     task: Option<TaskId>,
+    labels: Vec<String>,
     paging: &PageQuery,
     uri: &axum::http::Uri,
 ) -> Result<Response, ApiError> {
@@ -435,6 +438,7 @@ async fn list_jobs(
     let filter = JobFilter {
         task,
         statuses: statuses(uri.query())?,
+        labels,
     };
     let db = state.db().await?;
     if let Some(task) = task {

@@ -69,6 +69,20 @@ pub struct SofierParam {
     sofier: Option<String>,
 }
 
+/// `?tags=a,b`: only what carries every one of these labels.
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LabelQuery {
+    /// Labels, comma-separated: only items carrying every one.
+    pub tags: Option<String>,
+}
+
+impl LabelQuery {
+    pub fn labels(&self) -> Result<Vec<String>, ApiError> {
+        Ok(fields::labels(self.tags.as_deref().unwrap_or_default())?)
+    }
+}
+
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 

@@ -10,7 +10,7 @@ use orq_shared::domain::TaskId;
 use orq_shared::repo::task_defs::{self, Reader, TaskDef};
 use serde_json::{Value, json};
 
-use super::{PageQuery, paged, reader};
+use super::{LabelQuery, PageQuery, paged, reader};
 use crate::auth::{Admins, Scoped, Viewers};
 use crate::error::{ApiError, Json, Query};
 use crate::idempotency::{Caller, CreateRequest, IdemKey, create_once};
@@ -18,15 +18,17 @@ use crate::ids::Id;
 use crate::service::task_defs::{self as service, Recipe, TaskBody};
 use crate::state::AppState;
 
-#[utoipa::path(get, path = "/{customer}/task", operation_id = "task_defs_list", tag = "theeye", params(super::CustomerPath, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::task_defs::TaskDef], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
+#[utoipa::path(get, path = "/{customer}/task", operation_id = "task_defs_list", tag = "theeye", params(super::CustomerPath, super::LabelQuery, super::PageQuery), responses((status = 200, description = "A page of tasks", body = [orq_shared::repo::task_defs::TaskDef], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
     who: Scoped<Viewers>,
+    Query(labels): Query<LabelQuery>,
     Query(paging): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let page = paging.page()?;
+    let labels = labels.labels()?;
     let db = state.db().await?;
-    let items: Vec<TaskDef> = task_defs::list(&db, who.customer_id, reader(&who), page)
+    let items: Vec<TaskDef> = task_defs::list(&db, who.customer_id, reader(&who), &labels, page)
         .await?
         .into_iter()
         .map(|t| service::shown_to(&who, t))

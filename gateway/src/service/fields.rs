@@ -38,6 +38,15 @@ pub fn text_field(field: &str, value: &str, max: usize) -> Result<String, FieldE
     Ok(value.to_string())
 }
 
+/// Labels given as `a,b`: each trimmed, none longer than 200 characters;
+/// empty items are skipped.
+pub fn labels(raw: &str) -> Result<Vec<String>, FieldError> {
+    raw.split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| text_field("tags", t, 200))
+        .collect()
+}
+
 /// A file name to write on the bot: one path component, nothing special.
 pub fn check_filename(name: &str) -> Result<String, FieldError> {
     let name = text_field("filename", name, 200)?;
@@ -54,6 +63,17 @@ pub fn check_filename(name: &str) -> Result<String, FieldError> {
 mod tests {
     use super::*;
     use orq_shared::domain::JobStatus;
+
+    #[test]
+    fn labels_are_comma_separated_trimmed_and_bounded() {
+        assert_eq!(
+            labels(" billing, nightly ,,").expect("two"),
+            vec!["billing".to_string(), "nightly".to_string()]
+        );
+        assert!(labels("").expect("none").is_empty());
+        let e = labels(&"x".repeat(201)).expect_err("too long");
+        assert_eq!(e.field, "tags");
+    }
 
     #[test]
     fn a_text_field_is_trimmed_and_bounded() {

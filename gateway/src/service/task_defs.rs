@@ -50,8 +50,12 @@ pub struct TaskBody {
     #[serde(default)]
     host_id: Option<String>,
     script_id: String,
+    /// Labels to find the task by; they do not decide where it runs.
     #[serde(default)]
     tags: Vec<String>,
+    /// Tags an agent must carry, every one, to run it.
+    #[serde(default)]
+    required_tags: Vec<String>,
     #[serde(default)]
     task_arguments: Option<Value>,
     #[serde(default)]
@@ -155,6 +159,7 @@ async fn task_spec(
         },
         script_id: ScriptId(parse_uuid("script_id", &body.script_id)?),
         tags: words("tags", &body.tags)?,
+        required_tags: words("required_tags", &body.required_tags)?,
         task_arguments,
         run_as: if run_as.is_empty() {
             "%script%".into()
@@ -263,6 +268,7 @@ pub fn recipe_of(task: &TaskDef, script: &Script, content: &[u8]) -> Value {
             "name": task.name,
             "description": task.description,
             "tags": task.tags,
+            "required_tags": task.required_tags,
             "task_arguments": task.task_arguments,
             "run_as": task.run_as,
             "acls": task.acls,
@@ -465,6 +471,7 @@ mod tests {
             host_id: None,
             script_id: ScriptId(uuid::Uuid::now_v7()),
             tags: Vec::new(),
+            required_tags: Vec::new(),
             task_arguments: json!([]),
             run_as: "%script%".into(),
             acls: Vec::new(),

@@ -181,14 +181,44 @@ async fn user_tasks_commit_submit_and_expire_with_is_continue() -> anyhow::Resul
         (v["status"].as_str(), v["is_continue"].as_bool()),
         (Some("COMPLETE"), Some(true))
     );
+    // A notify one goes on without its process waiting, so the process
+    // ends it, with the role that opened it (seed 001); a viewer may not.
+    let r = user
+        .post(format!("{gw}/activity_manager"))
+        .json(&json!({"action": "n", "input": {}, "activity_manager": "notify"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let n = id(&r.json::<Value>().await?);
+    let viewer = client_with(&app.token(Role::Viewer).await?);
+    let r = viewer
+        .post(format!("{gw}/activity_manager/{n}/expire"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    let r = user
+        .post(format!("{gw}/activity_manager/{n}/expire"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await?;
+    assert_eq!(
+        (v["status"].as_str(), v["is_continue"].as_bool()),
+        (Some("COMPLETE"), Some(true))
+    );
+    let r = user
+        .post(format!("{gw}/activity_manager/{n}/expire"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 422, "ended already");
     let listed: Value = admin
         .get(format!("{gw}/activity_manager?status=COMPLETE"))
         .send()
         .await?
         .json()
         .await?;
-    // The one submitted and the one expired (one the reaper expires on its
-    // timeout is `e2e/tests/human.rs`).
-    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    // The one submitted, the one expired and the notify one its process
+    // ended (one the reaper expires on its timeout is `e2e/tests/human.rs`).
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
     app.stop().await
 }

@@ -31,7 +31,7 @@ async fn roles_and_acls_over_every_route() -> anyhow::Result<()> {
     let nobody = reqwest::Client::new();
     // A job that stays WAITING (no bot has the tag), to read and cancel.
     let parked = id(&s
-        .task(json!({"name": "p", "script_id": script, "tags": ["nowhere"]}))
+        .task(json!({"name": "p", "script_id": script, "required_tags": ["nowhere"]}))
         .await?);
     let job = id(&s.run(&parked, json!([])).await?);
     let recipe: Value = s

@@ -64,6 +64,24 @@ text_enum!(
     ActivityManager { Commit => "commit", Notify => "notify" }
 );
 
+impl ActivityManager {
+    /// Whether `role` may end an open user task of this kind before it is
+    /// submitted. An admin ends any. A `notify` task is also ended by the
+    /// role that opens one (`user`): its process goes on without waiting
+    /// and ends it when the process itself ends (seed 001: it stays open
+    /// "até que a atividade expire, o canal submeta a atividade ou o
+    /// processo finalize"). A `commit` task ends by its submission, its
+    /// timeout, or an admin.
+    pub fn ended_by(self, role: crate::domain::Role) -> bool {
+        use crate::domain::Role;
+        match role {
+            Role::Admin => true,
+            Role::User => self == ActivityManager::Notify,
+            _ => false,
+        }
+    }
+}
+
 /// Things that happen to a human task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HumanEvent {
@@ -120,6 +138,18 @@ pub fn human_transition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notify_task_is_ended_by_users_and_a_commit_task_only_by_admins() {
+        use crate::domain::Role;
+        assert!(ActivityManager::Notify.ended_by(Role::User));
+        assert!(ActivityManager::Notify.ended_by(Role::Admin));
+        assert!(!ActivityManager::Commit.ended_by(Role::User));
+        assert!(ActivityManager::Commit.ended_by(Role::Admin));
+        for role in [Role::Viewer, Role::Bot, Role::Worker] {
+            assert!(!ActivityManager::Notify.ended_by(role), "{role:?}");
+        }
+    }
 
     const EVENTS: &[HumanEvent] = &[
         HumanEvent::Reserve,

@@ -60,6 +60,11 @@ pub struct JobView {
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// While WAITING: why no registered bot can take it (its host gone or
+    /// draining, no agent carrying its required tags). Absent when nothing
+    /// stands against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
     /// Its task's acls when it was created: who besides admins may see it.
     #[serde(skip)]
     pub acls: Vec<String>,
@@ -67,7 +72,7 @@ pub struct JobView {
 
 const COLUMNS: &str = "id, kind, task_id, description, status, host_id, bot_id, attempt, percent, \
      step, output, exit_code, result, error, spec, triggered_by, not_before, created_at, \
-     updated_at, assigned_at, started_at, finished_at, acls";
+     updated_at, assigned_at, started_at, finished_at, acls, waiting_reason";
 
 fn from_row(r: &Row) -> Result<JobView, RepoError> {
     let status: JobStatus = super::parse_col(r.get::<_, &str>("status"))?;
@@ -105,6 +110,7 @@ fn from_row(r: &Row) -> Result<JobView, RepoError> {
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
         acls: r.get("acls"),
+        waiting_reason: r.get("waiting_reason"),
     })
 }
 
@@ -114,7 +120,8 @@ pub struct NewScriptJob {
     pub task_id: TaskId,
     pub name: String,
     pub host_id: Option<BotId>,
-    pub tags: Vec<String>,
+    /// Tags its agent must carry (its task's `required_tags`).
+    pub required_tags: Vec<String>,
     pub multitasking: bool,
     pub acls: Vec<String>,
     /// Where its events are delivered (its own callback, or its task's).
@@ -139,7 +146,7 @@ pub async fn create(
     let sql = format!(
         "WITH j AS (
              INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status,
-                               task_id, host_id, tags, multitasking, spec, not_before,
+                               task_id, host_id, required_tags, multitasking, spec, not_before,
                                triggered_by, acls, callback_id, max_attempts)
              VALUES ($1, $2, 'script', $3, '', '', 'WAITING', $4, $5, $6, $7, $8, $9, $10,
                      $13, $14, $15)
@@ -164,7 +171,7 @@ pub async fn create(
             &new.name,
             &new.task_id.0,
             &new.host_id.map(|b| b.0),
-            &new.tags,
+            &new.required_tags,
             &new.multitasking,
             &spec,
             &new.not_before,
@@ -212,6 +219,8 @@ pub struct JobFilter {
     pub task: Option<TaskId>,
     /// Any of these statuses; empty: all.
     pub statuses: Vec<JobStatus>,
+    /// Runs of tasks carrying every one of these labels; empty: all.
+    pub labels: Vec<String>,
 }
 
 fn status_names(statuses: &[JobStatus]) -> Vec<&'static str> {
@@ -245,6 +254,8 @@ pub async fn list(
             AND (cardinality($3::text[]) = 0 OR status = ANY($3))
             AND ($4::uuid IS NULL OR id {cmp} $4)
             AND ($6 OR acls = '{{}}' OR $7::text = ANY(acls))
+            AND (cardinality($8::text[]) = 0
+                 OR task_id IN (SELECT id FROM task_defs WHERE customer_id = $1 AND tags @> $8))
           ORDER BY id {dir} LIMIT $5"
     );
     let rows = query(
@@ -258,6 +269,7 @@ pub async fn list(
             &page.limit,
             &admin,
             &name,
+            &filter.labels,
         ],
     )
     .await?;
@@ -297,7 +309,7 @@ pub fn new_run(task: &Runnable, supplied: &[Value]) -> Result<NewScriptJob, Fiel
         task_id: def.id,
         name: def.name.clone(),
         host_id: def.host_id,
-        tags: def.tags.clone(),
+        required_tags: def.required_tags.clone(),
         multitasking: def.multitasking,
         acls: def.acls.clone(),
         callback_id: def.callback_id,

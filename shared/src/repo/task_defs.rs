@@ -22,7 +22,11 @@ pub struct TaskDef {
     pub description: String,
     pub host_id: Option<BotId>,
     pub script_id: ScriptId,
+    /// Labels to find the task by (seed 002's "etiquetas para identificar
+    /// fácilmente"); they do not decide where its runs go.
     pub tags: Vec<String>,
+    /// Tags an agent must carry, every one, to run this task.
+    pub required_tags: Vec<String>,
     pub task_arguments: Value,
     pub run_as: String,
     pub acls: Vec<String>,
@@ -43,7 +47,7 @@ pub struct TaskDef {
     pub updated_at: OffsetDateTime,
 }
 
-const COLUMNS: &str = "id, name, description, host_id, script_id, tags, task_arguments, run_as, \
+const COLUMNS: &str = "id, name, description, host_id, script_id, tags, required_tags, task_arguments, run_as, \
      acls, triggers, grace_time, timeout, multitasking, env, max_attempts, callback_id, created_at, \
      updated_at";
 
@@ -56,6 +60,7 @@ fn from_row(r: &Row) -> TaskDef {
         host_id: r.get::<_, Option<uuid::Uuid>>("host_id").map(BotId),
         script_id: ScriptId(r.get("script_id")),
         tags: r.get("tags"),
+        required_tags: r.get("required_tags"),
         task_arguments: r.get("task_arguments"),
         run_as: r.get("run_as"),
         acls: r.get("acls"),
@@ -79,6 +84,7 @@ pub struct TaskSpec {
     pub host_id: Option<BotId>,
     pub script_id: ScriptId,
     pub tags: Vec<String>,
+    pub required_tags: Vec<String>,
     pub task_arguments: Value,
     pub run_as: String,
     pub acls: Vec<String>,
@@ -167,9 +173,9 @@ pub async fn insert(
     let sql = format!(
         "INSERT INTO task_defs (id, customer_id, name, description, host_id, script_id, tags,
                 task_arguments, run_as, acls, triggers, grace_time, timeout, multitasking, env,
-                secret_hash, secret_sealed, callback_id, max_attempts)
+                secret_hash, secret_sealed, callback_id, max_attempts, required_tags)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19)
+                 $19, $20)
          RETURNING {COLUMNS}"
     );
     let row = query_one(
@@ -195,6 +201,7 @@ pub async fn insert(
             &sealer.seal(&key, id.0.as_bytes()),
             &spec.callback_id,
             &spec.max_attempts,
+            &spec.required_tags,
         ],
     )
     .await?;
@@ -212,7 +219,7 @@ pub async fn update(
         "UPDATE task_defs SET name = $3, description = $4, host_id = $5, script_id = $6,
                 tags = $7, task_arguments = $8, run_as = $9, acls = $10, triggers = $11,
                 grace_time = $12, timeout = $13, multitasking = $14, env = $15, callback_id = $16,
-                max_attempts = $17, updated_at = now()
+                max_attempts = $17, required_tags = $18, updated_at = now()
           WHERE id = $1 AND customer_id = $2 RETURNING {COLUMNS}"
     );
     let row = query_opt(
@@ -236,6 +243,7 @@ pub async fn update(
             &spec.env,
             &spec.callback_id,
             &spec.max_attempts,
+            &spec.required_tags,
         ],
     )
     .await?
@@ -261,10 +269,13 @@ pub async fn get(
     Ok(from_row(&row))
 }
 
+/// A page of the definitions `reader` may see, carrying every one of
+/// `labels` (none: all).
 pub async fn list(
     db: &impl GenericClient,
     customer: CustomerId,
     reader: Reader<'_>,
+    labels: &[String],
     page: Page,
 ) -> Result<Vec<TaskDef>, RepoError> {
     let (admin, name) = reader.acl_name();
@@ -273,12 +284,20 @@ pub async fn list(
         "SELECT {COLUMNS} FROM task_defs
           WHERE customer_id = $1 AND ($2::uuid IS NULL OR id {cmp} $2)
             AND ($3 OR acls = '{{}}' OR $4::text = ANY(acls))
+            AND tags @> $6
           ORDER BY id {dir} LIMIT $5"
     );
     let rows = query(
         db,
         &sql,
-        &[&customer.0, &page.after, &admin, &name, &page.limit],
+        &[
+            &customer.0,
+            &page.after,
+            &admin,
+            &name,
+            &page.limit,
+            &labels,
+        ],
     )
     .await?;
     Ok(rows.iter().map(from_row).collect())

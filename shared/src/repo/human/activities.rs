@@ -2,6 +2,7 @@
 //! against `result_schema`.
 
 use super::*;
+use crate::domain::Role;
 
 /// Submits an open task as it stands, with `is_continue = true` (its
 /// timeout passed, or an admin expired it), then concludes it.
@@ -36,6 +37,10 @@ pub enum ActivityRefusal {
     NotOpen(HumanStatus),
     #[error("the payload does not fit the activity's activity_schema")]
     Invalid(Vec<FieldError>),
+    #[error(
+        "only an admin may end a commit activity before it is submitted (users may end notify ones)"
+    )]
+    NotYoursToEnd,
     #[error(transparent)]
     Repo(#[from] RepoError),
 }
@@ -132,14 +137,24 @@ pub async fn submit(
     Ok(conclude(db, &submitted, Uuid::new_v5(&event_id, b"outcome")).await?)
 }
 
-/// An admin ends an open activity now, as its timeout would.
+/// Ends an open activity now, as its timeout would: an admin any, a user
+/// a `notify` one (`ActivityManager::ended_by`).
 pub async fn expire(
     db: &impl GenericClient,
     customer: CustomerId,
     id: HumanTaskId,
+    role: Role,
 ) -> Result<HumanTask, ActivityRefusal> {
     let task = open_user_task(db, customer, id).await?;
-    Ok(continue_task(db, &task, "expired by an admin", Uuid::now_v7()).await?)
+    if !task.activity_manager.ended_by(role) {
+        return Err(ActivityRefusal::NotYoursToEnd);
+    }
+    let why = if role == Role::Admin {
+        "expired by an admin"
+    } else {
+        "ended by its process"
+    };
+    Ok(continue_task(db, &task, why, Uuid::now_v7()).await?)
 }
 
 /// A SUBMITTED user task's result (its committed answer, marked

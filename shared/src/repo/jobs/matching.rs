@@ -104,13 +104,13 @@ pub async fn match_waiting(
     while (picks.len() as i64) < slots && scanned < max_scan {
         let rows = query(
             db,
-            "SELECT id, kind, system, host_id, tags, multitasking, task_id, created_at FROM jobs
+            "SELECT id, kind, system, host_id, required_tags, multitasking, task_id, created_at FROM jobs
                   WHERE customer_id = $1 AND status = 'WAITING'
                     AND (not_before IS NULL OR not_before <= now())
                     AND ((kind = 'system' AND system = ANY($2))
                          OR (kind = 'script' AND cardinality($3::uuid[]) > 0
                              AND (host_id IS NULL OR host_id = ANY($3))
-                             AND tags <@ $4))
+                             AND required_tags <@ $4))
                     AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7))
                   ORDER BY created_at, id
                   LIMIT $5
@@ -133,7 +133,7 @@ pub async fn match_waiting(
                 id: r.get(0),
                 system: (!script).then(|| r.get(2)),
                 host: r.get::<_, Option<Uuid>>(3).map(BotId),
-                tags: r.get(4),
+                required_tags: r.get(4),
                 single_task: if script && !r.get::<_, bool>(5) {
                     r.get(6)
                 } else {
@@ -220,7 +220,16 @@ pub async fn match_waiting(
 pub async fn customers_with_waiting(db: &impl GenericClient) -> Result<Vec<CustomerId>, RepoError> {
     let rows = query(
         db,
-        "SELECT DISTINCT customer_id FROM jobs WHERE status = 'WAITING'",
+        // One index probe per customer (a skip scan over the waiting jobs'
+        // index), however many jobs wait.
+        "WITH RECURSIVE c(customer_id) AS (
+             (SELECT customer_id FROM jobs WHERE status = 'WAITING' ORDER BY customer_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT j.customer_id FROM jobs j
+                      WHERE j.status = 'WAITING' AND j.customer_id > c.customer_id
+                      ORDER BY j.customer_id LIMIT 1)
+               FROM c WHERE c.customer_id IS NOT NULL)
+         SELECT customer_id FROM c WHERE customer_id IS NOT NULL",
         &[],
     )
     .await?;

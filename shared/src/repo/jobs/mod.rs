@@ -30,12 +30,14 @@ mod events;
 mod feed;
 mod leases;
 mod matching;
+mod stranded;
 mod transition;
 
 pub use events::*;
 pub use feed::*;
 pub use leases::*;
 pub use matching::*;
+pub use stranded::*;
 pub use transition::*;
 
 /// A job as the `/tasks` API shows it: the proof of concept's fields first.
@@ -65,10 +67,14 @@ pub struct Task {
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// While WAITING: why no registered bot can take it (its system's bots
+    /// all draining, or none left). Absent when nothing stands against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
 }
 
 const SUMMARY: &str = "id, kind, description, system, status, created_at, bot_id, attempt, percent, \
-     rows_done, rows_total, error, result, updated_at, started_at, finished_at";
+     rows_done, rows_total, error, result, updated_at, started_at, finished_at, waiting_reason";
 
 fn from_row(r: &Row, with_attachment: bool) -> Result<Task, RepoError> {
     Ok(Task {
@@ -89,6 +95,7 @@ fn from_row(r: &Row, with_attachment: bool) -> Result<Task, RepoError> {
         updated_at: r.get("updated_at"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
+        waiting_reason: r.get("waiting_reason"),
     })
 }
 

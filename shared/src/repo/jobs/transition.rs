@@ -467,7 +467,8 @@ async fn write_jobs(
                 error = u.error, result = u.result, started_at = u.started_at,
                 finished_at = u.finished_at, bot_id = u.bot_id, exit_code = u.exit_code,
                 output = u.output, step = u.step, lease_expires_at = u.lease,
-                attempt = u.new_attempt, assigned_at = u.assigned_at, updated_at = now()
+                attempt = u.new_attempt, assigned_at = u.assigned_at, updated_at = now(),
+                waiting_reason = CASE WHEN u.status = 'WAITING' THEN j.waiting_reason END
            FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::text[], $6::jsonb[],
                        $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::int4[],
                        $12::int4[], $13::jsonb[], $14::text[], $15::timestamptz[], $16::int4[],
