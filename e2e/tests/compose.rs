@@ -1,9 +1,11 @@
-//! There is no Docker engine on the development machines, so
-//! `docker-compose.yml` and `deploy/Dockerfile` are checked against the
-//! workspace instead: every service runs a workspace binary that the image
-//! builds and ships, with configuration files the image contains, sets only
-//! real `ORQ_*` keys, waits for healthy infrastructure it is wired to, and the
-//! bot-agent scales into distinct bots.
+//! `docker-compose.yml` and `deploy/Dockerfile` read against the workspace
+//! (`compose_up` runs them, on podman, with stand-ins for what cannot be
+//! pulled here; these checks also cover what it cannot: the cargo build
+//! stage, and the files as docker compose would read them): every service
+//! runs a workspace binary that the image builds and ships, with
+//! configuration files the image contains, sets only real `ORQ_*` keys,
+//! waits for healthy infrastructure it is wired to, and the bot-agent scales
+//! into distinct bots and is given the time to drain when stopped.
 //!
 //! Each check collects every problem it finds, so one run names all of them;
 //! `broken_files_are_reported` breaks copies of the files and proves the
