@@ -105,3 +105,29 @@ ensure_browser_peers() {
   fi
   export ORQ_TEST_CHROMIUM="$chromium"
 }
+
+# What the compose test (e2e/tests/compose_up) needs: rootful podman with
+# runc (crun fails on these machines' hybrid cgroups), netavark and
+# aardvark-dns for the project's bridge network and its service names,
+# iptables for published ports, debootstrap for the base image (no image
+# registry can be reached), and podman-compose in the test virtualenv (after
+# ensure_python_peers). Podman's settings are the test's own
+# (e2e/tests/compose_up/containers.conf), not the machine's.
+ensure_compose_peers() {
+  local missing=()
+  command -v podman >/dev/null || missing+=(podman)
+  command -v runc >/dev/null || missing+=(runc)
+  [ -x /usr/lib/podman/netavark ] || missing+=(netavark)
+  [ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install --no-install-recommends "${missing[@]}"
+  fi
+  local venv="${ORQ_TEST_VENV:-$HOME/.cache/orquestra-venv}" version=1.6.0
+  if [ "$("$venv/bin/podman-compose" version 2>/dev/null | sed -n 's/^podman-compose version //p')" != "$version" ]; then
+    say "installing podman-compose $version into $venv"
+    "$venv/bin/pip" install -q "podman-compose==$version"
+  fi
+  export ORQ_TEST_PODMAN_COMPOSE="$venv/bin/podman-compose"
+}

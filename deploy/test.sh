@@ -11,6 +11,7 @@ ensure_postgres
 ensure_rabbitmq
 ensure_python_peers
 ensure_browser_peers
+ensure_compose_peers
 
 say "building the binaries"
 cargo build --workspace --bins

@@ -771,6 +771,33 @@ where
     }
 }
 
+/// A compose file duration (`stop_grace_period: 1m30s`; also `40s`,
+/// `500ms`, `2h`): a number and a unit, repeated.
+pub fn compose_duration(text: &str) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    anyhow::ensure!(!rest.is_empty(), "an empty duration");
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let number: u32 = rest[..digits]
+            .parse()
+            .with_context(|| format!("{text:?}: no number at {rest:?}"))?;
+        rest = &rest[digits..];
+        let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let one = match &rest[..unit] {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            "us" => Duration::from_micros(1),
+            other => anyhow::bail!("{text:?}: unknown unit {other:?}"),
+        };
+        total += one * number;
+        rest = &rest[unit..];
+    }
+    Ok(total)
+}
+
 /// A CSV of `rows` rows (`row_id,payload`) whose first column names each
 /// row: `t<task>r<row>`.
 pub fn rows_csv(task: usize, rows: usize) -> String {
@@ -1342,6 +1369,24 @@ impl Drop for RabbitCluster {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn compose_durations_parse() {
+        use super::compose_duration;
+        use std::time::Duration;
+        assert_eq!(compose_duration("40s").ok(), Some(Duration::from_secs(40)));
+        assert_eq!(
+            compose_duration("1m30s").ok(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            compose_duration("500ms").ok(),
+            Some(Duration::from_millis(500))
+        );
+        assert!(compose_duration("40").is_err());
+        assert!(compose_duration("").is_err());
+        assert!(compose_duration("s").is_err());
+    }
     #[test]
     fn the_gateways_address_is_read_from_a_plain_or_coloured_log() {
         let coloured = "\u{1b}[2m2026-11-30T17:05:41Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m gateway listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:34625\n";

@@ -1,9 +1,11 @@
-//! There is no Docker engine on the development machines, so
-//! `docker-compose.yml` and `deploy/Dockerfile` are checked against the
-//! workspace instead: every service runs a workspace binary that the image
-//! builds and ships, with configuration files the image contains, sets only
-//! real `ORQ_*` keys, waits for healthy infrastructure it is wired to, and the
-//! bot-agent scales into distinct bots.
+//! `docker-compose.yml` and `deploy/Dockerfile` read against the workspace
+//! (`compose_up` runs them, on podman, with stand-ins for what cannot be
+//! pulled here; these checks also cover what it cannot: the cargo build
+//! stage, and the files as docker compose would read them): every service
+//! runs a workspace binary that the image builds and ships, with
+//! configuration files the image contains, sets only real `ORQ_*` keys,
+//! waits for healthy infrastructure it is wired to, and the bot-agent scales
+//! into distinct bots and is given the time to drain when stopped.
 //!
 //! Each check collects every problem it finds, so one run names all of them;
 //! `broken_files_are_reported` breaks copies of the files and proves the
@@ -132,8 +134,14 @@ impl Instruction {
 /// What the Dockerfile builds and what its final stage contains.
 #[derive(Debug, Default)]
 struct Image {
-    /// The image of each `FROM`, in order.
+    /// The image of each `FROM`, in order, global ARGs at their defaults.
     froms: Vec<String>,
+    /// Each stage's `AS` name.
+    stage_names: Vec<Option<String>>,
+    /// The stage that RUNs `cargo build`.
+    cargo_stage: Option<usize>,
+    /// The stage the final stage copies /usr/local/bin's binaries from.
+    binaries_from: Option<String>,
     /// The tokens of the build stage's `RUN ... cargo build ...`.
     cargo_run: Vec<String>,
     /// Sources the build stage copies from the context.
@@ -146,6 +154,17 @@ struct Image {
     packages: Vec<String>,
     workdir: Option<String>,
     user: Option<String>,
+}
+
+/// `${NAME}` and `$NAME` replaced by the ARG defaults in `args`.
+fn substitute(text: &str, args: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    for (name, value) in args {
+        out = out
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
+    }
+    out
 }
 
 /// Logical instructions: continuation lines joined, comments dropped.
@@ -185,18 +204,30 @@ impl Image {
     fn parse(text: &str) -> Image {
         let mut stages: Vec<Vec<Instruction>> = Vec::new();
         let mut image = Image::default();
+        // ARGs before the first FROM, as their defaults: what FROM sees.
+        let mut global_args: Vec<(String, String)> = Vec::new();
         for instruction in instructions(text) {
             if instruction.op == "FROM" {
-                let from = instruction
-                    .tokens()
-                    .into_iter()
-                    .find(|t| !t.starts_with("--"))
-                    .unwrap_or_default()
-                    .to_string();
-                image.froms.push(from);
+                let tokens = instruction.tokens();
+                let mut words = tokens.iter().filter(|t| !t.starts_with("--"));
+                let from = words.next().copied().unwrap_or_default();
+                let name = match (words.next(), words.next()) {
+                    (Some(as_), Some(name)) if as_.eq_ignore_ascii_case("as") => {
+                        Some(name.to_string())
+                    }
+                    _ => None,
+                };
+                image.froms.push(substitute(from, &global_args));
+                image.stage_names.push(name);
                 stages.push(Vec::new());
             } else if let Some(stage) = stages.last_mut() {
                 stage.push(instruction);
+            } else if instruction.op == "ARG" {
+                let (name, default) = instruction
+                    .args
+                    .split_once('=')
+                    .unwrap_or((&instruction.args, ""));
+                global_args.push((name.trim().to_string(), default.trim().to_string()));
             }
         }
         let last = stages.len().saturating_sub(1);
@@ -205,6 +236,7 @@ impl Image {
                 .iter()
                 .find(|i| i.op == "RUN" && i.args.contains("cargo build"));
             if let Some(run) = builds {
+                image.cargo_stage = Some(index);
                 image.cargo_run = run.tokens().into_iter().map(str::to_string).collect();
                 for copy in stage.iter().filter(|i| i.op == "COPY" || i.op == "ADD") {
                     let (flags, sources, _) = copy.copy_parts();
@@ -223,8 +255,9 @@ impl Image {
                     "COPY" | "ADD" => {
                         let (flags, sources, dest) = instruction.copy_parts();
                         let Some(dest) = dest else { continue };
-                        if flags.iter().any(|f| f.starts_with("--from")) {
+                        if let Some(from) = flags.iter().find_map(|f| f.strip_prefix("--from=")) {
                             if dest.starts_with("/usr/local/bin") {
+                                image.binaries_from = Some(from.to_string());
                                 image.shipped_binaries.extend(
                                     sources
                                         .iter()
@@ -262,6 +295,29 @@ impl Image {
             }
         }
         image
+    }
+
+    /// The stage the binaries come from when no build argument is given,
+    /// following stages that only rename another (`FROM ${ARG} AS name`).
+    fn default_binaries_stage(&self) -> Option<usize> {
+        let mut name = self.binaries_from.clone()?;
+        for _ in 0..self.froms.len() {
+            let index = self
+                .stage_names
+                .iter()
+                .position(|n| n.as_deref() == Some(name.as_str()))?;
+            let from = &self.froms[index];
+            if self
+                .stage_names
+                .iter()
+                .any(|n| n.as_deref() == Some(from.as_str()))
+            {
+                name = from.clone();
+            } else {
+                return Some(index);
+            }
+        }
+        None
     }
 
     /// The repository file that ends up at `path` in the image (relative
@@ -325,6 +381,14 @@ fn check_dockerfile(repo: &Repo) -> Vec<String> {
     }
     if image.cargo_run.is_empty() {
         problems.push(format!("{DOCKERFILE}: no stage RUNs `cargo build`"));
+    } else if image.default_binaries_stage() != image.cargo_stage {
+        problems.push(format!(
+            "{DOCKERFILE}: without build arguments the runtime stage's binaries come from stage {:?} (--from={:?}), not the stage that RUNs `cargo build`",
+            image
+                .default_binaries_stage()
+                .map(|i| image.stage_names[i].clone().unwrap_or_else(|| i.to_string())),
+            image.binaries_from
+        ));
     }
     // Only the `cargo build ...` command itself: `mkdir -p` is no package.
     let cargo: Vec<String> = image
@@ -511,7 +575,7 @@ fn ports(service: &Value) -> Vec<(String, Option<String>)> {
                 )
             }
             other => {
-                let text = scalar(other);
+                let text = with_defaults(&scalar(other));
                 let text = text.split('/').next().unwrap_or_default().to_string();
                 let mut parts: Vec<&str> = text.rsplitn(3, ':').collect();
                 let container = parts.remove(0).to_string();
@@ -587,6 +651,57 @@ fn interpolations(text: &str) -> (Vec<(String, String)>, Vec<usize>) {
         }
     }
     (vars, bad)
+}
+
+/// `text` as compose makes it when none of its variables is set: `${VAR:-x}`
+/// and `${VAR-x}` become `x`, other variables nothing, `$$` a `$`.
+fn with_defaults(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if rest.starts_with("${") {
+            // The matching brace: defaults may hold variables themselves.
+            let mut depth = 0;
+            let end = rest
+                .char_indices()
+                .find(|(_, c)| {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    *c == '}' && depth == 0
+                })
+                .map(|(i, _)| i)
+                .unwrap_or(rest.len() - 1);
+            let inner = &rest[2..end];
+            let name_len = inner
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            let op = &inner[name_len..];
+            if let Some(default) = op.strip_prefix(":-").or_else(|| op.strip_prefix('-')) {
+                out.push_str(&with_defaults(default));
+            }
+            rest = &rest[end + 1..];
+        } else {
+            let name_len = rest[1..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            if name_len == 0 {
+                out.push('$');
+            }
+            rest = &rest[1 + name_len..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Every string value in the document with its path, as compose interpolates
@@ -953,6 +1068,7 @@ fn check_bot_agent(repo: &Repo, problems: &mut Vec<String>) {
         }
         Some(_) => {}
     }
+    check_stop_grace(repo, agent, &env, problems);
     let expected = format!("http://gateway:{}", gateway_port(repo).unwrap_or_default());
     let url = env_value(&env, "ORQ_AGENT__GATEWAY_URL");
     if url.as_deref().map(|u| u.trim_end_matches('/')) != Some(expected.as_str()) {
@@ -971,6 +1087,39 @@ fn check_bot_agent(repo: &Repo, problems: &mut Vec<String>) {
             "gateway has no healthcheck, so bot-agent's depends_on gateway: service_healthy never holds"
                 .to_string(),
         );
+    }
+}
+
+/// An agent stopped (`docker compose stop`, or scaled down) lets its running
+/// jobs finish for `agent.shutdown_grace_ms`: compose must wait that long
+/// before its SIGKILL.
+fn check_stop_grace(
+    repo: &Repo,
+    agent: &Value,
+    env: &[(String, Option<String>)],
+    problems: &mut Vec<String>,
+) {
+    let args = argv(&agent["command"]);
+    let config = config_paths(&args, env)
+        .first()
+        .and_then(|path| repo.image().in_repo(&repo.root, path).ok());
+    let Ok(settings) = Settings::load(config.as_deref()) else {
+        return; // reported with the --config checks
+    };
+    let drain = env_value(env, "ORQ_AGENT__SHUTDOWN_GRACE_MS")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(settings.agent.shutdown_grace_ms);
+    let drain = std::time::Duration::from_millis(drain);
+    let stop = match &agent["stop_grace_period"] {
+        Value::Null => Ok(std::time::Duration::from_secs(10)),
+        value => orq_e2e::compose_duration(&scalar(value)),
+    };
+    match stop {
+        Err(e) => problems.push(format!("bot-agent's stop_grace_period: {e}")),
+        Ok(stop) if stop <= drain => problems.push(format!(
+            "bot-agent's stop_grace_period is {stop:?}, not more than the {drain:?} a stopping agent gives its running jobs (agent.shutdown_grace_ms): compose would SIGKILL it mid-job"
+        )),
+        Ok(_) => {}
     }
 }
 
@@ -1136,6 +1285,15 @@ fn broken_files_are_reported() {
         "timeout-reaper must wait for rabbitmq to be healthy",
     );
     expect(
+        "the agents' stop grace period",
+        compose(&|v| {
+            if let Some(m) = v["services"]["bot-agent"].as_mapping_mut() {
+                m.remove("stop_grace_period");
+            }
+        }),
+        "bot-agent's stop_grace_period is 10s, not more than the 30s",
+    );
+    expect(
         "the gateway's published port",
         compose(&|v| v["services"]["gateway"]["ports"] = Value::Sequence(vec![])),
         "gateway does not publish host port 8080",
@@ -1175,7 +1333,7 @@ fn broken_files_are_reported() {
     expect(
         "a single-stage Dockerfile",
         docker(&|d| {
-            let runtime = d.find("FROM debian").unwrap_or_default();
+            let runtime = d.find("FROM ${RUNTIME_IMAGE}").unwrap_or_default();
             d[runtime..].to_string()
         }),
         "has 1 FROM stage(s)",
@@ -1194,6 +1352,21 @@ fn broken_files_are_reported() {
         "a workspace member the build stage needs",
         docker(&|d| d.replace("COPY bench bench\n", "")),
         "does not COPY bench",
+    );
+    expect(
+        "the default source of the binaries",
+        docker(&|d| d.replace("ARG BINARIES=build", "ARG BINARIES=prebuilt")),
+        "without build arguments the runtime stage's binaries come from stage Some(\"prebuilt\")",
+    );
+    expect(
+        "the runtime image's release",
+        docker(&|d| {
+            d.replace(
+                "RUNTIME_IMAGE=debian:bookworm-slim",
+                "RUNTIME_IMAGE=debian:trixie-slim",
+            )
+        }),
+        "use the same Debian release (bookworm)",
     );
     expect(
         "the non-root user",
@@ -1224,4 +1397,17 @@ fn broken_files_are_reported() {
         problems,
         "runs ruby, which the runtime image",
     );
+}
+
+#[test]
+fn interpolation_without_variables_set_leaves_the_defaults() {
+    assert_eq!(
+        with_defaults("${ORQ_GATEWAY_PUBLISH:-8080}:8080"),
+        "8080:8080"
+    );
+    assert_eq!(with_defaults("${A:-${B:-x}}y"), "xy");
+    assert_eq!(with_defaults("${A-z}"), "z");
+    assert_eq!(with_defaults("a${A}b$B"), "ab");
+    assert_eq!(with_defaults("${TOKEN:?set it}"), "");
+    assert_eq!(with_defaults("pa$$word"), "pa$word");
 }
