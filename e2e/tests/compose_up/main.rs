@@ -35,6 +35,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The compose project's name: its own per run (`-<pid>`), so two runs on
+/// one machine never share containers, volumes or networks.
 const PROJECT: &str = "orq-compose-test";
 const CUSTOMER: &str = "acme";
 const AGENTS: u32 = 3;
@@ -70,7 +72,8 @@ async fn the_compose_file_runs_scales_to_three_agents_and_drains_back_to_one() -
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let mut compose = Compose::new(podman, podman_compose(), &root, PROJECT, env).await?;
+    let project = format!("{PROJECT}-{}", std::process::id());
+    let mut compose = Compose::new(podman, podman_compose(), &root, &project, env).await?;
     let gateway = format!("http://127.0.0.1:{port}");
     let outcome = scenario(&mut compose, &gateway, &root).await;
     let outcome = outcome.map_err(|e| {
