@@ -11,6 +11,9 @@
 //! 2. `--finishes` are posted by `--clients` concurrent clients as fast as
 //!    they go: accepted per second (202s), and processed per second (from
 //!    the first POST until the dispatcher recorded the last submission).
+//!
+//! Each phase ends with where the CPU went (`cpu.rs`), and the run with
+//! the services' peak RSS.
 
 use orq_e2e::{Env, client_with};
 use serde_json::{Value, json};
@@ -42,10 +45,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<()> {
 
 async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
     let quiet = [("ORQ_LOG__LEVEL", "warn")];
-    let (_gw, gw) = env
+    let (gateway, gw) = env
         .start_gateway(&[&quiet[..], orq_e2e::NO_RATE_LIMITS].concat())
         .await?;
-    let _dispatcher = env.start_dispatcher("dispatcher", &quiet)?;
+    let dispatcher = env.start_dispatcher("dispatcher", &quiet)?;
+    let probe = crate::cpu::Probe::new(vec![
+        ("gateway".into(), gateway.pid()),
+        ("dispatcher".into(), dispatcher.pid()),
+    ]);
     let workers = opts.workers.max(1);
     let mut clients = Vec::with_capacity(workers);
     for i in 0..workers {
@@ -76,6 +83,7 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(1.0 / opts.rate.max(1) as f64);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let cpu_before = probe.sample();
     let started = Instant::now();
     let mut posts = Vec::with_capacity(steady.len());
     for f in steady {
@@ -103,6 +111,7 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
         ms.last().copied().unwrap_or_default()
     );
     wait_processed(env, steady.len() as i64).await?;
+    probe.report(&cpu_before, &probe.sample(), steady.len(), "finishes");
 
     // Phase 2: as fast as the clients go.
     let burst: Arc<Vec<(usize, String, Value)>> = Arc::new(
@@ -112,6 +121,7 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = probe.sample();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..opts.clients.max(1) {
@@ -133,6 +143,7 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
     let posted = started.elapsed();
     wait_processed(env, total as i64).await?;
     let processed = started.elapsed();
+    let cpu_after = probe.sample();
     println!(
         "burst {} finishes, {} clients: accepted in {:.2} s ({:.0}/s); all processed after {:.2} s ({:.0}/s)",
         burst.len(),
@@ -155,6 +166,8 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
         "{applied} of {all} submissions applied, {total} expected"
     );
     println!("  {applied} submissions applied, none rejected");
+    probe.report(&cpu_before, &cpu_after, burst.len(), "finishes");
+    probe.peak_rss();
     Ok(())
 }
 

@@ -16,9 +16,14 @@
 //! With `--finish`, micro-task finish submissions instead (`finish.rs`);
 //! with `--reaper`, the timeout-reaper (`reaper.rs`).
 //!
+//! Each phase that runs jobs end to end ends with where the CPU went
+//! (`cpu.rs`): the CPU seconds per 1,000 jobs of every process, and at the
+//! end the peak RSS of each service the bench started.
+//!
 //! Run it from the release profile so the services are release builds too:
 //! `cargo build --release --workspace --bins && target/release/orq-bench`.
 
+mod cpu;
 mod finish;
 mod reaper;
 
@@ -143,21 +148,26 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     let quiet = [("ORQ_LOG__LEVEL", "warn")];
-    let (_gw, gw) = env
+    let (gateway, gw) = env
         .start_gateway(&[&quiet[..], orq_e2e::NO_RATE_LIMITS].concat())
         .await?;
     let mut procs = Vec::new();
+    let mut own = vec![("gateway".to_string(), gateway.pid())];
     for i in 0..args.dispatchers {
-        procs.push(env.start_dispatcher(&format!("dispatcher-{i}"), &quiet)?);
+        let d = env.start_dispatcher(&format!("dispatcher-{i}"), &quiet)?;
+        own.push(("dispatcher".into(), d.pid()));
+        procs.push(d);
     }
     let argv: Vec<&str> = args.automation.split_whitespace().collect();
     let config = agent_config(&env.dir, "agent.toml", args.capacity, &[("noop", &argv)])?;
     for i in 0..args.agents {
-        procs.push(
-            env.start_agent(&gw, &format!("bench-{i}"), &config, &quiet)
-                .await?,
-        );
+        let a = env
+            .start_agent(&gw, &format!("bench-{i}"), &config, &quiet)
+            .await?;
+        own.push(("agents".into(), a.pid()));
+        procs.push(a);
     }
+    let probe = cpu::Probe::new(own);
     let client = env.client();
     let (url, body) = if args.script {
         (
@@ -195,6 +205,7 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut posts = Vec::with_capacity(args.latency_tasks);
+    let cpu_before = probe.sample();
     let started = Instant::now();
     for _ in 0..args.latency_tasks {
         tick.tick().await;
@@ -214,6 +225,7 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     }
     let offered = args.latency_tasks as f64 / started.elapsed().as_secs_f64();
     wait_complete(env, args.latency_tasks as i64).await?;
+    let cpu_after = probe.sample();
     let db = env.db().await?;
     let row = db
         .query_one(
@@ -235,14 +247,17 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
         pct(&post_ms, 0.99)
     );
     breakdown(env).await?;
+    probe.report(&cpu_before, &cpu_after, args.latency_tasks, "jobs");
     reset(env).await?;
 
     // Phase 2: as fast as it goes.
+    let cpu_before = probe.sample();
     let started = Instant::now();
     post_burst(&client, url, &body, args.tasks, args.clients).await?;
     let posted = started.elapsed();
     wait_complete(env, args.tasks as i64).await?;
     let total = started.elapsed();
+    let cpu_after = probe.sample();
     println!(
         "burst {} tasks, {} clients: posted in {:.2} s ({:.0} tasks/s accepted); all COMPLETE after {:.2} s: {:.0} tasks/s end to end",
         args.tasks,
@@ -253,6 +268,8 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
         args.tasks as f64 / total.as_secs_f64()
     );
     breakdown(env).await?;
+    probe.report(&cpu_before, &cpu_after, args.tasks, "jobs");
+    probe.peak_rss();
     drop(procs);
     Ok(())
 }
