@@ -159,9 +159,9 @@ async fn apply_batch<I: Intake>(
             }
         }
     };
-    for a in ackers {
-        let _ = a.ack(BasicAckOptions::default()).await;
-    }
+    // Sent together: each ack waits for the connection's writer, and one
+    // at a time a batch waited for it once per message.
+    futures::future::join_all(ackers.iter().map(|a| a.ack(BasicAckOptions::default()))).await;
     intake.done(result);
     ControlFlow::Continue(())
 }

@@ -1,9 +1,10 @@
 //! Applies micro-task finish submissions (published by the gateway, which
 //! answered 202 once the broker confirmed them). Each is checked against
 //! its execution and applied or recorded as REJECTED with its reason
-//! (`human::apply_submission`), a batch per transaction; the messages are
-//! acked only after the commit, so a database outage delays them and loses
-//! none. A redelivered message is recognised by its id and changes nothing.
+//! (`human::apply_submissions`), a batch per transaction and a fixed
+//! number of statements per batch; the messages are acked only after the
+//! commit, so a database outage delays them and loses none. A redelivered
+//! message is recognised by its id and changes nothing.
 
 use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
@@ -12,7 +13,7 @@ use orq_shared::human::outcome_message;
 use orq_shared::messages::FinishSubmission;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::human::{self, Applied, Submission};
-use orq_shared::repo::notifications::{self, Channels};
+use orq_shared::repo::notifications::{self, Channels, Notice};
 use std::sync::Arc;
 
 /// Applies a batch of submissions in one transaction, queueing what each
@@ -24,13 +25,13 @@ pub async fn apply(
 ) -> Result<(), RepoError> {
     let mut db = pool.get().await?;
     let tx = db.transaction().await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    // Tasks are locked in one order by every dispatcher: no deadlocks.
+    // Tasks are applied in one order by every dispatcher (and locked in
+    // id order: no deadlocks).
     let mut batch: Vec<&FinishSubmission> = batch.iter().collect();
     batch.sort_by_key(|m| m.task_id);
-    let mut writes = human::Writes::default();
-    for m in batch {
-        let sub = Submission {
+    let subs: Vec<Submission> = batch
+        .iter()
+        .map(|m| Submission {
             id: m.id,
             customer: m.customer_id,
             token_id: m.token_id,
@@ -38,14 +39,23 @@ pub async fn apply(
             task_id: m.task_id,
             received_at: m.received_at,
             body: m.body.clone(),
-        };
-        let outcome = human::apply_submission(&tx, &sub, &mut writes).await?;
-        tell_worker(&tx, m, &outcome, channels).await?;
-        outcomes.push((m.id, outcome));
-    }
-    writes.flush(&tx).await?;
+        })
+        .collect();
+    let mut writes = human::Writes::default();
+    let outcomes = human::apply_submissions(&tx, &subs, &mut writes).await?;
+    let notices: Vec<Notice<'_>> = batch
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(m, outcome)| notice(m, outcome))
+        .collect();
+    // What is appended, sent together: notifications, events, records.
+    futures::try_join!(
+        notifications::queue_all(&tx, &notices, channels),
+        writes.flush(&tx)
+    )?;
     tx.commit().await?;
-    for (id, outcome) in outcomes {
+    for (m, outcome) in batch.iter().zip(outcomes) {
+        let id = m.id;
         let label = match &outcome {
             Applied::Applied { .. } => "applied",
             Applied::Refused { .. } => "rejected",
@@ -65,35 +75,26 @@ pub async fn apply(
     Ok(())
 }
 
-/// Queues the worker's notification of an outcome: for an applied finish,
-/// and for a refused one on a task (not when the worker's token was
-/// revoked: they are no longer one of ours).
-async fn tell_worker(
-    db: &impl deadpool_postgres::GenericClient,
-    m: &FinishSubmission,
-    outcome: &Applied,
-    channels: Channels,
-) -> Result<(), RepoError> {
+/// What the worker is told of an outcome: for an applied finish, and for
+/// a refused one on a task (not when the worker's token was revoked: they
+/// are no longer one of ours).
+fn notice<'a>(m: &'a FinishSubmission, outcome: &Applied) -> Option<Notice<'a>> {
     let (task, status, reason) = match outcome {
         Applied::Applied { task, .. } => (task, Some(task.status), task.error.as_deref()),
         Applied::Refused {
             task: Some(task),
             reason,
         } if !reason.contains("revoked") => (task, None, Some(reason.as_str())),
-        _ => return Ok(()),
+        _ => return None,
     };
     let (subject, body) = outcome_message(&task.action, task.id.0, status, reason);
-    notifications::queue(
-        db,
-        m.customer_id,
-        task.id,
-        &m.worker,
-        &subject,
-        &body,
-        channels,
-    )
-    .await?;
-    Ok(())
+    Some(Notice {
+        customer: m.customer_id,
+        task: task.id,
+        worker: &m.worker,
+        subject,
+        body,
+    })
 }
 
 pub async fn consume(

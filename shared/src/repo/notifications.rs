@@ -18,6 +18,16 @@ pub struct Channels {
     pub push: bool,
 }
 
+/// What one worker is told.
+#[derive(Debug, Clone)]
+pub struct Notice<'a> {
+    pub customer: CustomerId,
+    pub task: HumanTaskId,
+    pub worker: &'a str,
+    pub subject: String,
+    pub body: String,
+}
+
 /// Queues one notification per configured channel the worker can be
 /// reached on (e-mail always; SMS and push when their contacts are known).
 pub async fn queue(
@@ -29,26 +39,54 @@ pub async fn queue(
     body: &str,
     channels: Channels,
 ) -> Result<u64, RepoError> {
-    if !(channels.email || channels.sms || channels.push) {
+    let notice = Notice {
+        customer,
+        task,
+        worker,
+        subject: subject.to_string(),
+        body: body.to_string(),
+    };
+    queue_all(db, &[notice], channels).await
+}
+
+/// `queue` for many notices in one statement, queued in the order given
+/// (each one's channels as `queue` orders them).
+pub async fn queue_all(
+    db: &impl GenericClient,
+    notices: &[Notice<'_>],
+    channels: Channels,
+) -> Result<u64, RepoError> {
+    if !(channels.email || channels.sms || channels.push) || notices.is_empty() {
         return Ok(0);
     }
+    let customers: Vec<Uuid> = notices.iter().map(|n| n.customer.0).collect();
+    let tasks: Vec<Uuid> = notices.iter().map(|n| n.task.0).collect();
+    let workers: Vec<&str> = notices.iter().map(|n| n.worker).collect();
+    let subjects: Vec<&str> = notices.iter().map(|n| n.subject.as_str()).collect();
+    let bodies: Vec<&str> = notices.iter().map(|n| n.body.as_str()).collect();
     execute(
         db,
         "INSERT INTO notifications (id, customer_id, task_id, channel, recipient, subject, body)
-         SELECT gen_random_uuid(), $1, $2, c.channel, c.recipient, $4, $5
-           FROM (SELECT 'email' AS channel, $3::text AS recipient WHERE $6
+         SELECT gen_random_uuid(), n.customer, n.task, c.channel, c.recipient, n.subject, n.body
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])
+                WITH ORDINALITY AS n(customer, task, worker, subject, body, i)
+          CROSS JOIN LATERAL (
+                 SELECT 1 AS k, 'email' AS channel, n.worker AS recipient WHERE $6
                  UNION ALL
-                 SELECT 'sms', phone FROM workers
-                  WHERE $7 AND customer_id = $1 AND email = $3 AND phone IS NOT NULL
+                 SELECT 2, 'sms', phone FROM workers w
+                  WHERE $7 AND w.customer_id = n.customer AND w.email = n.worker
+                    AND phone IS NOT NULL
                  UNION ALL
-                 SELECT 'push', push_token FROM workers
-                  WHERE $8 AND customer_id = $1 AND email = $3 AND push_token IS NOT NULL) c",
+                 SELECT 3, 'push', push_token FROM workers w
+                  WHERE $8 AND w.customer_id = n.customer AND w.email = n.worker
+                    AND push_token IS NOT NULL) c
+          ORDER BY n.i, c.k",
         &[
-            &customer.0,
-            &task.0,
-            &worker,
-            &subject,
-            &body,
+            &customers,
+            &tasks,
+            &workers,
+            &subjects,
+            &bodies,
             &channels.email,
             &channels.sms,
             &channels.push,

@@ -9,9 +9,11 @@
 //!
 //! * `jobs`       – create, match, transition; the history; the live feed.
 //! * `human`      – micro-tasks reserved, started, finished and expired.
+//! * `finishes`   – a batch of finishes gives each the outcome it has alone.
 //! * `webhooks`   – deliveries formed from the outbox and claimed.
 //! * `migrations` – concurrent migrators apply each migration once.
 
+mod finishes;
 mod human;
 mod jobs;
 mod migrations;

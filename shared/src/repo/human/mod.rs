@@ -298,6 +298,30 @@ async fn lock(
         .transpose()
 }
 
+/// `lock` for many tasks at once, each named with its customer, locked in
+/// id order (the one order every dispatcher locks in: no deadlocks);
+/// those found, by id.
+async fn lock_all(
+    db: &impl GenericClient,
+    wanted: &[(CustomerId, HumanTaskId)],
+) -> Result<std::collections::HashMap<Uuid, HumanTask>, RepoError> {
+    if wanted.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids: Vec<Uuid> = wanted.iter().map(|(_, t)| t.0).collect();
+    let customers: Vec<Uuid> = wanted.iter().map(|(c, _)| c.0).collect();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM human_tasks
+          WHERE id = ANY($1)
+            AND (id, customer_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+          ORDER BY id FOR UPDATE"
+    );
+    let rows = query(db, &sql, &[&ids, &customers]).await?;
+    rows.iter()
+        .map(|r| task_from(r).map(|t| (t.id.0, t)))
+        .collect()
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct HumanFilter {
     pub kind: Option<HumanKind>,
@@ -475,53 +499,143 @@ async fn update_path(
     db: &impl GenericClient,
     task: &HumanTask,
     steps: &[Step<'_>],
-    mut next: Next,
+    next: Next,
 ) -> Result<(HumanTask, Vec<EventRecord>), RepoError> {
-    let mut statuses = Vec::with_capacity(steps.len());
-    let mut to = task.status;
-    for (event, _, _) in steps {
-        to = human_transition(to, *event).map_err(|e| RepoError::Conflict(e.to_string()))?;
-        statuses.push(to);
+    let (path, events) = plan_path(task, steps, next)?;
+    let updated = write_paths(db, std::slice::from_ref(&path)).await?;
+    let updated = updated
+        .into_iter()
+        .next()
+        .ok_or_else(|| RepoError::Conflict(format!("human task {} changed meanwhile", task.id)))?;
+    Ok((updated, events))
+}
+
+/// A path planned for one task: its guarded update, written by
+/// `write_paths` (with other tasks' in one statement).
+#[derive(Debug, Clone)]
+struct PlannedPath {
+    id: HumanTaskId,
+    from: HumanStatus,
+    to: HumanStatus,
+    next: Next,
+}
+
+impl PlannedPath {
+    /// The task as the update will leave it, but for `updated_at` and
+    /// `finished_at` (the database's clock): what later decisions in the
+    /// same batch see.
+    fn predict(&self, task: &HumanTask) -> HumanTask {
+        HumanTask {
+            status: self.to,
+            worker: self.next.worker.clone(),
+            execution_id: self.next.execution_id,
+            deadline: self.next.deadline,
+            committed: self.next.committed.clone(),
+            result: self.next.result.clone(),
+            error: self.next.error.clone(),
+            is_continue: self.next.is_continue,
+            ..task.clone()
+        }
     }
-    if to.is_terminal() {
+}
+
+/// Checks each step of a path against the state machine; returns the
+/// update to make and the STATUS_CHANGE event of each step that changes
+/// the status. Nothing is written.
+fn plan_path(
+    task: &HumanTask,
+    steps: &[Step<'_>],
+    mut next: Next,
+) -> Result<(PlannedPath, Vec<EventRecord>), RepoError> {
+    let mut events = Vec::with_capacity(steps.len());
+    let mut from = task.status;
+    for (event, note, id) in steps {
+        let to = human_transition(from, *event).map_err(|e| RepoError::Conflict(e.to_string()))?;
+        if to != from {
+            events.push(status_event(task, *id, Some(from), to, *note));
+        }
+        from = to;
+    }
+    if from.is_terminal() {
         next.deadline = None;
     }
+    let path = PlannedPath {
+        id: task.id,
+        from: task.status,
+        to: from,
+        next,
+    };
+    Ok((path, events))
+}
+
+/// Writes planned paths with one guarded update for all of them (each
+/// only while its task still has the status it was planned from; a task
+/// at most once); returns the tasks as updated, in the order given.
+async fn write_paths(
+    db: &impl GenericClient,
+    paths: &[PlannedPath],
+) -> Result<Vec<HumanTask>, RepoError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = paths.iter().map(|p| p.id.0).collect();
+    let from: Vec<&str> = paths.iter().map(|p| p.from.as_str()).collect();
+    let to: Vec<&str> = paths.iter().map(|p| p.to.as_str()).collect();
+    let workers: Vec<Option<&str>> = paths.iter().map(|p| p.next.worker.as_deref()).collect();
+    let executions: Vec<Option<Uuid>> = paths
+        .iter()
+        .map(|p| p.next.execution_id.map(|e| e.0))
+        .collect();
+    let deadlines: Vec<Option<OffsetDateTime>> = paths.iter().map(|p| p.next.deadline).collect();
+    let committed: Vec<Option<&Value>> = paths.iter().map(|p| p.next.committed.as_ref()).collect();
+    let results: Vec<Option<&Value>> = paths.iter().map(|p| p.next.result.as_ref()).collect();
+    let errors: Vec<Option<&str>> = paths.iter().map(|p| p.next.error.as_deref()).collect();
+    let continues: Vec<bool> = paths.iter().map(|p| p.next.is_continue).collect();
+    let terminal: Vec<bool> = paths.iter().map(|p| p.to.is_terminal()).collect();
     let sql = format!(
-        "UPDATE human_tasks SET status = $3, worker = $4, execution_id = $5, deadline = $6,
-                committed = $7, result = $8, error = $9, is_continue = $10, updated_at = now(),
-                finished_at = CASE WHEN $11 THEN now() END
-          WHERE id = $1 AND status = $2
+        "UPDATE human_tasks
+            SET status = u_to, worker = u_worker, execution_id = u_execution,
+                deadline = u_deadline, committed = u_committed, result = u_result,
+                error = u_error, is_continue = u_continue, updated_at = now(),
+                finished_at = CASE WHEN u_terminal THEN now() END
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],
+                       $6::timestamptz[], $7::jsonb[], $8::jsonb[], $9::text[], $10::bool[],
+                       $11::bool[])
+                AS u(u_id, u_from, u_to, u_worker, u_execution, u_deadline, u_committed,
+                     u_result, u_error, u_continue, u_terminal)
+          WHERE id = u_id AND status = u_from
           RETURNING {COLUMNS}"
     );
-    let row = query_opt(
+    let rows = query(
         db,
         &sql,
         &[
-            &task.id.0,
-            &task.status.as_str(),
-            &to.as_str(),
-            &next.worker,
-            &next.execution_id.map(|e| e.0),
-            &next.deadline,
-            &next.committed,
-            &next.result,
-            &next.error,
-            &next.is_continue,
-            &to.is_terminal(),
+            &ids,
+            &from,
+            &to,
+            &workers,
+            &executions,
+            &deadlines,
+            &committed,
+            &results,
+            &errors,
+            &continues,
+            &terminal,
         ],
     )
-    .await?
-    .ok_or_else(|| RepoError::Conflict(format!("human task {} changed meanwhile", task.id)))?;
-    let updated = task_from(&row)?;
-    let mut from = task.status;
-    let mut events = Vec::with_capacity(steps.len());
-    for ((_, note, id), &status) in steps.iter().zip(&statuses) {
-        if status != from {
-            events.push(status_event(&updated, *id, Some(from), status, *note));
-        }
-        from = status;
-    }
-    Ok((updated, events))
+    .await?;
+    let mut updated: std::collections::HashMap<Uuid, HumanTask> = rows
+        .iter()
+        .map(|r| task_from(r).map(|t| (t.id.0, t)))
+        .collect::<Result<_, _>>()?;
+    paths
+        .iter()
+        .map(|p| {
+            updated.remove(&p.id.0).ok_or_else(|| {
+                RepoError::Conflict(format!("human task {} changed meanwhile", p.id))
+            })
+        })
+        .collect()
 }
 
 /// Every way `instance` fails `schema` (a schema that does not compile
