@@ -9,15 +9,23 @@
 //! whatever else runs on it: their figures include other users' load. The
 //! machine's own busy time (/proc/stat) is printed beside them, so what no
 //! listed process spent (other work) shows too.
+//!
+//! Each process is told apart by its pid and start time, and counted for
+//! what it spent between the two samples (all of it when it started in
+//! between); one that ended in between counts only through a parent that
+//! reaped it (a test's own RabbitMQ node that stopped meanwhile would
+//! otherwise make the sum go down).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// What one process line of `/proc/<pid>/stat` tells: its name and the
-/// clock ticks it and its reaped children spent.
+/// What one process line of `/proc/<pid>/stat` tells: its name, when it
+/// started (ticks after boot) and the clock ticks it and its reaped
+/// children spent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
     pub comm: String,
+    pub start: u64,
     pub ticks: u64,
 }
 
@@ -28,13 +36,14 @@ pub fn parse_stat(line: &str) -> Option<Stat> {
     let close = line.rfind(')')?;
     let comm = line.get(open + 1..close)?.to_string();
     // After the name: state (field 3), …, utime (14), stime (15), cutime
-    // (16), cstime (17).
+    // (16), cstime (17), …, starttime (22).
     let fields: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
     let mut ticks = 0u64;
     for i in 11..=14 {
         ticks += fields.get(i)?.parse::<i64>().ok()?.max(0) as u64;
     }
-    Some(Stat { comm, ticks })
+    let start = fields.get(19)?.parse().ok()?;
+    Some(Stat { comm, start, ticks })
 }
 
 /// Busy ticks of all CPUs from the `cpu` line of /proc/stat (everything
@@ -87,11 +96,26 @@ pub struct Probe {
     tick_hz: f64,
 }
 
-/// The ticks of each group at one instant.
+/// A process told apart from a later one given its pid: (pid, start).
+type Key = (i32, u64);
+
+/// The ticks of each group's processes at one instant.
 pub struct Sample {
-    groups: BTreeMap<String, u64>,
+    groups: BTreeMap<String, BTreeMap<Key, u64>>,
     machine: u64,
     at: Instant,
+}
+
+/// What a group's processes spent from `before` to `after`: each one's
+/// growth, all of it for one that started in between.
+fn spent(before: Option<&BTreeMap<Key, u64>>, after: Option<&BTreeMap<Key, u64>>) -> u64 {
+    let Some(after) = after else {
+        return 0;
+    };
+    after
+        .iter()
+        .map(|(key, &t)| t.saturating_sub(before.and_then(|b| b.get(key)).copied().unwrap_or(0)))
+        .sum()
 }
 
 impl Probe {
@@ -106,16 +130,27 @@ impl Probe {
     }
 
     pub fn sample(&self) -> Sample {
-        let mut groups: BTreeMap<String, u64> = BTreeMap::new();
+        let mut groups: BTreeMap<String, BTreeMap<Key, u64>> = BTreeMap::new();
+        let mut add = |group: &str, pid: i32, stat: Stat| {
+            groups
+                .entry(group.to_string())
+                .or_default()
+                .insert((pid, stat.start), stat.ticks);
+        };
         for (group, pid) in &self.own {
-            *groups.entry(group.clone()).or_default() += stat_of(*pid).map_or(0, |s| s.ticks);
+            if let Some(stat) = stat_of(*pid) {
+                add(group, *pid, stat);
+            }
         }
         for (group, comm) in [(RABBITMQ, "beam.smp"), (POSTGRES, "postgres")] {
-            let ticks = named(comm).iter().map(|(_, s)| s.ticks).sum();
-            groups.insert(group.to_string(), ticks);
+            for (pid, stat) in named(comm) {
+                add(group, pid, stat);
+            }
         }
-        let me = stat_of(std::process::id() as i32).map_or(0, |s| s.ticks);
-        groups.insert(BENCH.to_string(), me);
+        let me = std::process::id() as i32;
+        if let Some(stat) = stat_of(me) {
+            add(BENCH, me, stat);
+        }
         let machine = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| parse_machine(&s))
@@ -131,14 +166,7 @@ impl Probe {
     /// `before` and `after`, in which `n` of them were done.
     pub fn report(&self, before: &Sample, after: &Sample, n: usize, what: &str) {
         let per_1000 = |ticks: u64| ticks as f64 / self.tick_hz * 1000.0 / n.max(1) as f64;
-        let delta = |g: &str| {
-            after
-                .groups
-                .get(g)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(before.groups.get(g).copied().unwrap_or(0))
-        };
+        let delta = |g: &str| spent(before.groups.get(g), after.groups.get(g));
         let mut order: Vec<&str> = Vec::new();
         for (g, _) in &self.own {
             if !order.contains(&g.as_str()) {
@@ -199,11 +227,12 @@ mod tests {
     #[test]
     fn a_stat_line_gives_its_name_and_the_ticks_of_it_and_its_reaped_children() {
         let line =
-            "2986 (beam.smp) S 1 2986 2986 0 -1 4194560 1 0 0 0 1500 300 20 7 20 0 1 0 1 1 1";
+            "2986 (beam.smp) S 1 2986 2986 0 -1 4194560 1 0 0 0 1500 300 20 7 20 0 1 0 4242 1 1";
         assert_eq!(
             parse_stat(line),
             Some(Stat {
                 comm: "beam.smp".into(),
+                start: 4242,
                 ticks: 1500 + 300 + 20 + 7
             })
         );
@@ -211,15 +240,27 @@ mod tests {
 
     #[test]
     fn a_name_with_spaces_and_parentheses_does_not_shift_the_fields() {
-        let line = "7 (a) b (c) R 1 7 7 0 -1 0 0 0 0 0 11 22 0 0 20 0 1 0 1 1 1";
+        let line = "7 (a) b (c) R 1 7 7 0 -1 0 0 0 0 0 11 22 0 0 20 0 1 0 99 1 1";
         assert_eq!(
             parse_stat(line),
             Some(Stat {
                 comm: "a) b (c".into(),
+                start: 99,
                 ticks: 33
             })
         );
         assert_eq!(parse_stat("7 (short) R 1 2"), None);
+    }
+
+    #[test]
+    fn a_process_counts_what_it_spent_in_between_and_one_that_ended_nothing() {
+        let before = BTreeMap::from([((1, 10), 500), ((2, 10), 900), ((3, 10), 50)]);
+        // 1 went on, 2 ended (its 900 must not make the sum go down), 3's
+        // pid was reused by a process started in between, 4 is new.
+        let after = BTreeMap::from([((1, 10), 520), ((3, 77), 5), ((4, 80), 30)]);
+        assert_eq!(spent(Some(&before), Some(&after)), 20 + 5 + 30);
+        assert_eq!(spent(None, Some(&after)), 520 + 5 + 30);
+        assert_eq!(spent(Some(&before), None), 0);
     }
 
     #[test]
