@@ -226,7 +226,15 @@ pub async fn apply_submissions(
         .iter()
         .map(|s| (s.customer, HumanTaskId(s.task_id)))
         .collect();
-    let tasks = lock_all(db, &wanted).await?;
+    // Statements over arrays get a custom plan for each run (its cost
+    // follows the arrays' lengths, below the generic plan's for small
+    // batches), and planning them cost more than running them. Their
+    // generic plans are index probes per element: kept for the rest of
+    // this transaction (with `flush`). No effect outside a transaction.
+    let (_, tasks) = futures::try_join!(
+        execute(db, "SET LOCAL plan_cache_mode = force_generic_plan", &[]),
+        lock_all(db, &wanted)
+    )?;
     let named: Vec<(Uuid, Uuid)> = subs
         .iter()
         .zip(&bodies)
