@@ -37,6 +37,10 @@ struct Args {
     /// Capacity (parallel jobs) of each agent.
     #[arg(long, default_value_t = 16)]
     capacity: u16,
+    /// Assignments each agent may hold beyond its capacity, unstarted
+    /// (`agent.prefetch`); unset: the agents' default.
+    #[arg(long)]
+    prefetch: Option<u16>,
     /// Dispatchers to start.
     #[arg(long, default_value_t = 1)]
     dispatchers: usize,
@@ -152,9 +156,14 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     }
     let argv: Vec<&str> = args.automation.split_whitespace().collect();
     let config = agent_config(&env.dir, "agent.toml", args.capacity, &[("noop", &argv)])?;
+    let prefetch = args.prefetch.map(|n| n.to_string());
+    let mut agent_env = quiet.to_vec();
+    if let Some(n) = &prefetch {
+        agent_env.push(("ORQ_AGENT__PREFETCH", n));
+    }
     for i in 0..args.agents {
         procs.push(
-            env.start_agent(&gw, &format!("bench-{i}"), &config, &quiet)
+            env.start_agent(&gw, &format!("bench-{i}"), &config, &agent_env)
                 .await?,
         );
     }

@@ -887,3 +887,148 @@ async fn tags_are_labels_and_work_no_bot_can_take_is_flagged_not_silently_stuck(
     );
     s.finish().await
 }
+
+#[tokio::test]
+async fn a_prefetching_agent_holds_runs_beyond_its_capacity_and_gives_back_unstarted_ones_when_it_stops()
+-> anyhow::Result<()> {
+    // No agent from the stack: the one here holds one run and two more.
+    let s = Stack::start("prefetch", 0, 1).await?;
+    let config = agent_config(&s.env.dir, "prefetch.toml", 1, &[])?;
+    let out = s.env.dir.join("out.txt").display().to_string();
+    let env = [("ORQ_TEST_OUT", out.as_str()), ("ORQ_AGENT__PREFETCH", "2")];
+    let mut first = s.env.start_agent(&s.gw, "bot-first", &config, &env).await?;
+    let script = s.script("slow", &format!("{RECORD_ARGS}\nsleep 2")).await?;
+    let task = id(&s.task(json!({"name": "t", "script_id": script})).await?);
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(id(&s.run(&task, json!([])).await?));
+    }
+    // One runs; the other two are assigned to the agent, unstarted.
+    let (client, url) = (s.admin.clone(), format!("{}/bots", s.gw));
+    let bots: Value = eventually(Duration::from_secs(20), "three runs on the agent", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let b: Value = client.get(url).send().await?.json().await?;
+            Ok((b[0]["active_jobs"] == 3).then_some(b))
+        }
+    })
+    .await?;
+    assert_eq!(bots[0]["prefetch"], 2, "{bots}");
+    assert_eq!(bots[0]["active_jobs"], 3, "{bots}");
+    let mut statuses = Vec::new();
+    for run in &runs {
+        statuses.push(
+            s.job(run).await?["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        ["ASSIGNED", "ASSIGNED", "RUNNING"],
+        "{statuses:?}"
+    );
+    // It stops: the running one finishes here, the two it held go back at
+    // once (not after the sweep's minute), each with a WARNING saying so.
+    assert!(
+        first.terminate(Duration::from_secs(20)),
+        "the agent exits within its grace"
+    );
+    let mut gave_back = 0;
+    for run in &runs {
+        let job = s.job(run).await?;
+        match job["status"].as_str() {
+            Some("COMPLETE") => {}
+            Some("WAITING") => {
+                gave_back += 1;
+                let events: Vec<Value> = s
+                    .admin
+                    .get(s.url(&format!("/job/{run}/events")))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                assert!(
+                    events.iter().any(|e| e["type"] == "WARNING"
+                        && e["description"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains("gave it back unstarted")),
+                    "{events:?}"
+                );
+            }
+            other => anyhow::bail!("run {run} is {other:?}: {job}"),
+        }
+    }
+    assert_eq!(gave_back, 2);
+    // Another agent runs them; every run ran exactly once.
+    let _second = s
+        .env
+        .start_agent(&s.gw, "bot-second", &config, &env)
+        .await?;
+    for run in &runs {
+        s.job_until(run, &["COMPLETE"], Duration::from_secs(30))
+            .await?;
+    }
+    // Drained, an agent gives back what it holds unstarted, at once, and
+    // finishes what it runs; resumed, it takes them again.
+    let more: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(id(&s.run(&task, json!([])).await?));
+        }
+        v
+    };
+    let (client, url) = (s.admin.clone(), format!("{}/bots", s.gw));
+    let second: Value = eventually(
+        Duration::from_secs(20),
+        "three runs on the second agent",
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let bots: Vec<Value> = client.get(url).send().await?.json().await?;
+                Ok(bots
+                    .into_iter()
+                    .find(|b| b["name"] == "bot-second" && b["active_jobs"] == 3))
+            }
+        },
+    )
+    .await?;
+    let r = s
+        .admin
+        .post(format!("{}/bots/{}/drain", s.gw, id(&second)))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let (client, job_url) = (s.admin.clone(), s.url("/job"));
+    let more_ids = more.clone();
+    eventually(Duration::from_secs(10), "two runs given back", || {
+        let (client, url, ids) = (client.clone(), job_url.clone(), more_ids.clone());
+        async move {
+            let jobs: Vec<Value> = client.get(url).send().await?.json().await?;
+            let waiting = jobs
+                .iter()
+                .filter(|j| ids.contains(&id(j)) && j["status"] == "WAITING")
+                .count();
+            Ok((waiting == 2).then_some(()))
+        }
+    })
+    .await?;
+    let r = s
+        .admin
+        .post(format!("{}/bots/{}/resume", s.gw, id(&second)))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    for run in &more {
+        s.job_until(run, &["COMPLETE"], Duration::from_secs(30))
+            .await?;
+    }
+    let lines = s.out();
+    for run in runs.iter().chain(&more) {
+        assert_eq!(lines.matches(run.as_str()).count(), 1, "{run} in {lines}");
+    }
+    s.finish().await
+}

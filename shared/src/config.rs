@@ -272,6 +272,14 @@ pub struct AgentSettings {
     pub name: String,
     pub ip_address: String,
     pub capacity: u16,
+    /// Assignments it may hold beyond `capacity`, unstarted (RabbitMQ's
+    /// prefetch on its queue is `capacity + prefetch`), so a freed slot
+    /// starts the next job without waiting for the report -> match ->
+    /// assign round trip. The matcher fills idle bots first (most free
+    /// slots), so a job waits on a busy agent only while every bot that
+    /// could take it is busy. What an agent holds unstarted when it stops
+    /// goes back at once (`Released`).
+    pub prefetch: u16,
     pub tags: Vec<String>,
     pub heartbeat_interval_ms: u64,
     /// How long one automation run for one CSV row may take.
@@ -376,6 +384,7 @@ token = ""
 name = ""
 ip_address = "127.0.0.1"
 capacity = 1
+prefetch = 0
 tags = []
 heartbeat_interval_ms = 4000
 row_timeout_ms = 60000
