@@ -80,6 +80,11 @@ struct Inner {
 /// An assignment older than this is checked against the job before it runs.
 const RECHECK_AFTER: Duration = Duration::from_secs(5);
 
+/// A prefetched assignment that waited longer than this for a slot is
+/// checked against the job before it runs (shorter than the reaper's
+/// absence bound, so one taken back meanwhile is never started).
+const SLOT_WAIT_RECHECK: Duration = Duration::from_secs(1);
+
 impl Agent {
     /// Registers (retrying while the gateway is unreachable) and connects.
     pub async fn build(
@@ -221,7 +226,7 @@ impl Agent {
                 .agent
                 .capacity
                 .max(1)
-                .saturating_add(self.inner.settings.agent.prefetch),
+                .saturating_add(self.inner.settings.agent.prefetch()),
         };
         let stop = &shutdown;
         broker::consume(
@@ -271,6 +276,8 @@ impl Agent {
         // waits here, unstarted; if the agent stops first, it goes back at
         // once rather than wait for this agent to come back.
         let mut drained = self.inner.draining.subscribe();
+        let session = self.inner.broker.current().map(|s| s.generation());
+        let waiting_since = std::time::Instant::now();
         let given_back = tokio::select! {
             biased;
             slot = self.inner.slots.acquire() => match slot {
@@ -304,7 +311,13 @@ impl Agent {
             rows_done: a.rows_done as usize,
             failed_rows: a.failed_rows.clone(),
         };
-        if redelivered || age > RECHECK_AFTER {
+        // A prefetched one that waited long for its slot, or across a
+        // reconnection, may have been taken back meanwhile (its agent
+        // judged lost while cut off): it is checked before it starts, so
+        // it never runs beside its next attempt.
+        let waited = waiting_since.elapsed() > SLOT_WAIT_RECHECK
+            || self.inner.broker.current().map(|s| s.generation()) != session;
+        if redelivered || age > RECHECK_AFTER || waited {
             match self.check(&a, shutdown).await {
                 Check::Stale => {
                     tracing::info!(job = %a.job_id, attempt = a.attempt, "assignment no longer ours; skipped");
@@ -829,7 +842,7 @@ async fn register(http: &reqwest::Client, settings: &Settings) -> anyhow::Result
         "name": settings.agent.name,
         "ip_address": settings.agent.ip_address,
         "capacity": settings.agent.capacity,
-        "prefetch": settings.agent.prefetch,
+        "prefetch": settings.agent.prefetch(),
         "systems": settings.agent.systems.keys().collect::<Vec<_>>(),
         "tags": settings.agent.tags,
     });
