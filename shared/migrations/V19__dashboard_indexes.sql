@@ -19,3 +19,7 @@ CREATE INDEX webhook_deliveries_failing ON webhook_deliveries (customer_id, stat
     WHERE status = 'DEAD' OR (status = 'PENDING' AND attempts > 0);
 CREATE INDEX notifications_failing ON notifications (customer_id, status)
     WHERE status = 'DEAD' OR (status = 'PENDING' AND attempts > 0);
+
+-- The tasks list filtered by system (`/tasks?system=`), newest first: a
+-- rare system's tasks are found without reading the others'.
+CREATE INDEX jobs_by_system ON jobs (customer_id, system, id) WHERE kind = 'system';
