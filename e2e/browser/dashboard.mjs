@@ -1,24 +1,24 @@
 // Drives the gateway's dashboard in the system's headless Chromium: logs in
-// with an admin token and lands on the overview (the agent up, every status,
-// the hour's chart), checks the bots page lists the running agent by name
-// and opens its page, uploads a CSV
-// task, and waits on its detail page for COMPLETE and 100% to arrive live
-// (from the event feed, read with fetch and a Bearer header: the page is
-// never reloaded, and no URL it requests carries a token). Then every view
-// renders; the deliveries page lists the task's webhook deliveries and links
-// to the task through the jobs view; the overview then counts the task (its
-// chart too); an admin adds a script, defines a task with arguments, edits
-// it, runs it with arguments to COMPLETE on the agent (its output on the job
-// page), finds the job on the definition's page, reads and rotates its
-// secret key, exports its recipe and imports it as a new definition; bots
-// are named (with links) on the task, job and list pages; the People view lists a micro-task
-// (its page: executions, submissions, notifications) and a user task, which
-// the admin expires on its page (COMPLETE, its history arriving live); after
-// logging out, nothing wipes the login form, a viewer is offered no
-// deliveries nor overview and reads definitions without running or
-// changing them, and a token the stream refuses logs out at once instead of
-// reconnecting. Full-page screenshots
-// along the way. Any uncaught page error or console error fails the run.
+// with an admin token and lands on the overview (the agent up, every
+// status, the hour's chart), finds the running agent on the bots page by
+// name and opens its page, uploads a CSV task, and waits on its detail page
+// for COMPLETE and 100% to arrive live (from the event feed, read with fetch
+// and a Bearer header: the page is never reloaded, and no URL it requests
+// carries a token), its bot named and linked. Then every view renders; the
+// deliveries page lists the task's webhook deliveries and links to the task
+// through the jobs view; the overview counts the task (its chart too); an
+// admin adds a script, defines a task with arguments, edits it, runs it with
+// arguments to COMPLETE on the agent (its output on the job page), finds the
+// job on the definition's page, shows and rotates its secret key, exports
+// its recipe and imports it as a new definition; the jobs list names the
+// run's bot; the People view lists a micro-task (its page: executions,
+// submissions, notifications) and a user task, which the admin expires on
+// its page (COMPLETE, its history arriving live); after logging out,
+// nothing wipes the login form, a viewer is offered no deliveries nor
+// overview and reads a definition without a run form, key or recipe, and a
+// token the stream refuses logs out at once instead of reconnecting.
+// Full-page screenshots along the way. Any uncaught page error or console
+// error fails the run.
 //
 // Environment: ORQ_URL (the gateway), ORQ_TOKEN (an admin token),
 // ORQ_VIEWER_TOKEN and ORQ_BOT_TOKEN (a viewer's and a bot's token of the
@@ -79,6 +79,13 @@ async function run(browser) {
     if (await banner.isVisible()) throw new Error(`the page shows an error: ${await banner.innerText()}`);
   };
 
+  // The page's (first) bot link comes to read `name`.
+  const botNamed = (name, where) => page.waitForFunction(
+    (n) => document.querySelector('[data-testid="bot-link"]')?.textContent === n, name, { timeout: 10_000 },
+  ).catch(async () => {
+    const shown = await page.getByTestId('bot-link').first().textContent().catch(() => 'no bot link');
+    throw new Error(`${where} names its bot ${shown}, not ${name}`);
+  });
   const shot = (name) => page.screenshot({ path: screenshot.replace(/(\.png)?$/, `-${name}.png`), fullPage: true });
   // Rotating a secret and deleting ask first: yes.
   page.on('dialog', (dialog) => dialog.accept());
@@ -182,7 +189,7 @@ async function run(browser) {
   if (!history.includes('COMPLETE')) throw new Error(`the history misses the COMPLETE change:\n${history}`);
   await page.getByTestId('cancel').waitFor({ state: 'hidden' });
   // Its bot by name, a link to the bot's page.
-  await page.waitForFunction((name) => document.querySelector('[data-testid="bot-link"]')?.textContent === name, agent);
+  await botNamed(agent, 'the task page');
   const taskBot = await page.getByTestId('bot-link').getAttribute('href');
   if (taskBot !== `#/bots/${botId}`) throw new Error(`the task's bot links to ${taskBot}`);
   await check();
@@ -308,7 +315,7 @@ async function run(browser) {
   console.log(`JOB_ID=${jobId}`);
   await page.waitForFunction(() => document.querySelector('[data-testid="job-status"]')?.textContent === 'COMPLETE', null, { timeout: TIMEOUT_MS })
     .catch(async () => { throw new Error(`the run did not show COMPLETE: ${await page.getByTestId('job-status').innerText()}`); });
-  await page.waitForFunction((name) => document.querySelector('[data-testid="bot-link"]')?.textContent === name, agent);
+  await botNamed(agent, 'the job page');
   const definitionLink = page.getByTestId('definition-link');
   if ((await definitionLink.innerText()) !== 'greeter') throw new Error(`the job's task link says ${await definitionLink.innerText()}`);
   await page.waitForFunction(() => document.body.innerText.includes('hello world, loud'), null, { timeout: 10_000 })

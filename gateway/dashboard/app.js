@@ -2,6 +2,11 @@
 // step and no dependencies. Every value from the API reaches the page as
 // text (textContent / attributes), never as HTML.
 //
+// Sections, in order: helpers, the API and its live feed, login, bots,
+// lists (tasks, jobs), people, detail pages, deliveries, the overview (its
+// chart drawn as SVG here), a bot's page, task definitions, scripts, and
+// the router (`ROUTES`: one view function per hash).
+//
 // Auth: the token typed at login lives in sessionStorage and goes out only
 // as a Bearer header, the live event stream included (read with fetch, not
 // EventSource, so it never appears in a URL, a log or the history).
@@ -970,8 +975,8 @@ function renderOverview(o) {
         'overview-backlog', backlog.oldest_age_secs > 300 ? 'warn' : ''),
       tile('Bots up', `${b.up} / ${b.total}`, `${b.busy} busy · ${b.lost} lost${b.draining ? ` · ${b.draining} draining` : ''} · ${b.slots_used}/${b.slots_total} slots in use`,
         'overview-bots', b.lost ? 'bad' : ''),
-      tile('Webhook failures', o.webhooks.dead, `dead · ${o.webhooks.retrying} retrying`, 'overview-webhooks', o.webhooks.dead ? 'bad' : ''),
-      tile('Notification failures', o.notifications.dead, `dead · ${o.notifications.retrying} retrying`, 'overview-notifications', o.notifications.dead ? 'bad' : '')),
+      tile('Webhook failures', o.webhooks.dead.toLocaleString(), `dead · ${o.webhooks.retrying.toLocaleString()} retrying`, 'overview-webhooks', o.webhooks.dead ? 'bad' : ''),
+      tile('Notification failures', o.notifications.dead.toLocaleString(), `dead · ${o.notifications.retrying.toLocaleString()} retrying`, 'overview-notifications', o.notifications.dead ? 'bad' : '')),
     h('div', { class: 'card' }, h('h2', {}, 'Jobs by status'), statusBar(o.jobs)),
     h('div', { class: 'card' },
       h('div', { class: 'head' }, h('h2', {}, 'Finished per minute, last hour'), h('span', { class: 'spacer' }),
