@@ -10,8 +10,10 @@
 // admin adds a script, defines a task with arguments, edits it, runs it with
 // arguments to COMPLETE on the agent (its output on the job page), finds the
 // job on the definition's page, shows and rotates its secret key, exports
-// its recipe and imports it as a new definition; the jobs list names the
-// run's bot; the People view lists a micro-task (its page: executions,
+// its recipe and imports it as a new definition, which, made to require a
+// tag no agent carries, runs a job whose page says why it waits (and the
+// overview counts it) and which the tags filter finds; the jobs list names
+// the run's bot; the People view lists a micro-task (its page: executions,
 // submissions, notifications) and a user task, which the admin expires on
 // its page (COMPLETE, its history arriving live); after logging out,
 // nothing wipes the login form, a viewer is offered no deliveries nor
@@ -358,7 +360,31 @@ async function run(browser) {
   const importedId = page.url().split('/').pop();
   console.log(`IMPORTED_ID=${importedId}`);
   await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'greeter');
+
+  step('the copy is made to require a tag no agent carries: its run says why it waits, the overview counts it');
+  await page.getByTestId('edit-definition').click();
+  await page.getByTestId('def-required-tags').fill('gpu');
+  await page.getByTestId('def-tags').fill('copy, demo');
+  await page.getByTestId('def-save').click();
+  await page.waitForURL(new RegExp(`#/definitions/${importedId}$`));
+  await page.waitForFunction(() => /required tags\s*gpu/.test(document.querySelector('[data-testid="definition-fields"]')?.innerText ?? ''));
+  await page.getByTestId('run-arg-0').fill('nobody');
+  await page.getByTestId('run-submit').click();
+  await page.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/);
+  const strandedId = page.url().split('/').pop();
+  console.log(`STRANDED_ID=${strandedId}`);
+  await page.waitForFunction(() => (document.querySelector('[data-testid="waiting-reason"]')?.textContent ?? '').includes('gpu'), null, { timeout: 20_000 })
+    .catch(() => { throw new Error('the stranded run\'s page does not say why it waits'); });
+  await shot('stranded-job');
+  await page.getByTestId('nav-overview').click();
+  await page.getByTestId('overview-stranded').waitFor({ timeout: 15_000 });
   await page.getByTestId('nav-definitions').click();
+  await page.getByTestId('filter-tags').fill('demo');
+  await page.getByTestId('filter-tags').dispatchEvent('change');
+  await page.locator(`[data-testid="definition-row"][data-id="${importedId}"]`).waitFor();
+  await page.locator(`[data-testid="definition-row"][data-id="${definitionId}"]`).waitFor({ state: 'detached' });
+  await page.getByTestId('filter-tags').fill('');
+  await page.getByTestId('filter-tags').dispatchEvent('change');
   for (const id of [definitionId, importedId]) await page.locator(`[data-testid="definition-row"][data-id="${id}"]`).waitFor();
   await shot('definitions');
   await check();

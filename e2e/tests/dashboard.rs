@@ -4,7 +4,8 @@
 //! page), its webhook deliveries (to a loopback receiver, through the
 //! reaper) on the deliveries page, a script and a task definition made,
 //! edited, run with arguments to COMPLETE on the agent, its secret key and
-//! recipe (exported, then imported), and a micro-task and a user task on
+//! recipe (exported, then imported; the copy made to require a tag no
+//! agent carries, its run flagged), and a micro-task and a user task on
 //! the People page (the user task expired there by the admin).
 //! Its files and `/me` are tested in process
 //! (`gateway/tests/api/dashboard.rs`).
@@ -219,6 +220,19 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
         "the import reused the script"
     );
     assert_eq!(copy["task_arguments"], def["task_arguments"]);
+    assert_eq!(copy["required_tags"], serde_json::json!(["gpu"]));
+    assert_eq!(copy["tags"], serde_json::json!(["copy", "demo"]));
+    // Its run waits, flagged: no agent carries "gpu".
+    let stranded: Value = env
+        .get_json(&format!("{gw}/{c}/job/{}", printed("STRANDED_ID=")?))
+        .await?;
+    assert_eq!(stranded["status"], "WAITING", "{stranded}");
+    assert!(
+        stranded["waiting_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("gpu")),
+        "{stranded}"
+    );
     // The page expired the user task: submitted as it stood, with
     // is_continue, and concluded; the micro-task was only looked at.
     let expired: Value = env

@@ -510,7 +510,7 @@ function taskRow(t) {
   return h('tr', { testid: 'task-row', 'data-id': t.id },
     h('td', {}, h('a', { href: `#/tasks/${t.id}` }, t.description || '(no description)')),
     h('td', {}, t.system),
-    h('td', {}, badge(t.status)),
+    h('td', {}, badge(t.status), waitingReason(t)),
     h('td', {}, progress(t.percent), ` ${t.percent}%`),
     h('td', {}, when(t.created_at)),
     h('td', { testid: 'task-bot' }, botLink(t.bot_id, t.bot_name)));
@@ -580,6 +580,7 @@ function jobsView() {
       { name: 'status', label: 'Status', options: JOB_STATUSES },
       { name: 'lifecycle', label: 'Lifecycle', options: ['', 'ready', 'assigned', 'finished', 'expired', 'canceled'] },
       { name: 'task', label: 'Task id' },
+      { name: 'tags', label: 'Task tags (all of)' },
     ],
     headers: JOB_HEADERS,
     row: jobRow,
@@ -592,7 +593,7 @@ const JOB_HEADERS = ['Task', 'Status', 'Progress', 'Step', 'Created', 'Bot'];
 function jobRow(j) {
   return h('tr', { testid: 'job-row', 'data-id': j.id },
     h('td', {}, h('a', { href: `#/jobs/${j.id}` }, j.name || j.id), h('div', { class: 'muted mono' }, (j.task_arguments ?? []).join(' '))),
-    h('td', {}, badge(j.status)),
+    h('td', {}, badge(j.status), waitingReason(j)),
     h('td', {}, progress(j.percent), ` ${j.percent}%`),
     h('td', {}, j.step ?? '—'),
     h('td', {}, when(j.created_at)),
@@ -786,6 +787,7 @@ function detailView(kind, id) {
     if (spec.progress) setPercent(item.percent);
     const fields = spec.fields(item);
     if (spec.progress) {
+      if (item.waiting_reason) fields.push(['waiting because', h('span', { class: 'reason', testid: 'waiting-reason' }, item.waiting_reason)]);
       fields.push(['bot', botLink(item.bot_id, item.bot_name)], ['attempt', item.attempt], ['created', item.created_at],
         ['started', item.started_at], ['finished', item.finished_at], ['error', item.error]);
     }
@@ -840,6 +842,8 @@ function detailView(kind, id) {
         if (e.to_status === 'COMPLETE') setPercent(100);
         reload();
       }
+      // A warning may come with a changed field (why it waits for a bot).
+      if (e.type === 'WARNING') reload();
     }, indicator);
   });
 
@@ -971,8 +975,10 @@ function renderOverview(o) {
   return [
     h('div', { class: 'tiles' },
       tile('Waiting', backlog.waiting.toLocaleString(),
-        backlog.oldest_age_secs === null ? 'nothing waiting' : `oldest waiting ${duration(backlog.oldest_age_secs)}${backlog.on_hold ? ` · ${backlog.on_hold} on hold` : ''}`,
-        'overview-backlog', backlog.oldest_age_secs > 300 ? 'warn' : ''),
+        [backlog.oldest_age_secs === null ? 'nothing waiting' : `oldest waiting ${duration(backlog.oldest_age_secs)}`,
+          backlog.on_hold ? ` · ${backlog.on_hold} on hold` : '',
+          backlog.stranded ? h('span', { class: 'reason', testid: 'overview-stranded' }, ` · ${backlog.stranded.toLocaleString()} no bot can take`) : ''],
+        'overview-backlog', backlog.stranded ? 'bad' : backlog.oldest_age_secs > 300 ? 'warn' : ''),
       tile('Bots up', `${b.up} / ${b.total}`, `${b.busy} busy · ${b.lost} lost${b.draining ? ` · ${b.draining} draining` : ''} · ${b.slots_used}/${b.slots_total} slots in use`,
         'overview-bots', b.lost ? 'bad' : ''),
       tile('Webhook failures', o.webhooks.dead.toLocaleString(), `dead · ${o.webhooks.retrying.toLocaleString()} retrying`, 'overview-webhooks', o.webhooks.dead ? 'bad' : ''),
@@ -1103,10 +1109,16 @@ function argumentsSummary(t) {
   return args.map((a, i) => [i ? ', ' : '', a.type === 'fixed' ? h('span', { class: 'muted' }, `${a.label}=${a.value}`) : a.label]);
 }
 
-/** Where a definition runs: its bot, or any agent (with its tags). */
+/** Where a definition runs: its bot, or any agent (carrying its required
+ * tags). Its `tags` are labels only. */
 const runsOn = (t) => (t.host_id
   ? nameOf('bots', t.host_id, `#/bots/${t.host_id}`)
-  : h('span', { class: 'muted' }, t.tags.length ? `an agent with ${t.tags.join(', ')}` : 'any agent'));
+  : h('span', { class: 'muted' }, t.required_tags?.length ? `an agent with ${t.required_tags.join(', ')}` : 'any agent'));
+
+/** Why a waiting job no registered bot could take waits, under its status. */
+const waitingReason = (item) => (item.waiting_reason
+  ? h('div', { class: 'reason', testid: 'waiting-reason' }, item.waiting_reason)
+  : null);
 
 /** A select of agent bots (`''`: any), with `selected` chosen. */
 function hostSelect(selected, testid) {
@@ -1173,7 +1185,7 @@ function definitionsView() {
   return listView({
     title: 'Task definitions',
     path: customerPath('/task'),
-    filters: [],
+    filters: [{ name: 'tags', label: 'Tags (all of)' }],
     headers: ['Name', 'Script', 'Runs on', 'Arguments', 'Timeout', 'Tags', 'Updated'],
     row: (t) => h('tr', { testid: 'definition-row', 'data-id': t.id, 'data-name': t.name },
       h('td', {}, h('a', { href: `#/definitions/${t.id}` }, t.name), t.description ? h('div', { class: 'muted' }, t.description) : null),
@@ -1235,7 +1247,7 @@ function definitionForm(id) {
       lookup('scripts'),
     ]);
     const t = task ?? {
-      name: '', description: '', script_id: '', host_id: null, tags: [], task_arguments: [], run_as: '', timeout: 600,
+      name: '', description: '', script_id: '', host_id: null, tags: [], required_tags: [], task_arguments: [], run_as: '', timeout: 600,
       grace_time: 0, multitasking: true, max_attempts: null, acls: [], env: {}, triggers: [],
     };
     const field = (label, control, hint) => h('label', {}, label, control, hint ? h('span', { class: 'hint' }, hint) : null);
@@ -1245,6 +1257,7 @@ function definitionForm(id) {
       [...scripts.values()].map((s) => h('option', { value: s.id, selected: s.id === t.script_id }, `${s.name} (${s.filename})`)));
     const host = hostSelect(t.host_id, 'def-host');
     const tags = h('input', { value: t.tags.join(', '), testid: 'def-tags', placeholder: 'comma-separated' });
+    const requiredTags = h('input', { value: (t.required_tags ?? []).join(', '), testid: 'def-required-tags', placeholder: 'comma-separated; empty: any agent' });
     const runAs = h('input', { value: t.run_as, class: 'mono', testid: 'def-run-as', placeholder: '%script%' });
     const timeout = h('input', { type: 'number', min: 1, value: String(t.timeout), testid: 'def-timeout' });
     const grace = h('input', { type: 'number', min: 0, value: String(t.grace_time), testid: 'def-grace' });
@@ -1267,6 +1280,7 @@ function definitionForm(id) {
             script_id: script.value,
             host_id: host.value || null,
             tags: words(tags.value),
+            required_tags: words(requiredTags.value),
             task_arguments: args.read(),
             run_as: runAs.value,
             timeout: Number(timeout.value),
@@ -1285,8 +1299,9 @@ function definitionForm(id) {
     field('Name', name),
     field('Description', description),
     field('Script', script, scripts.size ? null : h('a', { href: '#/scripts/new' }, 'No script yet: add one')),
-    field('Runs on', host, 'a bot of its own, or any agent carrying its tags'),
-    field('Tags', tags),
+    field('Runs on', host, 'a bot of its own, or any agent carrying its required tags'),
+    field('Required tags', requiredTags, 'an agent must carry every one to run it'),
+    field('Tags', tags, 'labels, to find it by (they do not decide where it runs)'),
     field('Run as', runAs, '%script% is the script\'s path'),
     field('Timeout (s)', timeout),
     field('Grace time after a trigger (s)', grace),
@@ -1409,6 +1424,7 @@ function definitionView(id) {
       ['runs on', runsOn(t)], ['run as', t.run_as], ['arguments', argumentsSummary(t)],
       ['timeout', duration(t.timeout)], ['multitasking', t.multitasking ? 'yes' : 'no (one run per bot at a time)'],
       ['attempts when its bot is lost', t.max_attempts ?? 'the reaper\'s default'], ['tags', t.tags.join(', ') || '—'],
+      ['required tags', (t.required_tags ?? []).join(', ') || '—'],
       ['acls', t.acls.join(', ') || 'everyone'],
       ['triggered by', triggers.length ? triggers.map((g, i) => [i ? ', ' : '', h('a', { href: `#/definitions/${g.task_id}` }, g.task_id.slice(0, 8)), ` on ${g.on}`]) : '—'],
       ['grace time', duration(t.grace_time)], ['environment', Object.keys(t.env ?? {}).join(', ') || '—'],

@@ -67,6 +67,10 @@ pub struct Backlog {
     pub waiting: i64,
     /// WAITING runs still in their trigger's grace time.
     pub on_hold: i64,
+    /// WAITING jobs no registered bot could take (each has its
+    /// `waiting_reason`): none of its system's bots left or all draining,
+    /// its host gone, no agent with its required tags.
+    pub stranded: i64,
     /// When the oldest waiting job that may run was created.
     #[serde(with = "time::serde::rfc3339::option")]
     pub oldest_created_at: Option<OffsetDateTime>,
@@ -112,6 +116,7 @@ pub async fn read(state: &AppState, customer: CustomerId) -> Result<Overview, Er
         backlog: Backlog {
             waiting: backlog.ready,
             on_hold: backlog.on_hold,
+            stranded: backlog.stranded,
             oldest_created_at: backlog.oldest,
             oldest_age_secs: backlog.oldest.map(|t| age_secs(now, t)),
         },

@@ -26,6 +26,8 @@ struct Job<'a> {
     /// A run in its trigger's grace time: it may start this many seconds
     /// from now.
     on_hold_for: Option<f64>,
+    /// Why no bot could take it.
+    waiting_reason: Option<&'a str>,
 }
 
 impl<'a> Job<'a> {
@@ -38,6 +40,7 @@ impl<'a> Job<'a> {
             started_ago: None,
             finished_ago: None,
             on_hold_for: None,
+            waiting_reason: None,
         }
     }
 }
@@ -50,12 +53,12 @@ async fn insert_job(
     let row = db
         .query_one(
             "INSERT INTO jobs (id, customer_id, kind, description, system, attachment, status, bot_id,
-                               created_at, started_at, finished_at, not_before)
+                               created_at, started_at, finished_at, not_before, waiting_reason)
              VALUES (gen_random_uuid(), $1, 'system', $2, 'S', '', $3, $4,
                      now() - make_interval(secs => $5),
                      now() - make_interval(secs => $6),
                      now() - make_interval(secs => $7),
-                     now() + make_interval(secs => $8))
+                     now() + make_interval(secs => $8), $9)
              RETURNING id",
             &[
                 &customer,
@@ -66,6 +69,7 @@ async fn insert_job(
                 &j.started_ago,
                 &j.finished_ago,
                 &j.on_hold_for,
+                &j.waiting_reason,
             ],
         )
         .await?;
@@ -145,14 +149,16 @@ async fn the_overview_counts_the_customers_work_and_nothing_else() -> anyhow::Re
     insert_bot(&db, customer, "delta", "AVAILABLE", 2, 0, true).await?;
 
     let mut jobs = vec![
-        // Waiting: three that may run (the oldest 10 minutes old), one in
-        // its grace time (older, but not yet runnable).
+        // Waiting: three that may run (the oldest 10 minutes old; one no
+        // bot can take), one in its grace time (older, but not yet
+        // runnable).
         Job {
             created_ago: 600.0,
             ..Job::new("WAITING", "oldest")
         },
         Job {
             created_ago: 120.0,
+            waiting_reason: Some("no bot runs system S"),
             ..Job::new("WAITING", "w2")
         },
         Job::new("WAITING", "w3"),
@@ -239,6 +245,7 @@ async fn the_overview_counts_the_customers_work_and_nothing_else() -> anyhow::Re
     for j in [
         Job {
             created_ago: 86_400.0,
+            waiting_reason: Some("no bot"),
             ..Job::new("WAITING", "theirs")
         },
         Job {
@@ -344,8 +351,12 @@ async fn the_overview_counts_the_customers_work_and_nothing_else() -> anyhow::Re
 
     let backlog = &o["backlog"];
     assert_eq!(
-        (backlog["waiting"].as_i64(), backlog["on_hold"].as_i64()),
-        (Some(3), Some(1))
+        (
+            backlog["waiting"].as_i64(),
+            backlog["on_hold"].as_i64(),
+            backlog["stranded"].as_i64()
+        ),
+        (Some(3), Some(1), Some(1))
     );
     let oldest: OffsetDateTime = db
         .query_one(
@@ -440,7 +451,7 @@ async fn the_overview_is_an_admins_of_its_own_customer() -> anyhow::Result<()> {
     assert_eq!(o["per_minute"].as_array().map(Vec::len), Some(60));
     assert_eq!(
         o["backlog"],
-        json!({"waiting": 0, "on_hold": 0, "oldest_created_at": null, "oldest_age_secs": null})
+        json!({"waiting": 0, "on_hold": 0, "stranded": 0, "oldest_created_at": null, "oldest_age_secs": null})
     );
     assert_eq!(o["bots"]["total"], 0);
     assert_eq!(o["longest_running"], json!([]));

@@ -61,11 +61,13 @@ pub async fn finished_per_minute(
 }
 
 /// The waiting jobs: how many may run now, how many wait out a trigger's
-/// grace time, and when the oldest that may run was created.
+/// grace time, how many no registered bot could take (`waiting_reason`),
+/// and when the oldest that may run was created.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backlog {
     pub ready: i64,
     pub on_hold: i64,
+    pub stranded: i64,
     pub oldest: Option<OffsetDateTime>,
 }
 
@@ -74,6 +76,7 @@ pub async fn backlog(db: &impl GenericClient, customer: CustomerId) -> Result<Ba
         db,
         "SELECT count(*) FILTER (WHERE not_before IS NULL OR not_before <= now()),
                 count(*) FILTER (WHERE not_before > now()),
+                count(*) FILTER (WHERE waiting_reason IS NOT NULL),
                 min(created_at) FILTER (WHERE not_before IS NULL OR not_before <= now())
            FROM jobs
           WHERE customer_id = $1 AND status = 'WAITING'",
@@ -83,7 +86,8 @@ pub async fn backlog(db: &impl GenericClient, customer: CustomerId) -> Result<Ba
     Ok(Backlog {
         ready: row.get(0),
         on_hold: row.get(1),
-        oldest: row.get(2),
+        stranded: row.get(2),
+        oldest: row.get(3),
     })
 }
 
