@@ -63,11 +63,13 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
         .await?;
     let mut definitions = Vec::with_capacity(DEFINITIONS);
     for i in 0..DEFINITIONS {
+        // Two in 20 labelled, for the lists' tags filter.
+        let tags: &[&str] = if i % 10 == 3 { &["nightly"] } else { &[] };
         let task: Value = client
             .post(format!("{gw}/{c}/task"))
             .json(
                 &json!({"name": format!("definition-{i:02}"), "script_id": script["id"],
-                          "task_arguments": [{"type": "input", "label": "who"}]}),
+                          "task_arguments": [{"type": "input", "label": "who"}], "tags": tags}),
             )
             .send()
             .await?
@@ -154,6 +156,7 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
             format!("/{c}/job?lifecycle=finished&{page}"),
         ),
         ("jobs ?task=", format!("/{c}/job?task={task}&{page}")),
+        ("jobs ?tags=", format!("/{c}/job?tags=nightly&{page}")),
         (
             "a definition's jobs",
             format!("/{c}/task/{task}/job?{page}"),
@@ -180,6 +183,10 @@ async fn measure(env: &Env, opts: &Options) -> anyhow::Result<()> {
             format!("/{c}/job?bot_id={bot}&order=desc&limit=20"),
         ),
         ("definitions", format!("/{c}/task?{page}")),
+        (
+            "definitions ?tags=",
+            format!("/{c}/task?tags=nightly&{page}"),
+        ),
         ("scripts", format!("/{c}/script?{page}")),
         ("deliveries", format!("/webhooks/deliveries?{page}")),
         (
