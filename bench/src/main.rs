@@ -14,11 +14,14 @@
 //! create -> RUNNING is API-to-process-start.
 //!
 //! With `--finish`, micro-task finish submissions instead (`finish.rs`);
-//! with `--reaper`, the timeout-reaper (`reaper.rs`).
+//! with `--reaper`, the timeout-reaper (`reaper.rs`); with `--dashboard`,
+//! the dashboard's list pages and overview over 100,000 jobs
+//! (`dashboard.rs`).
 //!
 //! Run it from the release profile so the services are release builds too:
 //! `cargo build --release --workspace --bins && target/release/orq-bench`.
 
+mod dashboard;
 mod finish;
 mod reaper;
 
@@ -109,6 +112,22 @@ struct Args {
     /// With --finish: finishes posted in the burst phase.
     #[arg(long, default_value_t = 20_000)]
     finishes: usize,
+    /// Measure the dashboard's reads instead: every list page and the
+    /// overview, with many jobs loaded.
+    #[arg(long)]
+    dashboard: bool,
+    /// With --dashboard: jobs to load.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: i64,
+    /// With --dashboard: webhook deliveries to load.
+    #[arg(long, default_value_t = 100_000)]
+    deliveries: i64,
+    /// With --dashboard: human tasks to load.
+    #[arg(long, default_value_t = 10_000)]
+    human: i64,
+    /// With --dashboard: timed requests per page.
+    #[arg(long, default_value_t = 50)]
+    requests: usize,
 }
 
 const CSV: &str = "id\n1\n";
@@ -126,6 +145,15 @@ async fn main() -> anyhow::Result<()> {
             webhook_retries: args.webhook_retries,
             rate: args.rate as f64,
             kills: args.kills,
+        })
+        .await;
+    }
+    if args.dashboard {
+        return dashboard::run(&dashboard::Options {
+            jobs: args.jobs,
+            deliveries: args.deliveries,
+            human: args.human,
+            requests: args.requests.max(1),
         })
         .await;
     }
