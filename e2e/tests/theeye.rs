@@ -361,13 +361,7 @@ async fn markers_and_the_last_line_become_events_and_output() -> anyhow::Result<
     assert_eq!(done["exit_code"], 0);
     assert_eq!(done["output"], json!({"rows": 3}));
     assert_eq!(done["step"], "saving");
-    let events: Vec<Value> = s
-        .admin
-        .get(s.url(&format!("/job/{job}/events")))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let events = events(&s, &job).await?;
     let kinds: Vec<(String, String)> = events
         .iter()
         .filter(|e| e["type"] == "STEP_CHANGE" || e["type"] == "PERCENT_CHANGE")
@@ -711,7 +705,17 @@ async fn until(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let (client, url) = (s.admin.clone(), s.url(path));
+    until_at(s, s.url(path), what, check).await
+}
+
+/// Polls `url` as the admin until `check` holds; the last answer.
+async fn until_at(
+    s: &Stack,
+    url: String,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let client = s.admin.clone();
     eventually(Duration::from_secs(20), what, || {
         let (client, url) = (client.clone(), url.clone());
         let check = &check;
@@ -723,16 +727,20 @@ async fn until(
     .await
 }
 
-/// The WARNING events of a job.
-async fn warnings(s: &Stack, job: &str) -> anyhow::Result<Vec<String>> {
-    let events: Vec<Value> = s
-        .admin
+/// A job's history.
+async fn events(s: &Stack, job: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(s.admin
         .get(s.url(&format!("/job/{job}/events")))
         .send()
         .await?
         .json()
-        .await?;
-    Ok(events
+        .await?)
+}
+
+/// The WARNING events of a job.
+async fn warnings(s: &Stack, job: &str) -> anyhow::Result<Vec<String>> {
+    Ok(events(s, job)
+        .await?
         .iter()
         .filter(|e| e["type"] == "WARNING")
         .map(|e| e["description"].as_str().unwrap_or_default().to_string())
@@ -904,14 +912,12 @@ async fn a_prefetching_agent_holds_runs_beyond_its_capacity_and_gives_back_unsta
         runs.push(id(&s.run(&task, json!([])).await?));
     }
     // One runs; the other two are assigned to the agent, unstarted.
-    let (client, url) = (s.admin.clone(), format!("{}/bots", s.gw));
-    let bots: Value = eventually(Duration::from_secs(20), "three runs on the agent", || {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let b: Value = client.get(url).send().await?.json().await?;
-            Ok((b[0]["active_jobs"] == 3).then_some(b))
-        }
-    })
+    let bots = until_at(
+        &s,
+        format!("{}/bots", s.gw),
+        "three runs on the agent",
+        |b| b[0]["active_jobs"] == 3,
+    )
     .await?;
     assert_eq!(bots[0]["prefetch"], 2, "{bots}");
     assert_eq!(bots[0]["active_jobs"], 3, "{bots}");
@@ -943,20 +949,10 @@ async fn a_prefetching_agent_holds_runs_beyond_its_capacity_and_gives_back_unsta
             Some("COMPLETE") => {}
             Some("WAITING") => {
                 gave_back += 1;
-                let events: Vec<Value> = s
-                    .admin
-                    .get(s.url(&format!("/job/{run}/events")))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
+                let warned = warnings(&s, run).await?;
                 assert!(
-                    events.iter().any(|e| e["type"] == "WARNING"
-                        && e["description"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .contains("gave it back unstarted")),
-                    "{events:?}"
+                    warned.iter().any(|w| w.contains("gave it back unstarted")),
+                    "{warned:?}"
                 );
             }
             other => anyhow::bail!("run {run} is {other:?}: {job}"),
@@ -981,39 +977,32 @@ async fn a_prefetching_agent_holds_runs_beyond_its_capacity_and_gives_back_unsta
         }
         v
     };
-    let (client, url) = (s.admin.clone(), format!("{}/bots", s.gw));
-    let second: Value = eventually(
-        Duration::from_secs(20),
+    let on_second = |b: &Value| b["name"] == "bot-second" && b["active_jobs"] == 3;
+    let bots = until_at(
+        &s,
+        format!("{}/bots", s.gw),
         "three runs on the second agent",
-        || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let bots: Vec<Value> = client.get(url).send().await?.json().await?;
-                Ok(bots
-                    .into_iter()
-                    .find(|b| b["name"] == "bot-second" && b["active_jobs"] == 3))
-            }
-        },
+        |b| b.as_array().is_some_and(|all| all.iter().any(on_second)),
     )
     .await?;
+    let second = bots
+        .as_array()
+        .and_then(|all| all.iter().find(|b| on_second(b)))
+        .cloned()
+        .unwrap_or_default();
     let r = s
         .admin
         .post(format!("{}/bots/{}/drain", s.gw, id(&second)))
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    let (client, job_url) = (s.admin.clone(), s.url("/job"));
-    let more_ids = more.clone();
-    eventually(Duration::from_secs(10), "two runs given back", || {
-        let (client, url, ids) = (client.clone(), job_url.clone(), more_ids.clone());
-        async move {
-            let jobs: Vec<Value> = client.get(url).send().await?.json().await?;
-            let waiting = jobs
-                .iter()
-                .filter(|j| ids.contains(&id(j)) && j["status"] == "WAITING")
-                .count();
-            Ok((waiting == 2).then_some(()))
-        }
+    until(&s, "/job", "two runs given back", |jobs| {
+        let waiting = jobs.as_array().map_or(0, |all| {
+            all.iter()
+                .filter(|j| more.contains(&id(j)) && j["status"] == "WAITING")
+                .count()
+        });
+        waiting == 2
     })
     .await?;
     let r = s

@@ -5,7 +5,7 @@
 //! (pipelined); the gaps of the series and the ages are filled here, by
 //! pure functions.
 
-use orq_shared::domain::{BotId, CustomerId, JobId, JobStatus, TaskId};
+use orq_shared::domain::{CustomerId, JobStatus};
 use orq_shared::repo::RepoError;
 use orq_shared::repo::overview::{self, BotCounts, Failures, Running};
 use serde::Serialize;
@@ -80,17 +80,8 @@ pub struct Backlog {
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RunningJob {
-    pub id: JobId,
-    /// `system` (a CSV task) or `script` (a run of a task definition).
-    pub kind: String,
-    /// A CSV task's description, or its task definition's name.
-    pub name: String,
-    pub task_id: Option<TaskId>,
-    pub bot_id: Option<BotId>,
-    pub bot_name: Option<String>,
-    pub percent: i16,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
+    #[serde(flatten)]
+    pub job: Running,
     /// Seconds it has been running, at `at`.
     pub running_secs: f64,
 }
@@ -186,17 +177,10 @@ pub fn age_secs(now: OffsetDateTime, since: OffsetDateTime) -> f64 {
     ms as f64 / 1000.0
 }
 
-fn running_job(now: OffsetDateTime, r: Running) -> RunningJob {
+fn running_job(now: OffsetDateTime, job: Running) -> RunningJob {
     RunningJob {
-        running_secs: age_secs(now, r.started_at),
-        id: r.id,
-        kind: r.kind,
-        name: r.name,
-        task_id: r.task_id,
-        bot_id: r.bot_id,
-        bot_name: r.bot_name,
-        percent: r.percent,
-        started_at: r.started_at,
+        running_secs: age_secs(now, job.started_at),
+        job,
     }
 }
 

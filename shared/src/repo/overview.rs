@@ -182,7 +182,7 @@ async fn failures(
 }
 
 /// A running job, as the overview lists the longest-running ones.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Running {
     pub id: JobId,
     /// `system` (a CSV task) or `script` (a run of a task definition).
@@ -193,6 +193,7 @@ pub struct Running {
     pub bot_id: Option<BotId>,
     pub bot_name: Option<String>,
     pub percent: i16,
+    #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
 }
 
