@@ -14,7 +14,9 @@
 //! create -> RUNNING is API-to-process-start.
 //!
 //! With `--finish`, micro-task finish submissions instead (`finish.rs`);
-//! with `--reaper`, the timeout-reaper (`reaper.rs`).
+//! with `--reaper`, the timeout-reaper (`reaper.rs`); with `--dashboard`,
+//! the dashboard's list pages and overview over 100,000 jobs
+//! (`dashboard.rs`).
 //!
 //! Each phase that runs jobs end to end ends with where the CPU went
 //! (`cpu.rs`): the CPU seconds per 1,000 jobs of every process, and at the
@@ -24,6 +26,7 @@
 //! `cargo build --release --workspace --bins && target/release/orq-bench`.
 
 mod cpu;
+mod dashboard;
 mod finish;
 mod reaper;
 
@@ -42,6 +45,10 @@ struct Args {
     /// Capacity (parallel jobs) of each agent.
     #[arg(long, default_value_t = 16)]
     capacity: u16,
+    /// Assignments each agent may hold beyond its capacity, unstarted
+    /// (`agent.prefetch`); unset: the agents' default.
+    #[arg(long)]
+    prefetch: Option<u16>,
     /// Dispatchers to start.
     #[arg(long, default_value_t = 1)]
     dispatchers: usize,
@@ -110,6 +117,22 @@ struct Args {
     /// With --finish: finishes posted in the burst phase.
     #[arg(long, default_value_t = 20_000)]
     finishes: usize,
+    /// Measure the dashboard's reads instead: every list page and the
+    /// overview, with many jobs loaded.
+    #[arg(long)]
+    dashboard: bool,
+    /// With --dashboard: jobs to load.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: i64,
+    /// With --dashboard: webhook deliveries to load.
+    #[arg(long, default_value_t = 100_000)]
+    deliveries: i64,
+    /// With --dashboard: human tasks to load.
+    #[arg(long, default_value_t = 10_000)]
+    human: i64,
+    /// With --dashboard: timed requests per page.
+    #[arg(long, default_value_t = 50)]
+    requests: usize,
 }
 
 const CSV: &str = "id\n1\n";
@@ -127,6 +150,15 @@ async fn main() -> anyhow::Result<()> {
             webhook_retries: args.webhook_retries,
             rate: args.rate as f64,
             kills: args.kills,
+        })
+        .await;
+    }
+    if args.dashboard {
+        return dashboard::run(&dashboard::Options {
+            jobs: args.jobs,
+            deliveries: args.deliveries,
+            human: args.human,
+            requests: args.requests.max(1),
         })
         .await;
     }
@@ -160,9 +192,14 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     }
     let argv: Vec<&str> = args.automation.split_whitespace().collect();
     let config = agent_config(&env.dir, "agent.toml", args.capacity, &[("noop", &argv)])?;
+    let prefetch = args.prefetch.map(|n| n.to_string());
+    let mut agent_env = quiet.to_vec();
+    if let Some(n) = &prefetch {
+        agent_env.push(("ORQ_AGENT__PREFETCH", n));
+    }
     for i in 0..args.agents {
         let a = env
-            .start_agent(&gw, &format!("bench-{i}"), &config, &quiet)
+            .start_agent(&gw, &format!("bench-{i}"), &config, &agent_env)
             .await?;
         own.push(("agents".into(), a.pid()));
         procs.push(a);

@@ -1,7 +1,8 @@
 //! # bot-agent
 //!
 //! Runs on a bot machine: registers with the gateway, heartbeats, consumes
-//! its own queue (prefetch = capacity), runs each job's automation and
+//! its own queue (RabbitMQ prefetch = capacity + prefetch: at most capacity
+//! run at once, the rest wait unstarted), runs each job's automation and
 //! reports RUNNING, progress and the outcome over RabbitMQ.
 //!
 //! * `runner` – runs a system's automation once per CSV row.
@@ -63,6 +64,12 @@ struct Inner {
     limits: Limits,
     attempts: Mutex<HashMap<(JobId, i32), Local>>,
     running: std::sync::atomic::AtomicU32,
+    /// Its running slots (`capacity`): an assignment beyond them (one of
+    /// its `prefetch`) waits here, unstarted.
+    slots: tokio::sync::Semaphore,
+    /// Whether its bot is drained (a `Control::Drain`): what waits for a
+    /// slot then goes back unstarted.
+    draining: tokio::sync::watch::Sender<bool>,
     scripts: ScriptCache,
     /// Jobs running here, to stop one when it is canceled, and cancels that
     /// came before their job (one lock: a cancel is never lost between the
@@ -72,6 +79,11 @@ struct Inner {
 
 /// An assignment older than this is checked against the job before it runs.
 const RECHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// A prefetched assignment that waited longer than this for a slot is
+/// checked against the job before it runs (shorter than the reaper's
+/// absence bound, so one taken back meanwhile is never started).
+const SLOT_WAIT_RECHECK: Duration = Duration::from_secs(1);
 
 impl Agent {
     /// Registers (retrying while the gateway is unreachable) and connects.
@@ -140,6 +152,7 @@ impl Agent {
             gateway_url: settings.agent.gateway_url.clone(),
             token: settings.agent.token.clone(),
         };
+        let slots = settings.agent.capacity.max(1);
         Ok(Agent {
             inner: Arc::new(Inner {
                 settings,
@@ -150,6 +163,8 @@ impl Agent {
                 limits,
                 attempts: Mutex::new(HashMap::new()),
                 running: std::sync::atomic::AtomicU32::new(0),
+                slots: tokio::sync::Semaphore::new(usize::from(slots)),
+                draining: tokio::sync::watch::Sender::new(false),
                 scripts,
                 cancels: Mutex::new(Cancels::default()),
             }),
@@ -204,7 +219,14 @@ impl Agent {
                 .broker
                 .topology()
                 .bot_queue(self.inner.identity.id),
-            prefetch: self.inner.settings.agent.capacity.max(1),
+            // Its capacity plus the assignments it may hold unstarted.
+            prefetch: self
+                .inner
+                .settings
+                .agent
+                .capacity
+                .max(1)
+                .saturating_add(self.inner.settings.agent.prefetch()),
         };
         let stop = &shutdown;
         broker::consume(
@@ -250,6 +272,37 @@ impl Agent {
             }
             seen.insert(key, Local::Running);
         }
+        // A slot to run it in. One beyond the agent's capacity (prefetched)
+        // waits here, unstarted; if the agent stops first, it goes back at
+        // once rather than wait for this agent to come back.
+        let mut drained = self.inner.draining.subscribe();
+        let session = self.inner.broker.current().map(|s| s.generation());
+        let waiting_since = std::time::Instant::now();
+        let given_back = tokio::select! {
+            biased;
+            slot = self.inner.slots.acquire() => match slot {
+                Ok(slot) => Ok(slot),
+                Err(_) => return false,
+            },
+            _ = shutdown.cancelled() => Err("the agent is stopping"),
+            _ = drained.wait_for(|d| *d) => Err("its bot was drained"),
+        };
+        let _slot = match given_back {
+            Ok(slot) => slot,
+            Err(reason) => {
+                tracing::info!(job = %a.job_id, attempt = a.attempt, reason, "giving back an assignment not started");
+                let report = self.new_report(ReportBody::Released {
+                    job_id: a.job_id,
+                    attempt: a.attempt,
+                    reason: reason.into(),
+                    stopping: shutdown.is_cancelled(),
+                });
+                self.publish_reliably(&report).await;
+                self.finish(key);
+                return true;
+            }
+        };
+        // Checked once it has a slot: a prefetched one may have waited.
         let age = (time::OffsetDateTime::now_utc() - a.assigned_at).unsigned_abs();
         // The assignment says where the job stands (rows done by earlier
         // attempts, on any agent); an old or redelivered one is checked
@@ -258,7 +311,13 @@ impl Agent {
             rows_done: a.rows_done as usize,
             failed_rows: a.failed_rows.clone(),
         };
-        if redelivered || age > RECHECK_AFTER {
+        // A prefetched one that waited long for its slot, or across a
+        // reconnection, may have been taken back meanwhile (its agent
+        // judged lost while cut off): it is checked before it starts, so
+        // it never runs beside its next attempt.
+        let waited = waiting_since.elapsed() > SLOT_WAIT_RECHECK
+            || self.inner.broker.current().map(|s| s.generation()) != session;
+        if redelivered || age > RECHECK_AFTER || waited {
             match self.check(&a, shutdown).await {
                 Check::Stale => {
                     tracing::info!(job = %a.job_id, attempt = a.attempt, "assignment no longer ours; skipped");
@@ -489,7 +548,8 @@ impl Agent {
     }
 
     /// Holds this agent's presence queue and consumes its control messages
-    /// (cancel a running job), on every connection, until `stop`.
+    /// (cancel a job, drain or resume the bot), on every connection, until
+    /// `stop`.
     async fn controls(self, stop: CancellationToken) {
         let control = broker::AgentControl(self.inner.identity.id);
         let this = &self;
@@ -506,6 +566,10 @@ impl Agent {
                         if let Ok(mut c) = this.inner.cancels.lock() {
                             c.cancel((job_id, attempt));
                         }
+                    }
+                    Ok(Control::Drain { draining, .. }) => {
+                        tracing::info!(draining, "the bot's draining changed");
+                        this.inner.draining.send_replace(draining);
                     }
                     Err(e) => tracing::warn!(error = %e, "malformed control message ignored"),
                 }
@@ -778,6 +842,7 @@ async fn register(http: &reqwest::Client, settings: &Settings) -> anyhow::Result
         "name": settings.agent.name,
         "ip_address": settings.agent.ip_address,
         "capacity": settings.agent.capacity,
+        "prefetch": settings.agent.prefetch(),
         "systems": settings.agent.systems.keys().collect::<Vec<_>>(),
         "tags": settings.agent.tags,
     });

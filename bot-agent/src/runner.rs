@@ -106,6 +106,19 @@ where
         row_env.push(("ORQ_IDEMPOTENCY_KEY".into(), rows::row_key(job, number)));
         let failure = match run_row(argv, &input, &row_env, limits, cancel).await {
             Ok(()) => None,
+            // Stopped by a cancel (the job canceled, or this attempt taken
+            // back): the row is not done. No progress report claims it: a
+            // taken-back attempt's late progress is kept, and the next
+            // attempt would take the stopped row for a failed one and skip
+            // it. The outcome (refused either way) names where it stopped.
+            Err(error) if cancel.is_cancelled() => {
+                failed.push(RowError { row: number, error });
+                return JobOutcome::Failed {
+                    error: "canceled".into(),
+                    failed_rows: failed,
+                    rows_done: u32::try_from(index).unwrap_or(u32::MAX),
+                };
+            }
             Err(error) => {
                 let f = RowError { row: number, error };
                 failed.push(f.clone());
@@ -467,7 +480,7 @@ mod tests {
             &[],
             &limits(),
             &cancel,
-            |_, _, _| async {},
+            |n, _, _| async move { panic!("no progress for a stopped row: {n}") },
         )
         .await;
         let JobOutcome::Failed {
@@ -478,7 +491,10 @@ mod tests {
         else {
             panic!("expected a canceled job");
         };
-        assert_eq!(rows_done, 1, "row 1 finished (stopped), rows 2-3 did not");
+        assert_eq!(
+            rows_done, 0,
+            "row 1 was stopped, not done; rows 2-3 never ran"
+        );
         assert_eq!(error, "canceled");
         assert_eq!(
             failed_rows.len(),

@@ -145,6 +145,21 @@ fn change_for(report: &BotReport) -> Option<Change> {
             },
             vec![(EventKind::StepChange, clean(step))],
         ),
+        ReportBody::Released {
+            job_id,
+            attempt,
+            reason,
+            ..
+        } => (
+            *job_id,
+            *attempt,
+            JobEvent::DeliveryFailed,
+            Outcome::default(),
+            vec![(
+                EventKind::Warning,
+                clean(&format!("its agent gave it back unstarted: {reason}")),
+            )],
+        ),
         ReportBody::Finished {
             job_id,
             attempt,
@@ -204,6 +219,7 @@ fn kind_name(body: &ReportBody) -> &'static str {
         ReportBody::Percent { .. } => "percent",
         ReportBody::Step { .. } => "step",
         ReportBody::Finished { .. } => "finished",
+        ReportBody::Released { .. } => "released",
         ReportBody::Canary { .. } => "canary",
     }
 }
@@ -258,6 +274,18 @@ pub async fn apply(
         .unzip();
     if !changes.is_empty() {
         let tx = db.transaction().await?;
+        // A stopping agent's bot is UNAVAILABLE before what it gives back
+        // waits again, so the rematch does not hand it straight back.
+        let mut stopping: Vec<BotId> = reports
+            .iter()
+            .filter(|r| matches!(r.body, ReportBody::Released { stopping: true, .. }))
+            .map(|r| r.bot_id)
+            .collect();
+        stopping.sort_by_key(|b| b.0);
+        stopping.dedup();
+        for bot in stopping {
+            bots::lose(&tx, bot, "its agent is stopping").await?;
+        }
         let results = jobs::apply_changes(&tx, &changes).await?;
         let mut warnings = Vec::new();
         for ((report, change), result) in with_jobs.iter().zip(&changes).zip(results) {

@@ -1,16 +1,26 @@
 // Drives the gateway's dashboard in the system's headless Chromium: logs in
-// with a token, checks the bots page lists the running agent, uploads a CSV
-// task, and waits on its detail page for COMPLETE and 100% to arrive live
-// (from the event feed, read with fetch and a Bearer header: the page is
-// never reloaded, and no URL it requests carries a token). Then every view
-// renders; the deliveries page lists the task's webhook deliveries and links
-// to the task through the jobs view; the People view lists a micro-task
-// (its page: executions, submissions, notifications) and a user task, which
-// the admin expires on its page (COMPLETE, its history arriving live); after
-// logging out, nothing wipes the login form, a viewer is offered no
-// deliveries, and a token the stream refuses logs out at once instead of
-// reconnecting. Full-page screenshots
-// along the way. Any uncaught page error or console error fails the run.
+// with an admin token and lands on the overview (the agent up, every
+// status, the hour's chart), finds the running agent on the bots page by
+// name and opens its page, uploads a CSV task, and waits on its detail page
+// for COMPLETE and 100% to arrive live (from the event feed, read with fetch
+// and a Bearer header: the page is never reloaded, and no URL it requests
+// carries a token), its bot named and linked. Then every view renders; the
+// deliveries page lists the task's webhook deliveries and links to the task
+// through the jobs view; the overview counts the task (its chart too); an
+// admin adds a script, defines a task with arguments, edits it, runs it with
+// arguments to COMPLETE on the agent (its output on the job page), finds the
+// job on the definition's page, shows and rotates its secret key, exports
+// its recipe and imports it as a new definition, which, made to require a
+// tag no agent carries, runs a job whose page says why it waits (and the
+// overview counts it) and which the tags filter finds; the jobs list names
+// the run's bot; the People view lists a micro-task (its page: executions,
+// submissions, notifications) and a user task, which the admin expires on
+// its page (COMPLETE, its history arriving live); after logging out,
+// nothing wipes the login form, a viewer is offered no deliveries nor
+// overview and reads a definition without a run form, key or recipe, and a
+// token the stream refuses logs out at once instead of reconnecting.
+// Full-page screenshots along the way. Any uncaught page error or console
+// error fails the run.
 //
 // Environment: ORQ_URL (the gateway), ORQ_TOKEN (an admin token),
 // ORQ_VIEWER_TOKEN and ORQ_BOT_TOKEN (a viewer's and a bot's token of the
@@ -71,6 +81,17 @@ async function run(browser) {
     if (await banner.isVisible()) throw new Error(`the page shows an error: ${await banner.innerText()}`);
   };
 
+  // The page's (first) bot link comes to read `name`.
+  const botNamed = (name, where) => page.waitForFunction(
+    (n) => document.querySelector('[data-testid="bot-link"]')?.textContent === n, name, { timeout: 10_000 },
+  ).catch(async () => {
+    const shown = await page.getByTestId('bot-link').first().textContent().catch(() => 'no bot link');
+    throw new Error(`${where} names its bot ${shown}, not ${name}`);
+  });
+  const shot = (name) => page.screenshot({ path: screenshot.replace(/(\.png)?$/, `-${name}.png`), fullPage: true });
+  // Rotating a secret and deleting ask first: yes.
+  page.on('dialog', (dialog) => dialog.accept());
+
   step('open / (redirects to /dashboard) and log in');
   await page.goto(`${url}/`);
   if (!page.url().startsWith(`${url}/dashboard`)) throw new Error(`/ led to ${page.url()}, not /dashboard`);
@@ -80,11 +101,31 @@ async function run(browser) {
   // The document this run started in: a reload would lose it.
   await page.evaluate(() => { window.orqSameDocument = true; });
 
-  step(`bots page lists agent ${agent}`);
+  step('an admin lands on the overview: the agent up, every status, the hour\'s chart');
+  await page.waitForURL(/#\/overview$/);
+  await page.getByTestId('overview-bots-value').waitFor();
+  const botsUp = await page.getByTestId('overview-bots-value').innerText();
+  if (botsUp !== '1 / 1') throw new Error(`the overview shows ${botsUp} bots up, not 1 / 1`);
+  const shownStatuses = await page.locator('[data-testid="overview-status"]').evaluateAll((els) => els.map((e) => e.dataset.status));
+  if (shownStatuses.join() !== 'WAITING,ASSIGNED,RUNNING,COMPLETE,FAILED,TIMEOUT,CANCELED') throw new Error(`the overview lists statuses ${shownStatuses}`);
+  await page.getByTestId('overview-chart').waitFor();
+  for (const tile of ['overview-backlog', 'overview-webhooks', 'overview-notifications', 'overview-running']) await page.getByTestId(tile).waitFor();
+  await shot('overview-empty');
+  await check();
+
+  step(`bots page lists agent ${agent}, by name, linking to its page`);
+  await page.getByTestId('nav-bots').click();
   const botRow = page.locator(`[data-testid="bot-row"][data-bot="${agent}"]`);
   await botRow.waitFor();
   const botText = await botRow.innerText();
   if (!/AVAILABLE|BUSY/.test(botText)) throw new Error(`agent ${agent} is not available: ${botText}`);
+  await botRow.getByTestId('bot-link').click();
+  await page.waitForURL(/#\/bots\/[0-9a-f-]{36}$/);
+  const botId = page.url().split('/').pop();
+  await page.waitForFunction((name) => document.querySelector('h1')?.textContent === name, agent);
+  await page.getByTestId('bot-fields').waitFor();
+  await page.getByTestId('bot-tasks').locator('table').waitFor();
+  await shot('bot');
   await check();
 
   step('upload a CSV on the tasks page');
@@ -149,6 +190,10 @@ async function run(browser) {
   const history = await page.getByTestId('job-events').innerText();
   if (!history.includes('COMPLETE')) throw new Error(`the history misses the COMPLETE change:\n${history}`);
   await page.getByTestId('cancel').waitFor({ state: 'hidden' });
+  // Its bot by name, a link to the bot's page.
+  await botNamed(agent, 'the task page');
+  const taskBot = await page.getByTestId('bot-link').getAttribute('href');
+  if (taskBot !== `#/bots/${botId}`) throw new Error(`the task's bot links to ${taskBot}`);
   await check();
 
   step(`screenshot to ${screenshot}`);
@@ -170,6 +215,8 @@ async function run(browser) {
     if (view === 'tasks') {
       const text = await page.locator(ready).innerText();
       if (!text.includes('COMPLETE') || !text.includes('100%')) throw new Error(`the tasks list shows the task as: ${text}`);
+      const bot = await page.locator(ready).getByTestId('task-bot').innerText();
+      if (bot !== agent) throw new Error(`the tasks list's BOT column shows ${bot}, not ${agent}`);
     }
     await page.screenshot({ path: screenshot.replace(/(\.png)?$/, `-${view}.png`), fullPage: true });
     await check();
@@ -194,6 +241,160 @@ async function run(browser) {
   );
   await page.getByTestId('csv-task-link').waitFor();
   await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-delivery-job.png'), fullPage: true });
+  await check();
+
+  step('the overview counts the completed task, in the chart too');
+  await page.getByTestId('nav-overview').click();
+  await page.waitForFunction(() => {
+    const complete = document.querySelector('[data-testid="overview-status"][data-status="COMPLETE"]');
+    return Number(complete?.dataset.count) >= 1
+      && Number(document.querySelector('[data-testid="overview-completed"]')?.textContent) >= 1
+      && document.querySelectorAll('[data-testid="overview-chart"] rect.bar-complete').length >= 1;
+  }, null, { timeout: 15_000 }).catch(async () => {
+    throw new Error(`the overview does not count the completed task: ${await page.getByTestId('overview').innerText()}`);
+  });
+  await shot('overview');
+  await check();
+
+  step('scripts: an admin adds one');
+  await page.getByTestId('nav-scripts').click();
+  await page.getByTestId('new-script').click();
+  await page.waitForURL(/#\/scripts\/new$/);
+  await page.getByTestId('script-name').fill('greet');
+  await page.getByTestId('script-filename').fill('greet.sh');
+  await page.getByTestId('script-description').fill('says hello');
+  await page.getByTestId('script-content').fill('#!/bin/sh\necho "hello $1, $2"\n');
+  await shot('script-form');
+  await page.getByTestId('script-save').click();
+  await page.waitForURL(/#\/scripts$/);
+  await page.locator('[data-testid="script-row"][data-name="greet"]').waitFor();
+  await shot('scripts');
+  await check();
+
+  step('definitions: an admin defines a task with an input and an options argument');
+  await page.getByTestId('nav-definitions').click();
+  await page.getByTestId('new-definition').click();
+  await page.waitForURL(/#\/definitions\/new$/);
+  await page.getByTestId('def-name').fill('greeter');
+  await page.getByTestId('def-description').fill('greets someone');
+  await page.getByTestId('def-script').selectOption({ label: 'greet (greet.sh)' });
+  await page.getByTestId('def-timeout').fill('60');
+  await page.getByTestId('add-argument').click();
+  await page.getByTestId('add-argument').click();
+  const argRows = page.getByTestId('arg-row');
+  await argRows.nth(0).getByTestId('arg-label').fill('who');
+  await argRows.nth(1).getByTestId('arg-type').selectOption('options');
+  await argRows.nth(1).getByTestId('arg-label').fill('tone');
+  await argRows.nth(1).getByTestId('arg-value').fill('calm, loud');
+  await shot('definition-form');
+  await page.getByTestId('def-save').click();
+  await page.waitForURL(/#\/definitions\/[0-9a-f-]{36}$/);
+  const definitionId = page.url().split('/').pop();
+  console.log(`DEFINITION_ID=${definitionId}`);
+  await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'greeter');
+  await check();
+
+  step('the definition is edited');
+  await page.getByTestId('edit-definition').click();
+  await page.waitForURL(new RegExp(`#/definitions/${definitionId}/edit$`));
+  await page.getByTestId('def-description').waitFor();
+  if ((await page.getByTestId('arg-row').count()) !== 2) throw new Error('the edit form lost the arguments');
+  await page.getByTestId('def-description').fill('greets someone, edited');
+  await page.getByTestId('def-save').click();
+  await page.waitForURL(new RegExp(`#/definitions/${definitionId}$`));
+  await page.waitForFunction(() => document.querySelector('[data-testid="definition-fields"]')?.innerText.includes('greets someone, edited'));
+  const fields = await page.getByTestId('definition-fields').innerText();
+  if (!fields.includes('greet') || !fields.includes('who, tone')) throw new Error(`the definition shows: ${fields}`);
+  await check();
+
+  step('the definition is run with arguments; its job runs to COMPLETE on the agent');
+  await page.getByTestId('run-arg-0').fill('world');
+  await page.getByTestId('run-arg-1').selectOption('loud');
+  await shot('definition');
+  await page.getByTestId('run-submit').click();
+  await page.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/);
+  const jobId = page.url().split('/').pop();
+  console.log(`JOB_ID=${jobId}`);
+  await page.waitForFunction(() => document.querySelector('[data-testid="job-status"]')?.textContent === 'COMPLETE', null, { timeout: TIMEOUT_MS })
+    .catch(async () => { throw new Error(`the run did not show COMPLETE: ${await page.getByTestId('job-status').innerText()}`); });
+  await botNamed(agent, 'the job page');
+  const definitionLink = page.getByTestId('definition-link');
+  if ((await definitionLink.innerText()) !== 'greeter') throw new Error(`the job's task link says ${await definitionLink.innerText()}`);
+  await page.waitForFunction(() => document.body.innerText.includes('hello world, loud'), null, { timeout: 10_000 })
+    .catch(() => { throw new Error('the job page does not show the script\'s output "hello world, loud"'); });
+  await shot('run-job');
+  await check();
+
+  step('the definition lists its job; an admin reads and rotates its secret key and exports its recipe');
+  await definitionLink.click();
+  await page.waitForURL(new RegExp(`#/definitions/${definitionId}$`));
+  const ownJob = page.locator(`[data-testid="definition-jobs"] [data-testid="job-row"][data-id="${jobId}"]`);
+  await ownJob.waitFor();
+  if (!(await ownJob.innerText()).includes('COMPLETE')) throw new Error(`the definition's job shows: ${await ownJob.innerText()}`);
+  if ((await ownJob.getByTestId('job-bot').innerText()) !== agent) throw new Error('the job row does not name its bot');
+  await page.getByTestId('show-secret').click();
+  await page.waitForFunction(() => /^[0-9a-f]{64}$/.test(document.querySelector('[data-testid="secret"]')?.textContent ?? ''));
+  const secret = await page.getByTestId('secret').innerText();
+  await page.getByTestId('rotate-secret').click();
+  await page.waitForFunction((old) => {
+    const now = document.querySelector('[data-testid="secret"]')?.textContent ?? '';
+    return /^[0-9a-f]{64}$/.test(now) && now !== old;
+  }, secret);
+  await page.getByTestId('export-recipe').click();
+  await page.getByTestId('recipe').waitFor();
+  const recipe = JSON.parse(await page.getByTestId('recipe').innerText());
+  if (recipe.version !== 1 || recipe.file?.filename !== 'greet.sh' || recipe.task?.name !== 'greeter') {
+    throw new Error(`the exported recipe: ${JSON.stringify(recipe)}`);
+  }
+  if (!(await page.getByTestId('recipe-download').getAttribute('href'))?.startsWith('blob:')) throw new Error('no recipe download');
+  await shot('definition-admin');
+  await check();
+
+  step('the recipe is imported as a new definition');
+  await page.getByTestId('nav-definitions').click();
+  await page.getByTestId('import-card').locator('summary').click();
+  await page.getByTestId('import-recipe').fill(JSON.stringify(recipe));
+  await shot('definitions-import');
+  await page.getByTestId('import-submit').click();
+  await page.waitForURL((u) => /#\/definitions\/[0-9a-f-]{36}$/.test(u.hash) && !u.hash.endsWith(definitionId));
+  const importedId = page.url().split('/').pop();
+  console.log(`IMPORTED_ID=${importedId}`);
+  await page.waitForFunction(() => document.querySelector('h1')?.textContent === 'greeter');
+
+  step('the copy is made to require a tag no agent carries: its run says why it waits, the overview counts it');
+  await page.getByTestId('edit-definition').click();
+  await page.getByTestId('def-required-tags').fill('gpu');
+  await page.getByTestId('def-tags').fill('copy, demo');
+  await page.getByTestId('def-save').click();
+  await page.waitForURL(new RegExp(`#/definitions/${importedId}$`));
+  await page.waitForFunction(() => /required tags\s*gpu/.test(document.querySelector('[data-testid="definition-fields"]')?.innerText ?? ''));
+  await page.getByTestId('run-arg-0').fill('nobody');
+  await page.getByTestId('run-submit').click();
+  await page.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/);
+  const strandedId = page.url().split('/').pop();
+  console.log(`STRANDED_ID=${strandedId}`);
+  await page.waitForFunction(() => (document.querySelector('[data-testid="waiting-reason"]')?.textContent ?? '').includes('gpu'), null, { timeout: 20_000 })
+    .catch(() => { throw new Error('the stranded run\'s page does not say why it waits'); });
+  await shot('stranded-job');
+  await page.getByTestId('nav-overview').click();
+  await page.getByTestId('overview-stranded').waitFor({ timeout: 15_000 });
+  await page.getByTestId('nav-definitions').click();
+  await page.getByTestId('filter-tags').fill('demo');
+  await page.getByTestId('filter-tags').dispatchEvent('change');
+  await page.locator(`[data-testid="definition-row"][data-id="${importedId}"]`).waitFor();
+  await page.locator(`[data-testid="definition-row"][data-id="${definitionId}"]`).waitFor({ state: 'detached' });
+  await page.getByTestId('filter-tags').fill('');
+  await page.getByTestId('filter-tags').dispatchEvent('change');
+  for (const id of [definitionId, importedId]) await page.locator(`[data-testid="definition-row"][data-id="${id}"]`).waitFor();
+  await shot('definitions');
+  await check();
+
+  step('the jobs list names the run\'s bot');
+  await page.getByTestId('nav-jobs').click();
+  const jobRow = page.locator(`[data-testid="job-row"][data-id="${jobId}"]`);
+  await jobRow.waitFor();
+  if ((await jobRow.getByTestId('job-bot').innerText()) !== agent) throw new Error(`the jobs list names ${await jobRow.getByTestId('job-bot').innerText()}`);
+  await shot('jobs-named');
   await check();
 
   step('the People view lists the micro-task; its page shows executions, submissions, notifications');
@@ -267,14 +468,26 @@ async function run(browser) {
     throw new Error('the login form was reset after logging out');
   }
 
-  step('a viewer is offered no deliveries');
+  step('a viewer lands on the bots, is offered no deliveries nor overview, and reads definitions only');
   await page.getByTestId('login-submit').click();
   await page.getByTestId('logout').waitFor({ state: 'visible' });
   await page.getByTestId('nav-bots').waitFor({ state: 'visible' });
   if (await page.getByTestId('nav-deliveries').isVisible()) throw new Error('a viewer sees the deliveries link');
+  if (await page.getByTestId('nav-overview').isVisible()) throw new Error('a viewer sees the overview link');
   await page.evaluate(() => { location.hash = '#/deliveries'; });
   await page.getByTestId('admins-only').waitFor();
   await page.screenshot({ path: screenshot.replace(/(\.png)?$/, '-viewer-deliveries.png'), fullPage: true });
+  await page.evaluate(() => { location.hash = '#/overview'; });
+  await page.getByTestId('admins-only').waitFor();
+  await page.getByTestId('nav-definitions').click();
+  await page.locator(`[data-testid="definition-row"][data-id="${definitionId}"]`).waitFor();
+  if (await page.getByTestId('new-definition').count()) throw new Error('a viewer is offered a new definition');
+  await page.locator(`[data-testid="definition-row"][data-id="${definitionId}"] a`).first().click();
+  await page.locator(`[data-testid="definition-jobs"] [data-testid="job-row"][data-id="${jobId}"]`).waitFor();
+  for (const part of ['run-card', 'credentials-card', 'recipe-card', 'edit-definition']) {
+    if (await page.getByTestId(part).count()) throw new Error(`a viewer is offered ${part}`);
+  }
+  await shot('viewer-definition');
   await check();
 
   step('a token the stream refuses (a bot\'s) logs out instead of reconnecting');

@@ -1,8 +1,12 @@
 //! The dashboard in a real browser (the system's headless Chromium, driven
-//! by Playwright in `e2e/browser/dashboard.mjs`) running a CSV task through
-//! it to COMPLETE on a real agent, with its webhook deliveries (to a loopback receiver,
-//! through the reaper) on the deliveries page, and a micro-task and a user
-//! task on the People page (the user task expired there by the admin).
+//! by Playwright in `e2e/browser/dashboard.mjs`): the overview, a CSV task
+//! run through it to COMPLETE on a real agent (named, with a link to its
+//! page), its webhook deliveries (to a loopback receiver, through the
+//! reaper) on the deliveries page, a script and a task definition made,
+//! edited, run with arguments to COMPLETE on the agent, its secret key and
+//! recipe (exported, then imported; the copy made to require a tag no
+//! agent carries, its run flagged), and a micro-task and a user task on
+//! the People page (the user task expired there by the admin).
 //! Its files and `/me` are tested in process
 //! (`gateway/tests/api/dashboard.rs`).
 
@@ -172,12 +176,63 @@ async fn a_browser_runs_a_csv_task_to_complete_through_the_dashboard() -> anyhow
     let db = env.db().await?;
     let row = db
         .query_one(
-            "SELECT status, (SELECT count(*) FROM jobs) FROM jobs WHERE id = $1::text::uuid",
+            "SELECT status, (SELECT count(*) FROM jobs WHERE kind = 'system') FROM jobs
+              WHERE id = $1::text::uuid",
             &[&id],
         )
         .await?;
     assert_eq!(row.get::<_, &str>(0), "COMPLETE");
     assert_eq!(row.get::<_, i64>(1), 1, "the page created one task");
+    // The definition the page made, edited and ran with arguments; the
+    // recipe it exported, imported beside it with the same script.
+    let printed = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| anyhow::anyhow!("the browser test printed no {key}"))
+    };
+    let (definition, job, imported) = (
+        printed("DEFINITION_ID=")?,
+        printed("JOB_ID=")?,
+        printed("IMPORTED_ID=")?,
+    );
+    let c = &env.customer;
+    let def: Value = env.get_json(&format!("{gw}/{c}/task/{definition}")).await?;
+    assert_eq!(def["description"], "greets someone, edited", "{def}");
+    assert_eq!(def["timeout"], 60, "{def}");
+    assert_eq!(
+        def["task_arguments"],
+        serde_json::json!([
+            {"type": "input", "label": "who", "required": true},
+            {"type": "options", "label": "tone", "options": ["calm", "loud"]},
+        ])
+    );
+    let run: Value = env.get_json(&format!("{gw}/{c}/job/{job}")).await?;
+    assert_eq!(run["status"], "COMPLETE", "{run}");
+    assert_eq!(run["task_id"], definition.as_str());
+    assert_eq!(run["task_arguments"], serde_json::json!(["world", "loud"]));
+    assert_eq!(run["bot_name"], "dash-agent");
+    let copy: Value = env.get_json(&format!("{gw}/{c}/task/{imported}")).await?;
+    assert_eq!(copy["name"], "greeter");
+    assert_eq!(
+        copy["script_id"], def["script_id"],
+        "the import reused the script"
+    );
+    assert_eq!(copy["task_arguments"], def["task_arguments"]);
+    assert_eq!(copy["required_tags"], serde_json::json!(["gpu"]));
+    assert_eq!(copy["tags"], serde_json::json!(["copy", "demo"]));
+    // Its run waits, flagged: no agent carries "gpu".
+    let stranded: Value = env
+        .get_json(&format!("{gw}/{c}/job/{}", printed("STRANDED_ID=")?))
+        .await?;
+    assert_eq!(stranded["status"], "WAITING", "{stranded}");
+    assert!(
+        stranded["waiting_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("gpu")),
+        "{stranded}"
+    );
     // The page expired the user task: submitted as it stood, with
     // is_continue, and concluded; the micro-task was only looked at.
     let expired: Value = env

@@ -361,13 +361,7 @@ async fn markers_and_the_last_line_become_events_and_output() -> anyhow::Result<
     assert_eq!(done["exit_code"], 0);
     assert_eq!(done["output"], json!({"rows": 3}));
     assert_eq!(done["step"], "saving");
-    let events: Vec<Value> = s
-        .admin
-        .get(s.url(&format!("/job/{job}/events")))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let events = events(&s, &job).await?;
     let kinds: Vec<(String, String)> = events
         .iter()
         .filter(|e| e["type"] == "STEP_CHANGE" || e["type"] == "PERCENT_CHANGE")
@@ -711,7 +705,17 @@ async fn until(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let (client, url) = (s.admin.clone(), s.url(path));
+    until_at(s, s.url(path), what, check).await
+}
+
+/// Polls `url` as the admin until `check` holds; the last answer.
+async fn until_at(
+    s: &Stack,
+    url: String,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let client = s.admin.clone();
     eventually(Duration::from_secs(20), what, || {
         let (client, url) = (client.clone(), url.clone());
         let check = &check;
@@ -723,16 +727,20 @@ async fn until(
     .await
 }
 
-/// The WARNING events of a job.
-async fn warnings(s: &Stack, job: &str) -> anyhow::Result<Vec<String>> {
-    let events: Vec<Value> = s
-        .admin
+/// A job's history.
+async fn events(s: &Stack, job: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(s.admin
         .get(s.url(&format!("/job/{job}/events")))
         .send()
         .await?
         .json()
-        .await?;
-    Ok(events
+        .await?)
+}
+
+/// The WARNING events of a job.
+async fn warnings(s: &Stack, job: &str) -> anyhow::Result<Vec<String>> {
+    Ok(events(s, job)
+        .await?
         .iter()
         .filter(|e| e["type"] == "WARNING")
         .map(|e| e["description"].as_str().unwrap_or_default().to_string())
@@ -885,5 +893,131 @@ async fn tags_are_labels_and_work_no_bot_can_take_is_flagged_not_silently_stuck(
         flagged["waiting_reason"],
         "every bot declaring system \"Vivo360\" is draining"
     );
+    s.finish().await
+}
+
+#[tokio::test]
+async fn a_prefetching_agent_holds_runs_beyond_its_capacity_and_gives_back_unstarted_ones_when_it_stops()
+-> anyhow::Result<()> {
+    // No agent from the stack: the one here holds one run and two more.
+    let s = Stack::start("prefetch", 0, 1).await?;
+    let config = agent_config(&s.env.dir, "prefetch.toml", 1, &[])?;
+    let out = s.env.dir.join("out.txt").display().to_string();
+    let env = [("ORQ_TEST_OUT", out.as_str()), ("ORQ_AGENT__PREFETCH", "2")];
+    let mut first = s.env.start_agent(&s.gw, "bot-first", &config, &env).await?;
+    let script = s.script("slow", &format!("{RECORD_ARGS}\nsleep 2")).await?;
+    let task = id(&s.task(json!({"name": "t", "script_id": script})).await?);
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(id(&s.run(&task, json!([])).await?));
+    }
+    // One runs; the other two are assigned to the agent, unstarted.
+    let bots = until_at(
+        &s,
+        format!("{}/bots", s.gw),
+        "three runs on the agent",
+        |b| b[0]["active_jobs"] == 3,
+    )
+    .await?;
+    assert_eq!(bots[0]["prefetch"], 2, "{bots}");
+    assert_eq!(bots[0]["active_jobs"], 3, "{bots}");
+    let mut statuses = Vec::new();
+    for run in &runs {
+        statuses.push(
+            s.job(run).await?["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        ["ASSIGNED", "ASSIGNED", "RUNNING"],
+        "{statuses:?}"
+    );
+    // It stops: the running one finishes here, the two it held go back at
+    // once (not after the sweep's minute), each with a WARNING saying so.
+    assert!(
+        first.terminate(Duration::from_secs(20)),
+        "the agent exits within its grace"
+    );
+    let mut gave_back = 0;
+    for run in &runs {
+        let job = s.job(run).await?;
+        match job["status"].as_str() {
+            Some("COMPLETE") => {}
+            Some("WAITING") => {
+                gave_back += 1;
+                let warned = warnings(&s, run).await?;
+                assert!(
+                    warned.iter().any(|w| w.contains("gave it back unstarted")),
+                    "{warned:?}"
+                );
+            }
+            other => anyhow::bail!("run {run} is {other:?}: {job}"),
+        }
+    }
+    assert_eq!(gave_back, 2);
+    // Another agent runs them; every run ran exactly once.
+    let _second = s
+        .env
+        .start_agent(&s.gw, "bot-second", &config, &env)
+        .await?;
+    for run in &runs {
+        s.job_until(run, &["COMPLETE"], Duration::from_secs(30))
+            .await?;
+    }
+    // Drained, an agent gives back what it holds unstarted, at once, and
+    // finishes what it runs; resumed, it takes them again.
+    let more: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(id(&s.run(&task, json!([])).await?));
+        }
+        v
+    };
+    let on_second = |b: &Value| b["name"] == "bot-second" && b["active_jobs"] == 3;
+    let bots = until_at(
+        &s,
+        format!("{}/bots", s.gw),
+        "three runs on the second agent",
+        |b| b.as_array().is_some_and(|all| all.iter().any(on_second)),
+    )
+    .await?;
+    let second = bots
+        .as_array()
+        .and_then(|all| all.iter().find(|b| on_second(b)))
+        .cloned()
+        .unwrap_or_default();
+    let r = s
+        .admin
+        .post(format!("{}/bots/{}/drain", s.gw, id(&second)))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    until(&s, "/job", "two runs given back", |jobs| {
+        let waiting = jobs.as_array().map_or(0, |all| {
+            all.iter()
+                .filter(|j| more.contains(&id(j)) && j["status"] == "WAITING")
+                .count()
+        });
+        waiting == 2
+    })
+    .await?;
+    let r = s
+        .admin
+        .post(format!("{}/bots/{}/resume", s.gw, id(&second)))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    for run in &more {
+        s.job_until(run, &["COMPLETE"], Duration::from_secs(30))
+            .await?;
+    }
+    let lines = s.out();
+    for run in runs.iter().chain(&more) {
+        assert_eq!(lines.matches(run.as_str()).count(), 1, "{run} in {lines}");
+    }
     s.finish().await
 }

@@ -2,6 +2,11 @@
 // step and no dependencies. Every value from the API reaches the page as
 // text (textContent / attributes), never as HTML.
 //
+// Sections, in order: helpers, the API and its live feed, login, bots,
+// lists (tasks, jobs), people, detail pages, deliveries, the overview (its
+// chart drawn as SVG here), a bot's page, task definitions, scripts, and
+// the router (`ROUTES`: one view function per hash).
+//
 // Auth: the token typed at login lives in sessionStorage and goes out only
 // as a Bearer header, the live event stream included (read with fetch, not
 // EventSource, so it never appears in a URL, a log or the history).
@@ -9,6 +14,10 @@
 const TOKEN_KEY = 'orq.token';
 const FINAL = new Set(['COMPLETE', 'FAILED', 'TIMEOUT', 'CANCELED']);
 const BOTS_REFRESH_MS = 3000;
+// The overview is read again this often, and within a second of a job's
+// status change on the live feed.
+const OVERVIEW_REFRESH_MS = 5000;
+const OVERVIEW_SOON_MS = 1000;
 // The live stream's reconnection delay: doubles from the first to the last.
 const STREAM_RETRY_MS = [1000, 15000];
 
@@ -17,6 +26,8 @@ const session = { token: sessionStorage.getItem(TOKEN_KEY), me: null };
 let teardown = [];
 // Counts view changes: work started for a view that is gone stays quiet.
 let viewSerial = 0;
+// Names of bots and scripts by id, read at most once per view (`lookup`).
+let lookups = {};
 
 // ---------------------------------------------------------------- helpers
 
@@ -43,6 +54,64 @@ const $ = (id) => document.getElementById(id);
 
 function badge(status) {
   return h('span', { class: `badge st-${status}` }, status ?? '—');
+}
+
+const isAdmin = () => session.me?.role === 'admin';
+// Who may run task definitions and cancel jobs.
+const canRun = () => session.me?.role === 'admin' || session.me?.role === 'user';
+
+/** A link to a bot's page, showing its name: bots' ids made close together
+ * share their first characters, so an id alone tells bots apart badly. */
+function botLink(id, name) {
+  if (!id) return '—';
+  return h('a', { href: `#/bots/${id}`, testid: 'bot-link', 'data-bot-id': id }, name || id.slice(0, 8));
+}
+
+/** `Map(id → item)` of the customer's bots or scripts (`kind`), read once
+ * per view. */
+function lookup(kind) {
+  lookups[kind] ??= (async () => {
+    const path = kind === 'bots' ? `/bots${query({ limit: 1000 })}` : customerPath(`/script${query({ limit: 1000 })}`);
+    const items = await get(path);
+    return new Map(items.map((x) => [x.id, x]));
+  })();
+  return lookups[kind];
+}
+
+/** The name of a bot or script (`kind`) by id, as a link when `href` is
+ * given: its short id until the name arrives (or if it never does). */
+function nameOf(kind, id, href) {
+  if (!id) return '—';
+  const el = href ? h('a', { href, testid: `${kind}-name` }, id.slice(0, 8)) : h('span', { testid: `${kind}-name` }, id.slice(0, 8));
+  lookup(kind).then((items) => {
+    const item = items.get(id);
+    if (item) el.textContent = item.name;
+  }).catch(() => { /* the short id stays */ });
+  return el;
+}
+
+/** A span of seconds in words: "45 s", "3 min 20 s", "2 h 5 min", "3 d 4 h". */
+function duration(secs) {
+  const s = Math.max(0, Math.round(Number(secs) || 0));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min${s % 60 ? ` ${s % 60} s` : ''}`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h${Math.floor((s % 3600) / 60) ? ` ${Math.floor((s % 3600) / 60)} min` : ''}`;
+  return `${Math.floor(s / 86400)} d${Math.floor((s % 86400) / 3600) ? ` ${Math.floor((s % 86400) / 3600)} h` : ''}`;
+}
+
+/** An SVG element (`h` for the SVG namespace): attributes only, no listeners. */
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === 'testid') el.dataset.testid = value;
+    else el.setAttribute(key, String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
 }
 
 function when(iso) {
@@ -129,6 +198,8 @@ async function api(method, path, body) {
 
 const get = async (path) => (await api('GET', path)).data;
 const post = async (path, body) => (await api('POST', path, body)).data;
+const put = async (path, body) => (await api('PUT', path, body)).data;
+const del = async (path) => (await api('DELETE', path)).data;
 
 function query(params) {
   const q = new URLSearchParams();
@@ -298,7 +369,7 @@ function loginView() {
         session.me = await get('/me');
         sessionStorage.setItem(TOKEN_KEY, session.token);
         // A deep link opened before logging in is kept.
-        const target = /^#\/./.test(location.hash) ? location.hash : '#/bots';
+        const target = /^#\/./.test(location.hash) ? location.hash : home();
         if (location.hash === target) await route();
         else location.hash = target;
       } catch (err) {
@@ -340,7 +411,7 @@ function botsView() {
     for (const t of [...assigned, ...running]) add(t.bot_id, `#/tasks/${t.id}`, t.description || t.id.slice(0, 8), t.status);
     for (const j of jobs) add(j.bot_id, `#/jobs/${j.id}`, j.name || j.id.slice(0, 8), j.status);
     const rows = bots.map((b) => h('tr', { testid: 'bot-row', 'data-bot': b.name },
-      h('td', {}, h('strong', {}, b.name), h('div', { class: 'muted mono' }, `${b.ip_address} · ${b.delivery}`)),
+      h('td', {}, h('strong', {}, botLink(b.id, b.name)), h('div', { class: 'muted mono' }, `${b.ip_address} · ${b.delivery}`)),
       h('td', {}, badge(b.status), b.draining ? h('span', { class: 'badge st-WARNING' }, 'draining') : null),
       h('td', {}, `${b.active_jobs} / ${b.capacity}`),
       h('td', {}, b.systems.join(', ') || '—'),
@@ -371,8 +442,9 @@ function botsView() {
 /** A filtered list, newest first, that pages with X-Next-Cursor ("Load more") and, when
  * `live`, updates its rows' status and progress from the live feed.
  * `row(item, reload)` makes an item's row (or rows); `reload()` reads the
- * list again from its start. */
-function listView({ title, path, filters, headers, row, top = [], live = true, testid = 'list' }) {
+ * list again from its start. `level` is its title's heading (`h2` for a
+ * list within a page). */
+function listView({ title, path, filters, headers, row, top = [], live = true, testid = 'list', level = 'h1' }) {
   const values = Object.fromEntries(filters.map((f) => [f.name, '']));
   const body = h('tbody');
   const more = h('button', { class: 'more', hidden: true, testid: 'load-more' }, 'Load more');
@@ -423,7 +495,7 @@ function listView({ title, path, filters, headers, row, top = [], live = true, t
     : h('input', { placeholder: 'any', testid: `filter-${f.name}`, onchange: (ev) => { values[f.name] = ev.target.value.trim(); reload(); } })));
   reload();
   return [
-    h('div', { class: 'head' }, h('h1', {}, title), h('span', { class: 'spacer' }), live ? indicator : null),
+    h('div', { class: 'head' }, h(level, {}, title), h('span', { class: 'spacer' }), live ? indicator : null),
     ...top,
     h('div', { class: 'toolbar' }, controls, h('button', { onclick: reload }, 'Refresh'),
       h('span', { class: 'muted' }, 'newest first')),
@@ -438,10 +510,10 @@ function taskRow(t) {
   return h('tr', { testid: 'task-row', 'data-id': t.id },
     h('td', {}, h('a', { href: `#/tasks/${t.id}` }, t.description || '(no description)')),
     h('td', {}, t.system),
-    h('td', {}, badge(t.status)),
+    h('td', {}, badge(t.status), waitingReason(t)),
     h('td', {}, progress(t.percent), ` ${t.percent}%`),
     h('td', {}, when(t.created_at)),
-    h('td', { class: 'mono' }, t.bot_id ? t.bot_id.slice(0, 8) : '—'));
+    h('td', { testid: 'task-bot' }, botLink(t.bot_id, t.bot_name)));
 }
 
 /** The standard base64 of a file's bytes. */
@@ -508,16 +580,24 @@ function jobsView() {
       { name: 'status', label: 'Status', options: JOB_STATUSES },
       { name: 'lifecycle', label: 'Lifecycle', options: ['', 'ready', 'assigned', 'finished', 'expired', 'canceled'] },
       { name: 'task', label: 'Task id' },
+      { name: 'tags', label: 'Task tags (all of)' },
     ],
-    headers: ['Task', 'Status', 'Progress', 'Step', 'Created', 'Bot'],
-    row: (j) => h('tr', { testid: 'job-row', 'data-id': j.id },
-      h('td', {}, h('a', { href: `#/jobs/${j.id}` }, j.name || j.id), h('div', { class: 'muted mono' }, (j.task_arguments ?? []).join(' '))),
-      h('td', {}, badge(j.status)),
-      h('td', {}, progress(j.percent), ` ${j.percent}%`),
-      h('td', {}, j.step ?? '—'),
-      h('td', {}, when(j.created_at)),
-      h('td', { class: 'mono' }, j.bot_id ? j.bot_id.slice(0, 8) : '—')),
+    headers: JOB_HEADERS,
+    row: jobRow,
   });
+}
+
+const JOB_HEADERS = ['Task', 'Status', 'Progress', 'Step', 'Created', 'Bot'];
+
+/** A job's row: a run of a task definition, or a CSV task seen as a job. */
+function jobRow(j) {
+  return h('tr', { testid: 'job-row', 'data-id': j.id },
+    h('td', {}, h('a', { href: `#/jobs/${j.id}` }, j.name || j.id), h('div', { class: 'muted mono' }, (j.task_arguments ?? []).join(' '))),
+    h('td', {}, badge(j.status), waitingReason(j)),
+    h('td', {}, progress(j.percent), ` ${j.percent}%`),
+    h('td', {}, j.step ?? '—'),
+    h('td', {}, when(j.created_at)),
+    h('td', { testid: 'job-bot' }, botLink(j.bot_id, j.bot_name)));
 }
 
 // ----------------------------------------------------------------- people
@@ -612,7 +692,10 @@ const DETAIL = {
       // A CSV job seen as a job: its rows and system are on its task page.
       ? [['id', item.id], ['kind', h('span', {}, 'CSV task (', h('a', { href: `#/tasks/${item.id}`, testid: 'csv-task-link' }, 'rows and system'), ')')],
         ['lifecycle', item.lifecycle]]
-      : [['id', item.id], ['task', item.task_id], ['arguments', (item.task_arguments ?? []).join(' ')],
+      : [['id', item.id],
+        ['task', item.task_id ? h('a', { href: `#/definitions/${item.task_id}`, testid: 'definition-link' }, item.name) : item.name],
+        ['arguments', (item.task_arguments ?? []).join(' ')],
+        ...(item.host_id ? [['runs on', nameOf('bots', item.host_id, `#/bots/${item.host_id}`)]] : []),
         ['step', item.step], ['exit code', item.exit_code], ['lifecycle', item.lifecycle]]),
     action: { label: 'Cancel', testid: 'cancel', path: 'cancel', shown: (s) => !FINAL.has(s) },
   },
@@ -704,7 +787,8 @@ function detailView(kind, id) {
     if (spec.progress) setPercent(item.percent);
     const fields = spec.fields(item);
     if (spec.progress) {
-      fields.push(['bot', item.bot_id], ['attempt', item.attempt], ['created', item.created_at],
+      if (item.waiting_reason) fields.push(['waiting because', h('span', { class: 'reason', testid: 'waiting-reason' }, item.waiting_reason)]);
+      fields.push(['bot', botLink(item.bot_id, item.bot_name)], ['attempt', item.attempt], ['created', item.created_at],
         ['started', item.started_at], ['finished', item.finished_at], ['error', item.error]);
     }
     meta.replaceChildren(...fields.flatMap(([k, v]) => [h('dt', {}, k), h('dd', { class: 'mono' }, v ?? '—')]));
@@ -758,6 +842,8 @@ function detailView(kind, id) {
         if (e.to_status === 'COMPLETE') setPercent(100);
         reload();
       }
+      // A warning may come with a changed field (why it waits for a bot).
+      if (e.type === 'WARNING') reload();
     }, indicator);
   });
 
@@ -817,10 +903,649 @@ function deliveriesView() {
   });
 }
 
+// --------------------------------------------------------------- overview
+
+const STATUS_ORDER = ['WAITING', 'ASSIGNED', 'RUNNING', 'COMPLETE', 'FAILED', 'TIMEOUT', 'CANCELED'];
+
+/** A number in a tile, with its label and a line beneath. */
+function tile(label, value, sub, testid, tone = '') {
+  return h('div', { class: `tile ${tone}`, testid },
+    h('div', { class: 'tile-label' }, label),
+    h('div', { class: 'tile-value', testid: `${testid}-value` }, String(value)),
+    h('div', { class: 'tile-sub' }, sub));
+}
+
+/** Jobs by status: one bar of proportional segments, and the counts. */
+function statusBar(jobs) {
+  const total = jobs.reduce((n, s) => n + s.count, 0);
+  const bar = h('div', { class: 'status-bar', testid: 'overview-status-bar' });
+  for (const s of jobs) {
+    if (!s.count) continue;
+    const segment = h('span', { class: `segment st-${s.status}`, title: `${s.status}: ${s.count}` });
+    // CSSOM, not a style attribute: the page's policy allows no inline style.
+    segment.style.width = `${(100 * s.count) / total}%`;
+    bar.append(segment);
+  }
+  const legend = h('div', { class: 'legend' }, jobs.map((s) => h('span', { class: 'legend-item', testid: 'overview-status', 'data-status': s.status, 'data-count': s.count },
+    badge(s.status), ' ', h('strong', {}, s.count.toLocaleString()))));
+  return [total ? bar : h('p', { class: 'muted' }, 'No jobs yet.'), legend];
+}
+
+/** Completed and failed per minute as stacked bars (SVG, drawn here). */
+function minuteChart(minutes) {
+  const width = 960;
+  const height = 180;
+  const pad = { left: 34, right: 6, top: 8, bottom: 20 };
+  const peak = Math.max(1, ...minutes.map((m) => m.complete + m.failed));
+  const plotW = width - pad.left - pad.right;
+  const plotH = height - pad.top - pad.bottom;
+  const slot = plotW / minutes.length;
+  const y = (n) => pad.top + plotH - (plotH * n) / peak;
+  const bars = minutes.flatMap((m, i) => {
+    const x = pad.left + i * slot + slot * 0.1;
+    const w = slot * 0.8;
+    const at = new Date(m.at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    const tip = svg('title', {}, `${at}: ${m.complete} completed, ${m.failed} failed`);
+    const out = [];
+    if (m.complete) out.push(svg('rect', { class: 'bar-complete', x, y: y(m.complete), width: w, height: y(0) - y(m.complete), 'data-minute': m.at, 'data-count': m.complete }, tip));
+    if (m.failed) out.push(svg('rect', { class: 'bar-failed', x, y: y(m.complete + m.failed), width: w, height: y(m.complete) - y(m.complete + m.failed), 'data-minute': m.at, 'data-count': m.failed }, tip.cloneNode(true)));
+    return out;
+  });
+  const label = (x, text, anchor) => svg('text', { x, y: height - 5, 'text-anchor': anchor, class: 'axis' }, text);
+  return svg('svg', { viewBox: `0 0 ${width} ${height}`, class: 'chart', testid: 'overview-chart', role: 'img', 'aria-label': 'Jobs completed and failed per minute, last hour' },
+    svg('line', { x1: pad.left, y1: y(0), x2: width - pad.right, y2: y(0), class: 'axis-line' }),
+    svg('line', { x1: pad.left, y1: y(peak), x2: width - pad.right, y2: y(peak), class: 'grid-line' }),
+    svg('text', { x: pad.left - 4, y: y(peak) + 4, 'text-anchor': 'end', class: 'axis' }, String(peak)),
+    svg('text', { x: pad.left - 4, y: y(0), 'text-anchor': 'end', class: 'axis' }, '0'),
+    label(pad.left, '60 min ago', 'start'), label(pad.left + plotW / 2, '30 min ago', 'middle'), label(width - pad.right, 'now', 'end'),
+    bars);
+}
+
+function renderOverview(o) {
+  const completed = o.per_minute.reduce((n, m) => n + m.complete, 0);
+  const failed = o.per_minute.reduce((n, m) => n + m.failed, 0);
+  const b = o.bots;
+  const backlog = o.backlog;
+  const running = o.longest_running.map((r) => h('tr', { testid: 'overview-running-row', 'data-id': r.id },
+    h('td', {}, h('a', { href: r.kind === 'system' ? `#/tasks/${r.id}` : `#/jobs/${r.id}` }, r.name || r.id.slice(0, 8)),
+      h('div', { class: 'muted' }, r.kind === 'system' ? 'CSV task' : 'task definition run')),
+    h('td', {}, botLink(r.bot_id, r.bot_name)),
+    h('td', {}, duration(r.running_secs)),
+    h('td', {}, progress(r.percent), ` ${r.percent}%`)));
+  return [
+    h('div', { class: 'tiles' },
+      tile('Waiting', backlog.waiting.toLocaleString(),
+        [backlog.oldest_age_secs === null ? 'nothing waiting' : `oldest waiting ${duration(backlog.oldest_age_secs)}`,
+          backlog.on_hold ? ` · ${backlog.on_hold} on hold` : '',
+          backlog.stranded ? h('span', { class: 'reason', testid: 'overview-stranded' }, ` · ${backlog.stranded.toLocaleString()} no bot can take`) : ''],
+        'overview-backlog', backlog.stranded ? 'bad' : backlog.oldest_age_secs > 300 ? 'warn' : ''),
+      tile('Bots up', `${b.up} / ${b.total}`, `${b.busy} busy · ${b.lost} lost${b.draining ? ` · ${b.draining} draining` : ''} · ${b.slots_used}/${b.slots_total} slots in use`,
+        'overview-bots', b.lost ? 'bad' : ''),
+      tile('Webhook failures', o.webhooks.dead.toLocaleString(), `dead · ${o.webhooks.retrying.toLocaleString()} retrying`, 'overview-webhooks', o.webhooks.dead ? 'bad' : ''),
+      tile('Notification failures', o.notifications.dead.toLocaleString(), `dead · ${o.notifications.retrying.toLocaleString()} retrying`, 'overview-notifications', o.notifications.dead ? 'bad' : '')),
+    h('div', { class: 'card' }, h('h2', {}, 'Jobs by status'), statusBar(o.jobs)),
+    h('div', { class: 'card' },
+      h('div', { class: 'head' }, h('h2', {}, 'Finished per minute, last hour'), h('span', { class: 'spacer' }),
+        h('span', { class: 'legend-item' }, h('span', { class: 'swatch ok' }), ' completed ', h('strong', { testid: 'overview-completed' }, completed.toLocaleString())),
+        h('span', { class: 'legend-item' }, h('span', { class: 'swatch bad' }), ' failed ', h('strong', { testid: 'overview-failed' }, failed.toLocaleString()))),
+      minuteChart(o.per_minute)),
+    h('h2', {}, 'Running longest'),
+    h('div', { testid: 'overview-running' }, table(['Job', 'Bot', 'Running for', 'Progress'], running, 'Nothing is running.')),
+    h('p', { class: 'muted' }, 'As of ', when(o.at), '; webhook failures are on the ', h('a', { href: '#/deliveries' }, 'deliveries'), ' page.'),
+  ];
+}
+
+/** The landing view (admins): read every few seconds, and soon after a
+ * job changes status on the live feed. */
+function overviewView() {
+  if (!isAdmin()) {
+    return [h('h1', {}, 'Overview'), h('p', { class: 'card', testid: 'admins-only' }, 'The overview is shown to admins only.')];
+  }
+  const holder = h('div', { testid: 'overview' }, h('p', { class: 'muted' }, 'Loading…'));
+  const indicator = h('span', { class: 'live', testid: 'live' });
+  let stopped = false;
+  let timer = null;
+  let dueAt = 0;
+  let busy = false;
+  const schedule = (ms) => {
+    if (stopped) return;
+    const at = Date.now() + ms;
+    if (timer && dueAt <= at) return;
+    clearTimeout(timer);
+    dueAt = at;
+    timer = setTimeout(tick, ms);
+  };
+  // One read at a time; none once the view is left.
+  const tick = async () => {
+    timer = null;
+    if (busy) { schedule(OVERVIEW_SOON_MS); return; }
+    busy = true;
+    await guarded(async () => {
+      const o = await get(customerPath('/overview'));
+      if (!stopped) holder.replaceChildren(...renderOverview(o));
+    });
+    busy = false;
+    schedule(OVERVIEW_REFRESH_MS);
+  };
+  teardown.push(() => {
+    stopped = true;
+    clearTimeout(timer);
+  });
+  follow(null, (e) => { if (e.type === 'STATUS_CHANGE') schedule(OVERVIEW_SOON_MS); }, indicator);
+  tick();
+  return [h('div', { class: 'head' }, h('h1', {}, 'Overview'), h('span', { class: 'spacer' }), indicator), holder];
+}
+
+// -------------------------------------------------------------- a bot
+
+/** One bot: its fields, and the CSV tasks and jobs it has (had) in hand,
+ * newest first; read again every few seconds. */
+function botView(id) {
+  const title = h('h1', {}, 'Bot');
+  const status = h('span', { class: 'badge', testid: 'bot-status' }, '…');
+  const draining = h('span', { class: 'badge st-WARNING', hidden: true }, 'draining');
+  const toggle = h('button', { hidden: true, testid: 'bot-drain' });
+  const meta = h('dl', { class: 'meta', testid: 'bot-fields' });
+  const tasks = h('div', { testid: 'bot-tasks' });
+  const jobs = h('div', { testid: 'bot-jobs' });
+  let stopped = false;
+  let timer = null;
+  let current = null;
+  const refresh = async () => {
+    const [bot, csv, runs] = await Promise.all([
+      get(`/bots/${id}`),
+      get(`/tasks${query({ bot_id: id, order: 'desc', limit: 20 })}`),
+      get(customerPath(`/job${query({ bot_id: id, order: 'desc', limit: 20 })}`)),
+    ]);
+    if (stopped) return;
+    current = bot;
+    title.textContent = bot.name;
+    status.textContent = bot.status;
+    status.className = `badge st-${bot.status}`;
+    draining.hidden = !bot.draining;
+    toggle.hidden = !isAdmin();
+    toggle.textContent = bot.draining ? 'Resume' : 'Drain';
+    meta.replaceChildren(...[
+      ['id', bot.id], ['address', `${bot.ip_address}:${bot.port}`], ['delivery', bot.delivery],
+      ['jobs in hand', `${bot.active_jobs} / ${bot.capacity}`], ['systems', bot.systems.join(', ') || '—'],
+      ['tags', bot.tags.join(', ') || '—'], ['last heartbeat', when(bot.last_heartbeat_at)], ['registered', when(bot.created_at)],
+    ].flatMap(([k, v]) => [h('dt', {}, k), h('dd', { class: 'mono' }, v ?? '—')]));
+    tasks.replaceChildren(table(['Description', 'System', 'Status', 'Progress', 'Created', 'Bot'], csv.map(taskRow), 'No CSV task on this bot.'));
+    jobs.replaceChildren(table(JOB_HEADERS, runs.map(jobRow), 'No run of a task definition on this bot.'));
+  };
+  toggle.addEventListener('click', () => guarded(async () => {
+    await post(`/bots/${id}/${current?.draining ? 'resume' : 'drain'}`);
+    await refresh();
+  }));
+  const tick = async () => {
+    await guarded(refresh);
+    if (stopped) return;
+    timer = setTimeout(tick, BOTS_REFRESH_MS);
+  };
+  teardown.push(() => {
+    stopped = true;
+    clearTimeout(timer);
+  });
+  tick();
+  return [
+    h('p', {}, h('a', { href: '#/bots' }, '← Bots')),
+    h('div', { class: 'head' }, title, status, draining, h('span', { class: 'spacer' }), toggle),
+    h('div', { class: 'card' }, meta),
+    h('h2', {}, 'CSV tasks (latest 20)'), tasks,
+    h('h2', {}, 'Runs of task definitions (latest 20)'), jobs,
+  ];
+}
+
+// ------------------------------------------------------ task definitions
+
+/** A task's arguments as the form and the run form read them (`select`
+ * is TheEye's other name for `options`). */
+const argumentsOf = (t) => (Array.isArray(t.task_arguments) ? t.task_arguments : [])
+  .map((a) => ({ ...a, type: a.type === 'select' ? 'options' : a.type }));
+
+function argumentsSummary(t) {
+  const args = argumentsOf(t);
+  if (!args.length) return h('span', { class: 'muted' }, 'none');
+  return args.map((a, i) => [i ? ', ' : '', a.type === 'fixed' ? h('span', { class: 'muted' }, `${a.label}=${a.value}`) : a.label]);
+}
+
+/** Where a definition runs: its bot, or any agent (carrying its required
+ * tags). Its `tags` are labels only. */
+const runsOn = (t) => (t.host_id
+  ? nameOf('bots', t.host_id, `#/bots/${t.host_id}`)
+  : h('span', { class: 'muted' }, t.required_tags?.length ? `an agent with ${t.required_tags.join(', ')}` : 'any agent'));
+
+/** Why a waiting job no registered bot could take waits, under its status. */
+const waitingReason = (item) => (item.waiting_reason
+  ? h('div', { class: 'reason', testid: 'waiting-reason' }, item.waiting_reason)
+  : null);
+
+/** A select of agent bots (`''`: any), with `selected` chosen. */
+function hostSelect(selected, testid) {
+  const select = h('select', { testid }, h('option', { value: '' }, 'any agent'));
+  lookup('bots').then((bots) => {
+    for (const b of bots.values()) {
+      if (b.delivery !== 'agent') continue;
+      select.append(h('option', { value: b.id, selected: b.id === selected }, b.name));
+    }
+  }).catch(() => { /* any agent only */ });
+  return select;
+}
+
+/** Reads a JSON field of a form; a clear error naming it otherwise. */
+function jsonField(name, text, fallback) {
+  if (!text.trim()) return fallback;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${name} is not valid JSON: ${err.message}`);
+  }
+}
+
+/** Comma-separated words as a list. */
+const words = (text) => text.split(',').map((w) => w.trim()).filter(Boolean);
+
+/** Recipe import: a recipe file (or its JSON pasted), optionally pinned
+ * to a bot; opens the imported definition. */
+function importCard() {
+  const text = h('textarea', { rows: 4, class: 'mono', testid: 'import-recipe', placeholder: '{"version": 1, "task": {…}, "file": {…}}' });
+  const file = h('input', { type: 'file', accept: '.json,application/json', testid: 'import-file' });
+  file.addEventListener('change', () => guarded(async () => {
+    const [f] = file.files;
+    if (f) text.value = await f.text();
+  }));
+  const host = hostSelect('', 'import-host');
+  const submit = h('button', { type: 'submit', class: 'primary', testid: 'import-submit' }, 'Import');
+  const form = h('form', {
+    class: 'form',
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      submit.disabled = true;
+      guarded(async () => {
+        const recipe = jsonField('The recipe', text.value, null);
+        if (!recipe || typeof recipe !== 'object') throw new Error('Paste a recipe or choose its file first.');
+        if (host.value) recipe.host_id = host.value;
+        const task = await post(customerPath('/task/import'), recipe);
+        location.hash = `#/definitions/${task.id}`;
+      }).finally(() => { submit.disabled = false; });
+    },
+  },
+  h('label', {}, 'Recipe file', file),
+  h('label', {}, 'or its JSON', text),
+  h('label', {}, 'Runs on', host),
+  h('div', {}, submit));
+  return h('details', { class: 'card', testid: 'import-card' }, h('summary', {}, 'Import a recipe'), form);
+}
+
+function definitionsView() {
+  const top = isAdmin()
+    ? [h('div', { class: 'toolbar' }, h('a', { href: '#/definitions/new', class: 'button primary', testid: 'new-definition' }, 'New definition'),
+      h('a', { href: '#/scripts/new', class: 'button' }, 'New script')), importCard()]
+    : [];
+  return listView({
+    title: 'Task definitions',
+    path: customerPath('/task'),
+    filters: [{ name: 'tags', label: 'Tags (all of)' }],
+    headers: ['Name', 'Script', 'Runs on', 'Arguments', 'Timeout', 'Tags', 'Updated'],
+    row: (t) => h('tr', { testid: 'definition-row', 'data-id': t.id, 'data-name': t.name },
+      h('td', {}, h('a', { href: `#/definitions/${t.id}` }, t.name), t.description ? h('div', { class: 'muted' }, t.description) : null),
+      h('td', {}, nameOf('scripts', t.script_id, isAdmin() ? `#/scripts/${t.script_id}` : null)),
+      h('td', {}, runsOn(t)),
+      h('td', {}, argumentsSummary(t)),
+      h('td', {}, duration(t.timeout)),
+      h('td', {}, t.tags.join(', ') || '—'),
+      h('td', {}, when(t.updated_at))),
+    top,
+    live: false,
+    testid: 'definitions',
+  });
+}
+
+/** The rows of a definition's arguments, editable: type, label, value or
+ * options, required. `read()` gives them as `task_arguments`. */
+function argumentsEditor(initial) {
+  const body = h('tbody', { testid: 'arguments' });
+  const add = (arg = { type: 'input', label: '', required: true }) => {
+    const type = h('select', { testid: 'arg-type' }, ['input', 'options', 'fixed'].map((t) => h('option', { value: t, selected: t === arg.type }, t)));
+    const label = h('input', { value: arg.label ?? '', placeholder: 'label', testid: 'arg-label' });
+    const value = h('input', {
+      value: arg.type === 'fixed' ? arg.value ?? '' : arg.type === 'options' ? (arg.options ?? []).join(', ') : '',
+      testid: 'arg-value',
+    });
+    const required = h('input', { type: 'checkbox', checked: arg.required !== false, testid: 'arg-required' });
+    const requiredLabel = h('label', { class: 'inline' }, required, ' required');
+    const sync = () => {
+      value.hidden = type.value === 'input';
+      value.placeholder = type.value === 'fixed' ? 'value' : 'option 1, option 2';
+      requiredLabel.hidden = type.value !== 'input';
+    };
+    type.addEventListener('change', sync);
+    sync();
+    const tr = h('tr', { testid: 'arg-row' }, h('td', {}, type), h('td', {}, label), h('td', {}, value, requiredLabel),
+      h('td', { class: 'actions' }, h('button', { type: 'button', onclick: () => tr.remove() }, 'Remove')));
+    tr.read = () => {
+      if (type.value === 'fixed') return { type: 'fixed', label: label.value.trim(), value: value.value };
+      if (type.value === 'options') return { type: 'options', label: label.value.trim(), options: words(value.value) };
+      return { type: 'input', label: label.value.trim(), required: required.checked };
+    };
+    body.append(tr);
+  };
+  initial.forEach(add);
+  const element = h('div', {},
+    h('table', { class: 'compact' }, h('thead', {}, h('tr', {}, ['Type', 'Label', 'Value, options or required', ''].map((t) => h('th', {}, t)))), body),
+    h('button', { type: 'button', class: 'more', testid: 'add-argument', onclick: () => add() }, 'Add an argument'));
+  return { element, read: () => [...body.children].map((tr) => tr.read()) };
+}
+
+/** Creates (`id` null) or changes a definition; opens it when saved. */
+function definitionForm(id) {
+  if (!isAdmin()) return [h('h1', {}, 'Task definition'), h('p', { class: 'card', testid: 'admins-only' }, 'Only admins define tasks.')];
+  const holder = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  guarded(async () => {
+    const [task, scripts] = await Promise.all([
+      id ? get(customerPath(`/task/${id}`)) : null,
+      lookup('scripts'),
+    ]);
+    const t = task ?? {
+      name: '', description: '', script_id: '', host_id: null, tags: [], required_tags: [], task_arguments: [], run_as: '', timeout: 600,
+      grace_time: 0, multitasking: true, max_attempts: null, acls: [], env: {}, triggers: [],
+    };
+    const field = (label, control, hint) => h('label', {}, label, control, hint ? h('span', { class: 'hint' }, hint) : null);
+    const name = h('input', { value: t.name, required: true, testid: 'def-name' });
+    const description = h('textarea', { rows: 2, testid: 'def-description' }, t.description);
+    const script = h('select', { required: true, testid: 'def-script' }, h('option', { value: '' }, '— choose a script —'),
+      [...scripts.values()].map((s) => h('option', { value: s.id, selected: s.id === t.script_id }, `${s.name} (${s.filename})`)));
+    const host = hostSelect(t.host_id, 'def-host');
+    const tags = h('input', { value: t.tags.join(', '), testid: 'def-tags', placeholder: 'comma-separated' });
+    const requiredTags = h('input', { value: (t.required_tags ?? []).join(', '), testid: 'def-required-tags', placeholder: 'comma-separated; empty: any agent' });
+    const runAs = h('input', { value: t.run_as, class: 'mono', testid: 'def-run-as', placeholder: '%script%' });
+    const timeout = h('input', { type: 'number', min: 1, value: String(t.timeout), testid: 'def-timeout' });
+    const grace = h('input', { type: 'number', min: 0, value: String(t.grace_time), testid: 'def-grace' });
+    const attempts = h('input', { type: 'number', min: 1, max: 100, value: t.max_attempts === null ? '' : String(t.max_attempts), testid: 'def-attempts', placeholder: 'the reaper\'s default' });
+    const multitasking = h('input', { type: 'checkbox', checked: t.multitasking, testid: 'def-multitasking' });
+    const acls = h('input', { value: t.acls.join(', '), testid: 'def-acls', placeholder: 'token names; empty: everyone' });
+    const env = h('textarea', { rows: 3, class: 'mono', testid: 'def-env' }, JSON.stringify(t.env ?? {}, null, 2));
+    const triggers = h('textarea', { rows: 2, class: 'mono', testid: 'def-triggers' }, JSON.stringify(t.triggers ?? [], null, 2));
+    const args = argumentsEditor(argumentsOf(t));
+    const submit = h('button', { type: 'submit', class: 'primary', testid: 'def-save' }, id ? 'Save' : 'Create');
+    const form = h('form', {
+      class: 'form',
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        submit.disabled = true;
+        guarded(async () => {
+          const body = {
+            name: name.value,
+            description: description.value,
+            script_id: script.value,
+            host_id: host.value || null,
+            tags: words(tags.value),
+            required_tags: words(requiredTags.value),
+            task_arguments: args.read(),
+            run_as: runAs.value,
+            timeout: Number(timeout.value),
+            grace_time: Number(grace.value || 0),
+            max_attempts: attempts.value ? Number(attempts.value) : null,
+            multitasking: multitasking.checked,
+            acls: words(acls.value),
+            env: jsonField('env', env.value, {}),
+            triggers: jsonField('triggers', triggers.value, []),
+          };
+          const saved = id ? await put(customerPath(`/task/${id}`), body) : await post(customerPath('/task'), body);
+          location.hash = `#/definitions/${saved.id}`;
+        }).finally(() => { submit.disabled = false; });
+      },
+    },
+    field('Name', name),
+    field('Description', description),
+    field('Script', script, scripts.size ? null : h('a', { href: '#/scripts/new' }, 'No script yet: add one')),
+    field('Runs on', host, 'a bot of its own, or any agent carrying its required tags'),
+    field('Required tags', requiredTags, 'an agent must carry every one to run it'),
+    field('Tags', tags, 'labels, to find it by (they do not decide where it runs)'),
+    field('Run as', runAs, '%script% is the script\'s path'),
+    field('Timeout (s)', timeout),
+    field('Grace time after a trigger (s)', grace),
+    field('Attempts when its bot is lost', attempts),
+    h('label', { class: 'inline' }, multitasking, ' several runs at once on one bot (multitasking)'),
+    field('ACLs', acls),
+    field('Environment (JSON object)', env),
+    field('Triggers (JSON: [{"task_id", "on": "success" | "failure" | "finish"}])', triggers),
+    h('div', { class: 'wide' }, h('h2', {}, 'Arguments'), args.element),
+    h('div', { class: 'wide' }, submit, ' ', h('a', { href: id ? `#/definitions/${id}` : '#/definitions' }, 'Cancel')));
+    holder.replaceChildren(h('div', { class: 'card' }, form));
+  });
+  return [
+    h('p', {}, h('a', { href: id ? `#/definitions/${id}` : '#/definitions' }, id ? '← Definition' : '← Definitions')),
+    h('h1', {}, id ? 'Edit task definition' : 'New task definition'),
+    holder,
+  ];
+}
+
+/** Runs a definition with the values typed for its arguments; opens the job. */
+function runForm(t) {
+  const args = argumentsOf(t);
+  const inputs = args.map((a, i) => {
+    if (a.type === 'fixed') return null;
+    if (a.type === 'options') return h('select', { testid: `run-arg-${i}` }, a.options.map((o) => h('option', { value: o }, o)));
+    return h('input', { required: a.required !== false, testid: `run-arg-${i}`, placeholder: a.label });
+  });
+  const submit = h('button', { type: 'submit', class: 'primary', testid: 'run-submit' }, 'Run');
+  const form = h('form', {
+    class: 'form',
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      submit.disabled = true;
+      guarded(async () => {
+        const job = await post(customerPath(`/task/${t.id}/job`), { task_arguments: inputs.filter(Boolean).map((i) => i.value) });
+        location.hash = `#/jobs/${job.id}`;
+      }).finally(() => { submit.disabled = false; });
+    },
+  },
+  args.map((a, i) => h('label', {}, a.label, inputs[i] ?? h('input', { value: a.value, disabled: true, title: 'fixed' }))),
+  args.length ? null : h('p', { class: 'muted' }, 'It takes no arguments.'),
+  h('div', { class: 'wide' }, submit));
+  return h('div', { class: 'card', testid: 'run-card' }, h('h2', {}, 'Run it'), form);
+}
+
+/** An admin's: the secret key (shown on request) and its rotation. */
+function credentialsCard(t) {
+  const base = customerPath(`/task/${t.id}/credentials`);
+  const shown = h('code', { class: 'secret', testid: 'secret' });
+  const usage = h('p', { class: 'muted', hidden: true });
+  const show = (secret) => {
+    shown.textContent = secret;
+    usage.textContent = `Anyone with it may run this task: POST ${customerPath(`/task/${t.id}/secret/`)}<key>/job`;
+    usage.hidden = false;
+  };
+  return h('div', { class: 'card', testid: 'credentials-card' }, h('h2', {}, 'Secret key'),
+    h('div', { class: 'toolbar' },
+      h('button', { testid: 'show-secret', onclick: () => guarded(async () => show((await get(base)).secret)) }, 'Show'),
+      h('button', {
+        class: 'danger',
+        testid: 'rotate-secret',
+        onclick: () => guarded(async () => {
+          if (!window.confirm('A new key? The old one stops working at once.')) return;
+          show((await post(`${base}/rotate`)).secret);
+        }),
+      }, 'Rotate'),
+      shown),
+    usage);
+}
+
+/** An admin's: the recipe (the task and its script, for another
+ * deployment), shown and offered as a file. */
+function recipeCard(t) {
+  const out = h('div');
+  let url = null;
+  teardown.push(() => { if (url) URL.revokeObjectURL(url); });
+  const exportIt = () => guarded(async () => {
+    const recipe = await get(customerPath(`/task/${t.id}/recipe`));
+    const text = JSON.stringify(recipe, null, 2);
+    if (url) URL.revokeObjectURL(url);
+    url = URL.createObjectURL(new Blob([text], { type: 'application/json' }));
+    const file = `${t.name.replace(/[^\w.-]+/g, '_') || 'task'}.recipe.json`;
+    out.replaceChildren(h('p', {}, h('a', { href: url, download: file, testid: 'recipe-download' }, `Download ${file}`)),
+      h('pre', { testid: 'recipe' }, text));
+  });
+  return h('div', { class: 'card', testid: 'recipe-card' }, h('h2', {}, 'Recipe'),
+    h('div', { class: 'toolbar' }, h('button', { testid: 'export-recipe', onclick: exportIt }, 'Export'),
+      h('span', { class: 'muted' }, 'the task and its script, without this deployment\'s bot and triggers')),
+    out);
+}
+
+/** A definition: its fields, a run form, its jobs (live), and for admins
+ * edit, delete, its secret key and its recipe. */
+function definitionView(id) {
+  const base = customerPath(`/task/${id}`);
+  const title = h('h1', {}, 'Task definition');
+  const actions = h('span');
+  const meta = h('dl', { class: 'meta', testid: 'definition-fields' });
+  const cards = h('div');
+  guarded(async () => {
+    const t = await get(base);
+    title.textContent = t.name;
+    if (isAdmin()) {
+      actions.replaceChildren(
+        h('a', { href: `#/definitions/${id}/edit`, class: 'button', testid: 'edit-definition' }, 'Edit'), ' ',
+        h('button', {
+          class: 'danger',
+          testid: 'delete-definition',
+          onclick: () => guarded(async () => {
+            if (!window.confirm(`Delete ${t.name} and its waiting jobs?`)) return;
+            await del(base);
+            location.hash = '#/definitions';
+          }),
+        }, 'Delete'));
+    }
+    const triggers = Array.isArray(t.triggers) ? t.triggers : [];
+    meta.replaceChildren(...[
+      ['id', t.id], ['description', t.description || '—'],
+      ['script', nameOf('scripts', t.script_id, isAdmin() ? `#/scripts/${t.script_id}` : null)],
+      ['runs on', runsOn(t)], ['run as', t.run_as], ['arguments', argumentsSummary(t)],
+      ['timeout', duration(t.timeout)], ['multitasking', t.multitasking ? 'yes' : 'no (one run per bot at a time)'],
+      ['attempts when its bot is lost', t.max_attempts ?? 'the reaper\'s default'], ['tags', t.tags.join(', ') || '—'],
+      ['required tags', (t.required_tags ?? []).join(', ') || '—'],
+      ['acls', t.acls.join(', ') || 'everyone'],
+      ['triggered by', triggers.length ? triggers.map((g, i) => [i ? ', ' : '', h('a', { href: `#/definitions/${g.task_id}` }, g.task_id.slice(0, 8)), ` on ${g.on}`]) : '—'],
+      ['grace time', duration(t.grace_time)], ['environment', Object.keys(t.env ?? {}).join(', ') || '—'],
+      ['updated', when(t.updated_at)],
+    ].flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v ?? '—')]));
+    cards.replaceChildren(...[canRun() ? runForm(t) : null, isAdmin() ? credentialsCard(t) : null, isAdmin() ? recipeCard(t) : null].filter(Boolean));
+  });
+  return [
+    h('p', {}, h('a', { href: '#/definitions' }, '← Definitions')),
+    h('div', { class: 'head' }, title, h('span', { class: 'spacer' }), actions),
+    h('div', { class: 'card' }, meta),
+    cards,
+    ...listView({
+      title: 'Its jobs',
+      level: 'h2',
+      path: `${base}/job`,
+      filters: [{ name: 'status', label: 'Status', options: JOB_STATUSES }],
+      headers: JOB_HEADERS,
+      row: jobRow,
+      testid: 'definition-jobs',
+    }),
+  ];
+}
+
+// ---------------------------------------------------------------- scripts
+
+function scriptsView() {
+  return listView({
+    title: 'Scripts',
+    path: customerPath('/script'),
+    filters: [],
+    headers: ['Name', 'File', 'Description', 'Size', 'Checksum', 'Updated'],
+    row: (s) => h('tr', { testid: 'script-row', 'data-id': s.id, 'data-name': s.name },
+      h('td', {}, isAdmin() ? h('a', { href: `#/scripts/${s.id}` }, s.name) : s.name),
+      h('td', { class: 'mono' }, s.filename),
+      h('td', {}, s.description || '—'),
+      h('td', {}, `${s.size.toLocaleString()} B`),
+      h('td', { class: 'mono', title: s.checksum }, s.checksum.slice(0, 12)),
+      h('td', {}, when(s.updated_at))),
+    top: isAdmin() ? [h('div', { class: 'toolbar' }, h('a', { href: '#/scripts/new', class: 'button primary', testid: 'new-script' }, 'New script'))] : [],
+    live: false,
+    testid: 'scripts',
+  });
+}
+
+/** Creates (`id` null) or changes a script (admins: a script's content is
+ * theirs to read); back to the list when saved. */
+function scriptForm(id) {
+  if (!isAdmin()) return [h('h1', {}, 'Script'), h('p', { class: 'card', testid: 'admins-only' }, 'Only admins read and write scripts.')];
+  const holder = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  guarded(async () => {
+    const s = id ? await get(customerPath(`/script/${id}`)) : { name: '', filename: '', description: '', content: '#!/bin/sh\n' };
+    // Content that is not UTF-8 cannot be edited as text: kept unless a
+    // file replaces it.
+    let binary = s.content_base64 ?? null;
+    const name = h('input', { value: s.name, required: true, testid: 'script-name' });
+    const filename = h('input', { value: s.filename, required: true, class: 'mono', testid: 'script-filename', placeholder: 'run.sh' });
+    const description = h('input', { value: s.description, testid: 'script-description' });
+    const content = h('textarea', { rows: 14, class: 'mono', testid: 'script-content', disabled: Boolean(binary) }, s.content ?? '');
+    const file = h('input', { type: 'file', testid: 'script-file' });
+    file.addEventListener('change', () => guarded(async () => {
+      const [f] = file.files;
+      if (!f) return;
+      content.value = await f.text();
+      content.disabled = false;
+      binary = null;
+      if (!filename.value) filename.value = f.name;
+    }));
+    const submit = h('button', { type: 'submit', class: 'primary', testid: 'script-save' }, id ? 'Save' : 'Create');
+    const remove = id
+      ? h('button', {
+        type: 'button',
+        class: 'danger',
+        testid: 'script-delete',
+        onclick: () => guarded(async () => {
+          if (!window.confirm(`Delete script ${s.name}?`)) return;
+          await del(customerPath(`/script/${id}`));
+          location.hash = '#/scripts';
+        }),
+      }, 'Delete')
+      : null;
+    const form = h('form', {
+      class: 'form',
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        submit.disabled = true;
+        guarded(async () => {
+          const body = { name: name.value, filename: filename.value, description: description.value };
+          if (binary) body.content_base64 = binary;
+          else body.content = content.value;
+          if (id) await put(customerPath(`/script/${id}`), body);
+          else await post(customerPath('/script'), body);
+          location.hash = '#/scripts';
+        }).finally(() => { submit.disabled = false; });
+      },
+    },
+    h('label', {}, 'Name', name),
+    h('label', {}, 'File name (on the bot)', filename),
+    h('label', { class: 'wide' }, 'Description', description),
+    h('label', { class: 'wide' }, binary ? `Content (binary, ${s.size} bytes: load a file to replace it)` : 'Content', content),
+    h('label', {}, 'or load it from a file', file),
+    h('div', { class: 'wide' }, submit, ' ', h('a', { href: '#/scripts' }, 'Cancel'), ' ', remove));
+    holder.replaceChildren(h('div', { class: 'card' }, form));
+  });
+  return [h('p', {}, h('a', { href: '#/scripts' }, '← Scripts')), h('h1', {}, id ? 'Edit script' : 'New script'), holder];
+}
+
 // ----------------------------------------------------------------- router
 
+const ID = '([0-9a-f-]{36})';
 const ROUTES = [
+  [/^#\/overview$/, overviewView],
   [/^#\/bots$/, botsView],
+  [new RegExp(`^#/bots/${ID}$`), botView],
+  [/^#\/definitions$/, definitionsView],
+  [/^#\/definitions\/new$/, () => definitionForm(null)],
+  [new RegExp(`^#/definitions/${ID}$`), definitionView],
+  [new RegExp(`^#/definitions/${ID}/edit$`), definitionForm],
+  [/^#\/scripts$/, scriptsView],
+  [/^#\/scripts\/new$/, () => scriptForm(null)],
+  [new RegExp(`^#/scripts/${ID}$`), scriptForm],
   [/^#\/tasks$/, tasksView],
   [/^#\/tasks\/([0-9a-f-]{36})$/, (id) => detailView('task', id)],
   [/^#\/jobs$/, jobsView],
@@ -836,12 +1561,14 @@ async function route() {
   const serial = viewSerial;
   teardown.forEach((stop) => stop());
   teardown = [];
+  lookups = {};
   clearError();
   const main = $('main');
   const signedIn = Boolean(session.token);
   $('nav').hidden = !signedIn;
-  // Deliveries are an admin's: the link is not offered to other roles.
-  $('nav-deliveries').hidden = session.me?.role !== 'admin';
+  // Deliveries and the overview are an admin's: not offered to other roles.
+  $('nav-deliveries').hidden = !isAdmin();
+  $('nav-overview').hidden = !isAdmin();
   $('logout').hidden = !signedIn;
   $('who').textContent = '';
   if (!signedIn) {
@@ -860,9 +1587,10 @@ async function route() {
       return;
     }
   }
-  $('nav-deliveries').hidden = session.me.role !== 'admin';
+  $('nav-deliveries').hidden = !isAdmin();
+  $('nav-overview').hidden = !isAdmin();
   $('who').textContent = `${session.me.customer} · ${session.me.role}${session.me.name ? ` · ${session.me.name}` : ''}`;
-  const hash = location.hash || '#/bots';
+  const hash = location.hash || home();
   for (const link of $('nav').querySelectorAll('a')) {
     link.classList.toggle('active', hash.startsWith(link.getAttribute('href')));
   }
@@ -873,8 +1601,12 @@ async function route() {
       return;
     }
   }
-  location.hash = '#/bots';
+  location.hash = home();
 }
+
+/** Where a signed-in caller lands: the overview for admins, whose data it
+ * is; the bots otherwise. */
+const home = () => (isAdmin() ? '#/overview' : '#/bots');
 
 $('logout').addEventListener('click', () => logout());
 $('banner-close').addEventListener('click', clearError);

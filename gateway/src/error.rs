@@ -454,3 +454,11 @@ impl From<service::task_defs::Error> for ApiError {
         }
     }
 }
+
+impl From<service::overview::Error> for ApiError {
+    fn from(e: service::overview::Error) -> Self {
+        match e {
+            service::overview::Error::Repo(e) => e.into(),
+        }
+    }
+}

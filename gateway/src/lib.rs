@@ -13,9 +13,10 @@
 //! * `serve`  – the accept loop: header timeout, connection cap, shutdown budget.
 //! * `routes` – handlers by area, one file each (`tasks`, `bots`, `agent`,
 //!   `jobs`, `task_defs`, `scripts`, `human`, `activity`, `photos`,
-//!   `webhooks`, `feed`, `session`, `dashboard`, `health`).
+//!   `webhooks`, `feed`, `session`, `overview`, `dashboard`, `health`).
 //! * `service` – the logic under the routes (jobs, CSV tasks, bots, task
-//!   definitions, human tasks, webhooks; fields), each with its own error.
+//!   definitions, human tasks, webhooks, the overview; fields), each with
+//!   its own error.
 //! * `state`  – `AppState`, and `in_transaction`: the one way to write in a
 //!   transaction.
 //! * `photos` – photo storage for finishes: local files or S3, presigned.
@@ -65,8 +66,8 @@ pub struct App {
 /// and the OpenAPI document come from the same handlers and cannot differ.
 pub fn api() -> OpenApiRouter<AppState> {
     use routes::{
-        activity, agent, bots, feed, human, jobs, photos, scripts, session, task_defs, tasks,
-        webhooks,
+        activity, agent, bots, feed, human, jobs, overview, photos, scripts, session, task_defs,
+        tasks, webhooks,
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(session::me))
@@ -137,6 +138,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::cancel, jobs::cancel_put))
         .routes(routes!(scripts::list, scripts::create))
         .routes(routes!(scripts::get, scripts::update, scripts::delete))
+        // The dashboard's landing view.
+        .routes(routes!(overview::get))
         .routes(routes!(openapi::document))
 }
 

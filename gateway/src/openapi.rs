@@ -35,6 +35,7 @@ use utoipa::{Modify, OpenApi};
         (name = "activity_manager", description = "flowBuild user tasks (seed 001)"),
         (name = "webhooks", description = "Deliveries, subscriptions and the signing secret (seed 004)"),
         (name = "events", description = "The live event feed"),
+        (name = "dashboard", description = "What the operator's dashboard reads beside the lists"),
         (name = "ops", description = "Health, readiness, metrics and this document"),
     )
 )]

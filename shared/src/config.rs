@@ -272,6 +272,15 @@ pub struct AgentSettings {
     pub name: String,
     pub ip_address: String,
     pub capacity: u16,
+    /// Assignments it may hold beyond `capacity`, unstarted (RabbitMQ's
+    /// prefetch on its queue is `capacity + prefetch`), so a freed slot
+    /// starts the next job without waiting for the report -> match ->
+    /// assign round trip. The matcher fills idle bots first (most free
+    /// slots), so a job waits on a busy agent only while every bot that
+    /// could take it is busy. What an agent holds unstarted when it stops
+    /// goes back at once (`Released`). Unset: equal to `capacity`.
+    #[serde(default)]
+    pub prefetch: Option<u16>,
     pub tags: Vec<String>,
     pub heartbeat_interval_ms: u64,
     /// How long one automation run for one CSV row may take.
@@ -477,6 +486,14 @@ finish_batch = 128
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] config::ConfigError);
 
+impl AgentSettings {
+    /// Assignments it holds beyond its capacity: `prefetch`, or its
+    /// capacity when unset.
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch.unwrap_or(self.capacity)
+    }
+}
+
 impl Settings {
     /// Loads defaults, then `file` (or `$ORQ_CONFIG`) when given, then `ORQ_*`.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -631,6 +648,22 @@ mod tests {
         std::fs::write(&bad, "[storage]\nkind = \"ftp\"\n").expect("write");
         let e = Settings::load(Some(&bad)).expect_err("refused").to_string();
         assert!(e.contains("ftp") && e.contains("kind"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_agent_prefetches_its_capacity_unless_told_otherwise() {
+        let dir = std::env::temp_dir().join(format!("orq-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let unset = dir.join("unset.toml");
+        std::fs::write(&unset, "[agent]\ncapacity = 8\n").expect("write");
+        let s = Settings::load(Some(&unset)).expect("loads");
+        assert_eq!(s.agent.prefetch(), 8);
+        let none = dir.join("none.toml");
+        std::fs::write(&none, "[agent]\ncapacity = 8\nprefetch = 0\n").expect("write");
+        let s = Settings::load(Some(&none)).expect("loads");
+        assert_eq!(s.agent.prefetch(), 0);
+        assert!(env_keys().contains(&"ORQ_AGENT__PREFETCH".to_string()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -279,7 +279,9 @@ impl JobStatus {
 pub enum JobEvent {
     /// The dispatcher handed it to a bot.
     Assign,
-    /// Handing it over failed (no queue, HTTP bot refused): it waits again.
+    /// Handing it over failed (no queue, HTTP bot refused), or its bot gave
+    /// it back unstarted (a legacy bot's WAITING, an agent's `Released`):
+    /// it waits again.
     DeliveryFailed,
     /// The bot started it.
     Start,

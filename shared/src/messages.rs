@@ -70,7 +70,8 @@ pub struct ScriptSpec {
     pub timeout_secs: u32,
 }
 
-/// Gateway -> one agent's control queue: act on a job it is running.
+/// Gateway -> one agent's control queue: act on a job it holds, or on the
+/// agent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
@@ -80,13 +81,17 @@ pub enum Control {
         job_id: JobId,
         attempt: i32,
     },
+    /// The bot was drained (or resumed): a drained agent gives back the
+    /// assignments it holds unstarted (`ReportBody::Released`) and finishes
+    /// those it runs.
+    Drain { id: Uuid, draining: bool },
 }
 
 impl Control {
     /// The message's id (also its AMQP `message_id`).
     pub fn id(&self) -> Uuid {
         match self {
-            Control::Cancel { id, .. } => *id,
+            Control::Cancel { id, .. } | Control::Drain { id, .. } => *id,
         }
     }
 }
@@ -163,6 +168,18 @@ pub enum ReportBody {
         /// The last bytes of stdout and stderr.
         stdout: String,
         stderr: String,
+    },
+    /// An assignment the agent held unstarted (one of its prefetched
+    /// ones) and gives back, because it is stopping or draining: the job
+    /// waits for another bot at once. Never sent for a job it started.
+    Released {
+        job_id: JobId,
+        attempt: i32,
+        reason: String,
+        /// The agent is stopping: its bot takes no more work until it is
+        /// heard from again (else the job could be assigned straight back).
+        #[serde(default)]
+        stopping: bool,
     },
     /// A reaper's canary (its `bot_id` and `customer_id` are nil): the
     /// dispatcher records it after the heartbeats before it.

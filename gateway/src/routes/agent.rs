@@ -16,6 +16,9 @@ pub struct RegisterBody {
     name: String,
     ip_address: String,
     capacity: i32,
+    /// Assignments it may hold beyond `capacity`, unstarted (0-1000).
+    #[serde(default)]
+    prefetch: i32,
     #[serde(default)]
     systems: Vec<String>,
     #[serde(default)]
@@ -49,6 +52,12 @@ pub async fn register(
             "capacity must be between 1 and 1000",
         ));
     }
+    if !(0..=1000).contains(&body.prefetch) {
+        return Err(ApiError::invalid_field(
+            "prefetch",
+            "prefetch must be between 0 and 1000",
+        ));
+    }
     let systems = body
         .systems
         .iter()
@@ -58,6 +67,7 @@ pub async fn register(
         name,
         ip_address: body.ip_address,
         capacity: body.capacity,
+        prefetch: body.prefetch,
         systems,
         tags: body.tags,
     };

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
-use orq_shared::domain::{CustomerId, JobId, JobStatus, TaskId};
+use orq_shared::domain::{BotId, CustomerId, JobId, JobStatus, TaskId};
 use orq_shared::repo::customers::{self, Principal};
 use orq_shared::repo::jobs;
 use orq_shared::repo::script_jobs::{self, JobFilter, JobView};
@@ -394,16 +394,19 @@ pub async fn list_for_task(
     uri: axum::http::Uri,
     Id(task): Id<TaskId>,
 ) -> Result<Response, ApiError> {
-    list_jobs(&state, &who, Some(task), Vec::new(), &paging, &uri).await
+    list_jobs(&state, &who, Some(task), Vec::new(), None, &paging, &uri).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct JobListQuery {
+    /// Runs of this task definition.
     task: Option<String>,
+    /// Jobs on this bot (now, or last).
+    bot_id: Option<String>,
 }
 
-/// `GET /{customer}/job?task=&tags=&status=&lifecycle[]=`.
+/// `GET /{customer}/job?task=&bot_id=&tags=&status=&lifecycle[]=`.
 #[utoipa::path(get, path = "/{customer}/job", operation_id = "jobs_list", tag = "theeye", params(super::CustomerPath, JobListQuery, super::LabelQuery, StatusFilter, super::PageQuery), responses((status = 200, description = "A page of jobs", body = [orq_shared::repo::script_jobs::JobView], headers(("x-next-cursor" = String, description = "Present when there may be more: pass it back as `?after=`"))), crate::error::Refusals))]
 pub async fn list(
     State(state): State<AppState>,
@@ -421,22 +424,32 @@ pub async fn list(
                 .map_err(|_| ApiError::invalid_field("task", "task must be a task id"))
         })
         .transpose()?;
-    list_jobs(&state, &who, task, labels, &paging, &uri).await
+    let bot = q
+        .bot_id
+        .map(|b| {
+            b.parse::<BotId>()
+                .map_err(|_| ApiError::invalid_field("bot_id", "bot_id must be a bot id"))
+        })
+        .transpose()?;
+    list_jobs(&state, &who, task, labels, bot, &paging, &uri).await
 }
 
 /// A page of the jobs `who` may see, of one task (which `who` must see) or
-/// all, filtered by `?status=`/`?lifecycle[]=` and their task's labels.
+/// all, filtered by `?status=`/`?lifecycle[]=`, their task's labels and the
+/// bot they are on.
 async fn list_jobs(
     state: &AppState,
     who: &Principal,
     task: Option<TaskId>,
     labels: Vec<String>,
+    bot: Option<BotId>,
     paging: &PageQuery,
     uri: &axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let page = paging.page()?;
     let filter = JobFilter {
         task,
+        bot,
         statuses: statuses(uri.query())?,
         labels,
     };

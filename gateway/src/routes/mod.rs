@@ -10,6 +10,7 @@ pub mod feed;
 pub mod health;
 pub mod human;
 pub mod jobs;
+pub mod overview;
 pub mod photos;
 pub mod scripts;
 pub mod session;

@@ -4,14 +4,17 @@
 //! any work is sent to it.
 
 use deadpool_postgres::GenericClient;
+use orq_shared::broker::Topology;
 use orq_shared::deny::DenyList;
 use orq_shared::domain::{BotId, BotStatus, Delivery, Role};
 use orq_shared::field::FieldError;
+use orq_shared::messages::Control;
 use orq_shared::repo::RepoError;
 use orq_shared::repo::bots::{self, Bot, BotSpec};
 use orq_shared::repo::customers::Principal;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+use uuid::Uuid;
 
 use super::fields::{optional_enum, text_field};
 use super::jobs;
@@ -241,10 +244,30 @@ pub async fn set_draining(
 ) -> Result<Bot, Error> {
     let db = state.db().await?;
     let bot = bots::set_draining(&db, who.customer_id, id, draining).await?;
+    if bot.delivery == Delivery::Agent {
+        // The agent gives back what it holds unstarted (its prefetch) at
+        // once. An agent that misses this still takes nothing new.
+        let message = Control::Drain {
+            id: Uuid::now_v7(),
+            draining,
+        };
+        tell_agent(state, bot.id, &message).await;
+    }
     if !draining {
         jobs::wake(state, who.customer_id, None);
     }
     Ok(bot)
+}
+
+/// Publishes `message` to the agent's control queue. Best effort: an agent
+/// that is not connected misses it (and is told nothing it cannot learn
+/// otherwise: a canceled job's next report is refused, a drained bot gets
+/// no new work).
+pub async fn tell_agent(state: &AppState, bot: BotId, message: &Control) {
+    let key = Topology::control_key(bot);
+    if let Err(e) = state.broker.publish_json(&key, message.id(), message).await {
+        tracing::warn!(error = %e, %bot, "control message not delivered to the agent");
+    }
 }
 
 /// Declares a bot's queue.

@@ -1,6 +1,5 @@
 //! Jobs: what several routes do to a job beyond one statement.
 
-use orq_shared::broker::Topology;
 use orq_shared::domain::{CustomerId, Delivery, JobEvent, JobId};
 use orq_shared::messages::Control;
 use orq_shared::repo::jobs::{self, Actor, Applied, Outcome, Task};
@@ -55,14 +54,7 @@ pub async fn cancel(state: &AppState, customer: CustomerId, id: JobId) -> Result
                 job_id: id,
                 attempt: task.attempt,
             };
-            let key = Topology::control_key(bot);
-            if let Err(e) = state
-                .broker
-                .publish_json(&key, message.id(), &message)
-                .await
-            {
-                tracing::warn!(error = %e, job = %id, %bot, "cancel not delivered to the agent");
-            }
+            super::bots::tell_agent(state, bot, &message).await;
         }
         wake(state, customer, Some(id));
     }

@@ -16,6 +16,8 @@
 //!   changing one, exporting and importing recipes, who sees `env`.
 //! * `human`     – creating human tasks; schema fields.
 //! * `webhooks`  – endpoints: callbacks given inside a create, subscriptions.
+//! * `overview`  – the dashboard's landing view: counts, the last hour
+//!   minute by minute, backlog, bots, failures, the longest-running jobs.
 //! * `fields`    – reading text, enum and file-name fields (a
 //!   `FieldError` naming the field), for services and routes alike.
 //!
@@ -31,6 +33,7 @@ pub mod bots;
 pub mod fields;
 pub mod human;
 pub mod jobs;
+pub mod overview;
 pub mod task_defs;
 pub mod tasks;
 pub mod webhooks;

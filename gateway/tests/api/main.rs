@@ -19,6 +19,7 @@
 //! * `idempotency` – `Idempotency-Key` on every create.
 //! * `input`       – inputs that used to panic or answer in plain text.
 //! * `limits`      – rate limits: 429 with `Retry-After`.
+//! * `overview`    – the dashboard's overview; bots' names on tasks and jobs.
 //! * `precedence`  – which refusal wins: 401, then 403, then 404.
 //! * `serve`       – the connection cap, slow and idle clients, 408.
 //! * `tasks`       – `/tasks` and `/bots`: bad input, tenants, paging,
@@ -35,6 +36,7 @@ mod human;
 mod idempotency;
 mod input;
 mod limits;
+mod overview;
 mod precedence;
 mod serve;
 mod tasks;

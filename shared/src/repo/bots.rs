@@ -23,6 +23,10 @@ pub struct Bot {
     pub status: BotStatus,
     pub delivery: Delivery,
     pub capacity: i32,
+    /// Assignments an agent may hold beyond `capacity`, unstarted, so a
+    /// freed slot starts the next job at once (0 for legacy bots).
+    pub prefetch: i32,
+    /// Jobs it holds: assigned (started or not) and running.
     pub active_jobs: i32,
     pub systems: Vec<String>,
     pub tags: Vec<String>,
@@ -36,17 +40,19 @@ pub struct Bot {
 }
 
 impl Bot {
+    /// Whether it takes no more assignments: it holds `capacity` plus
+    /// `prefetch` jobs.
     pub fn is_full(&self) -> bool {
-        self.active_jobs >= self.capacity
+        self.active_jobs >= self.capacity + self.prefetch
     }
 }
 
 pub(crate) const COLUMNS: &str = "id, name, ip_address, port, status, delivery, capacity, \
-     active_jobs, systems, tags, draining, last_heartbeat_at, created_at, updated_at";
+     prefetch, active_jobs, systems, tags, draining, last_heartbeat_at, created_at, updated_at";
 
 /// `COLUMNS` of the `b` in `UPDATE bots b … FROM …`.
 const B_COLUMNS: &str = "b.id, b.name, b.ip_address, b.port, b.status, b.delivery, b.capacity, \
-     b.active_jobs, b.systems, b.tags, b.draining, b.last_heartbeat_at, b.created_at, b.updated_at";
+     b.prefetch, b.active_jobs, b.systems, b.tags, b.draining, b.last_heartbeat_at, b.created_at, b.updated_at";
 
 pub(crate) fn from_row(r: &Row) -> Result<Bot, RepoError> {
     Ok(Bot {
@@ -57,6 +63,7 @@ pub(crate) fn from_row(r: &Row) -> Result<Bot, RepoError> {
         status: parse_col(r.get::<_, &str>("status"))?,
         delivery: parse_col(r.get::<_, &str>("delivery"))?,
         capacity: r.get("capacity"),
+        prefetch: r.get("prefetch"),
         active_jobs: r.get("active_jobs"),
         systems: r.get("systems"),
         tags: r.get("tags"),
@@ -265,6 +272,7 @@ pub struct Registration {
     pub name: String,
     pub ip_address: String,
     pub capacity: i32,
+    pub prefetch: i32,
     pub systems: Vec<String>,
     pub tags: Vec<String>,
 }
@@ -313,7 +321,7 @@ pub async fn register_agent(
     execute(
         db,
         "UPDATE bots SET ip_address = $2, capacity = $3, systems = $4, tags = $5, token_id = $6,
-                updated_at = now()
+                prefetch = $7, updated_at = now()
           WHERE id = $1",
         &[
             &id,
@@ -322,6 +330,7 @@ pub async fn register_agent(
             &reg.systems,
             &reg.tags,
             &holder,
+            &reg.prefetch,
         ],
     )
     .await?;
@@ -459,6 +468,7 @@ struct LockedBot {
     from_active: i32,
     status: BotStatus,
     active: i32,
+    /// Its capacity plus its prefetch: the load at which it is full.
     capacity: i32,
     heard: bool,
     assigned: bool,
@@ -478,7 +488,8 @@ pub(crate) async fn apply(
     ids.dedup();
     let rows = query(
         db,
-        "SELECT id, status, active_jobs, capacity FROM bots WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id, status, active_jobs, capacity + prefetch FROM bots
+          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         &[&ids],
     )
     .await?;

@@ -8,6 +8,7 @@ pub mod human;
 pub mod idempotency;
 pub mod jobs;
 pub mod notifications;
+pub mod overview;
 pub mod script_jobs;
 pub mod scripts;
 pub mod task_defs;

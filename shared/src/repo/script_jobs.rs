@@ -36,6 +36,8 @@ pub struct JobView {
     pub task_arguments: Vec<String>,
     pub host_id: Option<BotId>,
     pub bot_id: Option<BotId>,
+    /// The name of the bot it is (or was last) on.
+    pub bot_name: Option<String>,
     pub attempt: i32,
     pub percent: i16,
     pub step: Option<String>,
@@ -70,9 +72,10 @@ pub struct JobView {
     pub acls: Vec<String>,
 }
 
-const COLUMNS: &str = "id, kind, task_id, description, status, host_id, bot_id, attempt, percent, \
-     step, output, exit_code, result, error, spec, triggered_by, not_before, created_at, \
-     updated_at, assigned_at, started_at, finished_at, acls, waiting_reason";
+const COLUMNS: &str = "id, kind, task_id, description, status, host_id, bot_id, \
+     (SELECT b.name FROM bots b WHERE b.id = jobs.bot_id) AS bot_name, attempt, percent, step, \
+     output, exit_code, result, error, spec, triggered_by, not_before, created_at, updated_at, \
+     assigned_at, started_at, finished_at, acls, waiting_reason";
 
 fn from_row(r: &Row) -> Result<JobView, RepoError> {
     let status: JobStatus = super::parse_col(r.get::<_, &str>("status"))?;
@@ -94,6 +97,7 @@ fn from_row(r: &Row) -> Result<JobView, RepoError> {
         task_arguments: spec.as_ref().map(|s| s.args.clone()).unwrap_or_default(),
         host_id: r.get::<_, Option<Uuid>>("host_id").map(BotId),
         bot_id: r.get::<_, Option<Uuid>>("bot_id").map(BotId),
+        bot_name: r.get("bot_name"),
         attempt: r.get("attempt"),
         percent: r.get("percent"),
         step: r.get("step"),
@@ -217,6 +221,8 @@ pub async fn get(
 #[derive(Debug, Default, Clone)]
 pub struct JobFilter {
     pub task: Option<TaskId>,
+    /// Jobs on this bot (now, or last).
+    pub bot: Option<BotId>,
     /// Any of these statuses; empty: all.
     pub statuses: Vec<JobStatus>,
     /// Runs of tasks carrying every one of these labels; empty: all.
@@ -256,6 +262,7 @@ pub async fn list(
             AND ($6 OR acls = '{{}}' OR $7::text = ANY(acls))
             AND (cardinality($8::text[]) = 0
                  OR task_id IN (SELECT id FROM task_defs WHERE customer_id = $1 AND tags @> $8))
+            AND ($9::uuid IS NULL OR bot_id = $9)
           ORDER BY id {dir} LIMIT $5"
     );
     let rows = query(
@@ -270,6 +277,7 @@ pub async fn list(
             &admin,
             &name,
             &filter.labels,
+            &filter.bot.map(|b| b.0),
         ],
     )
     .await?;

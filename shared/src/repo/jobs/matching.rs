@@ -44,10 +44,12 @@ pub async fn match_waiting(
 ) -> Result<Vec<Assigned>, RepoError> {
     let rows = query(
         db,
-        "SELECT id, capacity, active_jobs, delivery, ip_address, port, systems, tags
+        // An agent takes up to its capacity plus its prefetch: the jobs
+        // beyond its capacity wait on it, unstarted, for a slot.
+        "SELECT id, capacity + prefetch, active_jobs, delivery, ip_address, port, systems, tags
                FROM bots
               WHERE customer_id = $1 AND status = 'AVAILABLE' AND NOT draining
-                AND active_jobs < capacity
+                AND active_jobs < capacity + prefetch
               ORDER BY last_assigned_at NULLS FIRST, id
               FOR UPDATE SKIP LOCKED",
         &[&customer.0],

@@ -55,6 +55,9 @@ pub struct Task {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub bot_id: Option<BotId>,
+    /// The name of the bot it is (or was last) on, beside its id: v7 ids
+    /// made close together share their first characters.
+    pub bot_name: Option<String>,
     pub attempt: i32,
     pub percent: i16,
     pub rows_done: i32,
@@ -73,7 +76,8 @@ pub struct Task {
     pub waiting_reason: Option<String>,
 }
 
-const SUMMARY: &str = "id, kind, description, system, status, created_at, bot_id, attempt, percent, \
+const SUMMARY: &str = "id, kind, description, system, status, created_at, bot_id, \
+     (SELECT b.name FROM bots b WHERE b.id = jobs.bot_id) AS bot_name, attempt, percent, \
      rows_done, rows_total, error, result, updated_at, started_at, finished_at, waiting_reason";
 
 fn from_row(r: &Row, with_attachment: bool) -> Result<Task, RepoError> {
@@ -86,6 +90,7 @@ fn from_row(r: &Row, with_attachment: bool) -> Result<Task, RepoError> {
         attachment: with_attachment.then(|| r.get("attachment")),
         created_at: r.get("created_at"),
         bot_id: r.get::<_, Option<Uuid>>("bot_id").map(BotId),
+        bot_name: r.get("bot_name"),
         attempt: r.get("attempt"),
         percent: r.get("percent"),
         rows_done: r.get("rows_done"),
