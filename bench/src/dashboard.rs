@@ -17,7 +17,7 @@ use orq_e2e::Env;
 use serde_json::{Value, json};
 use std::time::Instant;
 
-use crate::pct;
+use crate::{V7, pct};
 
 pub struct Options {
     pub jobs: i64,
@@ -247,9 +247,6 @@ async fn load(
     sample_job: &str,
     opts: &Options,
 ) -> anyhow::Result<()> {
-    // A v7-shaped uuid of a time `ts` and a number `n`.
-    const V7: &str = "(lpad(to_hex((extract(epoch FROM ts) * 1000)::int8), 12, '0') || '7'
-                       || substr(md5(n::text), 1, 3) || '8' || substr(md5(n::text), 4, 15))::uuid";
     let statements = [
         format!(
             "INSERT INTO bots (id, customer_id, name, ip_address, status, delivery, capacity,

@@ -25,6 +25,7 @@
 //! Run it from the release profile so the services are release builds too:
 //! `cargo build --release --workspace --bins && target/release/orq-bench`.
 
+mod backlog;
 mod cpu;
 mod dashboard;
 mod finish;
@@ -58,6 +59,11 @@ struct Args {
     /// Tasks posted in the latency phase.
     #[arg(long, default_value_t = 2000)]
     latency_tasks: usize,
+    /// WAITING jobs of another system (one whose only bot is away) to load
+    /// after the steady phase, which then runs again beside them; the burst
+    /// runs beside them too (`backlog.rs`).
+    #[arg(long, default_value_t = 0)]
+    backlog: i64,
     /// Tasks posted in the throughput phase.
     #[arg(long, default_value_t = 10000)]
     tasks: usize,
@@ -136,6 +142,11 @@ struct Args {
 }
 
 const CSV: &str = "id\n1\n";
+
+/// SQL for a v7-shaped uuid of a time `ts` and a number `n`, for bulk loads
+/// whose rows must list in time order.
+pub(crate) const V7: &str = "(lpad(to_hex((extract(epoch FROM ts) * 1000)::int8), 12, '0') || '7'
+                   || substr(md5(n::text), 1, 3) || '8' || substr(md5(n::text), 4, 15))::uuid";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -237,55 +248,26 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     wait_complete(env, 200).await?;
     reset(env).await?;
 
-    // Phase 1: a steady rate.
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut posts = Vec::with_capacity(args.latency_tasks);
-    let cpu_before = probe.sample();
-    let started = Instant::now();
-    for _ in 0..args.latency_tasks {
-        tick.tick().await;
-        let client = client.clone();
-        let url = url.to_string();
-        let body = body.clone();
-        posts.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let r = client.post(url).json(&*body).send().await?;
-            anyhow::ensure!(r.status() == 201, "POST: {}", r.status());
-            Ok(t.elapsed())
-        }));
+    // Phase 1: a steady rate, on an empty queue and then, with
+    // --backlog, beside another system's backlog.
+    let steady = Steady {
+        env,
+        client: &client,
+        url,
+        body: &body,
+        probe: &probe,
+    };
+    let empty = steady.run(args).await?;
+    if args.backlog > 0 {
+        backlog::load(&*env.db().await?, &env.customer, args.backlog).await?;
+        let behind = steady.run(args).await?;
+        println!(
+            "  with the backlog, create->RUNNING p50 is {:.2}x the empty queue's ({:.2} vs {:.2} ms)",
+            behind / empty,
+            behind,
+            empty
+        );
     }
-    let mut post_ms = Vec::with_capacity(posts.len());
-    for p in posts {
-        post_ms.push(p.await??.as_secs_f64() * 1000.0);
-    }
-    let offered = args.latency_tasks as f64 / started.elapsed().as_secs_f64();
-    wait_complete(env, args.latency_tasks as i64).await?;
-    let cpu_after = probe.sample();
-    let db = env.db().await?;
-    let row = db
-        .query_one(
-            "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms), max(ms)::float8
-               FROM (SELECT (extract(epoch FROM started_at - created_at) * 1000)::float8 AS ms FROM jobs) l",
-            &[],
-        )
-        .await?;
-    let p: Vec<f64> = row.get(0);
-    let max: f64 = row.get::<_, Option<f64>>(1).unwrap_or(0.0);
-    post_ms.sort_by(f64::total_cmp);
-    println!(
-        "steady {:.0} tasks/s offered ({} tasks): create->RUNNING p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        offered, args.latency_tasks, p[0], p[1], p[2], max
-    );
-    println!(
-        "  POST (client side): p50 {:.2} ms, p99 {:.2} ms",
-        pct(&post_ms, 0.5),
-        pct(&post_ms, 0.99)
-    );
-    breakdown(env).await?;
-    probe.report(&cpu_before, &cpu_after, args.latency_tasks, "jobs");
-    reset(env).await?;
 
     // Phase 2: as fast as it goes.
     let cpu_before = probe.sample();
@@ -309,6 +291,80 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     probe.peak_rss();
     drop(procs);
     Ok(())
+}
+
+/// The steady phase: tasks posted at `--rate`, each timed from its creation
+/// to its RUNNING.
+struct Steady<'a> {
+    env: &'a Env,
+    client: &'a reqwest::Client,
+    url: &'a str,
+    body: &'a Arc<serde_json::Value>,
+    probe: &'a cpu::Probe,
+}
+
+impl Steady<'_> {
+    /// Runs the phase, prints its figures and returns create->RUNNING p50
+    /// in milliseconds.
+    async fn run(&self, args: &Args) -> anyhow::Result<f64> {
+        let Steady {
+            env,
+            client,
+            url,
+            body,
+            probe,
+        } = *self;
+        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut posts = Vec::with_capacity(args.latency_tasks);
+        let cpu_before = probe.sample();
+        let started = Instant::now();
+        for _ in 0..args.latency_tasks {
+            tick.tick().await;
+            let client = client.clone();
+            let url = url.to_string();
+            let body = body.clone();
+            posts.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = client.post(url).json(&*body).send().await?;
+                anyhow::ensure!(r.status() == 201, "POST: {}", r.status());
+                Ok(t.elapsed())
+            }));
+        }
+        let mut post_ms = Vec::with_capacity(posts.len());
+        for p in posts {
+            post_ms.push(p.await??.as_secs_f64() * 1000.0);
+        }
+        let offered = args.latency_tasks as f64 / started.elapsed().as_secs_f64();
+        wait_complete(env, args.latency_tasks as i64).await?;
+        let cpu_after = probe.sample();
+        let db = env.db().await?;
+        let row = db
+            .query_one(
+                "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms), max(ms)::float8
+                   FROM (SELECT (extract(epoch FROM started_at - created_at) * 1000)::float8 AS ms
+                           FROM jobs WHERE status = 'COMPLETE') l",
+                &[],
+            )
+            .await?;
+        let p: Vec<f64> = row.get(0);
+        let max: f64 = row.get::<_, Option<f64>>(1).unwrap_or(0.0);
+        post_ms.sort_by(f64::total_cmp);
+        println!(
+            "steady {:.0} tasks/s offered ({} tasks): create->RUNNING p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            offered, args.latency_tasks, p[0], p[1], p[2], max
+        );
+        println!(
+            "  POST (client side): p50 {:.2} ms, p99 {:.2} ms",
+            pct(&post_ms, 0.5),
+            pct(&post_ms, 0.99)
+        );
+        breakdown(env).await?;
+        probe.report(&cpu_before, &cpu_after, args.latency_tasks, "jobs");
+        reset(env).await?;
+        Ok(p[0])
+    }
 }
 
 /// Where the time of each job went, from its own timestamps.
