@@ -99,32 +99,60 @@ pub async fn match_waiting(
     // could take (another system, a host or tags no free agent has); what
     // is left may still not fit (a one-run-per-bot task already on every
     // free bot), so further pages are read until the slots are filled.
+    //
+    // Each free system's jobs are read on their own, from its own index
+    // (`jobs_waiting_system`), and script jobs from theirs; the merge keeps
+    // the page. So however many jobs of other systems wait, a round reads
+    // at most a page per system. (One scan over all waiting jobs filtered
+    // by system reads every older job of the other systems first; one over
+    // `system = ANY(...)` reads and sorts all of the free systems' jobs.)
+    // Each branch locks up to a page; what the merge leaves out stays locked
+    // until this round commits, and is matched by the next. (Locking is
+    // allowed in a WITH query, not in a branch of a UNION.) The cursor
+    // starts before any job, so it always bounds the index scans.
     let (page_size, max_scan) = placement::paging(slots, limit);
     let mut scanned = 0;
-    let mut after: Option<(OffsetDateTime, Uuid)> = None;
+    let mut after = (OffsetDateTime::UNIX_EPOCH, Uuid::nil());
     let mut picks: Vec<(Uuid, BotId)> = Vec::new();
     while (picks.len() as i64) < slots && scanned < max_scan {
         let rows = query(
             db,
-            "SELECT id, kind, system, host_id, required_tags, multitasking, task_id, created_at FROM jobs
-                  WHERE customer_id = $1 AND status = 'WAITING'
-                    AND (not_before IS NULL OR not_before <= now())
-                    AND ((kind = 'system' AND system = ANY($2))
-                         OR (kind = 'script' AND cardinality($3::uuid[]) > 0
-                             AND (host_id IS NULL OR host_id = ANY($3))
-                             AND required_tags <@ $4))
-                    AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7))
-                  ORDER BY created_at, id
-                  LIMIT $5
-                  FOR UPDATE SKIP LOCKED",
+            "WITH by_system AS (
+                SELECT j.* FROM unnest($2::text[]) AS s(system)
+                 CROSS JOIN LATERAL (
+                    SELECT id, kind, system, host_id, required_tags, multitasking, task_id,
+                           created_at
+                      FROM jobs
+                     WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'system'
+                       AND system = s.system
+                       AND (not_before IS NULL OR not_before <= now())
+                       AND (created_at, id) > ($6, $7)
+                     ORDER BY created_at, id
+                     LIMIT $5
+                     FOR UPDATE SKIP LOCKED) j),
+             scripts AS (
+                SELECT id, kind, system, host_id, required_tags, multitasking, task_id, created_at
+                  FROM jobs
+                 WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'script'
+                   AND cardinality($3::uuid[]) > 0
+                   AND (host_id IS NULL OR host_id = ANY($3))
+                   AND required_tags <@ $4
+                   AND (not_before IS NULL OR not_before <= now())
+                   AND (created_at, id) > ($6, $7)
+                 ORDER BY created_at, id
+                 LIMIT $5
+                 FOR UPDATE SKIP LOCKED)
+             SELECT * FROM by_system UNION ALL SELECT * FROM scripts
+              ORDER BY created_at, id
+              LIMIT $5",
             &[
                 &customer.0,
                 &systems,
                 &agent_ids,
                 &agent_tags,
                 &page_size,
-                &after.map(|a| a.0),
-                &after.map(|a| a.1),
+                &after.0,
+                &after.1,
             ],
         )
         .await?;
@@ -148,7 +176,7 @@ pub async fn match_waiting(
         }
         match rows.last() {
             Some(last) if rows.len() as i64 == page_size => {
-                after = Some((last.get(7), last.get(0)));
+                after = (last.get(7), last.get(0));
             }
             _ => break,
         }
