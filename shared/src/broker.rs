@@ -35,8 +35,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{AmqpSettings, redact_url};
-use crate::domain::{BotId, CustomerId, JobId};
-use crate::messages::Wake;
+use crate::domain::BotId;
 
 /// Names of every exchange and queue, derived from one prefix.
 #[derive(Debug, Clone)]
@@ -73,7 +72,8 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    /// Wake-ups from the gateway to the dispatchers.
+    /// Wake-ups from the gateway to the dispatchers, as services before
+    /// PostgreSQL NOTIFY carried them sent them (drained, no longer fed).
     pub fn intake_queue(&self) -> String {
         format!("{}.dispatcher.intake", self.prefix)
     }
@@ -560,17 +560,6 @@ impl Broker {
 
     pub async fn session(&self) -> Session {
         self.session_after(None).await
-    }
-
-    /// Wakes the dispatchers for `customer` (a hint: PostgreSQL has the
-    /// work, and their sweep finds it if this is lost).
-    pub async fn wake(&self, customer: CustomerId, job: Option<JobId>) -> Result<(), BrokerError> {
-        let wake = Wake {
-            id: Uuid::now_v7(),
-            customer_id: customer,
-            job_id: job,
-        };
-        self.publish_json(KEY_INTAKE, wake.id, &wake).await
     }
 
     /// Publishes on the current session; fails at once when disconnected.

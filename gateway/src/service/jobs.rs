@@ -61,14 +61,18 @@ pub async fn cancel(state: &AppState, customer: CustomerId, id: JobId) -> Result
     Ok(*task)
 }
 
-/// Wakes the dispatchers for `customer`. Runs in the background (tracked:
-/// shutdown waits for it): the job is already committed, so a lost or slow
-/// publish only costs the sweep interval.
+/// Wakes the dispatchers for `customer` (`jobs::wake`, a NOTIFY). Runs in
+/// the background (tracked: shutdown waits for it): the job is already
+/// committed, so a lost or slow wake-up only costs the sweep interval.
 pub fn wake(state: &AppState, customer: CustomerId, job: Option<JobId>) {
-    let broker = state.broker.clone();
+    let woken = state.clone();
     state.background.spawn(async move {
-        if let Err(e) = broker.wake(customer, job).await {
-            tracing::warn!(error = %e, %customer, "wake-up not published; the sweep will pick the work up");
+        let notified = async {
+            let db = woken.db().await?;
+            jobs::wake(&*db, &[customer]).await
+        };
+        if let Err(e) = notified.await {
+            tracing::warn!(error = %e, %customer, job = ?job, "wake-up not sent; the sweep will pick the work up");
         }
     });
 }

@@ -246,6 +246,30 @@ pub async fn match_waiting(
         .collect()
 }
 
+/// The PostgreSQL channel the dispatchers listen on for matching work; a
+/// notification's payload is a customer id.
+pub const WAKE_CHANNEL: &str = "orq_wake";
+
+/// Wakes the dispatchers for `customers` (PostgreSQL NOTIFY, delivered to
+/// every listening dispatcher when the caller's transaction commits, or at
+/// once outside one). A hint, not the work: PostgreSQL has the jobs, and the
+/// dispatchers' sweep finds them if a wake-up is lost. Off the durable path
+/// on purpose: a replicated, fsynced queue bought nothing the sweep does not
+/// give, for a few milliseconds on every job (see the README's benchmarks).
+pub async fn wake(db: &impl GenericClient, customers: &[CustomerId]) -> Result<(), RepoError> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = customers.iter().map(|c| c.0).collect();
+    execute(
+        db,
+        "SELECT pg_notify($1, c::text) FROM unnest($2::uuid[]) AS c",
+        &[&WAKE_CHANNEL, &ids],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Customers that have waiting work, for the periodic sweep.
 pub async fn customers_with_waiting(db: &impl GenericClient) -> Result<Vec<CustomerId>, RepoError> {
     let rows = query(
