@@ -259,7 +259,7 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
     };
     let empty = steady.run(args).await?;
     if args.backlog > 0 {
-        backlog::load(&*env.db().await?, &env.customer, args.backlog).await?;
+        backlog::load(&env.db().await?, &env.customer, args.backlog).await?;
         let behind = steady.run(args).await?;
         println!(
             "  with the backlog, create->RUNNING p50 is {:.2}x the empty queue's ({:.2} vs {:.2} ms)",

@@ -400,7 +400,11 @@ enum Failure {
 /// Listens for wake-ups (`jobs::WAKE_CHANNEL`, PostgreSQL NOTIFY), each
 /// naming a customer; back from an outage, wakes every customer with
 /// waiting work.
-pub async fn listen_wakeups(matcher: Matcher, database: DatabaseSettings, shutdown: CancellationToken) {
+pub async fn listen_wakeups(
+    matcher: Matcher,
+    database: DatabaseSettings,
+    shutdown: CancellationToken,
+) {
     let on = |heard: Heard<'_>| match heard {
         Heard::Notified(payload) => match payload.parse::<Uuid>() {
             Ok(id) => matcher.wake(CustomerId(id)),

@@ -348,10 +348,14 @@ async fn wake_ups_go_through_postgres_and_a_listener_back_from_a_cut_looks_for_a
     // The dispatcher listens once its first (startup) sweep is behind it.
     let listener = "SELECT count(*) FROM pg_stat_activity
                      WHERE datname = current_database() AND query = 'LISTEN orq_wake'";
-    eventually(Duration::from_secs(20), "the dispatcher listening", || async {
-        let n: i64 = db.query_one(listener, &[]).await?.get(0);
-        Ok((n == 1).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the dispatcher listening",
+        || async {
+            let n: i64 = db.query_one(listener, &[]).await?.get(0);
+            Ok((n == 1).then_some(()))
+        },
+    )
     .await?;
 
     let task: Value = post_task(&env, &gw, "Quick", 1).await?.json().await?;
@@ -359,22 +363,19 @@ async fn wake_ups_go_through_postgres_and_a_listener_back_from_a_cut_looks_for_a
     wait_status(&env, &gw, id, "COMPLETE", Duration::from_secs(20)).await?;
 
     // A job written without a wake-up (as if its NOTIFY were lost).
-    let customer = orq_e2e::orq_shared::domain::CustomerId(
-        db.query_one("SELECT id FROM customers WHERE name = $1", &[&env.customer])
-            .await?
-            .get(0),
-    );
-    let new = orq_e2e::orq_shared::repo::jobs::NewTask {
-        description: "unannounced".into(),
-        system: "Quick".into(),
-        attachment: orq_e2e::orq_shared::attachment::encode("n\n1\n"),
-        rows_total: 1,
-        callback_id: None,
-    };
-    let quiet = orq_e2e::orq_shared::repo::jobs::create(&db, customer, &new)
+    let quiet: String = db
+        .query_one(
+            "INSERT INTO jobs (id, customer_id, kind, description, system, attachment, rows_total, status)
+             SELECT gen_random_uuid(), id, 'system', 'unannounced', 'Quick', $2, 1, 'WAITING'
+               FROM customers WHERE name = $1
+             RETURNING id::text",
+            &[
+                &env.customer,
+                &orq_e2e::orq_shared::attachment::encode("n\n1\n"),
+            ],
+        )
         .await?
-        .id
-        .to_string();
+        .get(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         status_of(&env, &gw, &quiet).await?,

@@ -440,7 +440,17 @@ impl Session {
         message_id: Uuid,
         body: &T,
     ) -> Result<Pending, BrokerError> {
-        let payload = serde_json::to_vec(body)?;
+        self.send_bytes(key, message_id, &serde_json::to_vec(body)?)
+            .await
+    }
+
+    /// `send_json` of a body already serialized (JSON).
+    pub async fn send_bytes(
+        &self,
+        key: &str,
+        message_id: Uuid,
+        payload: &[u8],
+    ) -> Result<Pending, BrokerError> {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -454,7 +464,7 @@ impl Session {
                     mandatory: true,
                     ..Default::default()
                 },
-                &payload,
+                payload,
                 props,
             )
             .await;

@@ -34,6 +34,29 @@ fn spec_col(value: Option<serde_json::Value>) -> Result<Option<ScriptSpec>, Repo
         .map_err(|e| RepoError::Corrupt(format!("job spec: {e}")))
 }
 
+/// The first key of the per-customer matching lock (an advisory lock; the
+/// second key is a hash of the customer id).
+const MATCHING_LOCK: i32 = 0x6f72_7101;
+
+/// Takes the customer's matching lock for the caller's transaction: shared
+/// by matching rounds (which run beside each other, splitting the work with
+/// `SKIP LOCKED`), exclusive for a bulk rewrite of waiting jobs outside
+/// matching (the stranded marker). A round must not skip an older job only
+/// because its row is being relabelled: it would assign a newer one first.
+pub(crate) async fn lock_matching(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    exclusive: bool,
+) -> Result<(), RepoError> {
+    let sql = if exclusive {
+        "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared($1, hashtext($2::uuid::text))"
+    };
+    query(db, sql, &[&MATCHING_LOCK, &customer.0]).await?;
+    Ok(())
+}
+
 /// Matches the customer's oldest waiting jobs to its bots with free capacity,
 /// in the caller's transaction. Bots and jobs are claimed with `SKIP LOCKED`,
 /// so concurrent matchers split the work and never assign a job twice.
@@ -42,6 +65,7 @@ pub async fn match_waiting(
     customer: CustomerId,
     limit: i64,
 ) -> Result<Vec<Assigned>, RepoError> {
+    lock_matching(db, customer, false).await?;
     let rows = query(
         db,
         // An agent takes up to its capacity plus its prefetch: the jobs
