@@ -124,62 +124,36 @@ pub async fn match_waiting(
     // is left may still not fit (a one-run-per-bot task already on every
     // free bot), so further pages are read until the slots are filled.
     //
-    // Each free system's jobs are read on their own, from its own index
+    // Each free system's jobs are read on their own, from their own index
     // (`jobs_waiting_system`), and script jobs from theirs; the merge keeps
     // the page. So however many jobs of other systems wait, a round reads
-    // at most a page per system. (One scan over all waiting jobs filtered
-    // by system reads every older job of the other systems first; one over
-    // `system = ANY(...)` reads and sorts all of the free systems' jobs.)
-    // Each branch locks up to a page; what the merge leaves out stays locked
-    // until this round commits, and is matched by the next. (Locking is
-    // allowed in a WITH query, not in a branch of a UNION.) The cursor
-    // starts before any job, so it always bounds the index scans.
+    // at most a page per free system. (One scan over all waiting jobs
+    // filtered by system reads every older job of the other systems first;
+    // one over `system = ANY(...)` reads and sorts all the free systems'
+    // jobs.) See `page_sql` for why each system is its own parameter and
+    // the statement is planned at each run.
     let (page_size, max_scan) = placement::paging(slots, limit);
+    let sql = page_sql(systems.len());
     let mut scanned = 0;
     let mut after = (OffsetDateTime::UNIX_EPOCH, Uuid::nil());
     let mut picks: Vec<(Uuid, BotId)> = Vec::new();
     while (picks.len() as i64) < slots && scanned < max_scan {
-        let rows = query(
-            db,
-            "WITH by_system AS (
-                SELECT j.* FROM unnest($2::text[]) AS s(system)
-                 CROSS JOIN LATERAL (
-                    SELECT id, kind, system, host_id, required_tags, multitasking, task_id,
-                           created_at
-                      FROM jobs
-                     WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'system'
-                       AND system = s.system
-                       AND (not_before IS NULL OR not_before <= now())
-                       AND (created_at, id) > ($6, $7)
-                     ORDER BY created_at, id
-                     LIMIT $5
-                     FOR UPDATE SKIP LOCKED) j),
-             scripts AS (
-                SELECT id, kind, system, host_id, required_tags, multitasking, task_id, created_at
-                  FROM jobs
-                 WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'script'
-                   AND cardinality($3::uuid[]) > 0
-                   AND (host_id IS NULL OR host_id = ANY($3))
-                   AND required_tags <@ $4
-                   AND (not_before IS NULL OR not_before <= now())
-                   AND (created_at, id) > ($6, $7)
-                 ORDER BY created_at, id
-                 LIMIT $5
-                 FOR UPDATE SKIP LOCKED)
-             SELECT * FROM by_system UNION ALL SELECT * FROM scripts
-              ORDER BY created_at, id
-              LIMIT $5",
-            &[
-                &customer.0,
-                &systems,
-                &agent_ids,
-                &agent_tags,
-                &page_size,
-                &after.0,
-                &after.1,
-            ],
-        )
-        .await?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &customer.0,
+            &agent_ids,
+            &agent_tags,
+            &page_size,
+            &after.0,
+            &after.1,
+        ];
+        params.extend(
+            systems
+                .iter()
+                .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        // Not `prepare_cached`: an unnamed statement is planned with its
+        // parameters each time (see `page_sql`).
+        let rows = db.query(sql.as_str(), &params).await?;
         scanned += rows.len() as i64;
         for r in &rows {
             let script = r.get::<_, &str>(1) == "script";
@@ -268,6 +242,60 @@ pub async fn match_waiting(
             })
         })
         .collect()
+}
+
+/// The page query of a matching round with `systems` free systems: each
+/// system's oldest waiting jobs (`$7`, `$8`, ...: one branch each, from
+/// `jobs_waiting_system`), the script jobs the free agents could take (from
+/// `jobs_waiting_script`), merged oldest first into a page of `$4`, after
+/// the cursor (`$5`, `$6`). Each branch locks up to a page (`SKIP LOCKED`;
+/// a locking clause may sit in a WITH query, not in a UNION branch); what
+/// the merge leaves out stays locked until the round commits and is matched
+/// by the next.
+///
+/// Each system is a parameter of its own and the statement is planned with
+/// its values each time: a plan made for any system (a generic plan, or a
+/// LATERAL join over an array of them) takes the statistics of the most
+/// common one, and behind a backlog of one system (a million jobs, say)
+/// PostgreSQL then judges that walking every waiting job in time order
+/// finds the next of any system at once, and reads the whole backlog.
+fn page_sql(systems: usize) -> String {
+    const COLUMNS: &str =
+        "id, kind, system, host_id, required_tags, multitasking, task_id, created_at";
+    let mut branches: Vec<String> = (0..systems)
+        .map(|i| {
+            format!(
+                "s{i} AS (SELECT {COLUMNS} FROM jobs
+                           WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'system'
+                             AND system = ${n}
+                             AND (not_before IS NULL OR not_before <= now())
+                             AND (created_at, id) > ($5, $6)
+                           ORDER BY created_at, id LIMIT $4
+                           FOR UPDATE SKIP LOCKED)",
+                n = i + 7
+            )
+        })
+        .collect();
+    branches.push(format!(
+        "scripts AS (SELECT {COLUMNS} FROM jobs
+                      WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'script'
+                        AND cardinality($2::uuid[]) > 0
+                        AND (host_id IS NULL OR host_id = ANY($2))
+                        AND required_tags <@ $3
+                        AND (not_before IS NULL OR not_before <= now())
+                        AND (created_at, id) > ($5, $6)
+                      ORDER BY created_at, id LIMIT $4
+                      FOR UPDATE SKIP LOCKED)"
+    ));
+    let union: Vec<String> = (0..systems)
+        .map(|i| format!("SELECT * FROM s{i}"))
+        .chain(std::iter::once("SELECT * FROM scripts".to_string()))
+        .collect();
+    format!(
+        "WITH {} {} ORDER BY created_at, id LIMIT $4",
+        branches.join(", "),
+        union.join(" UNION ALL ")
+    )
 }
 
 /// The PostgreSQL channel the dispatchers listen on for matching work; a

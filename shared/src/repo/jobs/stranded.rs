@@ -42,7 +42,7 @@ pub async fn waiting_needs(
         db,
         "SELECT DISTINCT kind, system, host_id, required_tags, waiting_reason FROM jobs
           WHERE customer_id = $1 AND status = 'WAITING'
-            AND ($2::timestamptz IS NULL OR created_at >= $2)",
+            AND created_at >= coalesce($2::timestamptz, '-infinity')",
         &[&customer.0, &since],
     )
     .await?;
