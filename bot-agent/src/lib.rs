@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use uuid::Uuid;
 
 use crate::outbox::{Outbox, Receipt};
 use crate::runner::{JobOutcome, Limits};
@@ -589,13 +588,11 @@ impl Agent {
     }
 
     fn new_report(&self, body: ReportBody) -> BotReport {
-        BotReport {
-            id: Uuid::now_v7(),
-            bot_id: self.inner.identity.id,
-            customer_id: self.inner.identity.customer_id,
-            at: time::OffsetDateTime::now_utc(),
+        BotReport::new(
+            self.inner.identity.id,
+            self.inner.identity.customer_id,
             body,
-        }
+        )
     }
 
     /// Queues a report after this agent's earlier ones (`outbox`).
@@ -611,19 +608,13 @@ impl Agent {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let report = BotReport {
-                id: Uuid::now_v7(),
-                bot_id: self.inner.identity.id,
-                customer_id: self.inner.identity.customer_id,
-                at: time::OffsetDateTime::now_utc(),
-                body: ReportBody::Heartbeat {
-                    running: self
-                        .inner
-                        .running
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    capacity: u32::from(self.inner.settings.agent.capacity),
-                },
-            };
+            let report = self.new_report(ReportBody::Heartbeat {
+                running: self
+                    .inner
+                    .running
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                capacity: u32::from(self.inner.settings.agent.capacity),
+            });
             // A missed heartbeat is fine; the next one follows.
             if let Err(e) = self
                 .inner

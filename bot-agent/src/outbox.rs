@@ -173,15 +173,7 @@ mod tests {
     use orq_shared::messages::{ReportBody, Reported};
 
     fn queued(body: ReportBody) -> (BotReport, Queued) {
-        let report = BotReport {
-            id: Uuid::now_v7(),
-            bot_id: BotId::new(),
-            customer_id: CustomerId::new(),
-            at: time::OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .expect("valid"),
-            body,
-        };
+        let report = BotReport::new(BotId::new(), CustomerId::new(), body);
         let q = Queued {
             id: report.id,
             json: serde_json::to_vec(&report).expect("serializes"),

@@ -107,6 +107,19 @@ pub struct BotReport {
     pub body: ReportBody,
 }
 
+impl BotReport {
+    /// A new report of `bot`, made now.
+    pub fn new(bot_id: BotId, customer_id: CustomerId, body: ReportBody) -> BotReport {
+        BotReport {
+            id: Uuid::now_v7(),
+            bot_id,
+            customer_id,
+            at: OffsetDateTime::now_utc(),
+            body,
+        }
+    }
+}
+
 /// Bot-agent -> dispatcher: reports sent together (`agent.report_linger_ms`),
 /// applied in one transaction, in order. Each keeps its own id (what makes
 /// applying it again a no-op) and timestamp.
@@ -246,43 +259,27 @@ pub struct RowError {
 mod tests {
     use super::*;
 
+    fn report(body: ReportBody) -> BotReport {
+        BotReport::new(BotId::new(), CustomerId::new(), body)
+    }
+
     #[test]
     fn reports_round_trip_with_a_type_tag() {
-        let report = BotReport {
-            id: Uuid::now_v7(),
-            bot_id: BotId::new(),
-            customer_id: CustomerId::new(),
-            at: OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .expect("valid"),
-            body: ReportBody::Progress {
-                job_id: JobId::new(),
-                attempt: 1,
-                percent: 50,
-                rows_done: 1,
-                rows_total: 2,
-                failed_rows: vec![RowError {
-                    row: 1,
-                    error: "exit code 3".into(),
-                }],
-            },
-        };
+        let report = report(ReportBody::Progress {
+            job_id: JobId::new(),
+            attempt: 1,
+            percent: 50,
+            rows_done: 1,
+            rows_total: 2,
+            failed_rows: vec![RowError {
+                row: 1,
+                error: "exit code 3".into(),
+            }],
+        });
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["body"]["type"], "progress");
         let back: BotReport = serde_json::from_value(json).expect("parses");
         assert_eq!(back, report);
-    }
-
-    fn report(body: ReportBody) -> BotReport {
-        BotReport {
-            id: Uuid::now_v7(),
-            bot_id: BotId::new(),
-            customer_id: CustomerId::new(),
-            at: OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .expect("valid"),
-            body,
-        }
     }
 
     #[test]
