@@ -1,6 +1,6 @@
 -- The matcher reads each free system's waiting jobs, oldest first, on its
--- own (a LATERAL scan per system), and the script jobs on their own: a
--- backlog of a system no free bot declares is never read. One index entry
+-- own (a branch per system), and the script jobs on their own: a backlog
+-- of a system no free bot declares is never read. One index entry
 -- per waiting job in each, as a job is of one kind.
 --
 -- `jobs_waiting_order` stays: the overview's oldest waiting job, the sweep's
