@@ -9,16 +9,19 @@
 //! * `script` – runs a task's script (fetched, cached, timed, cancelable).
 //! * `guard`  – `bot-agent __guard`: the parent of every automation process,
 //!   so none outlives its agent.
+//! * `outbox` – reports on their way to RabbitMQ: in order, in batches,
+//!   never dropped.
 //! * `Agent`  – registration, the consumer, heartbeats and reports.
 
 pub mod guard;
+pub mod outbox;
 pub mod runner;
 pub mod script;
 
 use anyhow::Context;
 use lapin::options::BasicAckOptions;
 use orq_shared::CancellationToken;
-use orq_shared::broker::{self, Broker, KEY_REPORTS, Pending};
+use orq_shared::broker::{self, Broker, KEY_REPORTS};
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobId, JobStatus};
 use orq_shared::messages::{Assignment, BotReport, ReportBody};
@@ -27,8 +30,8 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use uuid::Uuid;
 
+use crate::outbox::{Outbox, Receipt};
 use crate::runner::{JobOutcome, Limits};
 use crate::script::{Marker, RunLimits, ScriptCache, ScriptEvent};
 use orq_shared::messages::{Control, ScriptSpec};
@@ -57,6 +60,8 @@ struct Inner {
     settings: Settings,
     identity: Identity,
     broker: Broker,
+    /// Where its reports go (all but heartbeats).
+    outbox: Outbox,
     /// Stops the broker supervisor, after running jobs had their chance to
     /// report.
     broker_stop: CancellationToken,
@@ -153,11 +158,16 @@ impl Agent {
             token: settings.agent.token.clone(),
         };
         let slots = settings.agent.capacity.max(1);
+        let outbox = Outbox::start(
+            broker.clone(),
+            Duration::from_millis(settings.agent.report_linger_ms),
+        );
         Ok(Agent {
             inner: Arc::new(Inner {
                 settings,
                 identity,
                 broker,
+                outbox,
                 broker_stop,
                 http,
                 limits,
@@ -291,13 +301,14 @@ impl Agent {
             Ok(slot) => slot,
             Err(reason) => {
                 tracing::info!(job = %a.job_id, attempt = a.attempt, reason, "giving back an assignment not started");
-                let report = self.new_report(ReportBody::Released {
+                self.report(ReportBody::Released {
                     job_id: a.job_id,
                     attempt: a.attempt,
                     reason: reason.into(),
                     stopping: shutdown.is_cancelled(),
-                });
-                self.publish_reliably(&report).await;
+                })
+                .confirmed()
+                .await;
                 self.finish(key);
                 return true;
             }
@@ -334,8 +345,7 @@ impl Agent {
                 Check::Resume(_) => {}
                 Check::StartedBefore => {
                     tracing::warn!(job = %a.job_id, attempt = a.attempt, "a script of this job was started before this agent restarted; not running it again");
-                    JobReporter::new(self)
-                        .finish(ReportBody::Finished {
+                    self.report(ReportBody::Finished {
                             job_id: a.job_id,
                             attempt: a.attempt,
                             status: JobStatus::Failed,
@@ -348,6 +358,7 @@ impl Agent {
                             stdout: String::new(),
                             stderr: String::new(),
                         })
+                        .confirmed()
                         .await;
                     self.finish(key);
                     return true;
@@ -390,10 +401,9 @@ impl Agent {
         if let Ok(mut c) = self.inner.cancels.lock() {
             c.start(key, cancel.clone());
         }
-        let reporter = JobReporter::new(self);
         match &a.script {
-            Some(spec) => self.run_script(a, spec, reporter, &cancel).await,
-            None => self.run_rows(a, resume, reporter, &cancel).await,
+            Some(spec) => self.run_script(a, spec, &cancel).await,
+            None => self.run_rows(a, resume, &cancel).await,
         }
         if let Ok(mut c) = self.inner.cancels.lock() {
             c.running.remove(&key);
@@ -402,32 +412,26 @@ impl Agent {
 
     /// Runs a CSV job's rows after those done (`resume`). Each row's
     /// progress is confirmed by RabbitMQ before the next row starts: the
-    /// agent that gets the job after a crash resumes after it.
-    async fn run_rows(
-        &self,
-        a: &Assignment,
-        resume: runner::Resume,
-        reporter: JobReporter<'_>,
-        cancel: &CancellationToken,
-    ) {
+    /// agent that gets the job after a crash resumes after it. The last
+    /// row's goes with the outcome (in order, in the same batch when they
+    /// are close), which is confirmed before the job is done here.
+    async fn run_rows(&self, a: &Assignment, resume: runner::Resume, cancel: &CancellationToken) {
         let job = a.job_id;
         let attempt = a.attempt;
-        reporter
-            .send(ReportBody::Running {
+        let _ = self.report(ReportBody::Running {
+            job_id: job,
+            attempt,
+        });
+        let Some(argv) = self.inner.settings.agent.systems.get(&a.system) else {
+            self.report(ReportBody::Failed {
                 job_id: job,
                 attempt,
+                error: format!("this bot has no automation for system {:?}", a.system),
+                failed_rows: Vec::new(),
+                rows_done: None,
             })
+            .confirmed()
             .await;
-        let Some(argv) = self.inner.settings.agent.systems.get(&a.system) else {
-            reporter
-                .finish(ReportBody::Failed {
-                    job_id: job,
-                    attempt,
-                    error: format!("this bot has no automation for system {:?}", a.system),
-                    failed_rows: Vec::new(),
-                    rows_done: None,
-                })
-                .await;
             return;
         };
         let mut env = self.run_env(a);
@@ -443,18 +447,18 @@ impl Agent {
             |done, total, failure| {
                 let percent =
                     u8::try_from(u64::from(done) * 100 / u64::from(total.max(1))).unwrap_or(100);
-                let reporter = &reporter;
+                let receipt = self.report(ReportBody::Progress {
+                    job_id: job,
+                    attempt,
+                    percent,
+                    rows_done: done,
+                    rows_total: total,
+                    failed_rows: failure.into_iter().collect(),
+                });
                 async move {
-                    reporter
-                        .send_confirmed(ReportBody::Progress {
-                            job_id: job,
-                            attempt,
-                            percent,
-                            rows_done: done,
-                            rows_total: total,
-                            failed_rows: failure.into_iter().collect(),
-                        })
-                        .await;
+                    if done < total {
+                        receipt.confirmed().await;
+                    }
                 }
             },
         )
@@ -477,17 +481,11 @@ impl Agent {
                 rows_done: Some(rows_done),
             },
         };
-        reporter.finish(body).await;
+        self.report(body).confirmed().await;
     }
 
     /// Runs a script job and reports its markers and outcome.
-    async fn run_script(
-        &self,
-        a: &Assignment,
-        spec: &ScriptSpec,
-        reporter: JobReporter<'_>,
-        cancel: &CancellationToken,
-    ) {
+    async fn run_script(&self, a: &Assignment, spec: &ScriptSpec, cancel: &CancellationToken) {
         let (job, attempt) = (a.job_id, a.attempt);
         let result = match self.inner.scripts.path_for(spec).await {
             Err(error) => script::ScriptResult {
@@ -508,7 +506,6 @@ impl Agent {
                     tail_bytes: self.inner.settings.agent.output_tail_bytes.max(256),
                     guard: self.inner.limits.guard.clone(),
                 };
-                let reporter = &reporter;
                 // RUNNING once the process exists: its timestamp is the
                 // process start, not the download before it.
                 script::run(&path, spec, &env, &limits, cancel, |e| async move {
@@ -528,23 +525,23 @@ impl Agent {
                             step,
                         },
                     };
-                    reporter.send(body).await;
+                    let _ = self.report(body);
                 })
                 .await
             }
         };
-        reporter
-            .finish(ReportBody::Finished {
-                job_id: job,
-                attempt,
-                status: result.status,
-                exit_code: result.exit_code,
-                output: result.output,
-                error: result.error,
-                stdout: result.stdout,
-                stderr: result.stderr,
-            })
-            .await;
+        self.report(ReportBody::Finished {
+            job_id: job,
+            attempt,
+            status: result.status,
+            exit_code: result.exit_code,
+            output: result.output,
+            error: result.error,
+            stdout: result.stdout,
+            stderr: result.stderr,
+        })
+        .confirmed()
+        .await;
     }
 
     /// Holds this agent's presence queue and consumes its control messages
@@ -591,30 +588,16 @@ impl Agent {
     }
 
     fn new_report(&self, body: ReportBody) -> BotReport {
-        BotReport {
-            id: Uuid::now_v7(),
-            bot_id: self.inner.identity.id,
-            customer_id: self.inner.identity.customer_id,
-            at: time::OffsetDateTime::now_utc(),
+        BotReport::new(
+            self.inner.identity.id,
+            self.inner.identity.customer_id,
             body,
-        }
+        )
     }
 
-    /// Publishes until confirmed, waiting through broker outages: a report is
-    /// never dropped.
-    async fn publish_reliably(&self, report: &BotReport) {
-        let mut wait = Duration::from_millis(50);
-        loop {
-            let session = self.inner.broker.session().await;
-            match session.publish_json(KEY_REPORTS, report.id, report).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "report not published; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+    /// Queues a report after this agent's earlier ones (`outbox`).
+    fn report(&self, body: ReportBody) -> Receipt {
+        self.inner.outbox.send(&self.new_report(body))
     }
 
     async fn heartbeats(self, shutdown: CancellationToken) {
@@ -625,19 +608,13 @@ impl Agent {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let report = BotReport {
-                id: Uuid::now_v7(),
-                bot_id: self.inner.identity.id,
-                customer_id: self.inner.identity.customer_id,
-                at: time::OffsetDateTime::now_utc(),
-                body: ReportBody::Heartbeat {
-                    running: self
-                        .inner
-                        .running
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    capacity: u32::from(self.inner.settings.agent.capacity),
-                },
-            };
+            let report = self.new_report(ReportBody::Heartbeat {
+                running: self
+                    .inner
+                    .running
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                capacity: u32::from(self.inner.settings.agent.capacity),
+            });
             // A missed heartbeat is fine; the next one follows.
             if let Err(e) = self
                 .inner
@@ -725,69 +702,6 @@ impl Agent {
             }
             _ => Check::Stale,
         })
-    }
-}
-
-/// The reports of one job. RUNNING and progress go out without waiting for
-/// their confirms (they keep their order on the session); the outcome is
-/// published only once all of them are confirmed, and whatever was not is
-/// published again first.
-struct JobReporter<'a> {
-    agent: &'a Agent,
-    sent: Mutex<Vec<(BotReport, Option<Pending>)>>,
-}
-
-impl<'a> JobReporter<'a> {
-    fn new(agent: &'a Agent) -> Self {
-        Self {
-            agent,
-            sent: Mutex::new(Vec::new()),
-        }
-    }
-
-    async fn send(&self, body: ReportBody) {
-        let report = self.agent.new_report(body);
-        let pending = match self.agent.inner.broker.current() {
-            Some(session) => session
-                .send_json(KEY_REPORTS, report.id, &report)
-                .await
-                .ok(),
-            None => None,
-        };
-        if let Ok(mut sent) = self.sent.lock() {
-            sent.push((report, pending));
-        }
-    }
-
-    /// Waits until every report sent so far is confirmed, publishing again
-    /// (in order) whatever was not.
-    async fn flush(&self) {
-        let sent = self
-            .sent
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default();
-        for (report, pending) in sent {
-            let confirmed = match pending {
-                Some(p) => p.confirmed().await.is_ok(),
-                None => false,
-            };
-            if !confirmed {
-                self.agent.publish_reliably(&report).await;
-            }
-        }
-    }
-
-    /// Publishes `body` after the reports before it and returns once
-    /// RabbitMQ has it (waiting through an outage).
-    async fn send_confirmed(&self, body: ReportBody) {
-        self.flush().await;
-        let report = self.agent.new_report(body);
-        self.agent.publish_reliably(&report).await;
-    }
-
-    async fn finish(self, outcome: ReportBody) {
-        self.send_confirmed(outcome).await;
     }
 }
 

@@ -1,6 +1,6 @@
 //! What every intake consumer does with a batch (`broker::consume_batches`
-//! takes every message that is ready, up to a bound): apply them in one
-//! transaction, ack after the commit. A message that cannot be parsed is dead-lettered; a batch that
+//! takes every message that is ready, up to a bound): apply what they carry
+//! in one transaction, ack after the commit. A message that cannot be parsed is dead-lettered; a batch that
 //! fails on the database is retried with its messages held (not requeued:
 //! quorum queues would count each requeue towards the delivery limit, and
 //! an outage must not dead-letter accepted work); a batch the database
@@ -29,8 +29,15 @@ impl Merge for () {
 
 /// How one intake queue's messages are applied.
 pub trait Intake: Send + Sync {
-    type Message: DeserializeOwned + Send + Sync;
+    /// What one AMQP message carries.
+    type Wire: DeserializeOwned + Send;
+    /// What is applied: a message carries one or several (a batch of an
+    /// agent's reports).
+    type Message: Send + Sync;
     type Out: Merge + Send;
+
+    /// The messages one AMQP message carries, in order.
+    fn unpack(wire: Self::Wire) -> Vec<Self::Message>;
 
     /// Applies a batch in one transaction.
     fn apply(
@@ -107,10 +114,15 @@ async fn apply_batch<I: Intake>(
     shutdown: &CancellationToken,
 ) -> ControlFlow<()> {
     let mut messages = Vec::with_capacity(deliveries.len());
+    // The delivery each message came in (an index into `ackers`).
+    let mut carrier = Vec::with_capacity(deliveries.len());
     let mut ackers: Vec<lapin::Acker> = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        if let Some(m) = broker::decode::<I::Message>(&d, queue).await {
-            messages.push(m);
+        if let Some(wire) = broker::decode::<I::Wire>(&d, queue).await {
+            for m in I::unpack(wire) {
+                messages.push(m);
+                carrier.push(ackers.len());
+            }
             ackers.push(d.acker);
         }
     }
@@ -124,6 +136,15 @@ async fn apply_batch<I: Intake>(
             Ok(result) => break result,
             Err(e) if is_data_error(&e) => {
                 let (result, refused, retry) = apply_each(intake, &messages).await;
+                // A delivery with a refused message is dead-lettered whole
+                // (the others it carries are applied, and applying them
+                // again is a no-op); one with a message to retry comes back.
+                let refused: HashSet<usize> = refused.into_iter().map(|i| carrier[i]).collect();
+                let retry: HashSet<usize> = retry
+                    .into_iter()
+                    .map(|i| carrier[i])
+                    .filter(|d| !refused.contains(d))
+                    .collect();
                 for (i, acker) in ackers.iter().enumerate() {
                     if refused.contains(&i) {
                         let _ = acker.reject(BasicRejectOptions { requeue: false }).await;

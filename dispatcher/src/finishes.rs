@@ -127,8 +127,13 @@ struct Finishes {
 }
 
 impl crate::batch::Intake for Finishes {
+    type Wire = FinishSubmission;
     type Message = FinishSubmission;
     type Out = ();
+
+    fn unpack(wire: FinishSubmission) -> Vec<FinishSubmission> {
+        vec![wire]
+    }
 
     async fn apply(&self, batch: &[FinishSubmission]) -> Result<(), RepoError> {
         apply(&self.pool, batch, self.channels).await

@@ -54,6 +54,11 @@ impl App {
         let (pool, broker, shutdown) = (s.pool(), s.broker(), s.shutdown());
         s.serve_ops(&self.settings.ops.listen);
         s.spawn(self.matcher.clone().run(shutdown.clone()));
+        s.spawn(matcher::listen_wakeups(
+            self.matcher.clone(),
+            self.settings.database.clone(),
+            shutdown.clone(),
+        ));
         s.spawn(matcher::consume_wakeups(
             self.matcher.clone(),
             broker.clone(),

@@ -6,7 +6,8 @@ use futures::future::join_all;
 use lapin::options::BasicAckOptions;
 use orq_shared::CancellationToken;
 use orq_shared::broker::{self, Broker, BrokerError, Topology};
-use orq_shared::config::Settings;
+use orq_shared::config::{DatabaseSettings, Settings};
+use orq_shared::db::{self, Heard};
 use orq_shared::domain::{BotId, CustomerId, Delivery, JobEvent, JobId};
 use orq_shared::messages::{Assignment, Control, Wake};
 use orq_shared::repo::jobs::{self, Actor, Assigned, EventKind, EventRecord, Outcome};
@@ -39,6 +40,9 @@ struct Inner {
 #[derive(Default)]
 struct Pending {
     customers: HashSet<CustomerId>,
+    /// Every customer with waiting work (the sweep's tick, or the wake-up
+    /// listener back from an outage).
+    all: bool,
     acks: Vec<lapin::Acker>,
 }
 
@@ -78,6 +82,14 @@ impl Matcher {
     /// Asks for a matching round for `customer`.
     pub fn wake(&self, customer: CustomerId) {
         self.push(customer, None);
+    }
+
+    /// Asks for a matching round for every customer with waiting work.
+    pub fn wake_all(&self) {
+        if let Ok(mut p) = self.inner.pending.lock() {
+            p.all = true;
+        }
+        self.inner.notify.notify_one();
     }
 
     /// Asks for a matching round at `at` (a triggered run's grace time
@@ -137,8 +149,18 @@ impl Matcher {
                 _ = self.inner.notify.notified() => {}
                 _ = shutdown.cancelled() => break,
             }
-            let batch = self.take();
+            let mut batch = self.take();
             let mut failed = false;
+            if batch.all {
+                match self.customers_with_waiting().await {
+                    Ok(customers) => batch.customers.extend(customers),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking for waiting work failed; will retry");
+                        failed = true;
+                        self.wake_all();
+                    }
+                }
+            }
             for customer in &batch.customers {
                 if let Err(e) = self.match_customer(*customer).await {
                     tracing::warn!(error = %e, %customer, "matching failed; will retry");
@@ -158,6 +180,11 @@ impl Matcher {
                 }
             }
         }
+    }
+
+    async fn customers_with_waiting(&self) -> Result<Vec<CustomerId>, RepoError> {
+        let db = self.inner.pool.get().await?;
+        jobs::customers_with_waiting(&db).await
     }
 
     /// Matches until the customer has no free bot or no waiting job left.
@@ -370,8 +397,28 @@ enum Failure {
     Uncertain(String),
 }
 
+/// Listens for wake-ups (`jobs::WAKE_CHANNEL`, PostgreSQL NOTIFY), each
+/// naming a customer; back from an outage, wakes every customer with
+/// waiting work.
+pub async fn listen_wakeups(
+    matcher: Matcher,
+    database: DatabaseSettings,
+    shutdown: CancellationToken,
+) {
+    let on = |heard: Heard<'_>| match heard {
+        Heard::Notified(payload) => match payload.parse::<Uuid>() {
+            Ok(id) => matcher.wake(CustomerId(id)),
+            Err(_) => tracing::debug!(payload, "a wake-up that names no customer; ignored"),
+        },
+        Heard::Listening => matcher.wake_all(),
+    };
+    db::listen(database, jobs::WAKE_CHANNEL, on, shutdown).await
+}
+
 /// Consumes wake-ups from the intake queue into the matcher; each is acked
-/// once a round that covers its customer has run.
+/// once a round that covers its customer has run. Wake-ups go through
+/// PostgreSQL now (`listen_wakeups`); this drains what services of an
+/// earlier version publish during a rolling upgrade.
 pub async fn consume_wakeups(matcher: Matcher, broker: Broker, shutdown: CancellationToken) {
     let queue = broker::Queue {
         name: broker.topology().intake_queue(),

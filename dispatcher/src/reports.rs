@@ -9,7 +9,7 @@ use orq_shared::CancellationToken;
 use orq_shared::broker::Broker;
 use orq_shared::config::Settings;
 use orq_shared::domain::{BotId, CustomerId, JobEvent, JobId, JobStatus};
-use orq_shared::messages::{BotReport, ReportBody, RowError};
+use orq_shared::messages::{BotReport, ReportBody, Reported, RowError};
 use orq_shared::repo::jobs::{self, Actor, Change, ChangeResult, EventKind, EventRecord, Outcome};
 use orq_shared::repo::{RepoError, bots};
 use std::collections::HashSet;
@@ -402,8 +402,13 @@ struct Reports {
 }
 
 impl crate::batch::Intake for Reports {
+    type Wire = Reported;
     type Message = BotReport;
     type Out = Wakes;
+
+    fn unpack(wire: Reported) -> Vec<BotReport> {
+        wire.into_reports()
+    }
 
     async fn apply(&self, batch: &[BotReport]) -> Result<Wakes, RepoError> {
         apply(&self.pool, batch).await

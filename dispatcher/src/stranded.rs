@@ -62,7 +62,7 @@ impl Stranded {
     /// One pass over every customer with waiting work.
     pub async fn pass(
         &mut self,
-        db: &impl deadpool_postgres::GenericClient,
+        db: &mut impl deadpool_postgres::GenericClient,
         now: OffsetDateTime,
     ) -> Result<Pass, RepoError> {
         let mut done = Pass::default();
@@ -77,7 +77,9 @@ impl Stranded {
                 if verdict == reason {
                     continue;
                 }
-                let n = jobs::mark_stranded(db, customer, &needs, verdict.as_deref()).await?;
+                let tx = db.transaction().await?;
+                let n = jobs::mark_stranded(&tx, customer, &needs, verdict.as_deref()).await?;
+                tx.commit().await?;
                 match &verdict {
                     Some(why) => {
                         tracing::warn!(%customer, jobs = n, reason = %why, "waiting jobs no bot can take");
@@ -112,7 +114,10 @@ pub async fn run(pool: deadpool_postgres::Pool, interval_ms: u64, shutdown: Canc
             _ = shutdown.cancelled() => return,
         }
         let passed = match pool.get().await {
-            Ok(db) => state.pass(&db, OffsetDateTime::now_utc()).await.map(|_| ()),
+            Ok(mut db) => state
+                .pass(&mut db, OffsetDateTime::now_utc())
+                .await
+                .map(|_| ()),
             Err(e) => Err(e.into()),
         };
         if let Err(e) = passed {

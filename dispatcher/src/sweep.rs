@@ -39,10 +39,8 @@ pub async fn sweep_once(
     matcher: &Matcher,
     settings: &Settings,
 ) -> Result<(), RepoError> {
+    matcher.wake_all();
     let db = pool.get().await?;
-    for customer in jobs::customers_with_waiting(&db).await? {
-        matcher.wake(customer);
-    }
     let cutoff = time::OffsetDateTime::now_utc()
         - Duration::from_millis(settings.dispatcher.assign_timeout_ms);
     let stale = jobs::stale_assignments(&db, cutoff, settings.dispatcher.batch_size).await?;

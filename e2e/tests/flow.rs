@@ -705,8 +705,13 @@ async fn a_canceled_csv_task_stops_on_its_agent() -> anyhow::Result<()> {
         (t["status"] == "RUNNING").then_some(())
     })
     .await?;
-    let rows = recorded_rows(std::slice::from_ref(&slow.out), &[]);
-    assert!(rows.contains_key("next"), "{rows:?}");
+    // RUNNING is reported as the row's process starts; it records the row
+    // a moment later.
+    let rows = eventually(Duration::from_secs(15), "the next task's row", || async {
+        let rows = recorded_rows(std::slice::from_ref(&slow.out), &[]);
+        Ok(rows.contains_key("next").then_some(rows))
+    })
+    .await?;
     assert!(
         !rows.contains_key("t0r1"),
         "rows after the canceled one never ran: {rows:?}"

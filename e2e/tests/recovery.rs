@@ -325,3 +325,74 @@ async fn no_agent_is_declared_lost_through_a_ten_second_postgres_outage() -> any
     let env = Env::on("falsedeath-pg", &pg.base_url(), &orq_e2e::amqp_url()).await?;
     ride_out(env, || pg.down(), || pg.up()).await
 }
+
+/// Wake-ups go through PostgreSQL (NOTIFY on `orq_wake`), off the durable
+/// path: with the sweep out of the way (its one pass at start, then an
+/// hour), a posted task is matched by its wake-up alone; a job that waits
+/// unannounced stays put until the dispatcher's listening connection is
+/// cut, and is matched when it listens again (it then looks at every
+/// customer, as a notification sent while it was away is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wake_ups_go_through_postgres_and_a_listener_back_from_a_cut_looks_for_all_work()
+-> anyhow::Result<()> {
+    let env = Env::new("wakes").await?;
+    let (_gw, gw) = env.start_gateway(&[]).await?;
+    let _dispatcher = env.start_dispatcher(
+        "dispatcher",
+        &[("ORQ_DISPATCHER__SWEEP_INTERVAL_MS", "3600000")],
+    )?;
+    let quick: &[&str] = &["sh", "-c", "cat > /dev/null"];
+    let config = agent_config(&env.dir, "agent.toml", 2, &[("Quick", quick)])?;
+    let _agent = env.start_agent(&gw, "bot", &config, &[]).await?;
+    let db = env.db().await?;
+    // The dispatcher listens once its first (startup) sweep is behind it.
+    let listener = "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND query = 'LISTEN orq_wake'";
+    eventually(
+        Duration::from_secs(20),
+        "the dispatcher listening",
+        || async {
+            let n: i64 = db.query_one(listener, &[]).await?.get(0);
+            Ok((n == 1).then_some(()))
+        },
+    )
+    .await?;
+
+    let task: Value = post_task(&env, &gw, "Quick", 1).await?.json().await?;
+    let id = task["id"].as_str().unwrap_or_default();
+    wait_status(&env, &gw, id, "COMPLETE", Duration::from_secs(20)).await?;
+
+    // A job written without a wake-up (as if its NOTIFY were lost).
+    let quiet: String = db
+        .query_one(
+            "INSERT INTO jobs (id, customer_id, kind, description, system, attachment, rows_total, status)
+             SELECT gen_random_uuid(), id, 'system', 'unannounced', 'Quick', $2, 1, 'WAITING'
+               FROM customers WHERE name = $1
+             RETURNING id::text",
+            &[
+                &env.customer,
+                &orq_e2e::orq_shared::attachment::encode("n\n1\n"),
+            ],
+        )
+        .await?
+        .get(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        status_of(&env, &gw, &quiet).await?,
+        "WAITING",
+        "nothing woke the dispatcher for it"
+    );
+    let cut: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                    WHERE datname = current_database()
+                                      AND query = 'LISTEN orq_wake') t",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(cut, 1);
+    wait_status(&env, &gw, &quiet, "COMPLETE", Duration::from_secs(20)).await?;
+    drop(db);
+    env.cleanup().await
+}

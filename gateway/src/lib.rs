@@ -279,6 +279,7 @@ impl App {
             deny_networks,
             bot_deny_networks,
             limits,
+            wakes: Arc::default(),
             background,
             shutdown: shutdown.clone(),
         };

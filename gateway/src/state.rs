@@ -32,6 +32,8 @@ pub struct AppState {
     pub bot_deny_networks: Arc<orq_shared::deny::DenyList>,
     /// The rate limits (`[limits]`), counted in this process.
     pub limits: Arc<crate::limits::Limits>,
+    /// Wake-ups queued and not yet sent (`service::jobs::wake`).
+    pub wakes: Arc<crate::service::jobs::Wakes>,
     /// Every task the gateway spawns in the background (wake-up publishes,
     /// the rate limits' janitor): shutdown waits for them, within its budget.
     pub background: tokio_util::task::TaskTracker,

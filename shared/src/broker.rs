@@ -35,8 +35,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{AmqpSettings, redact_url};
-use crate::domain::{BotId, CustomerId, JobId};
-use crate::messages::Wake;
+use crate::domain::BotId;
 
 /// Names of every exchange and queue, derived from one prefix.
 #[derive(Debug, Clone)]
@@ -73,7 +72,8 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    /// Wake-ups from the gateway to the dispatchers.
+    /// Wake-ups from the gateway to the dispatchers, as services before
+    /// PostgreSQL NOTIFY carried them sent them (drained, no longer fed).
     pub fn intake_queue(&self) -> String {
         format!("{}.dispatcher.intake", self.prefix)
     }
@@ -440,7 +440,17 @@ impl Session {
         message_id: Uuid,
         body: &T,
     ) -> Result<Pending, BrokerError> {
-        let payload = serde_json::to_vec(body)?;
+        self.send_bytes(key, message_id, &serde_json::to_vec(body)?)
+            .await
+    }
+
+    /// `send_json` of a body already serialized (JSON).
+    pub async fn send_bytes(
+        &self,
+        key: &str,
+        message_id: Uuid,
+        payload: &[u8],
+    ) -> Result<Pending, BrokerError> {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -454,7 +464,7 @@ impl Session {
                     mandatory: true,
                     ..Default::default()
                 },
-                &payload,
+                payload,
                 props,
             )
             .await;
@@ -560,17 +570,6 @@ impl Broker {
 
     pub async fn session(&self) -> Session {
         self.session_after(None).await
-    }
-
-    /// Wakes the dispatchers for `customer` (a hint: PostgreSQL has the
-    /// work, and their sweep finds it if this is lost).
-    pub async fn wake(&self, customer: CustomerId, job: Option<JobId>) -> Result<(), BrokerError> {
-        let wake = Wake {
-            id: Uuid::now_v7(),
-            customer_id: customer,
-            job_id: job,
-        };
-        self.publish_json(KEY_INTAKE, wake.id, &wake).await
     }
 
     /// Publishes on the current session; fails at once when disconnected.

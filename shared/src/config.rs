@@ -283,6 +283,14 @@ pub struct AgentSettings {
     pub prefetch: Option<u16>,
     pub tags: Vec<String>,
     pub heartbeat_interval_ms: u64,
+    /// Reports (RUNNING, progress, outcomes) go to RabbitMQ in batches: a
+    /// batch leaves once its first report has waited this long, or at once
+    /// when the batch before it is still being confirmed (then everything
+    /// queued meanwhile goes in the next). A job that finishes within the
+    /// window sends RUNNING, its progress and its outcome in one message;
+    /// each keeps its own id and timestamp, so the history shows them all.
+    /// 0: a report waits only for the batch before it.
+    pub report_linger_ms: u64,
     /// How long one automation run for one CSV row may take.
     pub row_timeout_ms: u64,
     /// SIGTERM -> SIGKILL grace period.
@@ -387,6 +395,7 @@ ip_address = "127.0.0.1"
 capacity = 1
 tags = []
 heartbeat_interval_ms = 4000
+report_linger_ms = 2
 row_timeout_ms = 60000
 kill_grace_ms = 5000
 shutdown_grace_ms = 30000

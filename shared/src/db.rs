@@ -129,18 +129,30 @@ pub enum MigrateAbort {
     ShutDown,
 }
 
-/// Wakes `wake` on every notification of `channel` (PostgreSQL
+/// What a LISTEN connection heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard<'a> {
+    /// It listens (again): what was notified while it was away is lost, so
+    /// the listener looks for all its work once.
+    Listening,
+    /// A notification, with its payload.
+    Notified(&'a str),
+}
+
+/// Calls `on` with every notification of `channel` (PostgreSQL
 /// LISTEN/NOTIFY), on its own connection, until `shutdown`. A lost
-/// connection is made again with backoff, and `wake` is woken once it is
-/// back: a notification sent meanwhile is not lost, only late. What is
+/// connection is made again with backoff, and `on` hears `Listening` once it
+/// is back: a notification sent meanwhile is not lost, only late. What is
 /// woken must still look for work itself (a notification says "look", not
 /// what to find).
-pub async fn listen(
+pub async fn listen<F>(
     settings: DatabaseSettings,
     channel: &'static str,
-    wake: std::sync::Arc<tokio::sync::Notify>,
+    mut on: F,
     shutdown: tokio_util::sync::CancellationToken,
-) {
+) where
+    F: FnMut(Heard<'_>) + Send,
+{
     use backon::{BackoffBuilder, ExponentialBuilder};
     let backoff = || {
         ExponentialBuilder::default()
@@ -153,7 +165,7 @@ pub async fn listen(
     let mut delays = backoff();
     while !shutdown.is_cancelled() {
         let mut listened = false;
-        match listen_once(&settings, channel, &wake, &shutdown, &mut listened).await {
+        match listen_once(&settings, channel, &mut on, &shutdown, &mut listened).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, channel, "listening for notifications failed; reconnecting");
@@ -174,13 +186,16 @@ pub async fn listen(
 
 /// One LISTEN connection, until it fails (`Err`) or `shutdown` (`Ok`);
 /// `listening` tells whether it got as far as listening.
-async fn listen_once(
+async fn listen_once<F>(
     settings: &DatabaseSettings,
     channel: &'static str,
-    wake: &tokio::sync::Notify,
+    on: &mut F,
     shutdown: &tokio_util::sync::CancellationToken,
     listening: &mut bool,
-) -> Result<(), DbError> {
+) -> Result<(), DbError>
+where
+    F: FnMut(Heard<'_>) + Send,
+{
     let (client, mut connection) = pg_config(settings)?.connect(NoTls).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {channel}");
@@ -192,11 +207,12 @@ async fn listen_once(
                 done?;
                 *listening = true;
                 tracing::debug!(channel, "listening");
-                // Whatever was notified while this connection was away.
-                wake.notify_one();
+                on(Heard::Listening);
             }
             message = futures::StreamExt::next(&mut messages) => match message {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    on(Heard::Notified(n.payload()));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(DbError::Closed),

@@ -107,6 +107,47 @@ pub struct BotReport {
     pub body: ReportBody,
 }
 
+impl BotReport {
+    /// A new report of `bot`, made now.
+    pub fn new(bot_id: BotId, customer_id: CustomerId, body: ReportBody) -> BotReport {
+        BotReport {
+            id: Uuid::now_v7(),
+            bot_id,
+            customer_id,
+            at: OffsetDateTime::now_utc(),
+            body,
+        }
+    }
+}
+
+/// Bot-agent -> dispatcher: reports sent together (`agent.report_linger_ms`),
+/// applied in one transaction, in order. Each keeps its own id (what makes
+/// applying it again a no-op) and timestamp.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportBatch {
+    pub id: Uuid,
+    pub reports: Vec<BotReport>,
+}
+
+/// What the reports queue carries: one report (as agents before batching
+/// sent them, and as an agent sends a lone one) or a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Reported {
+    Batch(ReportBatch),
+    One(BotReport),
+}
+
+impl Reported {
+    /// The reports, in the order they were sent.
+    pub fn into_reports(self) -> Vec<BotReport> {
+        match self {
+            Reported::Batch(b) => b.reports,
+            Reported::One(r) => vec![r],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ReportBody {
@@ -218,30 +259,52 @@ pub struct RowError {
 mod tests {
     use super::*;
 
+    fn report(body: ReportBody) -> BotReport {
+        BotReport::new(BotId::new(), CustomerId::new(), body)
+    }
+
     #[test]
     fn reports_round_trip_with_a_type_tag() {
-        let report = BotReport {
-            id: Uuid::now_v7(),
-            bot_id: BotId::new(),
-            customer_id: CustomerId::new(),
-            at: OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .expect("valid"),
-            body: ReportBody::Progress {
-                job_id: JobId::new(),
-                attempt: 1,
-                percent: 50,
-                rows_done: 1,
-                rows_total: 2,
-                failed_rows: vec![RowError {
-                    row: 1,
-                    error: "exit code 3".into(),
-                }],
-            },
-        };
+        let report = report(ReportBody::Progress {
+            job_id: JobId::new(),
+            attempt: 1,
+            percent: 50,
+            rows_done: 1,
+            rows_total: 2,
+            failed_rows: vec![RowError {
+                row: 1,
+                error: "exit code 3".into(),
+            }],
+        });
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["body"]["type"], "progress");
         let back: BotReport = serde_json::from_value(json).expect("parses");
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn the_reports_queue_takes_a_lone_report_or_a_batch_in_order() {
+        let job_id = JobId::new();
+        let lone = report(ReportBody::Running { job_id, attempt: 1 });
+        let wire = serde_json::to_vec(&lone).expect("serializes");
+        let got: Reported = serde_json::from_slice(&wire).expect("parses");
+        assert_eq!(got.into_reports(), std::slice::from_ref(&lone));
+
+        let done = report(ReportBody::Complete {
+            job_id,
+            attempt: 1,
+            rows_total: 1,
+        });
+        let batch = ReportBatch {
+            id: Uuid::now_v7(),
+            reports: vec![lone.clone(), done.clone()],
+        };
+        let wire = serde_json::to_vec(&batch).expect("serializes");
+        let got: Reported = serde_json::from_slice(&wire).expect("parses");
+        assert_eq!(got.into_reports(), [lone, done]);
+
+        // Neither: refused, not read as an empty batch.
+        let junk = serde_json::from_slice::<Reported>(br#"{"id": "x", "reports": 3}"#);
+        assert!(junk.is_err());
     }
 }

@@ -60,9 +60,9 @@ pub struct App {
     settings: Settings,
     sender: webhooks::Sender,
     notifier: notify::Notifier,
-    /// The database, and the broker that wakes the dispatchers when jobs
-    /// wait again, carries the canaries and tells which agents are
-    /// connected.
+    /// The database (which also wakes the dispatchers when jobs wait
+    /// again), and the broker that carries the canaries and tells which
+    /// agents are connected.
     service: Service,
     /// This reaper's canaries' id.
     id: Uuid,
@@ -288,11 +288,14 @@ impl App {
 
     /// Wakes the dispatchers for customers whose work waits again.
     async fn wake(&self, customers: HashSet<CustomerId>) {
-        for customer in customers {
-            // A lost wake-up costs the dispatchers' sweep interval.
-            if let Err(e) = self.service.broker().wake(customer, None).await {
-                tracing::warn!(error = %e, %customer, "wake-up not published");
-            }
+        let customers: Vec<CustomerId> = customers.into_iter().collect();
+        let notified = async {
+            let db = self.service.pool().get().await?;
+            jobs::wake(&db, &customers).await
+        };
+        // A lost wake-up costs the dispatchers' sweep interval.
+        if let Err(e) = notified.await {
+            tracing::warn!(error = %e, customers = customers.len(), "wake-up not sent");
         }
     }
 

@@ -146,7 +146,7 @@ impl Sender {
         let listener = tokio::spawn(orq_shared::db::listen(
             self.inner.settings.database.clone(),
             webhooks::OUTBOX_CHANNEL,
-            wake,
+            move |_| wake.notify_one(),
             shutdown.clone(),
         ));
         outbound::run(Arc::new(self), pace, shutdown).await;

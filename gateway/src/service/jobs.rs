@@ -61,14 +61,67 @@ pub async fn cancel(state: &AppState, customer: CustomerId, id: JobId) -> Result
     Ok(*task)
 }
 
-/// Wakes the dispatchers for `customer`. Runs in the background (tracked:
-/// shutdown waits for it): the job is already committed, so a lost or slow
-/// publish only costs the sweep interval.
+/// Wakes the dispatchers for `customer` (`jobs::wake`, a NOTIFY). Runs in
+/// the background (tracked: shutdown waits for it): the job is already
+/// committed, so a lost or slow wake-up only costs the sweep interval.
+///
+/// Coalesced: while a wake-up for the customer is queued and not yet sent,
+/// another adds nothing. The queued one is sent after this caller's commit,
+/// so the dispatchers it wakes see this caller's work too (a burst of posts
+/// sends a few notifications, not one each).
 pub fn wake(state: &AppState, customer: CustomerId, job: Option<JobId>) {
-    let broker = state.broker.clone();
+    if !state.wakes.queue(customer) {
+        return;
+    }
+    let woken = state.clone();
     state.background.spawn(async move {
-        if let Err(e) = broker.wake(customer, job).await {
-            tracing::warn!(error = %e, %customer, "wake-up not published; the sweep will pick the work up");
+        woken.wakes.sending(customer);
+        let notified = async {
+            let db = woken.db().await?;
+            jobs::wake(&db, &[customer]).await
+        };
+        if let Err(e) = notified.await {
+            tracing::warn!(error = %e, %customer, job = ?job, "wake-up not sent; the sweep will pick the work up");
         }
     });
+}
+
+/// The customers with a wake-up queued and not yet sent.
+#[derive(Default)]
+pub struct Wakes(std::sync::Mutex<std::collections::HashSet<CustomerId>>);
+
+impl Wakes {
+    /// True when a wake-up is to be queued (none is waiting to be sent).
+    fn queue(&self, customer: CustomerId) -> bool {
+        self.0
+            .lock()
+            .map(|mut q| q.insert(customer))
+            .unwrap_or(true)
+    }
+
+    /// The wake-up is about to be sent: a later caller queues its own.
+    fn sending(&self, customer: CustomerId) {
+        if let Ok(mut q) = self.0.lock() {
+            q.remove(&customer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_up_waiting_to_be_sent_covers_later_ones_until_it_goes() {
+        let wakes = Wakes::default();
+        let (a, b) = (CustomerId::new(), CustomerId::new());
+        assert!(wakes.queue(a), "the first is queued");
+        assert!(!wakes.queue(a), "a second, while the first waits, is not");
+        assert!(wakes.queue(b), "another customer's is its own");
+        wakes.sending(a);
+        assert!(
+            wakes.queue(a),
+            "once the first is being sent, a new one is queued"
+        );
+    }
 }

@@ -213,3 +213,55 @@ async fn the_feed_resumes_after_a_place_and_shows_a_customer_only_its_own() -> a
     drop(c);
     db.cleanup().await
 }
+
+/// A bot of two systems takes their jobs oldest first across both, past a
+/// backlog of a third system that is older still and that no bot runs (each
+/// free system is read from its own index; the backlog is never in the way),
+/// a page at a time when the slots outnumber a page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matching_takes_the_free_systems_oldest_first_past_another_systems_backlog()
+-> anyhow::Result<()> {
+    let db = TestDb::new("repobacklog").await?;
+    let acme = db.customer("acme").await?;
+    let mut c = db.get().await?;
+    let spec = bots::BotSpec {
+        name: "two-systems".into(),
+        ip_address: "127.0.0.1".into(),
+        port: 5000,
+        status: BotStatus::Available,
+        delivery: Delivery::Agent,
+        capacity: 5,
+        systems: vec!["S".into(), "U".into()],
+        tags: Vec::new(),
+    };
+    let bot = bots::insert(&c, acme, &spec).await?.id;
+    for _ in 0..50 {
+        job(&c, acme, "Backlog").await?;
+    }
+    let mut wanted = Vec::new();
+    for i in 0..4 {
+        wanted.push(job(&c, acme, if i % 2 == 0 { "S" } else { "U" }).await?);
+        job(&c, acme, "Backlog").await?;
+    }
+    wanted.push(job(&c, acme, "U").await?);
+    let sixth = job(&c, acme, "S").await?;
+
+    // A limit of 2 makes pages of 5 (the slots): the five oldest of S and U.
+    let tx = c.transaction().await?;
+    let assigned = jobs::match_waiting(&tx, acme, 2).await?;
+    tx.commit().await?;
+    let ids: Vec<JobId> = assigned.iter().map(|a| a.job_id).collect();
+    assert_eq!(ids, wanted, "oldest first across both systems");
+    assert!(assigned.iter().all(|a| a.bot_id == bot));
+    assert_eq!(jobs::get(&c, acme, sixth).await?.status, JobStatus::Waiting);
+    let backlog: i64 = c
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE system = 'Backlog' AND status = 'WAITING'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(backlog, 54, "the backlog waits, untouched");
+    drop(c);
+    db.cleanup().await
+}

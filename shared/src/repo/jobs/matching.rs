@@ -34,6 +34,29 @@ fn spec_col(value: Option<serde_json::Value>) -> Result<Option<ScriptSpec>, Repo
         .map_err(|e| RepoError::Corrupt(format!("job spec: {e}")))
 }
 
+/// The first key of the per-customer matching lock (an advisory lock; the
+/// second key is a hash of the customer id).
+const MATCHING_LOCK: i32 = 0x6f72_7101;
+
+/// Takes the customer's matching lock for the caller's transaction: shared
+/// by matching rounds (which run beside each other, splitting the work with
+/// `SKIP LOCKED`), exclusive for a bulk rewrite of waiting jobs outside
+/// matching (the stranded marker). A round must not skip an older job only
+/// because its row is being relabelled: it would assign a newer one first.
+pub(crate) async fn lock_matching(
+    db: &impl GenericClient,
+    customer: CustomerId,
+    exclusive: bool,
+) -> Result<(), RepoError> {
+    let sql = if exclusive {
+        "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared($1, hashtext($2::uuid::text))"
+    };
+    query(db, sql, &[&MATCHING_LOCK, &customer.0]).await?;
+    Ok(())
+}
+
 /// Matches the customer's oldest waiting jobs to its bots with free capacity,
 /// in the caller's transaction. Bots and jobs are claimed with `SKIP LOCKED`,
 /// so concurrent matchers split the work and never assign a job twice.
@@ -42,6 +65,7 @@ pub async fn match_waiting(
     customer: CustomerId,
     limit: i64,
 ) -> Result<Vec<Assigned>, RepoError> {
+    lock_matching(db, customer, false).await?;
     let rows = query(
         db,
         // An agent takes up to its capacity plus its prefetch: the jobs
@@ -99,35 +123,37 @@ pub async fn match_waiting(
     // could take (another system, a host or tags no free agent has); what
     // is left may still not fit (a one-run-per-bot task already on every
     // free bot), so further pages are read until the slots are filled.
+    //
+    // Each free system's jobs are read on their own, from their own index
+    // (`jobs_waiting_system`), and script jobs from theirs; the merge keeps
+    // the page. So however many jobs of other systems wait, a round reads
+    // at most a page per free system. (One scan over all waiting jobs
+    // filtered by system reads every older job of the other systems first;
+    // one over `system = ANY(...)` reads and sorts all the free systems'
+    // jobs.) See `page_sql` for why each system is its own parameter and
+    // the statement is planned at each run.
     let (page_size, max_scan) = placement::paging(slots, limit);
+    let sql = page_sql(systems.len());
     let mut scanned = 0;
-    let mut after: Option<(OffsetDateTime, Uuid)> = None;
+    let mut after = (OffsetDateTime::UNIX_EPOCH, Uuid::nil());
     let mut picks: Vec<(Uuid, BotId)> = Vec::new();
     while (picks.len() as i64) < slots && scanned < max_scan {
-        let rows = query(
-            db,
-            "SELECT id, kind, system, host_id, required_tags, multitasking, task_id, created_at FROM jobs
-                  WHERE customer_id = $1 AND status = 'WAITING'
-                    AND (not_before IS NULL OR not_before <= now())
-                    AND ((kind = 'system' AND system = ANY($2))
-                         OR (kind = 'script' AND cardinality($3::uuid[]) > 0
-                             AND (host_id IS NULL OR host_id = ANY($3))
-                             AND required_tags <@ $4))
-                    AND ($6::timestamptz IS NULL OR (created_at, id) > ($6, $7))
-                  ORDER BY created_at, id
-                  LIMIT $5
-                  FOR UPDATE SKIP LOCKED",
-            &[
-                &customer.0,
-                &systems,
-                &agent_ids,
-                &agent_tags,
-                &page_size,
-                &after.map(|a| a.0),
-                &after.map(|a| a.1),
-            ],
-        )
-        .await?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &customer.0,
+            &agent_ids,
+            &agent_tags,
+            &page_size,
+            &after.0,
+            &after.1,
+        ];
+        params.extend(
+            systems
+                .iter()
+                .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        // Not `prepare_cached`: an unnamed statement is planned with its
+        // parameters each time (see `page_sql`).
+        let rows = db.query(sql.as_str(), &params).await?;
         scanned += rows.len() as i64;
         for r in &rows {
             let script = r.get::<_, &str>(1) == "script";
@@ -148,7 +174,7 @@ pub async fn match_waiting(
         }
         match rows.last() {
             Some(last) if rows.len() as i64 == page_size => {
-                after = Some((last.get(7), last.get(0)));
+                after = (last.get(7), last.get(0));
             }
             _ => break,
         }
@@ -216,6 +242,84 @@ pub async fn match_waiting(
             })
         })
         .collect()
+}
+
+/// The page query of a matching round with `systems` free systems: each
+/// system's oldest waiting jobs (`$7`, `$8`, ...: one branch each, from
+/// `jobs_waiting_system`), the script jobs the free agents could take (from
+/// `jobs_waiting_script`), merged oldest first into a page of `$4`, after
+/// the cursor (`$5`, `$6`). Each branch locks up to a page (`SKIP LOCKED`;
+/// a locking clause may sit in a WITH query, not in a UNION branch); what
+/// the merge leaves out stays locked until the round commits and is matched
+/// by the next.
+///
+/// Each system is a parameter of its own and the statement is planned with
+/// its values each time: a plan made for any system (a generic plan, or a
+/// LATERAL join over an array of them) takes the statistics of the most
+/// common one, and behind a backlog of one system (a million jobs, say)
+/// PostgreSQL then judges that walking every waiting job in time order
+/// finds the next of any system at once, and reads the whole backlog.
+fn page_sql(systems: usize) -> String {
+    const COLUMNS: &str =
+        "id, kind, system, host_id, required_tags, multitasking, task_id, created_at";
+    let mut branches: Vec<String> = (0..systems)
+        .map(|i| {
+            format!(
+                "s{i} AS (SELECT {COLUMNS} FROM jobs
+                           WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'system'
+                             AND system = ${n}
+                             AND (not_before IS NULL OR not_before <= now())
+                             AND (created_at, id) > ($5, $6)
+                           ORDER BY created_at, id LIMIT $4
+                           FOR UPDATE SKIP LOCKED)",
+                n = i + 7
+            )
+        })
+        .collect();
+    branches.push(format!(
+        "scripts AS (SELECT {COLUMNS} FROM jobs
+                      WHERE customer_id = $1 AND status = 'WAITING' AND kind = 'script'
+                        AND cardinality($2::uuid[]) > 0
+                        AND (host_id IS NULL OR host_id = ANY($2))
+                        AND required_tags <@ $3
+                        AND (not_before IS NULL OR not_before <= now())
+                        AND (created_at, id) > ($5, $6)
+                      ORDER BY created_at, id LIMIT $4
+                      FOR UPDATE SKIP LOCKED)"
+    ));
+    let union: Vec<String> = (0..systems)
+        .map(|i| format!("SELECT * FROM s{i}"))
+        .chain(std::iter::once("SELECT * FROM scripts".to_string()))
+        .collect();
+    format!(
+        "WITH {} {} ORDER BY created_at, id LIMIT $4",
+        branches.join(", "),
+        union.join(" UNION ALL ")
+    )
+}
+
+/// The PostgreSQL channel the dispatchers listen on for matching work; a
+/// notification's payload is a customer id.
+pub const WAKE_CHANNEL: &str = "orq_wake";
+
+/// Wakes the dispatchers for `customers` (PostgreSQL NOTIFY, delivered to
+/// every listening dispatcher when the caller's transaction commits, or at
+/// once outside one). A hint, not the work: PostgreSQL has the jobs, and the
+/// dispatchers' sweep finds them if a wake-up is lost. Off the durable path
+/// on purpose: a replicated, fsynced queue bought nothing the sweep does not
+/// give, for a few milliseconds on every job (see the README's benchmarks).
+pub async fn wake(db: &impl GenericClient, customers: &[CustomerId]) -> Result<(), RepoError> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = customers.iter().map(|c| c.0).collect();
+    execute(
+        db,
+        "SELECT pg_notify($1, c::text) FROM unnest($2::uuid[]) AS c",
+        &[&WAKE_CHANNEL, &ids],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Customers that have waiting work, for the periodic sweep.

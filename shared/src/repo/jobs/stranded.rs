@@ -42,7 +42,7 @@ pub async fn waiting_needs(
         db,
         "SELECT DISTINCT kind, system, host_id, required_tags, waiting_reason FROM jobs
           WHERE customer_id = $1 AND status = 'WAITING'
-            AND ($2::timestamptz IS NULL OR created_at >= $2)",
+            AND created_at >= coalesce($2::timestamptz, '-infinity')",
         &[&customer.0, &since],
     )
     .await?;
@@ -66,7 +66,9 @@ pub async fn waiting_needs(
 /// clears it); each job newly given a reason gets a WARNING event saying
 /// it. Jobs that carry that reason already are left alone, so two
 /// dispatchers doing this at once write one event per job. Returns how
-/// many jobs changed.
+/// many jobs changed. In the caller's transaction, which holds the
+/// customer's matching lock from here on (exclusive: no round runs while
+/// the rows are locked, so none skips an older job for a newer one).
 pub async fn mark_stranded(
     db: &impl GenericClient,
     customer: CustomerId,
@@ -78,6 +80,7 @@ pub async fn mark_stranded(
     } else {
         "script"
     };
+    super::lock_matching(db, customer, true).await?;
     let rows = query(
         db,
         "UPDATE jobs SET waiting_reason = $6
