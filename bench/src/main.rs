@@ -53,6 +53,10 @@ struct Args {
     /// Dispatchers to start.
     #[arg(long, default_value_t = 1)]
     dispatchers: usize,
+    /// Start a timeout-reaper beside them, as a deployment runs one (its
+    /// CPU and peak RSS are then reported with the others').
+    #[arg(long)]
+    with_reaper: bool,
     /// Steady rate of the latency phase, tasks per second.
     #[arg(long, default_value_t = 200)]
     rate: u64,
@@ -200,6 +204,11 @@ async fn run(args: &Args, env: &Env) -> anyhow::Result<()> {
         let d = env.start_dispatcher(&format!("dispatcher-{i}"), &quiet)?;
         own.push(("dispatcher".into(), d.pid()));
         procs.push(d);
+    }
+    if args.with_reaper {
+        let r = env.start_reaper(&quiet)?;
+        own.push(("timeout-reaper".into(), r.pid()));
+        procs.push(r);
     }
     let argv: Vec<&str> = args.automation.split_whitespace().collect();
     let config = agent_config(&env.dir, "agent.toml", args.capacity, &[("noop", &argv)])?;
