@@ -386,10 +386,30 @@ function loginView() {
 
 // ------------------------------------------------------------------- bots
 
+/* Whether the view being built is still the one shown: false once it is
+ * left (work finishing after that must not render into it). */
+function viewShown() {
+  let shown = true;
+  teardown.push(() => { shown = false; });
+  return () => shown;
+}
+
+/* Runs `refresh` now and then every `ms`, one at a time, while `shown()`
+ * (a refresh in flight when the view is left schedules no next one). */
+function pollWhileShown(refresh, ms, shown) {
+  let timer = null;
+  const tick = async () => {
+    await guarded(refresh);
+    if (!shown()) return;
+    timer = setTimeout(tick, ms);
+  };
+  teardown.push(() => clearTimeout(timer));
+  tick();
+}
+
 function botsView() {
   const holder = h('div', { testid: 'bots' });
-  let stopped = false;
-  let timer = null;
+  const shown = viewShown();
   const refresh = async () => {
     // What each bot has in hand (ASSIGNED or RUNNING): CSV tasks and runs
     // of task definitions, in a fixed number of requests, grouped here.
@@ -400,7 +420,7 @@ function botsView() {
       get(`/tasks${query({ status: 'RUNNING', limit: 1000 })}`),
       get(customerPath(`/job${query({ status: 'ASSIGNED,RUNNING', limit: 1000 })}`)),
     ]);
-    if (stopped) return;
+    if (!shown()) return;
     const work = new Map();
     const add = (botId, href, text, status) => {
       if (!botId) return;
@@ -422,18 +442,7 @@ function botsView() {
         : h('button', { onclick: () => guarded(async () => { await post(`/bots/${b.id}/drain`); await refresh(); }) }, 'Drain'))));
     holder.replaceChildren(table(['Bot', 'Status', 'Jobs', 'Systems', 'Last heartbeat', 'Current work', ''], rows, 'No bots registered.'));
   };
-  // One poll at a time; none once the view is left (a refresh in flight
-  // then must not schedule the next).
-  const tick = async () => {
-    await guarded(refresh);
-    if (stopped) return;
-    timer = setTimeout(tick, BOTS_REFRESH_MS);
-  };
-  teardown.push(() => {
-    stopped = true;
-    clearTimeout(timer);
-  });
-  tick();
+  pollWhileShown(refresh, BOTS_REFRESH_MS, shown);
   return [h('h1', {}, 'Bots'), holder];
 }
 
@@ -451,12 +460,11 @@ function listView({ title, path, filters, headers, row, top = [], live = true, t
   const indicator = h('span', { class: 'live', testid: 'live' });
   const rows = new Map();
   let cursor = null;
-  let stopped = false;
-  teardown.push(() => { stopped = true; });
+  const shown = viewShown();
 
   const load = (append) => guarded(async () => {
     const { data, next } = await api('GET', `${path}${query({ ...values, order: 'desc', limit: 50, after: append ? cursor : '' })}`);
-    if (stopped) return;
+    if (!shown()) return;
     if (!append) { body.replaceChildren(); rows.clear(); }
     for (const item of data) {
       const tr = row(item, reload);
@@ -767,8 +775,7 @@ function detailView(kind, id) {
   const seen = new Set();
   let current = null;
   let source = null;
-  let stopped = false;
-  teardown.push(() => { stopped = true; });
+  const shown = viewShown();
 
   const setStatus = (s) => {
     status.textContent = s;
@@ -806,7 +813,7 @@ function detailView(kind, id) {
   // The item itself, re-read after a status change (rows, result, error).
   const reload = () => guarded(async () => {
     const item = await get(base);
-    if (stopped) return;
+    if (!shown()) return;
     render(item);
     if (spec.final.has(current.status) && source) {
       source.close();
@@ -818,7 +825,7 @@ function detailView(kind, id) {
     action.disabled = true;
     try {
       const item = await post(`${base}/${spec.action.path}`);
-      if (!stopped) render(item);
+      if (shown()) render(item);
     } finally {
       action.disabled = false;
     }
@@ -827,7 +834,7 @@ function detailView(kind, id) {
   guarded(async () => {
     const [item, history] = await Promise.all([get(base), get(`${base}/events`)]);
     // Left meanwhile: no render, and above all no stream.
-    if (stopped) return;
+    if (!shown()) return;
     render(item);
     history.forEach(addEvent);
     if (spec.final.has(item.status)) return;
@@ -1003,12 +1010,12 @@ function overviewView() {
   }
   const holder = h('div', { testid: 'overview' }, h('p', { class: 'muted' }, 'Loading…'));
   const indicator = h('span', { class: 'live', testid: 'live' });
-  let stopped = false;
+  const shown = viewShown();
   let timer = null;
   let dueAt = 0;
   let busy = false;
   const schedule = (ms) => {
-    if (stopped) return;
+    if (!shown()) return;
     const at = Date.now() + ms;
     if (timer && dueAt <= at) return;
     clearTimeout(timer);
@@ -1022,15 +1029,12 @@ function overviewView() {
     busy = true;
     await guarded(async () => {
       const o = await get(customerPath('/overview'));
-      if (!stopped) holder.replaceChildren(...renderOverview(o));
+      if (shown()) holder.replaceChildren(...renderOverview(o));
     });
     busy = false;
     schedule(OVERVIEW_REFRESH_MS);
   };
-  teardown.push(() => {
-    stopped = true;
-    clearTimeout(timer);
-  });
+  teardown.push(() => clearTimeout(timer));
   follow(null, (e) => { if (e.type === 'STATUS_CHANGE') schedule(OVERVIEW_SOON_MS); }, indicator);
   tick();
   return [h('div', { class: 'head' }, h('h1', {}, 'Overview'), h('span', { class: 'spacer' }), indicator), holder];
@@ -1048,8 +1052,7 @@ function botView(id) {
   const meta = h('dl', { class: 'meta', testid: 'bot-fields' });
   const tasks = h('div', { testid: 'bot-tasks' });
   const jobs = h('div', { testid: 'bot-jobs' });
-  let stopped = false;
-  let timer = null;
+  const shown = viewShown();
   let current = null;
   const refresh = async () => {
     const [bot, csv, runs] = await Promise.all([
@@ -1057,7 +1060,7 @@ function botView(id) {
       get(`/tasks${query({ bot_id: id, order: 'desc', limit: 20 })}`),
       get(customerPath(`/job${query({ bot_id: id, order: 'desc', limit: 20 })}`)),
     ]);
-    if (stopped) return;
+    if (!shown()) return;
     current = bot;
     title.textContent = bot.name;
     status.textContent = bot.status;
@@ -1077,16 +1080,7 @@ function botView(id) {
     await post(`/bots/${id}/${current?.draining ? 'resume' : 'drain'}`);
     await refresh();
   }));
-  const tick = async () => {
-    await guarded(refresh);
-    if (stopped) return;
-    timer = setTimeout(tick, BOTS_REFRESH_MS);
-  };
-  teardown.push(() => {
-    stopped = true;
-    clearTimeout(timer);
-  });
-  tick();
+  pollWhileShown(refresh, BOTS_REFRESH_MS, shown);
   return [
     h('p', {}, h('a', { href: '#/bots' }, '← Bots')),
     h('div', { class: 'head' }, title, status, draining, h('span', { class: 'spacer' }), toggle),
