@@ -244,7 +244,19 @@ impl Compose {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = Command::from(self.blocking_command(args));
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// The compose program on this project, with `args` (blocking: for
+    /// `Drop`, where no runtime may be running).
+    fn blocking_command<I, S>(&self, args: I) -> std::process::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = std::process::Command::new(&self.program);
         cmd.current_dir(&self.root)
             .env("CONTAINERS_CONF", self.podman.conf())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -254,8 +266,7 @@ impl Compose {
                 "--file",
                 "docker-compose.yml",
             ])
-            .args(args)
-            .kill_on_drop(true);
+            .args(args);
         cmd
     }
 
@@ -331,17 +342,8 @@ impl Compose {
                 .output()
         };
         let label = format!("label=com.docker.compose.project={}", self.project);
-        let compose_down = std::process::Command::new(&self.program)
-            .current_dir(&self.root)
-            .env("CONTAINERS_CONF", self.podman.conf())
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .args([
-                "--project-name",
-                &self.project,
-                "--file",
-                "docker-compose.yml",
-            ])
-            .args(["down", "--volumes", "--timeout", "10"])
+        let compose_down = self
+            .blocking_command(["down", "--volumes", "--timeout", "10"])
             .stdin(Stdio::null())
             .output()
             .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())

@@ -5,10 +5,12 @@
 
 use deadpool_postgres::GenericClient;
 use orq_e2e::TestDb;
+
+use super::human::micro_task_with;
 use orq_e2e::api::seed_finish;
 use orq_shared::domain::{CustomerId, HumanTaskId, JobId};
-use orq_shared::human::{ActivityManager, HumanKind, OnTimeout, WorkerTokens};
-use orq_shared::repo::human::{self, Applied, NewHumanTask, Submission, Writes};
+use orq_shared::human::WorkerTokens;
+use orq_shared::repo::human::{self, Applied, Submission, Writes};
 use orq_shared::repo::{customers, jobs};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -18,31 +20,6 @@ use uuid::Uuid;
 const ANA: &str = "ana@example.com";
 const BRUNO: &str = "bruno@example.com";
 const CARLA: &str = "carla@example.com";
-
-async fn micro_task(
-    c: &impl GenericClient,
-    customer: CustomerId,
-    activity_schema: Option<Value>,
-    result_schema: Option<Value>,
-) -> anyhow::Result<HumanTaskId> {
-    let new = NewHumanTask {
-        customer,
-        kind: HumanKind::MicroTask,
-        action: "PAT".into(),
-        version: 1,
-        input: json!({}),
-        activity_schema,
-        result_schema,
-        activity_manager: ActivityManager::Commit,
-        on_timeout: OnTimeout::Requeue,
-        execution_ms: 60_000,
-        expires_at: None,
-        events: json!([]),
-        timers: Vec::new(),
-        callback_id: None,
-    };
-    Ok(human::create(c, &new).await?.id)
-}
 
 /// Reserves and starts `task` for `worker`; returns the execution's id.
 async fn started(
@@ -86,14 +63,14 @@ async fn scenario(db: &TestDb) -> anyhow::Result<Scenario> {
             "properties": {"response": {"type": "string", "pattern": "^https?://"}}
         }}}
     });
-    let plain = micro_task(&c, acme, None, None).await?;
-    let plain2 = micro_task(&c, acme, None, None).await?;
-    let schema = micro_task(&c, acme, Some(url_only), None).await?;
-    let result = micro_task(&c, acme, None, Some(json!({"required": ["missing"]}))).await?;
-    let lapsed = micro_task(&c, acme, None, None).await?;
-    let late = micro_task(&c, acme, None, None).await?;
-    let revoked = micro_task(&c, acme, None, None).await?;
-    let foreign = micro_task(&c, other, None, None).await?;
+    let plain = micro_task_with(&c, acme, None, None).await?;
+    let plain2 = micro_task_with(&c, acme, None, None).await?;
+    let schema = micro_task_with(&c, acme, Some(url_only), None).await?;
+    let result = micro_task_with(&c, acme, None, Some(json!({"required": ["missing"]}))).await?;
+    let lapsed = micro_task_with(&c, acme, None, None).await?;
+    let late = micro_task_with(&c, acme, None, None).await?;
+    let revoked = micro_task_with(&c, acme, None, None).await?;
+    let foreign = micro_task_with(&c, other, None, None).await?;
     let unknown = HumanTaskId(Uuid::now_v7());
 
     // The two that lapse first: their deadlines come before the others'.

@@ -19,14 +19,25 @@ const BRUNO: &str = "bruno@example.com";
 const MAX_HELD: i64 = 2;
 
 async fn micro_task(c: &impl GenericClient, customer: CustomerId) -> anyhow::Result<HumanTaskId> {
+    micro_task_with(c, customer, None, None).await
+}
+
+/// A micro-task (action PAT, a minute per execution, requeued on timeout)
+/// whose activities and results must match the given schemas, if any.
+pub(crate) async fn micro_task_with(
+    c: &impl GenericClient,
+    customer: CustomerId,
+    activity_schema: Option<serde_json::Value>,
+    result_schema: Option<serde_json::Value>,
+) -> anyhow::Result<HumanTaskId> {
     let new = NewHumanTask {
         customer,
         kind: HumanKind::MicroTask,
         action: "PAT".into(),
         version: 1,
         input: json!({"produto": 47}),
-        activity_schema: None,
-        result_schema: None,
+        activity_schema,
+        result_schema,
         activity_manager: ActivityManager::Commit,
         on_timeout: OnTimeout::Requeue,
         execution_ms: 60_000,
